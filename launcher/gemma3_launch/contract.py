@@ -13,3 +13,14 @@ PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR2")
 
 #: Job record file in each run directory (the source of truth; the SQLite index is a cache).
 JOB_RECORD_FILE = "job.json"
+
+#: Written by the job wrapper when the job ends (state + exit code): status still works after the scheduler forgets
+#: the job (SLURM MinJobAge) and without accounting.
+TERMINAL_STATE_FILE = "state.json"
+
+#: Recipe names `gemma3-runtime run --recipe` accepts (the runtime's recipe functions are `<name>_config`).
+MODEL_SIZES = ("270m", "1b", "4b", "12b", "27b")
+KNOWN_RECIPES = tuple(f"gemma3_{size}_{mode}" for size in MODEL_SIZES for mode in ("pretrain", "finetune"))
+
+#: Environment variables that are secrets: passed by name, never written into a spec, script, manifest or record.
+SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")

@@ -1,0 +1,380 @@
+"""spec -> JobPlan: the ONE pure function that decides what a job runs. Every backend consumes only the plan.
+
+Keeping argv, env, resources and mounts in one place is what makes `render` honest: the local command, the sbatch
+script, the PyTorchJob and the Helm values are all views of the same JobPlan, so they cannot drift apart.
+`make_plan` reads no files, no clock and no environment (`${VAR}` expansion happens when the spec is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shlex
+from dataclasses import dataclass, field, fields, is_dataclass
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from .contract import REQUEUE_EXIT_CODE
+from .spec import JobSpec, format_time_limit
+
+Backend = Literal["local", "slurm", "k8s"]
+
+#: The runtime's entry point; under torchrun it is run as a module.
+RUNTIME_EXE = "gemma3-runtime"
+RUNTIME_MODULE = "gemma3_runtime.cli.main"
+
+#: Set on every GPU job; harmless on CPU jobs, so they are GPU-only to keep CPU renders short.
+NCCL_ENV = {
+    "NCCL_DEBUG": "WARN",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+}
+
+
+class PlanError(ValueError):
+    """The spec is valid on its own but not for this cluster (e.g. more GPUs than a node has). `field` is dotted."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the plan needs to know about the target: the backend and its limits. Built by the CLI, not read here."""
+
+    backend: Backend
+    max_gpus_per_node: int = 8
+    max_nodes: int | None = None
+    #: a tag-only image is an error instead of a warning (`--require-pinned-image`).
+    require_pinned_image: bool = False
+    #: image used when the spec names none (containers/IMAGE, read by the CLI).
+    default_image: str = "gemma3-launch:latest"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One `gemma3-runtime` invocation, run on `nnodes` nodes x `nproc_per_node` processes."""
+
+    name: str
+    args: tuple[str, ...]
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    #: the step handles SIGTERM/SIGUSR2 by saving and exiting with REQUEUE_EXIT_CODE (training only).
+    preemptible: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def runtime_argv(self) -> tuple[str, ...]:
+        """Single-process form: `gemma3-runtime <args>`."""
+        return (RUNTIME_EXE, *self.args)
+
+    def launch_argv(self, *, node_rank: str = "0", master_addr: str = "127.0.0.1", master_port: str = "29500") -> tuple[str, ...]:
+        """The command one node runs: plain for a 1-process step, else torchrun with a static rendezvous.
+
+        Static (not c10d elastic) rendezvous: ranks are node_rank * nproc + local_rank, deterministic and testable;
+        the scheduler (SLURM / PyTorchJob) already owns membership. node_rank / master_addr may be shell expressions
+        such as "$SLURM_NODEID" that the backend quotes accordingly.
+        """
+        if self.world_size == 1:
+            return self.runtime_argv
+        return (
+            "torchrun",
+            f"--nnodes={self.nnodes}",
+            f"--nproc-per-node={self.nproc_per_node}",
+            f"--node-rank={node_rank}",
+            f"--master-addr={master_addr}",
+            f"--master-port={master_port}",
+            "-m",
+            RUNTIME_MODULE,
+            *self.args,
+        )
+
+    def shell(self) -> str:
+        return shlex.join(self.runtime_argv)
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    nodes: int
+    gpus_per_node: int
+    nproc_per_node: int
+    cpus_per_task: int
+    memory: str | None
+    time_limit: str  # canonical [D-]HH:MM:SS
+    time_limit_s: int
+
+
+@dataclass(frozen=True)
+class SlurmPlan:
+    partition: str | None
+    account: str | None
+    qos: str | None
+    constraint: str | None
+    exclusive: bool
+    extra_sbatch: tuple[str, ...]
+    signal_lead_s: int
+    max_requeues: int
+    master_port: int
+
+
+@dataclass(frozen=True)
+class PvcPlan:
+    claim: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class TolerationPlan:
+    key: str | None
+    operator: str
+    value: str | None
+    effect: str | None
+
+
+@dataclass(frozen=True)
+class K8sPlan:
+    namespace: str
+    pvcs: tuple[PvcPlan, ...]
+    secret_name: str | None
+    node_selector: Mapping[str, str]
+    tolerations: tuple[TolerationPlan, ...]
+    priority_class: str | None
+    queue: str | None
+    service_account: str | None
+    backoff_limit: int
+    ttl_seconds_after_finished: int
+    shm_size: str
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job_id: str  # unique per submission: also the run-dir name and the k8s object name
+    job_name: str  # the spec's name
+    kind: str
+    backend: Backend
+    steps: tuple[Step, ...]
+    env: Mapping[str, str]  # non-secret only
+    secrets: tuple[str, ...]  # NAMES; values come from the submitting env (local/slurm) or a k8s Secret
+    resources: ResourcePlan
+    mounts: tuple[MountPlan, ...]
+    image: str
+    run_dir: str
+    device: Literal["cpu", "cuda"]
+    spec_hash: str
+    requeue_exit_code: int
+    slurm: SlurmPlan
+    k8s: K8sPlan
+    #: outputs this job produces (checkpoint dir, exported HF dir) and what it reads (lineage).
+    outputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    inputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """JSON-able view (plan.json in the run dir; `render --format plan`)."""
+        return _jsonable(self)
+
+
+def _jsonable(obj: object) -> object:
+    if is_dataclass(obj):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def spec_hash(spec: JobSpec) -> str:
+    """Stable hash of the validated spec (after defaults and --set): identifies 'the same job'."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def image_is_pinned(image: str) -> bool:
+    return "@sha256:" in image or image.startswith("/") or image.startswith("./")
+
+
+def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> JobPlan:
+    """The plan for `spec` on `cluster`. Pure. `job_id` defaults to `<name>-<spec hash>` so renders are stable.
+
+    Raises PlanError (-> exit 2) when the spec does not fit the cluster.
+    """
+    res = spec.resources
+    _check_fits(spec, cluster)
+    shash = spec_hash(spec)
+    jid = job_id or f"{spec.name}-{shash[:8]}"
+    device: Literal["cpu", "cuda"] = "cuda" if res.gpus_per_node > 0 else "cpu"
+    nproc = res.procs_per_node
+
+    image = spec.container.image or cluster.default_image
+    warnings: list[str] = []
+    if cluster.backend != "local" and not image_is_pinned(image):
+        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
+        if cluster.require_pinned_image:
+            raise PlanError("container.image", msg.split(": ", 1)[1])
+        warnings.append(msg)
+
+    steps, inputs, outputs = _steps(spec, device=device, nnodes=res.nodes, nproc=nproc)
+
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
+    if spec.kind in ("pretrain", "finetune") and spec.checkpoint.dir:
+        env["SAVE_DIR"] = spec.checkpoint.dir
+    if device == "cuda":
+        env.update(NCCL_ENV)
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, res.cpus_per_task // nproc))
+    env.update(spec.env)  # the user's word wins over our defaults
+
+    run_dir = posixpath.join(spec.runs_dir, jid)
+    return JobPlan(
+        job_id=jid,
+        job_name=spec.name,
+        kind=spec.kind,
+        backend=cluster.backend,
+        steps=steps,
+        env=MappingProxyType(env),
+        secrets=tuple(spec.secrets),
+        resources=ResourcePlan(
+            nodes=res.nodes,
+            gpus_per_node=res.gpus_per_node,
+            nproc_per_node=nproc,
+            cpus_per_task=res.cpus_per_task,
+            memory=res.memory,
+            time_limit=format_time_limit(res.time_limit_s),
+            time_limit_s=res.time_limit_s,
+        ),
+        mounts=tuple(MountPlan(m.source, m.target, m.read_only) for m in spec.mounts),
+        image=image,
+        run_dir=run_dir,
+        device=device,
+        spec_hash=shash,
+        requeue_exit_code=REQUEUE_EXIT_CODE,
+        slurm=SlurmPlan(
+            partition=spec.slurm.partition,
+            account=spec.slurm.account,
+            qos=spec.slurm.qos,
+            constraint=spec.slurm.constraint,
+            exclusive=spec.slurm.exclusive,
+            extra_sbatch=tuple(spec.slurm.extra_sbatch),
+            signal_lead_s=spec.slurm.signal_lead_s,
+            max_requeues=spec.slurm.max_requeues,
+            master_port=spec.slurm.master_port,
+        ),
+        k8s=K8sPlan(
+            namespace=spec.k8s.namespace,
+            pvcs=tuple(PvcPlan(p.claim, p.mount_path, p.read_only) for p in spec.k8s.pvcs),
+            secret_name=spec.k8s.secret_name,
+            node_selector=MappingProxyType(dict(spec.k8s.node_selector)),
+            tolerations=tuple(TolerationPlan(t.key, t.operator, t.value, t.effect) for t in spec.k8s.tolerations),
+            priority_class=spec.k8s.priority_class,
+            queue=spec.k8s.queue,
+            service_account=spec.k8s.service_account,
+            backoff_limit=spec.k8s.backoff_limit,
+            ttl_seconds_after_finished=spec.k8s.ttl_seconds_after_finished,
+            shm_size=spec.k8s.shm_size,
+        ),
+        outputs=MappingProxyType(outputs),
+        inputs=MappingProxyType(inputs),
+        warnings=tuple(warnings),
+    )
+
+
+def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
+    res = spec.resources
+    if res.gpus_per_node > cluster.max_gpus_per_node:
+        raise PlanError(
+            "resources.gpus_per_node",
+            f"expected at most {cluster.max_gpus_per_node} GPUs per node on the {cluster.backend} cluster, got {res.gpus_per_node}",
+        )
+    if cluster.max_nodes is not None and res.nodes > cluster.max_nodes:
+        raise PlanError(
+            "resources.nodes", f"expected at most {cluster.max_nodes} node(s) on the {cluster.backend} cluster, got {res.nodes}"
+        )
+
+
+def _data_overrides(spec: JobSpec) -> list[str]:
+    """The spec's data section as runtime overrides (the runtime's config keys: data.format / data.paths)."""
+    if spec.data is None:
+        return []
+    out = [f"data.format={spec.data.format}"]
+    if spec.data.paths:
+        out.append(f"data.paths={','.join(spec.data.paths)}")
+    return out
+
+
+def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tuple[Step, ...], dict, dict]:
+    dev = ("--device", device)
+    dtype = ("--torch-dtype", spec.torch_dtype) if spec.torch_dtype else ()
+    ck = spec.checkpoint
+    steps: list[Step] = []
+    inputs: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    if spec.model:
+        inputs["model"] = spec.model
+
+    def gen_step(name: str, hf_path: str) -> Step:
+        g = spec.generate
+        assert g is not None
+        src = ("--prompts-file", g.prompts_file) if g.prompts_file else tuple(a for p in g.prompts for a in ("--prompt", p))
+        return Step(name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *dev))
+
+    if spec.kind == "import":
+        steps.append(Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", ck.dir, *dtype, *dev)))
+        outputs["checkpoint"] = ck.dir
+    elif spec.kind == "export":
+        steps.append(Step("export", _export_args(spec, ck.dir, dev)))
+        inputs["checkpoint"] = ck.dir
+        outputs["hf_path"] = spec.export.hf_path
+    elif spec.kind == "generate":
+        args = list(gen_step("generate", spec.model).args)
+        if ck.dir:
+            args[3:3] = ["--megatron-model-path", ck.dir]
+            inputs["checkpoint"] = ck.dir
+        steps.append(Step("generate", tuple(args)))
+    else:  # pretrain / finetune
+        if spec.kind == "finetune" and spec.generate and spec.generate.before:
+            steps.append(gen_step("generate_before", spec.model))
+        run = ["run", "--recipe", spec.recipe]
+        if spec.kind == "finetune":
+            pretrained = ck.pretrained
+            if not pretrained:
+                pretrained = ck.dir.rstrip("/") + "_base"
+                steps.append(
+                    Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", pretrained, *dtype, *dev))
+                )
+                outputs["base_checkpoint"] = pretrained
+            else:
+                inputs["checkpoint"] = pretrained
+            run += ["--pretrained-checkpoint", pretrained]
+            if spec.peft != "none":
+                run += ["--peft", spec.peft]
+        run += [*dev, *_data_overrides(spec), *spec.overrides]  # SAVE_DIR (env) is where it saves and resumes
+        steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
+        outputs["checkpoint"] = ck.dir
+        if spec.export:
+            steps.append(Step("export", _export_args(spec, ck.dir, dev)))
+            outputs["hf_path"] = spec.export.hf_path
+            if spec.generate:
+                steps.append(gen_step("generate_after", spec.export.hf_path))
+    return tuple(steps), inputs, outputs
+
+
+def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tuple[str, ...]:
+    assert spec.export is not None and spec.model is not None
+    args = ["convert", "export", "--hf-model", spec.model, "--megatron-path", megatron_path, "--hf-path", spec.export.hf_path]
+    if spec.export.overwrite:
+        args.append("--overwrite")
+    return (*args, *dev)

@@ -1,0 +1,306 @@
+"""The job spec: the YAML a user writes, validated strictly (unknown keys and wrong types are errors).
+
+Strict because a typo such as `gpus_per_nod: 8` that is silently ignored costs a cluster-day; every error names
+the dotted field path and what was expected (see errors.py). Secrets are names only: a value in the spec would
+end up in rendered scripts, logs and the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from .contract import KNOWN_RECIPES, SECRET_ENV_NAMES
+
+JobKind = Literal["import", "export", "pretrain", "finetune", "generate"]
+PeftKind = Literal["none", "lora", "dora"]
+
+#: k8s object names are DNS-1123 labels (63 chars); we leave room for a run suffix.
+JOB_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: SLURM's accepted forms we support: MM, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (minutes-only and D-forms per sbatch(1)).
+TIME_RE = re.compile(r"^(?:(?P<d>\d+)-)?(?P<h>\d{1,2}):(?P<m>[0-5]\d):(?P<s>[0-5]\d)$")
+MEMORY_RE = r"^[1-9][0-9]*[KMGT]$"
+#: Heuristics for a secret VALUE written where a name or plain setting belongs.
+SECRET_KEY_HINT = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+SECRET_VALUE_HINT = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|[0-9a-f]{40})$")
+
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def parse_time_limit(value: str | int) -> int:
+    """Seconds from 'HH:MM:SS' / 'D-HH:MM:SS' (or an int of seconds: YAML 1.1 reads unquoted 04:00:00 as 14400)."""
+    if isinstance(value, int):
+        return value
+    m = TIME_RE.match(value)
+    if not m:
+        raise ValueError("expected a time limit 'HH:MM:SS' or 'D-HH:MM:SS'")
+    d, h, mi, s = (int(m.group(k) or 0) for k in ("d", "h", "m", "s"))
+    if m.group("d") is None and h > 99:
+        raise ValueError("expected hours below 100 in 'HH:MM:SS' (use 'D-HH:MM:SS')")
+    if m.group("d") is not None and h > 23:
+        raise ValueError("expected hours 0-23 in 'D-HH:MM:SS'")
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def format_time_limit(seconds: int) -> str:
+    """The canonical 'D-HH:MM:SS' SLURM accepts."""
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+class Resources(Strict):
+    nodes: int = Field(1, ge=1, le=1024)
+    gpus_per_node: int = Field(0, ge=0, le=16)
+    #: processes per node; default: one per GPU, or 1 on CPU.
+    nproc_per_node: int | None = Field(None, ge=1, le=64)
+    cpus_per_task: int = Field(4, ge=1, le=512)
+    memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = None
+    time_limit: str | int = "04:00:00"
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("expected a positive time limit")
+        parse_time_limit(v)
+        return v
+
+    @model_validator(mode="after")
+    def _procs(self) -> "Resources":
+        if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
+            raise ValueError(
+                f"nproc_per_node: expected at most gpus_per_node ({self.gpus_per_node}) processes, got {self.nproc_per_node}"
+            )
+        return self
+
+    @property
+    def time_limit_s(self) -> int:
+        return parse_time_limit(self.time_limit)
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or max(self.gpus_per_node, 1)
+
+
+class Container(Strict):
+    #: None = the project's default image (containers/IMAGE); a digest pin (`@sha256:`) is recommended.
+    image: NonEmpty | None = None
+
+
+class Mount(Strict):
+    source: NonEmpty
+    target: NonEmpty
+    read_only: bool = False
+
+    @field_validator("source", "target")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("expected an absolute path (starting with '/')")
+        if ":" in v or "," in v:
+            raise ValueError("expected a path without ':' or ',' (pyxis mount syntax)")
+        return v
+
+
+class Data(Strict):
+    """Training data; `bundled` is the small synthetic SFT set shipped with the runtime (the CPU demo)."""
+
+    format: Literal["mock", "bundled", "jsonl", "indexed"] = "mock"
+    paths: list[NonEmpty] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _paths(self) -> "Data":
+        if self.format in ("jsonl", "indexed") and not self.paths:
+            raise ValueError(f"paths: expected at least one path for format '{self.format}'")
+        if self.format in ("mock", "bundled") and self.paths:
+            raise ValueError(f"paths: expected none for format '{self.format}'")
+        return self
+
+
+class Checkpoint(Strict):
+    #: import: where the Megatron checkpoint is written; pretrain/finetune: SAVE_DIR (auto-resume);
+    #: export/generate: the Megatron checkpoint read.
+    dir: NonEmpty | None = None
+    #: finetune: Megatron checkpoint to start from; when absent the HF `model` is imported first into `<dir>_base`.
+    pretrained: NonEmpty | None = None
+
+
+class Export(Strict):
+    hf_path: NonEmpty
+    overwrite: bool = True
+
+
+class Generate(Strict):
+    prompts: list[NonEmpty] = Field(default_factory=list)
+    prompts_file: NonEmpty | None = None
+    max_new_tokens: int = Field(32, ge=1, le=8192)
+    #: finetune: also generate with the base model before training (before/after comparison).
+    before: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> "Generate":
+        if bool(self.prompts) == bool(self.prompts_file):
+            raise ValueError("expected exactly one of 'prompts' or 'prompts_file'")
+        return self
+
+
+class Slurm(Strict):
+    partition: NonEmpty | None = None
+    account: NonEmpty | None = None
+    qos: NonEmpty | None = None
+    constraint: NonEmpty | None = None
+    exclusive: bool = False
+    #: extra `#SBATCH` options, e.g. ["--reservation=foo"]; each must start with '--'.
+    extra_sbatch: list[Annotated[str, StringConstraints(pattern=r"^--[a-z][a-z0-9-]*(=.*)?$")]] = Field(
+        default_factory=list
+    )
+    #: seconds before the time limit at which SLURM sends USR2: must cover one training step plus a save.
+    signal_lead_s: int = Field(300, ge=30, le=3600)
+    #: how often a preempted / timed-out job may requeue itself.
+    max_requeues: int = Field(3, ge=0, le=100)
+    master_port: int = Field(29500, ge=1024, le=65535)
+
+
+class Toleration(Strict):
+    key: NonEmpty | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Pvc(Strict):
+    claim: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    mount_path: NonEmpty
+    read_only: bool = False
+
+
+class K8s(Strict):
+    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = "default"
+    pvcs: list[Pvc] = Field(default_factory=list)
+    #: the Kubernetes Secret holding the values of `secrets` (keys = the secret names).
+    secret_name: NonEmpty | None = None
+    node_selector: dict[NonEmpty, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class: NonEmpty | None = None
+    #: Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); none = no Kueue.
+    queue: NonEmpty | None = None
+    service_account: NonEmpty | None = None
+    backoff_limit: int = Field(3, ge=0, le=100)
+    ttl_seconds_after_finished: int = Field(86400, ge=0)
+    shm_size: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = "16Gi"
+
+
+class JobSpec(Strict):
+    name: Annotated[str, StringConstraints(pattern=JOB_NAME_RE)]
+    kind: JobKind
+    #: HF hub id (org/name), a local HF directory, a .gguf file, or `pypi:gemma3-270m` (the real 270M).
+    model: NonEmpty | None = None
+    recipe: NonEmpty | None = None
+    overrides: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*=.*$")]] = Field(
+        default_factory=list
+    )
+    peft: PeftKind = "none"
+    data: Data | None = None
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    export: Export | None = None
+    generate: Generate | None = None
+    torch_dtype: Literal["bfloat16", "float32"] | None = None
+    resources: Resources = Field(default_factory=Resources)
+    container: Container = Field(default_factory=Container)
+    mounts: list[Mount] = Field(default_factory=list)
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    secrets: list[EnvName] = Field(default_factory=list)
+    #: where run directories (job.json, logs, state) go; must be shared with the nodes on a cluster.
+    runs_dir: NonEmpty = "./runs"
+    slurm: Slurm = Field(default_factory=Slurm)
+    k8s: K8s = Field(default_factory=K8s)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("pypi:") and v != "pypi:gemma3-270m":
+            raise ValueError("expected 'pypi:gemma3-270m' (the only built-in model) or an HF id / path / .gguf")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if key in SECRET_ENV_NAMES or SECRET_KEY_HINT.search(key):
+                raise ValueError(f"{key}: a secret must not be written in the spec; list its NAME under 'secrets'")
+            if SECRET_VALUE_HINT.match(value):
+                raise ValueError(f"{key}: value looks like a secret token; list the variable's NAME under 'secrets'")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("expected unique secret names")
+        return v
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, v: str | None) -> str | None:
+        if v is not None and v not in KNOWN_RECIPES:
+            import difflib
+
+            near = difflib.get_close_matches(v, KNOWN_RECIPES, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"expected a known recipe{hint}: {', '.join(KNOWN_RECIPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "JobSpec":
+        k = self.kind
+        if self.peft != "none" and k != "finetune":
+            raise ValueError(f"peft: expected 'none' for a {k} job (LoRA/DoRA are finetune-only)")
+        if k in ("pretrain", "finetune"):
+            if not self.recipe:
+                raise ValueError(f"recipe: expected a recipe name for a {k} job")
+            want = "pretrain" if k == "pretrain" else "finetune"
+            if want not in self.recipe:
+                raise ValueError(f"recipe: expected a *_{want} recipe for a {k} job, got '{self.recipe}'")
+            if not self.checkpoint.dir:
+                raise ValueError(f"checkpoint.dir: expected a checkpoint directory for a {k} job")
+        elif self.recipe or self.overrides:
+            raise ValueError(f"recipe: expected no recipe/overrides for a {k} job")
+        if k == "finetune" and not (self.model or self.checkpoint.pretrained):
+            raise ValueError("model: expected a model (or checkpoint.pretrained) to finetune")
+        if k == "import":
+            if not self.model:
+                raise ValueError("model: expected the HF model to import")
+            if not self.checkpoint.dir:
+                raise ValueError("checkpoint.dir: expected where to write the Megatron checkpoint")
+        if k == "export":
+            if not (self.model and self.checkpoint.dir and self.export):
+                raise ValueError("export: an export job expects model, checkpoint.dir and export.hf_path")
+        if k == "generate":
+            if not self.model or not self.generate:
+                raise ValueError("generate: a generate job expects model and generate.prompts")
+        if self.export and k not in ("export", "pretrain", "finetune"):
+            raise ValueError(f"export: expected no export section for a {k} job")
+        if self.generate and self.generate.before and k != "finetune":
+            raise ValueError("generate.before: expected only on a finetune job")
+        if self.generate and k in ("pretrain", "finetune") and not self.export:
+            raise ValueError("generate: expected an export section too (generation reads the exported HF model)")
+        if self.data is not None and k not in ("pretrain", "finetune"):
+            raise ValueError(f"data: expected no data for a {k} job")
+        if self.resources.nodes > 1 and k not in ("pretrain", "finetune"):
+            raise ValueError(f"resources.nodes: expected 1 for a {k} job (only training spans nodes)")
+        missing_secret = [s for s in self.secrets if s in self.env]
+        if missing_secret:
+            raise ValueError(f"env.{missing_secret[0]}: expected a secret to be listed only under 'secrets'")
+        return self
