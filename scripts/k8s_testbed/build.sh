@@ -1,0 +1,19 @@
+#!/bin/bash
+# Build kube-apiserver ONCE (Debian's kubernetes source package + the reflect2 patch, via the shared testbed
+# recipe) and cache it outside the repo so every later test run reuses it.
+# Usage: build.sh            -> prints the cached binary path
+# Env:   GEMMA3_K8S_CACHE  (default ~/.cache/gemma3-launch/k8s)
+#        GEMMA3_SHARED     (default: ../shared next to the repo root, as on CI)
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+SHARED=${GEMMA3_SHARED:-$(cd "$REPO/../shared" 2>/dev/null && pwd || true)}
+CACHE=${GEMMA3_K8S_CACHE:-$HOME/.cache/gemma3-launch/k8s}
+RECIPE="$SHARED/testbeds/k8s/build_apiserver.sh"
+[ -x "$RECIPE" ] || { echo "build.sh: shared testbed recipe not found at $RECIPE (set GEMMA3_SHARED)" >&2; exit 2; }
+mkdir -p "$CACHE"
+# One builder at a time: parallel test sessions wait for the first build instead of starting a second one.
+exec 9>"$CACHE/.build.lock"
+flock 9
+if [ -x "$CACHE/kube-apiserver" ]; then echo "$CACHE/kube-apiserver"; exit 0; fi
+nice -n 10 bash "$RECIPE" "$CACHE" > "$CACHE/build.log" 2>&1 || { echo "build.sh: apiserver build failed, see $CACHE/build.log" >&2; tail -n 20 "$CACHE/build.log" >&2; exit 1; }
+echo "$CACHE/kube-apiserver"
