@@ -1,0 +1,1 @@
+"""Data: mock tokens, Megatron indexed datasets, SFT JSONL (loss masks, packing), the bundled synthetic task."""

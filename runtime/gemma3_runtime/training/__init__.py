@@ -1,0 +1,1 @@
+"""Training: the config container, recipes, the megatron-core loop, checkpoints/resume, preemption, metrics."""
