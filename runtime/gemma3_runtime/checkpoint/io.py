@@ -1,0 +1,166 @@
+"""Save / load Megatron checkpoints with megatron.core.dist_checkpointing (torch_dist) and the commit protocol.
+
+Commit protocol (docs/CONTRACTS.md): everything of an iteration goes into `iter_NNNNNNN.tmp-<pid>` first; when
+complete it is renamed to `iter_NNNNNNN`; the save dir's `run_config.yaml` copy is replaced next; the tracker file is
+written to a temporary name and renamed into place LAST. Readers follow only the tracker, so a crash at any point
+leaves the previous checkpoint as the visible one.
+
+Callers own the sharded state dict (model, and later optimizer / RNG / train state): this module only writes and
+reads it, plus the small files around it (`extra_files`: name -> bytes, written into the iteration directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import yaml
+
+from gemma3_runtime.checkpoint.layout import (
+    FORMAT,
+    RUN_CONFIG_FILE,
+    TOKENIZER_DIR,
+    TRACKER_FILE,
+    iter_dir_name,
+    resolve_checkpoint,
+)
+from gemma3_runtime.errors import UserInputError
+
+#: Files of an HF directory that make up its tokenizer (copied when present).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def _broadcast(value: Any) -> Any:
+    if _dist()[1] == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def _cpu_save_shims() -> Iterator[None]:
+    """megatron-core 0.16.1's torch_dist save calls torch.cuda.synchronize / current_device even for CPU tensors."""
+    try:
+        from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_save  # type: ignore[attr-defined]
+    except ImportError:
+        cpu_checkpoint_save = None
+    if torch.cuda.is_available():
+        yield
+    elif cpu_checkpoint_save is not None:
+        with cpu_checkpoint_save():
+            yield
+    else:
+        from unittest import mock  # stdlib; scoped to this save only
+
+        with mock.patch("torch.cuda.synchronize", lambda *a, **k: None), \
+                mock.patch("torch.cuda.current_device", lambda: "cpu"):
+            yield
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def copy_tokenizer(src_dir: Path, dest_dir: Path) -> list[str]:
+    """Copy the tokenizer files that exist in `src_dir`; returns their names."""
+    copied = []
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(src_dir) / name).is_file():
+            shutil.copy2(Path(src_dir) / name, dest_dir / name)
+            copied.append(name)
+    return copied
+
+
+def save_checkpoint(
+    save_dir: str | Path,
+    iteration: int,
+    sharded_state_dict: dict[str, Any],
+    run_config: Mapping[str, Any],
+    tokenizer_dir: str | Path | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write one iteration and commit it; collective (call on every rank). Returns the final iteration dir.
+
+    `run_config` must contain `model` (Gemma3Config.to_dict()); `format` is added here.
+    """
+    from megatron.core import dist_checkpointing
+
+    save_dir = Path(save_dir)
+    rank, _ = _dist()
+    final = save_dir / iter_dir_name(iteration)
+    tmp = save_dir / _broadcast(f"{final.name}.tmp-{os.getpid()}")
+    if rank == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
+    config_text = yaml.safe_dump(config, sort_keys=False)
+    with _cpu_save_shims():
+        dist_checkpointing.save(sharded_state_dict, str(tmp))
+    if rank == 0:
+        (tmp / RUN_CONFIG_FILE).write_text(config_text)
+        if tokenizer_dir is not None:
+            copy_tokenizer(Path(tokenizer_dir), tmp / TOKENIZER_DIR)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        if final.exists():  # re-saving an iteration: move the old one aside only now that the new one is complete
+            old = save_dir / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        write_text_atomic(save_dir / RUN_CONFIG_FILE, config_text)
+        write_text_atomic(save_dir / TRACKER_FILE, f"{iteration}\n")
+    _barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+    """Load `sharded_state_dict`'s tensors from a save dir or iter dir; collective. Returns the loaded state dict.
+
+    strict=True: every requested key must exist in the checkpoint (missing -> UserInputError naming them);
+    unexpected checkpoint keys are allowed either way (an optimizer state we do not ask for, say).
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    resolved = resolve_checkpoint(path)
+    handling = StrictHandling.RETURN_ALL if strict else StrictHandling.LOG_ALL
+    result = dist_checkpointing.load(sharded_state_dict, str(resolved.iter_dir), strict=handling)
+    if not strict:
+        return result
+    state, missing_keys, _unexpected = result
+    if missing_keys:
+        names = sorted(missing_keys)
+        raise UserInputError(f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
+    return state
