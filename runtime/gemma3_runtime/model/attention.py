@@ -1,0 +1,215 @@
+"""Gemma 3 attention: ONE core-attention module with Gemma semantics and selectable kernels.
+
+Semantics (reference/gemma3.md 1.3-1.4):
+- sliding layers: query q sees key k iff q - W < k <= q (W keys INCLUDING the query itself); global layers: causal.
+  Which layer is which comes from `layer_types` indexed by megatron's 1-based `layer_number` - 1.
+- scores scaled by query_pre_attn_scalar ** -0.5 (not head_dim ** -0.5); GQA by sharing kv heads.
+- sq <= sk: the queries are the LAST sq of the sk key positions (KV-cached decoding). Mask positions are key
+  INDICES; in a left-padded batch the index distance equals the position distance, so windows stay right.
+- optional key-padding mask [b, sk] (True/1 = real token) and segment ids [b, s] (packed sequences: no attention
+  across segments). A query never has an empty row: it may always see itself, so padded rows stay finite.
+Kernels: "sdpa" (torch scaled_dot_product_attention with a boolean mask), "flex" (flex attention with a block
+mask), "eager" (matmul + fp32 softmax, HF's eager path; the reference for parity).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.attention import SelfAttention
+from megatron.core.transformer.module import MegatronModule
+
+from .kv_cache import KVCache
+from .rope import GLOBAL, LOCAL, apply_rotary
+
+KERNELS = ("sdpa", "flex", "eager")
+
+
+@dataclass
+class AttentionContext:
+    """Per-forward attention inputs shared by all layers.
+
+    It travels through megatron's TransformerBlock in the `packed_seq_params` slot: that argument reaches every
+    attention unchanged and, unlike `attention_mask`, is captured by closure (not passed as a tensor argument) when
+    megatron recomputes activations, so a plain object is safe there.
+    """
+
+    key_padding_mask: Optional[torch.Tensor] = None  # [b, sk] bool, True = real token
+    segment_ids: Optional[torch.Tensor] = None  # [b, s] int, packed documents (sq == sk only)
+    kv_cache: Optional[KVCache] = None
+    masks: dict[Any, Any] = field(default_factory=dict)  # built once per forward, shared by layers of one kind
+
+
+def allowed_mask(sq: int, sk: int, window: int | None, ctx: AttentionContext | None, device) -> torch.Tensor:
+    """Boolean [b|1, 1, sq, sk]: True where query i (absolute index sk - sq + i) may attend to key j."""
+    q_idx = torch.arange(sk - sq, sk, device=device)[:, None]
+    k_idx = torch.arange(sk, device=device)[None, :]
+    allowed = k_idx <= q_idx
+    if window is not None:
+        allowed = allowed & (k_idx > q_idx - window)
+    allowed = allowed[None, None]
+    extra = None
+    if ctx is not None and ctx.key_padding_mask is not None:
+        kpm = ctx.key_padding_mask.to(device=device, dtype=torch.bool)
+        if kpm.shape[-1] != sk:
+            raise ValueError(f"attention_mask has {kpm.shape[-1]} key positions, expected {sk} (cached + new)")
+        extra = kpm[:, None, None, :]
+    if ctx is not None and ctx.segment_ids is not None:
+        seg = ctx.segment_ids.to(device)
+        if sq != sk:
+            raise ValueError("segment_ids (packed sequences) are for full-sequence forwards, not KV-cached decoding")
+        same = seg[:, None, :, None] == seg[:, None, None, :]
+        extra = same if extra is None else extra & same
+    if extra is not None:
+        allowed = (allowed & extra) | (k_idx == q_idx)[None, None]  # never an empty row
+    return allowed
+
+
+def _flex_block_mask(sq: int, sk: int, window: int | None, ctx: AttentionContext | None, batch: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = sk - sq
+    kpm = ctx.key_padding_mask.to(device=device, dtype=torch.bool) if ctx and ctx.key_padding_mask is not None else None
+    seg = ctx.segment_ids.to(device) if ctx and ctx.segment_ids is not None else None
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q_abs = q_idx + offset
+        ok = kv_idx <= q_abs
+        if window is not None:
+            ok = ok & (kv_idx > q_abs - window)
+        if kpm is not None:
+            ok = ok & kpm[b, kv_idx]
+        if seg is not None:
+            ok = ok & (seg[b, q_idx] == seg[b, kv_idx])
+        if kpm is not None or seg is not None:
+            ok = ok | (kv_idx == q_abs)
+        return ok
+
+    per_row = kpm is not None or seg is not None
+    return create_block_mask(mask_mod, batch if per_row else None, None, sq, sk, device=device)
+
+
+_compiled_flex = None
+
+
+def _flex_attention(q, k, v, block_mask, scale):
+    """flex_attention compiled on CUDA (its eager form is a slow reference); eager on CPU."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type == "cuda":
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+    with warnings.catch_warnings():  # "called without torch.compile": intended on CPU (no fused CPU kernel)
+        warnings.simplefilter("ignore", UserWarning)
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+class Gemma3CoreAttention(MegatronModule):
+    """softmax(q k^T * scale + mask) v with Gemma's window/causal semantics; no parameters.
+
+    Constructor and forward follow megatron's core-attention protocol (DotProductAttention's arguments), so it plugs
+    into megatron's SelfAttention as `core_attention`. Inputs are [s, b, heads, d]; output [sq, b, heads * d].
+    """
+
+    def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type: str = "self",
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection=None) -> None:
+        super().__init__(config=config)
+        self.layer_number = layer_number  # 1-based, global across pipeline stages
+        layer_types = config.gemma3_layer_types
+        self.is_sliding = layer_types[layer_number - 1] == "sliding_attention"
+        self.window = config.gemma3_sliding_window if self.is_sliding else None
+        self.softmax_scale = softmax_scale if softmax_scale is not None else config.softmax_scale
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.kernel = config.gemma3_attention_kernel
+        if self.kernel not in KERNELS:
+            raise ValueError(f"attention kernel {self.kernel!r} is unknown, expected one of {KERNELS}")
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        ctx = packed_seq_params if isinstance(packed_seq_params, AttentionContext) else None
+        if attention_bias is not None:
+            raise NotImplementedError("Gemma3CoreAttention: attention_bias is not supported")
+        sq, b, heads, d = query.shape
+        sk = key.shape[0]
+        q = query.permute(1, 2, 0, 3)  # [b, h, sq, d]
+        k = key.permute(1, 2, 0, 3)
+        v = value.permute(1, 2, 0, 3)
+        dropout = self.dropout_p if self.training else 0.0
+        cache = ctx.masks if ctx is not None else {}
+        key_ = (self.kernel, sq, sk, self.window)
+        if self.kernel == "flex":
+            if dropout:
+                raise NotImplementedError("flex kernel: attention dropout is not supported")
+            if key_ not in cache:
+                cache[key_] = _flex_block_mask(sq, sk, self.window, ctx, b, q.device)
+            out = _flex_attention(q, k, v, cache[key_], self.softmax_scale)
+        else:
+            if key_ not in cache:
+                cache[key_] = allowed_mask(sq, sk, self.window, ctx, q.device)
+            mask = cache[key_]
+            if self.kernel == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     scale=self.softmax_scale, enable_gqa=True)
+            else:
+                out = self._eager(q, k, v, mask, dropout)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)
+
+    def _eager(self, q, k, v, mask, dropout):
+        """HF's eager path: scores in the activation dtype, softmax in fp32, cast back, then weights @ v."""
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.softmax_scale
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = F.dropout(probs, p=dropout, training=dropout > 0)
+        return torch.matmul(probs, v)
+
+
+class Gemma3SelfAttention(SelfAttention):
+    """megatron SelfAttention (fused QKV, q/k RMSNorm before RoPE, GQA incl. kv heads < TP) with Gemma's RoPE
+    choice per layer (local or global angles from the stacked tensor) and an optional KV cache.
+
+    Only the parts of megatron's forward that Gemma needs are kept: no TE fusions, flash-decode or dynamic-batching
+    inference context (our KV cache replaces it), so the same code runs on CPU and CUDA.
+    """
+
+    def __init__(self, config, submodules, layer_number: int, attn_mask_type=None, cp_comm_type=None,
+                 pg_collection=None) -> None:
+        kwargs = {} if attn_mask_type is None else {"attn_mask_type": attn_mask_type}
+        super().__init__(config=config, submodules=submodules, layer_number=layer_number,
+                         cp_comm_type=cp_comm_type, pg_collection=pg_collection, **kwargs)
+        self.rope_index = LOCAL if config.gemma3_layer_types[layer_number - 1] == "sliding_attention" else GLOBAL
+
+    def forward(self, hidden_states, attention_mask=None, key_value_states=None, inference_context=None,
+                rotary_pos_emb=None, rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
+                attention_bias=None, packed_seq_params=None, sequence_len_offset=None, *, inference_params=None):
+        if inference_context is not None or inference_params is not None:
+            raise NotImplementedError("Gemma3SelfAttention: use KVCache (model(..., kv_cache=...)), "
+                                      "not megatron's inference context")
+        ctx = packed_seq_params if isinstance(packed_seq_params, AttentionContext) else None
+        if packed_seq_params is not None and ctx is None:
+            raise NotImplementedError("Gemma3SelfAttention: megatron PackedSeqParams are not supported; "
+                                      "pass segment_ids to the model instead")
+        query, key, value = self.get_query_key_value_tensors(hidden_states, key_value_states)
+        if rotary_pos_emb is not None:
+            angles = rotary_pos_emb[self.rope_index]
+            query = apply_rotary(query, angles)
+            key = apply_rotary(key, angles)
+        if ctx is not None and ctx.kv_cache is not None:
+            key, value = ctx.kv_cache.update(self.layer_number, key, value)
+        if self.checkpoint_core_attention and self.training:
+            from torch.utils.checkpoint import checkpoint
+
+            core = checkpoint(self.core_attention, query, key, value, None, None, None, ctx, use_reentrant=False)
+        else:
+            core = self.core_attention(query, key, value, None, packed_seq_params=ctx)
+        return self.linear_proj(core)

@@ -1,0 +1,122 @@
+"""`Gemma3Model`: megatron-core's GPTModel with Gemma's embedding scale, dual RoPE, masks and a trimmed, padded
+vocabulary.
+
+forward(input_ids, position_ids, attention_mask=None, labels=None, kv_cache=None, segment_ids=None):
+- returns logits [b, s, V_hf] on the last pipeline stage (hidden states [s, b, D] on other stages);
+- with `labels` [b, s]: per-token fp32 cross-entropy [b, s] computed vocab-parallel with the padded vocab columns
+  masked out (labels < 0 give loss 0);
+- `attention_mask`: None, or a [b, sk] key-padding mask (1/True = real token; sk counts cached positions too).
+  Causal + sliding-window masking is always applied inside; a 4-D megatron mask is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
+
+from .attention import AttentionContext
+from .kv_cache import KVCache
+from .rope import Gemma3RotaryEmbedding
+
+
+class Gemma3Model(GPTModel):
+    """GPTModel + Gemma 3. `hf_vocab_size` is the real vocabulary; `vocab_size` (megatron's) the padded one."""
+
+    def __init__(self, config, transformer_layer_spec, vocab_size: int, hf_vocab_size: int, max_sequence_length: int,
+                 rope_local_base: float, rope_global_base: float, rope_global_scaling_factor: float,
+                 pre_process: bool = True, post_process: bool = True, vp_stage: Optional[int] = None,
+                 pg_collection=None) -> None:
+        super().__init__(
+            config=config,
+            transformer_layer_spec=transformer_layer_spec,
+            vocab_size=vocab_size,
+            max_sequence_length=max_sequence_length,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=True,
+            position_embedding_type="none",  # our RoPE below; megatron's would use one base for all layers
+            vp_stage=vp_stage,
+            pg_collection=pg_collection,
+        )
+        self.hf_vocab_size = hf_vocab_size
+        self.rotary_pos_emb = Gemma3RotaryEmbedding(
+            config.kv_channels, rope_local_base, rope_global_base, rope_global_scaling_factor)
+        # sqrt(hidden) is rounded to the parameter dtype before the multiply, as HF (>= PR #37109) and the official
+        # JAX implementation do: bf16(sqrt(640)) = 25.25, not 25.298 (see docs/MODEL.md).
+        self.embedding_scale = math.sqrt(config.hidden_size)
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    def _scaled_embedding(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, D]
+        scale = torch.tensor(self.embedding_scale, dtype=self.embedding.word_embeddings.weight.dtype)
+        return emb * scale.to(emb.dtype)
+
+    def _vocab_range(self) -> tuple[int, int]:
+        per_rank = self.output_layer.output_size_per_partition
+        start = per_rank * self.pg_collection.tp.rank()
+        return start, start + per_rank
+
+    def _mask_padded_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        start, end = self._vocab_range()
+        if end <= self.hf_vocab_size:
+            return logits
+        cols = torch.arange(start, end, device=logits.device) >= self.hf_vocab_size
+        return logits.masked_fill(cols, float("-inf"))
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward(self, input_ids: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, decoder_input: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None,
+                segment_ids: Optional[torch.Tensor] = None, **unsupported) -> torch.Tensor:
+        bad = {k for k, v in unsupported.items() if v is not None}
+        if bad:
+            raise TypeError(f"Gemma3Model.forward: unsupported arguments {sorted(bad)}")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"attention_mask must be None or a [batch, keys] padding mask (1 = token), got shape "
+                f"{tuple(attention_mask.shape)}; causal and sliding-window masks are built inside the model")
+        if position_ids is None:
+            position_ids = self._default_positions(input_ids, decoder_input, kv_cache)
+
+        if decoder_input is None and self.pre_process:
+            decoder_input = self._scaled_embedding(input_ids, position_ids)
+        angles = self.rotary_pos_emb(position_ids)
+        ctx = None
+        if attention_mask is not None or kv_cache is not None or segment_ids is not None:
+            ctx = AttentionContext(key_padding_mask=attention_mask, segment_ids=segment_ids, kv_cache=kv_cache)
+
+        hidden = self.decoder(hidden_states=decoder_input, attention_mask=None, rotary_pos_emb=angles,
+                              packed_seq_params=ctx)
+        if not self.post_process:
+            return hidden
+
+        output_weight = self.shared_embedding_or_output_weight()
+        logits, _ = self.output_layer(hidden, weight=output_weight, runtime_gather_output=False)  # [s, b, V/tp]
+        if labels is not None:
+            logits = self._mask_padded_vocab(logits.float())
+            target = labels.t().contiguous()
+            loss = vocab_parallel_cross_entropy(logits, target.clamp(min=0))  # [s, b] fp32
+            return loss.masked_fill(target < 0, 0.0).t().contiguous()
+        if self.pg_collection.tp.size() > 1:
+            logits = gather_from_tensor_model_parallel_region(logits, group=self.pg_collection.tp)
+        return logits[..., : self.hf_vocab_size].transpose(0, 1).contiguous()
+
+    def _default_positions(self, input_ids, decoder_input, kv_cache) -> torch.Tensor:
+        if input_ids is not None:
+            b, s = input_ids.shape
+            device = input_ids.device
+        else:
+            hidden = decoder_input if decoder_input is not None else self.decoder.input_tensor
+            s, b = hidden.shape[0], hidden.shape[1]
+            if self.config.sequence_parallel:
+                s *= self.pg_collection.tp.size()
+            device = hidden.device
+        start = kv_cache.length if kv_cache is not None else 0
+        return torch.arange(start, start + s, device=device).unsqueeze(0).expand(b, s)
+
