@@ -159,8 +159,10 @@ def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict
     result = dist_checkpointing.load(sharded_state_dict, str(resolved.iter_dir), strict=handling)
     if not strict:
         return result
-    state, missing_keys, _unexpected = result
-    if missing_keys:
-        names = sorted(missing_keys)
+    # megatron's naming: "unexpected" = requested but absent from the checkpoint; "missing" = in the checkpoint but
+    # not requested (fine: e.g. optimizer state when only the model is loaded).
+    state, _not_requested, absent = result
+    if absent:
+        names = sorted(absent)
         raise UserInputError(f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
     return state

@@ -1,0 +1,73 @@
+"""save_checkpoint / load_checkpoint with real megatron dist_checkpointing on CPU, and the commit protocol."""
+
+import pytest
+import torch
+
+from gemma3_runtime.checkpoint import io as ckpt_io
+from gemma3_runtime.checkpoint.layout import TRACKER_FILE, resolve_checkpoint
+from gemma3_runtime.errors import UserInputError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    if torch.distributed.is_initialized():
+        yield
+        return
+    store = tmp_path_factory.mktemp("pg") / "store"
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def _sharded(values: dict[str, torch.Tensor]):
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    return {k: ShardedTensor.from_rank_offsets(k, v, replica_id=0) for k, v in values.items()}
+
+
+def test_save_commit_and_load_round_trip(tmp_path, process_group):
+    weights = {"a.weight": torch.randn(16, 8), "b.weight": torch.randn(4).to(torch.bfloat16)}
+    tok = tmp_path / "hf"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    final = ckpt_io.save_checkpoint(tmp_path / "ck", 0, _sharded(weights), {"model": {"num_layers": 1}},
+                                    tokenizer_dir=tok, extra_files={"train_state.pt": b"x"})
+    assert final.name == "iter_0000000"
+    assert (tmp_path / "ck" / TRACKER_FILE).read_text().strip() == "0"
+    assert (final / "tokenizer" / "tokenizer.json").exists() and (final / "train_state.pt").read_bytes() == b"x"
+    assert resolve_checkpoint(tmp_path / "ck").run_config["model"] == {"num_layers": 1}
+    assert [p.name for p in (tmp_path / "ck").iterdir() if ".tmp-" in p.name] == []
+
+    target = {k: torch.zeros_like(v) for k, v in weights.items()}
+    loaded = ckpt_io.load_checkpoint(tmp_path / "ck", _sharded(target))
+    for k, v in weights.items():
+        assert torch.equal(loaded[k], v)
+
+    with pytest.raises(UserInputError, match="missing 1 tensors"):
+        ckpt_io.load_checkpoint(final, _sharded({"c.weight": torch.zeros(2)}))
+
+
+def test_crash_during_save_leaves_no_committed_checkpoint(tmp_path, process_group, monkeypatch):
+    from megatron.core import dist_checkpointing
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(dist_checkpointing, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt_io.save_checkpoint(tmp_path / "ck", 5, {}, {"model": {}})
+    assert not (tmp_path / "ck" / TRACKER_FILE).exists()
+    assert not (tmp_path / "ck" / "iter_0000005").exists()
+    with pytest.raises(UserInputError, match="never committed"):
+        resolve_checkpoint(tmp_path / "ck")
+
+
+def test_resave_same_iteration_replaces_it(tmp_path, process_group):
+    for value in (1.0, 2.0):
+        ckpt_io.save_checkpoint(tmp_path / "ck", 3, _sharded({"w": torch.full((4,), value)}), {"model": {}})
+    loaded = ckpt_io.load_checkpoint(tmp_path / "ck", _sharded({"w": torch.zeros(4)}))
+    assert torch.equal(loaded["w"], torch.full((4,), 2.0))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "iter_0000003", TRACKER_FILE, "run_config.yaml"]
