@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import Literal, Mapping
 
+from .container_image import DEFAULT_IMAGE
 from .contract import REQUEUE_EXIT_CODE
 from .spec import JobSpec, format_time_limit
 
@@ -23,6 +24,8 @@ Backend = Literal["local", "slurm", "k8s"]
 #: The runtime's entry point; under torchrun it is run as a module.
 RUNTIME_EXE = "gemma3-runtime"
 RUNTIME_MODULE = "gemma3_runtime.cli.main"
+#: how the runtime names the SFT dataset shipped inside its package (training/recipes.py BUNDLED_SFT_DATASET).
+BUNDLED_DATASET = "bundled:wordcode"
 
 #: Set on every GPU job; harmless on CPU jobs, so they are GPU-only to keep CPU renders short.
 NCCL_ENV = {
@@ -49,8 +52,8 @@ class Cluster:
     max_nodes: int | None = None
     #: a tag-only image is an error instead of a warning (`--require-pinned-image`).
     require_pinned_image: bool = False
-    #: image used when the spec names none (containers/IMAGE, read by the CLI).
-    default_image: str = "gemma3-launch:latest"
+    #: image used when the spec names none (containers/image.env, via the generated container_image module).
+    default_image: str = DEFAULT_IMAGE
 
 
 @dataclass(frozen=True)
@@ -306,13 +309,14 @@ def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
 
 
 def _data_overrides(spec: JobSpec) -> list[str]:
-    """The spec's data section as runtime overrides (the runtime's config keys: data.format / data.paths)."""
+    """The spec's data section as the runtime's overrides (training/config.py DataConfig: kind, data_paths)."""
     if spec.data is None:
         return []
-    out = [f"data.format={spec.data.format}"]
-    if spec.data.paths:
-        out.append(f"data.paths={','.join(spec.data.paths)}")
-    return out
+    if spec.data.format == "mock":
+        return ["data.kind=mock"]
+    kind = "indexed" if spec.data.format == "indexed" else "sft"
+    paths = [BUNDLED_DATASET] if spec.data.format == "bundled" else list(spec.data.paths)
+    return [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
 
 
 def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tuple[Step, ...], dict, dict]:
@@ -361,7 +365,7 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tupl
             run += ["--pretrained-checkpoint", pretrained]
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
-        run += [*dev, *_data_overrides(spec), *spec.overrides]  # SAVE_DIR (env) is where it saves and resumes
+        run += [*dev, f"checkpoint.save={ck.dir}", *_data_overrides(spec), *spec.overrides]
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
         if spec.export:

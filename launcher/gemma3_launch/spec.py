@@ -113,14 +113,15 @@ class Mount(Strict):
 
 
 class Data(Strict):
-    """Training data; `bundled` is the small synthetic SFT set shipped with the runtime (the CPU demo)."""
+    """Training data. mock: random tokens; sft: JSONL (prompt/completion or chat messages); indexed: Megatron
+    .bin/.idx prefixes; bundled: the small synthetic SFT task shipped with the runtime (the CPU demo)."""
 
-    format: Literal["mock", "bundled", "jsonl", "indexed"] = "mock"
+    format: Literal["mock", "bundled", "sft", "indexed"] = "mock"
     paths: list[NonEmpty] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _paths(self) -> "Data":
-        if self.format in ("jsonl", "indexed") and not self.paths:
+        if self.format in ("sft", "indexed") and not self.paths:
             raise ValueError(f"paths: expected at least one path for format '{self.format}'")
         if self.format in ("mock", "bundled") and self.paths:
             raise ValueError(f"paths: expected none for format '{self.format}'")

@@ -1,0 +1,128 @@
+"""Local backend: the plan's steps as subprocesses of a detached job wrapper on this machine (GPUs or CPU).
+
+The wrapper (`python -m gemma3_launch.jobwrap job RUN_DIR`) is the same one that runs inside SLURM and Kubernetes
+jobs, so local runs record, redact and resume exactly as cluster runs do. It is started in its own session so it
+survives the CLI (`submit` without `--follow` returns at once); the backend id is `pid:starttime`, so a recycled
+PID is never mistaken for our job.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..plan import JobPlan
+from ..record import LOG_FILE, read_terminal_state
+from . import BackendError
+from ._follow import print_log
+
+
+def detect_gpus() -> int:
+    """GPUs usable here, without torch: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+
+
+def job_env(plan: JobPlan) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(plan.env)
+    if plan.resources.gpus_per_node and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(plan.resources.gpus_per_node))
+    return env
+
+
+def _command(plan: JobPlan) -> list[str]:
+    return [sys.executable, "-m", "gemma3_launch.jobwrap", "job", plan.run_dir]
+
+
+def render(plan: JobPlan) -> str:
+    lines = [
+        "#!/bin/bash",
+        f"# gemma3-launch local job {plan.job_id}: {plan.kind}; run dir {plan.run_dir}",
+        "# The job wrapper runs these steps in order (from plan.json), logging to job.log:",
+    ]
+    for i, step in enumerate(plan.steps, 1):
+        lines.append(f"#   {i}. {step.name}: {shlex.join(step.launch_argv())}")
+    if plan.secrets:
+        lines.append(f"# secrets passed through from this environment (by name): {', '.join(plan.secrets)}")
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in plan.env.items()]
+    lines.append(f"exec {shlex.join(_command(plan))} >> {shlex.quote(os.path.join(plan.run_dir, LOG_FILE))} 2>&1")
+    return "\n".join(lines) + "\n"
+
+
+def _starttime(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rfind(")") + 2 :].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def submit(plan: JobPlan, run_dir: Path) -> str:
+    log = open(run_dir / LOG_FILE, "ab")
+    try:
+        proc = subprocess.Popen(
+            _command(plan), env=job_env(plan), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=os.getcwd(),
+        )  # fmt: skip
+    except OSError as exc:
+        raise BackendError(f"could not start the job wrapper: {exc}") from None
+    finally:
+        log.close()
+    return f"{proc.pid}:{_starttime(proc.pid)}"
+
+
+def _alive(backend_id: str) -> int | None:
+    pid_s, _, start = (backend_id or "").partition(":")
+    if not pid_s.isdigit():
+        return None
+    pid = int(pid_s)
+    try:  # reap it if it is our child (submit --follow), so it does not linger as a zombie
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    st = _starttime(pid)
+    if st is None or st != start:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    return pid
+
+
+def status(record: dict) -> str:
+    term = read_terminal_state(record["run_dir"])
+    if term:
+        return term["state"]
+    if _alive(record.get("backend_id", "")):
+        return "RUNNING"
+    # gone without a terminal-state file: killed hard (SIGKILL, OOM, reboot)
+    return "FAILED"
+
+
+def logs(record: dict, follow: bool) -> None:
+    print_log(record["run_dir"], follow, lambda: status(record))
+
+
+def cancel(record: dict, grace_s: float = 30.0) -> None:
+    pid = _alive(record.get("backend_id", ""))
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)  # the wrapper forwards it to the step, records CANCELLED and exits
+    deadline = time.time() + grace_s
+    while time.time() < deadline and _alive(record["backend_id"]):
+        time.sleep(0.2)
+    if _alive(record["backend_id"]):
+        os.killpg(pid, signal.SIGKILL)  # its own session (start_new_session): the step's processes too

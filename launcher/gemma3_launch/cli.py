@@ -1,0 +1,264 @@
+"""`gemma3-launch`: validate | render | submit | status | logs | cancel | list | schema.
+
+Exit codes: 0 ok; 2 invalid input (one line naming the file/field and what was expected; nothing submitted or
+registered); 1 a backend failure; a followed job's own non-zero exit code otherwise. Imports are lazy so that
+`--help` and `render` start fast and never load torch (bench/launcher.py measures it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .contract import INVALID_INPUT_EXIT_CODE
+
+PROG = "gemma3-launch"
+
+
+class InputError(Exception):
+    """Bad input found by the CLI itself (unknown job id, missing secret): exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Run Gemma 3 jobs on SLURM, Kubernetes or locally from one YAML spec.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("spec", help="job spec YAML")
+        c.add_argument("--cluster", choices=("local", "slurm", "k8s"), default="local", help="where the job runs")
+        c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, e.g. --set resources.nodes=2 (repeatable)")  # fmt: skip
+        c.add_argument("--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning")
+        return c
+
+    spec_cmd("validate", "check a spec (and that it fits the cluster)")
+    r = spec_cmd("render", "print exactly what would be submitted")
+    r.add_argument("--format", choices=("native", "plan", "helm-values"), default="native",
+                   help="native: sbatch script / PyTorchJob YAML / local command; plan: the JobPlan as JSON")  # fmt: skip
+    s = spec_cmd("submit", "submit a job")
+    s.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit and record nothing")
+    s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends; exit with its code")
+
+    st = sub.add_parser("status", help="state of a job")
+    st.add_argument("job", help="job id (or a unique prefix)")
+    st.add_argument("--json", action="store_true", help="print the job record")
+    lg = sub.add_parser("logs", help="print a job's log")
+    lg.add_argument("job")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    cn = sub.add_parser("cancel", help="cancel a job")
+    cn.add_argument("job")
+    ls = sub.add_parser("list", help="jobs in the index")
+    ls.add_argument("--cluster", choices=("local", "slurm", "k8s"), default=None)
+    ls.add_argument("--rebuild", action="store_true", help="rebuild the index from the run directories' job.json")
+    ls.add_argument("--runs-dir", action="append", default=[], help="also scan this runs directory when rebuilding")
+    sub.add_parser("schema", help="print the job spec's JSON schema (for editors)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .backends import BackendError
+    from .loader import SpecError
+    from .plan import PlanError
+
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except (SpecError, PlanError, InputError) as exc:
+        print(f"{PROG} {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return INVALID_INPUT_EXIT_CODE
+    except BackendError as exc:
+        print(f"{PROG} {args.command}: {getattr(args, 'cluster', None) or 'backend'} error: {' '.join(str(exc).split())}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- spec commands -----------------------------------------------------------------------------------------------
+def _plan(args: argparse.Namespace, job_id: str | None = None):
+    from .clusters import cluster_for
+    from .loader import load_spec
+    from .plan import make_plan
+
+    spec = load_spec(args.spec, args.sets)
+    if args.cluster != "k8s" and not os.path.isabs(spec.runs_dir):  # a cluster's run dir must not depend on cwd
+        spec = spec.model_copy(update={"runs_dir": os.path.abspath(spec.runs_dir)})
+    plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
+    for w in plan.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    return spec, plan
+
+
+def _render_text(plan, backend: str, fmt: str) -> str:
+    import json
+
+    if fmt == "plan":
+        return json.dumps(plan.to_dict(), indent=2) + "\n"
+    if fmt == "helm-values":
+        if backend != "k8s":
+            raise InputError("--format helm-values: expected --cluster k8s")
+        from .render_helm import helm_values_yaml
+
+        return _k8s_render(helm_values_yaml, plan)
+    if backend == "k8s":
+        from .render_k8s import render_pytorchjob_yaml
+
+        return _k8s_render(render_pytorchjob_yaml, plan)
+    from .backends import get_backend
+
+    return get_backend(backend).render(plan)
+
+
+def _k8s_render(fn, plan) -> str:
+    from .render_k8s import K8sRenderError
+
+    try:
+        return fn(plan)
+    except K8sRenderError as exc:
+        raise InputError(str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec, plan = _plan(args)
+    if args.cluster == "k8s":
+        _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
+    steps = ", ".join(s.name for s in plan.steps)
+    print(f"ok: {spec.name} ({spec.kind}) on {args.cluster}: {len(plan.steps)} step(s): {steps}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    _, plan = _plan(args)
+    sys.stdout.write(_render_text(plan, args.cluster, args.format))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import new_job_id, submit
+
+    spec, plan = _plan(args, job_id=None if args.dry_run else new_job_id(_spec_name(args)))
+    if args.dry_run:
+        sys.stdout.write(_render_text(plan, args.cluster, "native"))
+        print(f"{PROG}: dry run: nothing submitted", file=sys.stderr)
+        return 0
+    if args.cluster == "k8s":
+        _render_text(plan, "k8s", "native")  # fail with exit 2 before anything is written
+    missing = [n for n in plan.secrets if args.cluster != "k8s" and not os.environ.get(n)]
+    if missing:
+        raise InputError(f"secrets.{missing[0]}: expected {missing[0]} to be set in the submitting environment")
+    rec = submit(spec, plan)
+    print(f"submitted {rec['job_id']} ({args.cluster} id {rec['backend_id']}); run dir {rec['run_dir']}")
+    if not args.follow:
+        return 0
+    return _follow(rec)
+
+
+def _spec_name(args: argparse.Namespace) -> str:
+    from .loader import load_spec
+
+    return load_spec(args.spec, args.sets).name
+
+
+def _follow(rec: dict) -> int:
+    from .backends import get_backend
+    from .record import read_record, read_terminal_state
+    from .submit import refresh
+
+    backend = get_backend(rec["backend"])
+    backend.logs(rec, True)
+    state = refresh(rec["job_id"])
+    term = read_terminal_state(rec["run_dir"]) or {}
+    code = term.get("exit_code", (read_record(rec["run_dir"]) or {}).get("exit_code"))
+    print(f"{PROG}: job {rec['job_id']} {state}")
+    if state == "COMPLETED":
+        return 0
+    return int(code) if isinstance(code, int) and code not in (0, INVALID_INPUT_EXIT_CODE) else 1
+
+
+# ---- job commands ------------------------------------------------------------------------------------------------
+def _find(job: str) -> dict:
+    from .record import read_record
+    from .registry import Registry
+
+    row = Registry().get(job)
+    if row is None:
+        raise InputError(f"job: no job '{job}' in the index (see `{PROG} list`, or `{PROG} list --rebuild`)")
+    rec = read_record(row["run_dir"])
+    if rec is None:
+        raise InputError(f"job: {row['run_dir']}/job.json: expected the job's record (run dir moved or deleted?)")
+    return rec
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .submit import refresh
+
+    rec = _find(args.job)
+    state = refresh(rec["job_id"])
+    if args.json:
+        from .record import read_record
+
+        print(json.dumps(read_record(rec["run_dir"]), indent=2))
+    else:
+        print(f"{rec['job_id']}  {state}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .backends import get_backend
+
+    rec = _find(args.job)
+    get_backend(rec["backend"]).logs(rec, args.follow)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .backends import get_backend
+    from .submit import refresh
+
+    rec = _find(args.job)
+    get_backend(rec["backend"]).cancel(rec)
+    print(f"cancel requested: {rec['job_id']} ({refresh(rec['job_id'])})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    reg = Registry()
+    if args.rebuild:
+        n = reg.rebuild(args.runs_dir)
+        print(f"index rebuilt from run directories: {n} job(s)", file=sys.stderr)
+    rows = reg.all(args.cluster)
+    print(f"{'JOB ID':<44} {'KIND':<9} {'BACKEND':<7} {'STATE':<11} SUBMITTED")
+    for r in rows:
+        print(f"{r['job_id']:<44} {r['kind'] or '':<9} {r['backend'] or '':<7} {r['state'] or '':<11} {r['submitted_at'] or ''}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .spec import JobSpec
+
+    print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    return 0
+
+
+_COMMANDS = {
+    "validate": cmd_validate,
+    "render": cmd_render,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "list": cmd_list,
+    "schema": cmd_schema,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""What the plan needs to know about each kind of cluster (its limits), built at the CLI edge, not in the plan."""
+
+from __future__ import annotations
+
+import os
+
+from .plan import Cluster
+
+#: GPUs per node a SLURM / Kubernetes cluster allows, unless the site says otherwise through this variable.
+MAX_GPUS_ENV = "GEMMA3_LAUNCH_MAX_GPUS_PER_NODE"
+
+
+def cluster_for(backend: str, *, require_pinned_image: bool = False) -> Cluster:
+    if backend == "local":
+        from .backends.local import detect_gpus
+
+        return Cluster("local", max_gpus_per_node=detect_gpus(), max_nodes=1, require_pinned_image=require_pinned_image)
+    max_gpus = int(os.environ.get(MAX_GPUS_ENV, "8"))
+    return Cluster(backend, max_gpus_per_node=max_gpus, require_pinned_image=require_pinned_image)  # type: ignore[arg-type]

@@ -1,0 +1,89 @@
+"""The run directory's job record (job.json): the source of truth about one submission.
+
+Written by the launcher at submit and updated by the job itself (jobwrap), possibly on another host sharing the
+file system: every update is read-modify-write under an flock, written to a temp name and renamed, so a reader
+never sees half a file. Never holds a secret VALUE (secret names only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .contract import JOB_RECORD_FILE, TERMINAL_STATE_FILE
+
+PLAN_FILE = "plan.json"
+LOCK_FILE = ".job.lock"
+LOG_FILE = "job.log"
+STEPS_DONE_FILE = "steps_done.json"
+
+ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED")
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    return read_json(Path(run_dir) / JOB_RECORD_FILE)
+
+
+def update_record(run_dir: str | Path, change: Callable[[dict], None]) -> dict:
+    """Apply `change` to job.json under the lock; returns the new record."""
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        rec = read_record(run_dir) or {}
+        change(rec)
+        write_json_atomic(run_dir / JOB_RECORD_FILE, rec)
+        return rec
+
+
+def add_state(rec: dict, state: str, **facts: Any) -> None:
+    """Append to the state history (only when it changes) and set the current state."""
+    hist = rec.setdefault("states", [])
+    if not hist or hist[-1].get("state") != state or facts:
+        hist.append({"state": state, "at": now(), **facts})
+    rec["state"] = state
+
+
+def read_terminal_state(run_dir: str | Path) -> dict | None:
+    return read_json(Path(run_dir) / TERMINAL_STATE_FILE)
+
+
+def write_terminal_state(run_dir: str | Path, state: str, exit_code: int, **facts: Any) -> None:
+    write_json_atomic(Path(run_dir) / TERMINAL_STATE_FILE, {"state": state, "exit_code": exit_code, "at": now(), **facts})

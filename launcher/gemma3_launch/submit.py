@@ -1,0 +1,121 @@
+"""Submitting a plan: the run directory, the job record, lineage, the index. Shared by every backend.
+
+Nothing half-written: the run dir is assembled under a temporary name and renamed into place before the backend
+sees it; if the backend then refuses, the record says SUBMIT_FAILED (it is not deleted: it documents the attempt).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .backends import BackendError, get_backend
+from .plan import JobPlan
+from .record import PLAN_FILE, add_state, now, read_record, update_record, write_json_atomic
+from .registry import Registry
+from .spec import JobSpec
+
+
+def new_job_id(name: str) -> str:
+    """`<name>-<UTC yyyymmdd-hhmmss>-<4 hex>`: sortable, unique, a valid k8s name (<= 63 chars)."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def git_state(path: Path | None = None) -> dict:
+    """SHA and dirty flag of the project checkout the launcher runs from (none for a wheel install)."""
+    root = path or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"sha": None, "dirty": None, "note": "not a git checkout"}
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"sha": None, "dirty": None, "note": "git unavailable"}
+
+
+def lineage(plan: JobPlan, registry: Registry) -> dict:
+    """For each input path (e.g. the checkpoint an export reads), the job that produced it, if we ran it."""
+    found: dict = {}
+    wanted = {k: os.path.abspath(v) for k, v in plan.inputs.items() if k != "model" or os.path.exists(v)}
+    if not wanted:
+        return found
+    for row in registry.all():
+        rec = read_record(row["run_dir"]) if row.get("run_dir") else None
+        for out_key, out_path in ((rec or {}).get("outputs") or {}).items():
+            for in_key, in_path in wanted.items():
+                if os.path.abspath(out_path) == in_path and in_key not in found:
+                    found[in_key] = {"path": in_path, "job_id": rec["job_id"], "output": out_key}
+    return found
+
+
+def submit(spec: JobSpec, plan: JobPlan) -> dict:
+    registry = Registry()
+    final = Path(plan.run_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    write_json_atomic(tmp / PLAN_FILE, plan.to_dict())
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    rec = {
+        "job_id": plan.job_id,
+        "name": plan.job_name,
+        "kind": plan.kind,
+        "backend": plan.backend,
+        "backend_id": None,
+        "run_dir": str(final),
+        "spec_hash": plan.spec_hash,
+        "spec": spec.model_dump(mode="json"),
+        "git": git_state(),
+        "launcher_version": __version__,
+        "submitted_at": now(),
+        "submitted_from": {"host": socket.gethostname(), "cwd": os.getcwd()},
+        "image": plan.image,
+        "secrets": list(plan.secrets),  # names only
+        "inputs": dict(plan.inputs),
+        "outputs": dict(plan.outputs),
+        "lineage": lineage(plan, registry),
+        "states": [],
+    }
+    add_state(rec, "SUBMITTED")
+    write_json_atomic(tmp / "job.json", rec)
+    os.rename(tmp, final)
+    try:
+        backend_id = get_backend(plan.backend).submit(plan, final)
+    except BackendError as exc:
+        rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=str(exc)))
+        registry.upsert(rec)
+        raise
+
+    def submitted(r: dict) -> None:
+        r["backend_id"] = backend_id
+        if r.get("state") == "SUBMITTED":
+            add_state(r, "PENDING")
+
+    rec = update_record(final, submitted)
+    registry.upsert(rec)
+    return rec
+
+
+def refresh(job_id: str) -> str:
+    """Ask the backend for the job's state, record a change in job.json and the index, return it."""
+    registry = Registry()
+    row = registry.get(job_id)
+    if row is None:
+        raise KeyError(job_id)
+    rec = read_record(row["run_dir"])
+    if rec is None:
+        return row.get("state") or "UNKNOWN"
+    state = get_backend(rec["backend"]).status(rec)
+    if state != rec.get("state") and state != "UNKNOWN":
+        rec = update_record(rec["run_dir"], lambda r: add_state(r, state, source="status"))
+    registry.upsert(rec)
+    return state
