@@ -63,23 +63,15 @@ def _broadcast(value: Any) -> Any:
 
 
 @contextmanager
-def _cpu_save_shims() -> Iterator[None]:
+def _cpu_checkpoint_io() -> Iterator[None]:
     """megatron-core 0.16.1's torch_dist save calls torch.cuda.synchronize / current_device even for CPU tensors."""
-    try:
-        from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_save  # type: ignore[attr-defined]
-    except ImportError:
-        cpu_checkpoint_save = None
     if torch.cuda.is_available():
         yield
-    elif cpu_checkpoint_save is not None:
-        with cpu_checkpoint_save():
-            yield
-    else:
-        from unittest import mock  # stdlib; scoped to this save only
+        return
+    from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
 
-        with mock.patch("torch.cuda.synchronize", lambda *a, **k: None), \
-                mock.patch("torch.cuda.current_device", lambda: "cpu"):
-            yield
+    with cpu_checkpoint_io():
+        yield
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -124,7 +116,7 @@ def save_checkpoint(
     _barrier()
     config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
     config_text = yaml.safe_dump(config, sort_keys=False)
-    with _cpu_save_shims():
+    with _cpu_checkpoint_io():
         dist_checkpointing.save(sharded_state_dict, str(tmp))
     if rank == 0:
         (tmp / RUN_CONFIG_FILE).write_text(config_text)
@@ -156,7 +148,8 @@ def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict
 
     resolved = resolve_checkpoint(path)
     handling = StrictHandling.RETURN_ALL if strict else StrictHandling.LOG_ALL
-    result = dist_checkpointing.load(sharded_state_dict, str(resolved.iter_dir), strict=handling)
+    with _cpu_checkpoint_io():
+        result = dist_checkpointing.load(sharded_state_dict, str(resolved.iter_dir), strict=handling)
     if not strict:
         return result
     # megatron's naming: "unexpected" = requested but absent from the checkpoint; "missing" = in the checkpoint but
