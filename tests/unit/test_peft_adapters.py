@@ -3,8 +3,6 @@ the post-norm placement, freezing, and agreement with HF PEFT's LoRA / DoRA on a
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -19,24 +17,10 @@ D_IN, D_OUT = 24, 40
 
 @pytest.fixture(scope="module")
 def tp1():
-    """A 1-process gloo group + megatron parallel state (what megatron's linears need), torn down afterwards."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
+    """A 1-process gloo group + megatron parallel state (what megatron's linears need), via the platform module."""
+    from gemma3_runtime import platform
 
-    created = False
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 500))
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        created = True
-    had_state = parallel_state.model_parallel_is_initialized()
-    if not had_state:
-        parallel_state.initialize_model_parallel(1, 1)
-    yield
-    if not had_state:
-        parallel_state.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
+    platform.init_distributed("cpu", 1, 1)
 
 
 def _mcore_config():
