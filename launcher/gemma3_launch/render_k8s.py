@@ -17,6 +17,7 @@ Decisions the plan leaves to the backend (each is explicit in the manifest, beca
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import Any
@@ -24,7 +25,8 @@ from typing import Any
 import yaml
 
 from .contract import REQUEUE_EXIT_CODE
-from .plan import JobPlan, Step
+from .plan import JobPlan
+from .record import PLAN_FILE
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -198,60 +200,55 @@ def render_pytorchjob_yaml(plan: JobPlan) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The container's entrypoint: the plan's steps in order, one bash script identical on every pod.
+# The container's entrypoint: identical on every pod. It writes the plan into the run directory and hands over to
+# the job wrapper (gemma3_launch.jobwrap), the same one the local and SLURM backends run: it records job.json,
+# redacts secret values from the output, skips steps already done after a restart and turns "the workers saved
+# after SIGTERM" into REQUEUE_EXIT_CODE (torchrun itself reports any worker failure as 1).
 
-#: Shell expressions the operator's env provides on every pod (RANK: 0 on the master, 1.. on workers).
-_RANK, _MASTER_ADDR, _MASTER_PORT = '"${RANK}"', '"${MASTER_ADDR}"', '"${MASTER_PORT}"'
-
-_PRELUDE = f"""\
+_PRELUDE = """\
 set -uo pipefail
-# A preemption (SIGTERM) is forwarded to the running step; a preemptible step that then fails exits
-# {REQUEUE_EXIT_CODE} (REQUEUE_EXIT_CODE): restartPolicy ExitCode restarts the pod and training resumes from its
-# checkpoint. torchrun reports a worker's requeue exit as 1, so the signal, not the code, decides.
-preempted=0; child=""
-trap 'preempted=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM USR2
-step() {{  # step NAME PREEMPTIBLE ARGV...
-  local name=$1 preemptible=$2 rc; shift 2
-  echo "[gemma3-launch] step $name (rank ${{RANK:-0}})"
-  "$@" & child=$!
+# The plan travels inside the manifest (no secret values in it: secrets are names); every pod writes its copy,
+# atomically, so a run directory on a shared PVC sees one complete plan.json.
+mkdir -p "$RUN_DIR"
+"""
+
+_MASTER = f"""\
+# Master (RANK 0): the whole job, step by step; exit {REQUEUE_EXIT_CODE} asks restartPolicy ExitCode for a restart.
+if [ "${{RANK:-0}}" = 0 ]; then exec python -m gemma3_launch.jobwrap job "$RUN_DIR"; fi
+"""
+
+_WORKER = """\
+# Workers: only the steps that span several nodes. They join once the master's torchrun listens, because the
+# master may first run single-process steps (import, generate) for longer than torchrun's rendezvous timeout.
+child=""
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
+node_step() {
+  until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do sleep 5; done
+  python -m gemma3_launch.jobwrap node "$RUN_DIR" "$1" & child=$!
+  local rc
   while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done
   child=""
-  [ "$rc" -eq 0 ] && return 0
-  if [ "$preempted" = 1 ] && [ "$preemptible" = 1 ]; then exit {REQUEUE_EXIT_CODE}; fi
-  echo "[gemma3-launch] step $name failed with exit code $rc" >&2
-  exit "$rc"
-}}
-# Workers join a multi-node step only once the master's torchrun listens: the master may first run
-# single-process steps (import, generate) for longer than torchrun's rendezvous timeout.
-wait_for_master() {{
-  until (exec 3<>"/dev/tcp/${{MASTER_ADDR}}/${{MASTER_PORT}}") 2>/dev/null; do sleep 5; done
-}}
+  [ "$rc" -eq 0 ] || exit "$rc"
+}
 """
 
 
 def entrypoint_script(plan: JobPlan) -> str:
-    """Bash run by every pod. Single-process steps run on the master only (RANK 0); a step spanning several
-    nodes runs on every pod under torchrun with the rendezvous taken from the operator's env."""
-    lines = [_PRELUDE]
-    for step in plan.steps:
-        call = f"step {shlex.quote(step.name)} {int(step.preemptible)} {_launch_command(step)}"
-        if step.nnodes > 1:
-            lines.append(f'if [ "${{RANK}}" != 0 ]; then wait_for_master; fi; {call}')
-        else:
-            lines.append(f'if [ "${{RANK:-0}}" = 0 ]; then {call}; fi')
-    return "\n".join(lines) + "\n"
+    """Bash run by every pod (PID 1): write plan.json, then the job wrapper (master) or the multi-node steps
+    (workers, only when the job spans several nodes)."""
+    plan_json = json.dumps(plan.to_dict(), indent=1)
+    parts = [
+        f"RUN_DIR={shlex.quote(plan.run_dir)}\n",
+        _PRELUDE,
+        f"cat > \"$RUN_DIR/.{PLAN_FILE}.$HOSTNAME\" <<'{_HEREDOC}'\n{plan_json}\n{_HEREDOC}\n",
+        f"mv -f \"$RUN_DIR/.{PLAN_FILE}.$HOSTNAME\" \"$RUN_DIR/{PLAN_FILE}\"\n",
+        _MASTER,
+    ]
+    multi_node = [index for index, step in enumerate(plan.steps) if step.nnodes > 1]
+    if multi_node:
+        parts.append(_WORKER)
+        parts += [f"node_step {index}  # {plan.steps[index].name}\n" for index in multi_node]
+    return "".join(parts)
 
 
-def _launch_command(step: Step) -> str:
-    if step.nnodes == 1:
-        return shlex.join(step.launch_argv())  # one node: torchrun's local defaults (127.0.0.1) suffice
-    marker = {"rank": "@@RANK@@", "addr": "@@MASTER_ADDR@@", "port": "@@MASTER_PORT@@"}
-    argv = step.launch_argv(node_rank=marker["rank"], master_addr=marker["addr"], master_port=marker["port"])
-    command = shlex.join(argv)
-    for placeholder, expression in (
-        (marker["rank"], _RANK),
-        (marker["addr"], _MASTER_ADDR),
-        (marker["port"], _MASTER_PORT),
-    ):
-        command = command.replace(placeholder, expression)
-    return command
+_HEREDOC = "GEMMA3_LAUNCH_PLAN"

@@ -1,0 +1,127 @@
+"""The Helm chart (through helm-python-sdk: Helm v4's Go SDK, no helm binary here): it lints clean, renders the
+SAME PyTorchJob as the Python renderer for every job spec, and its values.schema.json rejects malformed values."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from gemma3_launch.container_image import DEFAULT_IMAGE
+from gemma3_launch.render_helm import helm_values
+from gemma3_launch.render_k8s import render_pytorchjob
+
+from k8s_helpers import CHART, REPO, SPECS, k8s_plan, needs_k8s_secret, spec_id
+
+pytestmark = pytest.mark.k8s
+FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
+
+
+@pytest.fixture(scope="module")
+def chart() -> helm.Chart:
+    return helm.Chart.load(str(CHART))
+
+
+def _plan(path: Path):
+    plan = k8s_plan(path)
+    return k8s_plan(path, **{"k8s.secret_name": "gemma3-credentials"}) if needs_k8s_secret(plan) else plan
+
+
+def _documents(rendered: dict[str, str]) -> list[dict]:
+    return [doc for name, text in rendered.items() if name.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
+
+
+def _render(chart: helm.Chart, values: dict, namespace: str = "default") -> list[dict]:
+    return _documents(chart.render(values, name="release", namespace=namespace, is_install=True))
+
+
+def test_chart_lints_clean() -> None:
+    report = helm.lint(str(CHART), strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 1 = info ("icon is recommended")
+    assert problems == [] and report["errors"] == []
+
+
+def test_lint_does_catch_a_broken_chart(tmp_path: Path) -> None:
+    broken = tmp_path / "gemma3-launch"
+    broken.mkdir()
+    for item in CHART.rglob("*"):
+        if item.is_file():
+            (broken / item.relative_to(CHART)).parent.mkdir(parents=True, exist_ok=True)
+            (broken / item.relative_to(CHART)).write_text(item.read_text())
+    (broken / "templates" / "pytorchjob.yaml").write_text("{{ .Values.job.name ")
+    report = helm.lint(str(broken), strict=True)
+    assert any(m["severity"] == 3 for m in report["messages"]) or report["errors"]
+
+
+@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+def test_chart_renders_the_same_pytorchjob_as_the_launcher(chart: helm.Chart, path: Path) -> None:
+    plan = _plan(path)
+    documents = _render(chart, helm_values(plan), namespace=plan.k8s.namespace)
+    jobs = [d for d in documents if d["kind"] == "PyTorchJob"]
+    assert jobs == [render_pytorchjob(plan)]
+
+
+def test_pvc_template_creates_only_requested_claims_and_keeps_them(chart: helm.Chart) -> None:
+    values = helm_values(_plan(FEATURES))
+    values["pvcs"][0]["create"] = {"size": "2Ti", "accessModes": ["ReadWriteMany"], "storageClassName": "fast"}
+    documents = _render(chart, values, namespace="ml-training")
+    (pvc,) = [d for d in documents if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == "gemma3-checkpoints"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Ti"
+    kubernetes_validate.validate(pvc, "1.30.0", strict=True)
+    (job,) = [d for d in documents if d["kind"] == "PyTorchJob"]
+    assert job == render_pytorchjob(_plan(FEATURES))  # creating a claim does not change the job
+
+
+def test_default_values_render_a_valid_job_with_the_default_image(chart: helm.Chart) -> None:
+    (job,) = _render(chart, {})
+    assert job["kind"] == "PyTorchJob"
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
+
+
+MALFORMED = {
+    "unknown key": lambda v: v.__setitem__("node", 2),
+    "zero nodes": lambda v: v.__setitem__("nodes", 0),
+    "nodes as text": lambda v: v.__setitem__("nodes", "two"),
+    "bad cleanPodPolicy": lambda v: v["runPolicy"].__setitem__("cleanPodPolicy", "Sometimes"),
+    "negative backoff": lambda v: v["runPolicy"].__setitem__("backoffLimit", -1),
+    "run policy field nulled": lambda v: v["runPolicy"].__setitem__("activeDeadlineSeconds", None),
+    "bad job name": lambda v: v["job"].__setitem__("name", "Not_A_DNS_Name"),
+    "bad memory quantity": lambda v: v["resources"]["requests"].__setitem__("memory", "lots"),
+    "secret value in env": lambda v: v["env"].append({"name": "HF_TOKEN", "valueFrom": "x"}),
+    "relative mount path": lambda v: v["pvcs"][0].__setitem__("mountPath", "checkpoints"),
+    "bad toleration effect": lambda v: v["tolerations"][0].__setitem__("effect", "Never"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_schema_rejects_malformed_values(chart: helm.Chart, case: str) -> None:
+    values = copy.deepcopy(helm_values(_plan(FEATURES)))
+    chart.validate_schema(values)  # the generated values pass ...
+    MALFORMED[case](values)
+    with pytest.raises(helm.HelmValuesError):  # ... and each malformed variant does not
+        chart.render(values, name="release", namespace="default")
+
+
+def test_secrets_without_a_secret_name_fail_the_render(chart: helm.Chart) -> None:
+    values = helm_values(_plan(FEATURES))
+    values["secrets"]["secretName"] = ""
+    with pytest.raises(helm.HelmError, match="secrets.secretName"):
+        chart.render(values, name="release", namespace="default")
+
+
+def test_notes_say_how_to_follow_the_job_and_create_the_secret(chart: helm.Chart) -> None:
+    plan = _plan(FEATURES)
+    notes = chart.render(helm_values(plan), name="release", namespace="ml-training")["gemma3-launch/templates/NOTES.txt"]
+    assert f"get pytorchjob {plan.job_id}" in notes and "logs -f" in notes
+    assert "create secret generic gemma3-credentials --from-literal=HF_TOKEN=\"$HF_TOKEN\"" in notes
+
+
+def test_chart_values_default_image_matches_the_one_definition() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"] == DEFAULT_IMAGE, "helm/gemma3-launch/values.yaml image: run containers/sync_image.py"
