@@ -11,6 +11,7 @@ reads it, plus the small files around it (`extra_files`: name -> bytes, written 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from gemma3_runtime.checkpoint.layout import (
     resolve_checkpoint,
 )
 from gemma3_runtime.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 #: Files of an HF directory that make up its tokenizer (copied when present).
 TOKENIZER_FILES = (
@@ -141,21 +144,23 @@ def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict
     """Load `sharded_state_dict`'s tensors from a save dir or iter dir; collective. Returns the loaded state dict.
 
     strict=True: every requested key must exist in the checkpoint (missing -> UserInputError naming them);
-    unexpected checkpoint keys are allowed either way (an optimizer state we do not ask for, say).
+    strict=False: they are left out of the returned dict (with a warning). Checkpoint keys nobody asked for are
+    fine either way (an optimizer state when only the model is loaded, say).
     """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     resolved = resolve_checkpoint(path)
-    handling = StrictHandling.RETURN_ALL if strict else StrictHandling.LOG_ALL
     with _cpu_checkpoint_io():
-        result = dist_checkpointing.load(sharded_state_dict, str(resolved.iter_dir), strict=handling)
-    if not strict:
-        return result
-    # megatron's naming: "unexpected" = requested but absent from the checkpoint; "missing" = in the checkpoint but
-    # not requested (fine: e.g. optimizer state when only the model is loaded).
-    state, _not_requested, absent = result
+        state, _not_requested, absent = dist_checkpointing.load(
+            sharded_state_dict, str(resolved.iter_dir), strict=StrictHandling.RETURN_ALL)
+    # megatron's naming: "unexpected" (here `absent`) = requested but not in the checkpoint; "missing" = in the
+    # checkpoint but not requested (fine: e.g. optimizer state when only the model is loaded).
     if absent:
         names = sorted(absent)
-        raise UserInputError(f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
+        if strict:
+            raise UserInputError(
+                f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
+        log.warning("%s: %d requested tensors are not in the checkpoint (not strict): %s",
+                    resolved.iter_dir, len(names), names[:5])
     return state

@@ -1,8 +1,16 @@
-"""`gemma3-runtime convert import|export`: HF <-> Megatron checkpoints through the bridge."""
+"""`gemma3-runtime convert import|export`: HF <-> Megatron checkpoints through the bridge.
+
+Both directions check their inputs and outputs before loading anything heavy, write under temporary names and
+commit by renaming, and end with one summary line. Under torchrun (--tp/--pp > 1) every rank loads or exports
+only its own shard; rank 0 writes the files.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,4 +39,106 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotImplementedError("convert is being implemented")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from gemma3_runtime.errors import UserInputError
+    from gemma3_runtime.platform import DeviceError
+
+    try:
+        return run_import(args) if args.direction == "import" else run_export(args)
+    except DeviceError as exc:
+        raise UserInputError(str(exc)) from None
+
+
+def _check_parallel(args: argparse.Namespace) -> None:
+    from gemma3_runtime.errors import UserInputError
+
+    for flag in ("tp", "pp"):
+        if getattr(args, flag) < 1:
+            raise UserInputError(f"--{flag}={getattr(args, flag)}: expected a positive integer")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from gemma3_runtime.bridge.auto_bridge import AutoBridge, dtype_name
+    from gemma3_runtime.bridge.megatron_io import save_megatron_model
+    from gemma3_runtime.checkpoint.layout import TRACKER_FILE, read_tracker
+    from gemma3_runtime.errors import UserInputError
+
+    _check_parallel(args)
+    start = time.perf_counter()
+    out = Path(args.megatron_path)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--megatron-path {out}: is a file, expected a directory")
+    if out.is_dir() and read_tracker(out) is not None:
+        raise UserInputError(f"--megatron-path {out}: already holds a checkpoint ({TRACKER_FILE}); choose a new "
+                             f"directory")
+    bridge = AutoBridge.from_hf_pretrained(args.hf_model, torch_dtype=args.torch_dtype)
+    provider = bridge.to_megatron_provider(load_weights=True)
+    provider.tensor_model_parallel_size = args.tp
+    provider.pipeline_model_parallel_size = args.pp
+    provider.device = args.device
+    try:
+        provider.finalize()
+    except ValueError as exc:
+        raise UserInputError(f"--tp/--pp: {exc}") from None
+    models = provider.provide_distributed_model(wrap_with_ddp=False)
+    iter_dir = save_megatron_model(
+        models, out, bridge.config, tokenizer_dir=bridge.hf_dir,
+        extra_run_config={"source": {"hf_model": str(args.hf_model), "params_dtype": dtype_name(bridge.params_dtype),
+                                     "tp": args.tp, "pp": args.pp}})
+    if _rank() == 0:
+        note = " (text model of a multimodal checkpoint; vision tower not imported)" if bridge.config.from_multimodal else ""
+        print(f"imported {args.hf_model} -> {iter_dir}: Gemma 3, {bridge.config.num_parameters():,} parameters, "
+              f"{dtype_name(bridge.params_dtype)}, tp={args.tp} pp={args.pp}, {time.perf_counter() - start:.1f} s{note}",
+              flush=True)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from gemma3_runtime.bridge.auto_bridge import (
+        AutoBridge,
+        check_output_dir,
+        dtype_name,
+        save_hf_directory,
+    )
+    from gemma3_runtime.bridge.engine import Parallelism, WeightEngine
+    from gemma3_runtime.bridge.hf_source import read_hf_config, resolve_hf_model
+    from gemma3_runtime.bridge.mapping import CAUSAL_LM_PREFIX
+    from gemma3_runtime.bridge.megatron_io import load_megatron_model
+    from gemma3_runtime.checkpoint.layout import resolve_checkpoint
+    from gemma3_runtime.model.config import Gemma3Config, Gemma3ConfigError
+
+    _check_parallel(args)
+    start = time.perf_counter()
+    out = Path(args.hf_path)
+    check_output_dir(out, args.overwrite)
+    resolved = resolve_checkpoint(args.megatron_path)
+    reference_dir = resolve_hf_model(args.hf_model)
+    models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device,
+                                                   strict=not args.not_strict)
+    try:
+        reference = Gemma3Config.from_hf(read_hf_config(reference_dir), source=str(reference_dir / "config.json"))
+        if (reference.num_layers, reference.hidden_size) != (config.num_layers, config.hidden_size):
+            logging.getLogger(__name__).warning(
+                "--hf-model %s describes a different architecture than the checkpoint; config.json is written "
+                "from the checkpoint, only the tokenizer is taken from --hf-model", args.hf_model)
+    except Gemma3ConfigError as exc:
+        logging.getLogger(__name__).warning("--hf-model config.json: %s (only its tokenizer is used)", exc)
+    tokenizer_dir = resolved.tokenizer_dir or reference_dir
+    if any((reference_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        tokenizer_dir = reference_dir
+    dtype = next(m for m in models).parameters().__next__().dtype
+    engine = WeightEngine(config, Parallelism.current())
+    weights = engine.export(models, CAUSAL_LM_PREFIX, progress=_rank() == 0, strict=not args.not_strict)
+    save_hf_directory(weights, out, config, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite, dtype=dtype,
+                      note_multimodal=config.from_multimodal)
+    if _rank() == 0:
+        note = " (text-only Gemma3ForCausalLM from a multimodal source)" if config.from_multimodal else ""
+        print(f"exported {resolved.iter_dir} -> {out}: Gemma3ForCausalLM, {config.num_parameters():,} parameters, "
+              f"{dtype_name(dtype)}, {time.perf_counter() - start:.1f} s{note}", flush=True)
+    return 0
+
+
+def _rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
