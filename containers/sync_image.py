@@ -1,7 +1,8 @@
-"""Generate launcher/gemma3_launch/container_image.py from containers/image.env (the one definition).
+"""Generate launcher/gemma3_launch/container_image.py (and the Helm chart's default `image:`) from
+containers/image.env, the one definition.
 
-WHY a generated copy: a non-editable (wheel) install of the launcher has no containers/ directory, so the
-launcher carries the values as a module; tests/unit/test_container_image.py fails when the two disagree.
+WHY generated copies: a non-editable (wheel) install of the launcher has no containers/ directory, so the
+launcher carries the values as a module, and a chart is installed without the repo; tests fail when they disagree.
 Usage: sync_image.py [--check]     (--check: exit 1 if the generated module is stale, write nothing)
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_ENV = REPO / "containers" / "image.env"
 GENERATED = REPO / "launcher" / "gemma3_launch" / "container_image.py"
+HELM_VALUES = REPO / "helm" / "gemma3-launch" / "values.yaml"
+_HELM_IMAGE_LINE = re.compile(r"^image: .*$", re.M)
 KEYS = ("BASE_IMAGE", "IMAGE")
 _LINE = re.compile(r"^(?P<key>[A-Z_]+)=(?P<value>\S+)$")
 
@@ -45,18 +48,28 @@ def render_module(values: dict[str, str]) -> str:
     )
 
 
+def render_helm_values(values: dict[str, str], current: str) -> str:
+    """The chart's values.yaml with its top-level `image:` set to IMAGE (comments and the rest untouched)."""
+    return _HELM_IMAGE_LINE.sub(f"image: {values['IMAGE']}", current, count=1)
+
+
 def main(argv: list[str]) -> int:
-    wanted = render_module(read_image_env())
-    current = GENERATED.read_text(encoding="utf-8") if GENERATED.exists() else ""
-    if "--check" in argv:
-        if current != wanted:
-            print(f"{GENERATED} is stale: run containers/sync_image.py", file=sys.stderr)
-            return 1
-        return 0
-    if current != wanted:
-        GENERATED.write_text(wanted, encoding="utf-8")
-        print(f"wrote {GENERATED}")
-    return 0
+    values = read_image_env()
+    helm_current = HELM_VALUES.read_text(encoding="utf-8")
+    targets = [(GENERATED, render_module(values)), (HELM_VALUES, render_helm_values(values, helm_current))]
+    stale = []
+    for path, wanted in targets:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current == wanted:
+            continue
+        if "--check" in argv:
+            stale.append(path)
+        else:
+            path.write_text(wanted, encoding="utf-8")
+            print(f"wrote {path}")
+    for path in stale:
+        print(f"{path} is stale: run containers/sync_image.py", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

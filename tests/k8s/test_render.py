@@ -160,3 +160,12 @@ def make_cli_plan(path: Path):
     from gemma3_launch.plan import Cluster, make_plan
 
     return make_plan(load_spec(path), Cluster("k8s"))
+
+
+def test_render_loads_neither_torch_nor_the_kubernetes_client() -> None:
+    code = ("import sys; from gemma3_launch.cli import main; "
+            f"main(['render', {str(FEATURES)!r}, '--cluster', 'k8s', '--format', 'helm-values']); "
+            "main(['render', " + repr(str(FEATURES)) + ", '--cluster', 'k8s']); "
+            "bad = [m for m in ('torch', 'kubernetes') if m in sys.modules]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
