@@ -214,7 +214,7 @@ mkdir -p "$RUN_DIR"
 
 _MASTER = f"""\
 # Master (RANK 0): the whole job, step by step; exit {REQUEUE_EXIT_CODE} asks restartPolicy ExitCode for a restart.
-if [ "${{RANK:-0}}" = 0 ]; then exec python -m gemma3_launch.jobwrap job "$RUN_DIR"; fi
+if [ "${{RANK:-0}}" = 0 ]; then exec python3 -m gemma3_launch.jobwrap job "$RUN_DIR"; fi
 """
 
 _WORKER = """\
@@ -224,7 +224,7 @@ child=""
 trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
 node_step() {
   until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do sleep 5; done
-  python -m gemma3_launch.jobwrap node "$RUN_DIR" "$1" & child=$!
+  python3 -m gemma3_launch.jobwrap node "$RUN_DIR" "$1" & child=$!
   local rc
   while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done
   child=""

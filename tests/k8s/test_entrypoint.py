@@ -1,4 +1,4 @@
-"""The pod entrypoint (bash, PID 1 in every pod), run here with a stand-in `python` that records how it is called:
+"""The pod entrypoint (bash, PID 1 in every pod), run here with a stand-in `python3` that records how it is called:
 the master writes the plan and hands over to the job wrapper, workers join only the multi-node steps once the
 master listens, and exit codes (REQUEUE_EXIT_CODE included) and SIGTERM pass through unchanged."""
 
@@ -35,8 +35,8 @@ def _setup(tmp_path: Path, nodes: int = 2) -> tuple:
     plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": str(nodes)})
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python").write_text(FAKE_PYTHON)
-    (shim / "python").chmod(0o755)
+    (shim / "python3").write_text(FAKE_PYTHON)
+    (shim / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "FAKE_LOG": str(tmp_path), "HOSTNAME": "pod-0"}
     return entrypoint_script(plan), env, Path(plan.run_dir), plan
 
