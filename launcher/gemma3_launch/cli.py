@@ -81,12 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _plan(args: argparse.Namespace, job_id: str | None = None):
     from .clusters import cluster_for
     from .loader import load_spec
-    from .plan import make_plan
+    from .plan import PlanError, make_plan
 
     spec = load_spec(args.spec, args.sets)
     if args.cluster != "k8s" and not os.path.isabs(spec.runs_dir):  # a cluster's run dir must not depend on cwd
         spec = spec.model_copy(update={"runs_dir": os.path.abspath(spec.runs_dir)})
-    plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
+    try:
+        plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
+    except PlanError as exc:
+        raise InputError(f"{args.spec}: {exc}") from None
     for w in plan.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     return spec, plan

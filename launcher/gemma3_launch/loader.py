@@ -107,7 +107,10 @@ def validate(data: dict) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_error(exc.errors()[0])) from None
+        errors = exc.errors()
+        # an unknown key explains the most (a typo'd required key also shows up as "missing"): report it first
+        first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+        raise SpecError(format_error(first)) from None
 
 
 def format_error(err: Mapping[str, Any]) -> str:
@@ -120,7 +123,7 @@ def format_error(err: Mapping[str, Any]) -> str:
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         return f"{'.'.join(loc)}: unknown key{hint}; expected one of: {', '.join(allowed)}"
     if typ == "missing":
-        return f"{'.'.join(loc)}: required field is missing"
+        return f"{'.'.join(loc)}: expected this required field (missing)"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
         # validators prefix the sub-field they blame ("nproc_per_node: ..."): fold it into the path
@@ -129,12 +132,33 @@ def format_error(err: Mapping[str, Any]) -> str:
             if not (loc and loc[-1] == head):
                 loc = [*loc, head] if loc else [head]
             msg = rest
+    elif typ == "string_pattern_mismatch" and _PATTERN_HELP.get(_last_name(loc)):
+        msg = f"expected {_PATTERN_HELP[_last_name(loc)]}{_got(err, loc)}"
     else:
         msg = msg.replace("Input should be", "expected").replace("String should", "expected a string to")
         msg = msg.replace("should", "expected to")
         msg = f"{msg}{_got(err, loc)}"
     field = ".".join(loc) or "spec"
     return " ".join(f"{field}: {msg}".split())
+
+
+#: What a pattern-checked field wants, in words (the regex itself is no help to a user).
+_PATTERN_HELP = {
+    "name": "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 40 characters",
+    "memory": "a size such as 64G (a whole number followed by K, M, G or T)",
+    "overrides": "KEY=VALUE with a dotted key, e.g. train.train_iters=100",
+    "extra_sbatch": "a long sbatch option such as --reservation=foo",
+    "secrets": "an environment variable NAME such as HF_TOKEN (never its value)",
+    "env": "an environment variable name",
+    "namespace": "a Kubernetes namespace (lowercase letters, digits, '-')",
+    "claim": "a PVC name (lowercase letters, digits, '-', '.')",
+    "shm_size": "a size such as 16Gi (Mi or Gi)",
+}
+
+
+def _last_name(loc: list[str]) -> str:
+    names = [p for p in loc if not p.isdigit()]
+    return names[-1] if names else ""
 
 
 def _got(err: Mapping[str, Any], loc: list[str]) -> str:

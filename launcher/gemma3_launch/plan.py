@@ -365,7 +365,8 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tupl
             run += ["--pretrained-checkpoint", pretrained]
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
-        run += [*dev, f"checkpoint.save={ck.dir}", *_data_overrides(spec), *spec.overrides]
+        # save AND load: the run resumes from its own checkpoints after a requeue (the recipe default is $SAVE_DIR/<name>)
+        run += [*dev, f"checkpoint.save={ck.dir}", f"checkpoint.load={ck.dir}", *_data_overrides(spec), *spec.overrides]
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
         if spec.export:

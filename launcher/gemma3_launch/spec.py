@@ -240,9 +240,9 @@ class JobSpec(Strict):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
             if key in SECRET_ENV_NAMES or SECRET_KEY_HINT.search(key):
-                raise ValueError(f"{key}: a secret must not be written in the spec; list its NAME under 'secrets'")
+                raise ValueError(f"{key}: expected no secret in the spec; list the NAME {key} under 'secrets' instead")
             if SECRET_VALUE_HINT.match(value):
-                raise ValueError(f"{key}: value looks like a secret token; list the variable's NAME under 'secrets'")
+                raise ValueError(f"{key}: expected a non-secret value (this one looks like a token); list {key} under 'secrets'")
         return v
 
     @field_validator("secrets")
@@ -287,10 +287,10 @@ class JobSpec(Strict):
                 raise ValueError("checkpoint.dir: expected where to write the Megatron checkpoint")
         if k == "export":
             if not (self.model and self.checkpoint.dir and self.export):
-                raise ValueError("export: an export job expects model, checkpoint.dir and export.hf_path")
+                raise ValueError("export: expected model, checkpoint.dir and export.hf_path for an export job")
         if k == "generate":
             if not self.model or not self.generate:
-                raise ValueError("generate: a generate job expects model and generate.prompts")
+                raise ValueError("generate: expected model and generate.prompts (or prompts_file) for a generate job")
         if self.export and k not in ("export", "pretrain", "finetune"):
             raise ValueError(f"export: expected no export section for a {k} job")
         if self.generate and self.generate.before and k != "finetune":
