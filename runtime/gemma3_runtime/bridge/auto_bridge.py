@@ -66,7 +66,10 @@ class AutoBridge:
             config = Gemma3Config.from_hf(hf_config, source=str(hf_dir / "config.json"))
         except Gemma3ConfigError as exc:
             raise UserInputError(str(exc)) from None
-        return cls(hf_dir, hf_config, config, dtype, source=str(path))
+        bridge = cls(hf_dir, hf_config, config, dtype, source=str(path))
+        with HFTensorReader(hf_dir) as reader:  # fail now, not after building a model: headers, shards, names
+            bridge.text_prefix(reader)
+        return bridge
 
     @property
     def hf_dtype(self) -> torch.dtype:
