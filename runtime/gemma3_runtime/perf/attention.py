@@ -1,0 +1,109 @@
+"""Fast core attention for the common training/prefill case: full sequences, no padding, no packing, no KV cache.
+
+WHY: the general kernels in model/attention.py pass a boolean [sq, sk] mask to SDPA, which rules out the flash
+kernels (SDPA falls back to the memory-efficient or math kernel), and build a flex block mask per layer per forward.
+In the common case the mask is a pure function of (s, window), so:
+- global (causal) layers use SDPA with `is_causal=True`: the flash / cuDNN kernels, no mask tensor at all;
+- sliding layers use flex attention with a sliding-window block mask built ONCE per (s, window, device) and cached
+  for the life of the process, so only the ~2 * W / s of blocks inside the window are computed.
+Anything else (padding, segments, KV cache, sq != sk, dropout) stays on the model's general path.
+Semantics are the model's: query i sees key j iff i - W < j <= i on sliding layers, j <= i on global ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+#: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
+#: "flex": flex attention (cached block masks) for both. "auto": SDPA is_causal (flash) for global, flex for sliding.
+FAST_KERNELS = ("auto", "flex", "sdpa")
+
+_BLOCK_MASKS: dict[tuple, object] = {}
+_WINDOW_MASKS: dict[tuple, torch.Tensor] = {}
+
+
+def sliding_block_mask(s: int, window: Optional[int], device: torch.device):
+    """Cached flex BlockMask for causal (window None) or sliding-window causal attention over s positions."""
+    key = (s, window, str(device))
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if window is None:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return kv_idx <= q_idx
+        else:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (kv_idx <= q_idx) & (kv_idx > q_idx - window)
+        mask = create_block_mask(mask_mod, None, None, s, s, device=device)
+        _BLOCK_MASKS[key] = mask
+    return mask
+
+
+def _window_mask(s: int, window: int, device: torch.device) -> torch.Tensor:
+    key = (s, window, str(device))
+    mask = _WINDOW_MASKS.get(key)
+    if mask is None:
+        i = torch.arange(s, device=device)
+        mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+        _WINDOW_MASKS[key] = mask
+    return mask
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(q, k, v, block_mask, scale):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GQA by expansion: [b, g, s, d] -> [b, h, s, d] (cheap: kv is small), so every SDPA backend accepts it."""
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int], scale: float,
+                   kernel: str = "auto") -> torch.Tensor:
+    """q [b, hq, s, d], k/v [b, hkv, s, d] (same s, no padding) -> [b, hq, s, d].
+
+    window None = causal (global layer); W = the W most recent keys including the query itself.
+    """
+    if kernel not in FAST_KERNELS:
+        raise ValueError(f"fast attention kernel {kernel!r}, expected one of {FAST_KERNELS}")
+    s = q.shape[2]
+    if window is not None and window >= s:
+        window = None  # the window covers the whole sequence: plain causal
+    if kernel == "flex" or (kernel == "auto" and window is not None):
+        return _flex(q, k, v, sliding_block_mask(s, window, q.device), scale)
+    k, v = _expand_kv(q, k, v)
+    if window is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(s, window, q.device), scale=scale)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],
+                        scale: float) -> torch.Tensor:
+    """fp32 matmul + softmax reference (tests)."""
+    s = q.shape[2]
+    k, v = _expand_kv(q, k, v)
+    i = torch.arange(s, device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed = allowed & (i[None, :] > i[:, None] - window)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
