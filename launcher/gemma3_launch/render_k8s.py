@@ -12,7 +12,8 @@ Decisions the plan leaves to the backend (each is explicit in the manifest, beca
   are real failures and fail the job.
 - a Kueue queue label makes the job start suspended: Kueue un-suspends it on admission.
 - spec mounts (paths that exist on every node, e.g. a parallel file system) become hostPath volumes; PVCs are
-  the Kubernetes-native storage (k8s.pvcs).
+  the Kubernetes-native storage (k8s.pvcs) and win: a spec mount whose target a PVC already mounts is dropped
+  (specs list both so one file serves SLURM and Kubernetes; a pod cannot mount two volumes at one path).
 """
 
 from __future__ import annotations
@@ -160,9 +161,15 @@ def _volumes(plan: JobPlan) -> list[dict[str, Any]]:
     ]
     volumes += [
         {"name": f"host-{i}", "hostPath": {"path": mount.source, "type": "Directory"}}
-        for i, mount in enumerate(plan.mounts)
+        for i, mount in enumerate(_host_mounts(plan))
     ]
     return volumes
+
+
+def _host_mounts(plan: JobPlan) -> list[Any]:
+    """The spec's mounts that no PVC shadows."""
+    pvc_paths = {pvc.mount_path.rstrip("/") for pvc in plan.k8s.pvcs}
+    return [mount for mount in plan.mounts if mount.target.rstrip("/") not in pvc_paths]
 
 
 def _volume_mounts(plan: JobPlan) -> list[dict[str, Any]]:
@@ -173,7 +180,7 @@ def _volume_mounts(plan: JobPlan) -> list[dict[str, Any]]:
     ]
     mounts += [
         {"name": f"host-{i}", "mountPath": mount.target, "readOnly": mount.read_only}
-        for i, mount in enumerate(plan.mounts)
+        for i, mount in enumerate(_host_mounts(plan))
     ]
     return mounts
 
@@ -223,7 +230,7 @@ _WORKER = """\
 child=""
 trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
 node_step() {
-  until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do sleep 5; done
+  until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do sleep 2; done
   python3 -m gemma3_launch.jobwrap node "$RUN_DIR" "$1" & child=$!
   local rc
   while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done

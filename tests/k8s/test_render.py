@@ -51,6 +51,17 @@ def test_pod_templates_are_valid_kubernetes_objects(path: Path) -> None:
         kubernetes_validate.validate(template, KUBE_VERSION, strict=True)
 
 
+@pytest.mark.parametrize("path", SPECS, ids=spec_id)
+def test_mount_paths_and_volume_names_are_unique(path: Path) -> None:
+    """What the schemas cannot see but the kubelet refuses: two volumes at one path (a spec mount and a PVC)."""
+    for replica in _replicas(render_pytorchjob(_plan(path))).values():
+        pod = replica["template"]["spec"]
+        paths = [m["mountPath"].rstrip("/") for m in pod["containers"][0]["volumeMounts"]]
+        names = [v["name"] for v in pod["volumes"]]
+        assert len(paths) == len(set(paths)) and len(names) == len(set(names))
+        assert {m["name"] for m in pod["containers"][0]["volumeMounts"]} == set(names)
+
+
 def test_the_validators_catch_typos(pytorchjob_validator) -> None:
     """Both checks above can fail: a misspelt run-policy field and a misspelt secretKeyRef field are caught."""
     job = render_pytorchjob(_plan(FEATURES))
