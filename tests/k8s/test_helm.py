@@ -125,3 +125,19 @@ def test_notes_say_how_to_follow_the_job_and_create_the_secret(chart: helm.Chart
 def test_chart_values_default_image_matches_the_one_definition() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"] == DEFAULT_IMAGE, "helm/gemma3-launch/values.yaml image: run containers/sync_image.py"
+
+
+def test_render_format_helm_values_prints_these_values(chart: helm.Chart) -> None:
+    import subprocess
+    import sys
+
+    from gemma3_launch.loader import load_spec
+    from gemma3_launch.plan import Cluster, make_plan
+
+    cli = subprocess.run([sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s",
+                          "--format", "helm-values"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    values = yaml.safe_load(cli.stdout)
+    plan = make_plan(load_spec(FEATURES), Cluster("k8s"))
+    assert values == helm_values(plan)
+    assert _render(chart, values, namespace=plan.k8s.namespace) == [render_pytorchjob(plan)]
