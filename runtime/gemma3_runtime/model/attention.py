@@ -26,7 +26,9 @@ from megatron.core.transformer.module import MegatronModule
 from .kv_cache import KVCache
 from .rope import GLOBAL, LOCAL, apply_rotary
 
-KERNELS = ("sdpa", "flex", "eager")
+KERNELS = ("sdpa", "flex", "eager", "auto")
+# "auto": gemma3_runtime.perf.attention's fast path (flash for global layers, flex with a cached window block mask
+# for sliding ones) whenever the mask is plain causal/window (no padding, segments, KV cache); "sdpa" otherwise.
 
 
 @dataclass
@@ -142,9 +144,18 @@ class Gemma3CoreAttention(MegatronModule):
         k = key.permute(1, 2, 0, 3)
         v = value.permute(1, 2, 0, 3)
         dropout = self.dropout_p if self.training else 0.0
+        kernel = self.kernel
+        if kernel == "auto":
+            plain = ctx is None or (ctx.key_padding_mask is None and ctx.segment_ids is None and ctx.kv_cache is None)
+            if plain and sq == sk and not dropout:
+                from gemma3_runtime.perf.attention import fast_attention
+
+                out = fast_attention(q, k, v, window=self.window, scale=self.softmax_scale)
+                return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)
+            kernel = "sdpa"
         cache = ctx.masks if ctx is not None else {}
-        key_ = (self.kernel, sq, sk, self.window)
-        if self.kernel == "flex":
+        key_ = (kernel, sq, sk, self.window)
+        if kernel == "flex":
             if dropout:
                 raise NotImplementedError("flex kernel: attention dropout is not supported")
             if key_ not in cache:
@@ -154,7 +165,7 @@ class Gemma3CoreAttention(MegatronModule):
             if key_ not in cache:
                 cache[key_] = allowed_mask(sq, sk, self.window, ctx, q.device)
             mask = cache[key_]
-            if self.kernel == "sdpa":
+            if kernel == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                      scale=self.softmax_scale, enable_gqa=True)
             else:

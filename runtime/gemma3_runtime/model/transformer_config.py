@@ -18,6 +18,8 @@ class Gemma3TransformerConfig(TransformerConfig):
     gemma3_layer_types: tuple = ()
     gemma3_sliding_window: int = 0
     gemma3_attention_kernel: str = "sdpa"
+    #: chunked linear + cross-entropy (gemma3_runtime.perf.linear_ce) for the training loss when TP == 1
+    gemma3_fused_linear_ce: bool = False
 
 
 def build_transformer_config(cfg: Gemma3Config, **overrides) -> Gemma3TransformerConfig:

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 #: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
-#: "flex": flex attention (cached block masks) for both. "auto": SDPA is_causal (flash) for global, flex for sliding.
+#: "flex": flex attention (cached block masks) for both. "auto": SDPA is_causal (flash) for global, flex for sliding
+#: on CUDA (SDPA with the window mask on CPU).
 FAST_KERNELS = ("auto", "flex", "sdpa")
 
 _BLOCK_MASKS: dict[tuple, object] = {}
@@ -87,7 +88,8 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
     s = q.shape[2]
     if window is not None and window >= s:
         window = None  # the window covers the whole sequence: plain causal
-    if kernel == "flex" or (kernel == "auto" and window is not None):
+    # flex has no CPU backward (and no fused CPU kernel): "auto" uses it on CUDA only
+    if kernel == "flex" or (kernel == "auto" and window is not None and q.is_cuda):
         return _flex(q, k, v, sliding_block_mask(s, window, q.device), scale)
     k, v = _expand_kv(q, k, v)
     if window is None:

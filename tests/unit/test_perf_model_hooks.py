@@ -1,0 +1,82 @@
+"""The model's perf hooks are the same function as its plain path: attention kernel "auto" and
+`gemma3_fused_linear_ce` give the plain model's per-token loss, logits and gradients (tiny random model, CPU, fp32),
+and the in-place layer compile (dynamo + AOT autograd, eager backend on CPU) changes nothing and breaks no graph."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model_helpers import tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+
+def _build(kernel: str, fused_ce: bool, vocab: int = 500):
+    from gemma3_runtime.model.provider import Gemma3ModelProvider
+
+    cfg = tiny_config(vocab=vocab)
+    prov = Gemma3ModelProvider.from_config(cfg, device="cpu", attention_kernel=kernel, seed=7,
+                                           transformer_overrides={"gemma3_fused_linear_ce": fused_ce})
+    torch.manual_seed(7)
+    return prov.provide_distributed_model()[0]
+
+
+def _loss_and_grads(model, ids, labels):
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids), labels=labels)
+    mask = (labels >= 0).float()
+    (loss * mask).sum().div(mask.sum()).backward()
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _rel(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def test_auto_attention_and_fused_ce_equal_the_plain_model() -> None:
+    plain = _build("sdpa", False)
+    fast = _build("auto", True)
+    fast.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 500, (2, 40), generator=g)  # 40 > window 8: sliding layers really slide
+    labels = torch.randint(0, 500, (2, 40), generator=g)
+    labels[0, :5] = -100
+    loss_p, grads_p = _loss_and_grads(plain, ids, labels)
+    loss_f, grads_f = _loss_and_grads(fast, ids, labels)
+    assert loss_f.shape == loss_p.shape == (2, 40)
+    assert _rel(loss_f, loss_p) < 1e-5
+    assert torch.all(loss_f[0, :5] == 0)
+    assert grads_f.keys() == grads_p.keys()
+    for name in grads_p:
+        assert _rel(grads_f[name], grads_p[name]) < 1e-4, name
+    with torch.no_grad():
+        pos = torch.arange(40).expand_as(ids)
+        assert _rel(fast(input_ids=ids, position_ids=pos), plain(input_ids=ids, position_ids=pos)) < 1e-5
+
+
+def test_layer_compile_is_the_same_function_without_graph_breaks() -> None:
+    from torch._dynamo.utils import counters
+
+    from gemma3_runtime.perf.compile import compile_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = _build("auto", True)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 500, (2, 24), generator=g)
+    loss_ref, grads_ref = _loss_and_grads(model, ids, ids)
+    names = compile_model(model, "layers", backend="aot_eager")
+    assert names == [f"decoder.layers.{i}" for i in range(6)]
+    for _ in range(2):
+        loss_c, grads_c = _loss_and_grads(model, ids, ids)
+    assert _rel(loss_c, loss_ref) < 1e-6
+    for name in grads_ref:
+        assert _rel(grads_c[name], grads_ref[name]) < 1e-5, name
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] <= 2  # one sliding + one global layer graph, shared by all layers
+    torch._dynamo.reset()
