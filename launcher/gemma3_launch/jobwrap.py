@@ -325,7 +325,17 @@ def run_rank(argv: list[str]) -> int:
         if out:
             write_json_atomic(
                 Path(out) / f"rank-{os.environ.get('RANK', '0')}.json",
-                {"rank": os.environ.get("RANK"), "node_rank": os.environ.get("GROUP_RANK", _node_rank()), "exit_code": code},
+                {
+                    "rank": os.environ.get("RANK"),
+                    "local_rank": os.environ.get("LOCAL_RANK"),
+                    "world_size": os.environ.get("WORLD_SIZE"),
+                    "node_rank": os.environ.get("GROUP_RANK", _node_rank()),
+                    "master_addr": os.environ.get("MASTER_ADDR"),
+                    "master_port": os.environ.get("MASTER_PORT"),
+                    "host": socket.gethostname(),
+                    "slurm_nodename": os.environ.get("SLURMD_NODENAME"),
+                    "exit_code": code,
+                },
             )
     return code
 
