@@ -1,0 +1,120 @@
+"""Training checkpoints: model (or adapters only) + optimizer + RNG + train state, through checkpoint/io.py.
+
+One sharded state dict per save, written with megatron dist_checkpointing (torch_dist) and committed by the
+tracker rename (checkpoint/io.py). Contents:
+- model tensors under their megatron names (docs/CONTRACTS.md) - for a PEFT run only the `.adapter.` tensors;
+- `optimizer.state.<exp_avg|exp_avg_sq>.<param name>` sharded like the parameter (reshards across TP/PP);
+- `rng_state`: one object per global rank (restored only when the world size is unchanged);
+- `train_state`: iteration, consumed samples (the data position), loss history (common state, rank 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemma3_runtime.checkpoint import io as ckpt_io
+from gemma3_runtime.checkpoint.layout import ResolvedCheckpoint, read_tracker, resolve_checkpoint
+from gemma3_runtime.training.state import TrainState, get_rng_state, set_rng_state
+
+log = logging.getLogger("gemma3_runtime.training")
+
+TRAIN_STATE_KEY = "train_state"
+RNG_KEY = "rng_state"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Gemma3Model inside megatron DDP (whose own state_dict keys carry a `module.` prefix)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def model_sharded_state_dict(model: torch.nn.Module, adapters_only: bool) -> dict[str, Any]:
+    inner = unwrap(model)
+    if adapters_only:
+        from gemma3_runtime.peft.state import adapter_sharded_state_dict
+
+        return adapter_sharded_state_dict(inner)
+    return inner.sharded_state_dict()
+
+
+def _rng_sharded_object(is_loading: bool) -> Any:
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return ShardedObject(RNG_KEY, None if is_loading else get_rng_state(), (world,), (rank,), replica_id=0)
+
+
+def save_training_checkpoint(save_dir: str | Path, models: list, optimizer: Any, train_state: TrainState,
+                             run_config: dict[str, Any], adapters_only: bool, save_optim: bool, save_rng: bool,
+                             tokenizer_dir: str | Path | None) -> Path:
+    """Collective: every rank calls it. Returns the committed iteration directory."""
+    model_sd = model_sharded_state_dict(models[0], adapters_only)
+    state: dict[str, Any] = dict(model_sd)
+    if save_optim:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd)
+    if save_rng:
+        state[RNG_KEY] = _rng_sharded_object(is_loading=False)
+    state[TRAIN_STATE_KEY] = train_state.to_dict()
+    return ckpt_io.save_checkpoint(save_dir, train_state.iteration, state, run_config, tokenizer_dir=tokenizer_dir)
+
+
+def find_resume_checkpoint(load_dir: str | None) -> ResolvedCheckpoint | None:
+    """The committed checkpoint in `load_dir`, or None when there is none yet (a fresh run)."""
+    if not load_dir or not Path(load_dir).is_dir() or read_tracker(Path(load_dir)) is None:
+        return None
+    return resolve_checkpoint(load_dir)
+
+
+def load_training_checkpoint(resolved: ResolvedCheckpoint, models: list, optimizer: Any, adapters_only: bool,
+                             load_optim: bool = True) -> TrainState:
+    """Restore model (or adapters), optimizer, RNG (same world size only) and train state, in place."""
+    from megatron.core.dist_checkpointing import load_common_state_dict
+
+    common = load_common_state_dict(str(resolved.iter_dir))
+    saved_state = TrainState.from_dict(common.get(TRAIN_STATE_KEY, {}))
+    model_sd = model_sharded_state_dict(models[0], adapters_only)
+    request: dict[str, Any] = dict(model_sd)
+    if load_optim and optimizer is not None:
+        request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
+    same_world = saved_state.world_size == torch.distributed.get_world_size()
+    if same_world:
+        request[RNG_KEY] = _rng_sharded_object(is_loading=True)
+    else:
+        log.warning("checkpoint was written by %d ranks, this run has %d: RNG states are not restored",
+                    saved_state.world_size, torch.distributed.get_world_size())
+    loaded = ckpt_io.load_checkpoint(resolved.iter_dir, request, strict=True)
+    _copy_model_tensors(models[0], loaded, model_sd, adapters_only)
+    if "optimizer" in request:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if same_world and loaded.get(RNG_KEY) is not None:
+        set_rng_state(loaded[RNG_KEY])
+    return saved_state
+
+
+def load_pretrained_weights(resolved: ResolvedCheckpoint, models: list) -> None:
+    """Base weights for finetuning (e.g. an imported `iter_0000000`): every non-adapter tensor must be there."""
+    inner = unwrap(models[0])
+    model_sd = {k: v for k, v in inner.sharded_state_dict().items() if ".adapter." not in k}
+    loaded = ckpt_io.load_checkpoint(resolved.iter_dir, model_sd, strict=True)
+    _copy_model_tensors(models[0], loaded, model_sd, adapters_only=False)
+
+
+def _copy_model_tensors(model: torch.nn.Module, loaded: dict[str, Any], model_sd: dict[str, Any],
+                        adapters_only: bool) -> None:
+    inner = unwrap(model)
+    tensors = {k: loaded[k] for k in model_sd if k in loaded and isinstance(loaded[k], torch.Tensor)}
+    if adapters_only:
+        from gemma3_runtime.peft.state import load_adapter_state_dict
+
+        load_adapter_state_dict(inner, tensors)
+        return
+    own = inner.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key in own:
+                own[key].copy_(value)

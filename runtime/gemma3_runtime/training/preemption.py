@@ -1,0 +1,51 @@
+"""Preemption: on SIGTERM or SIGUSR2 the run finishes its current step, saves, and exits REQUEUE_EXIT_CODE.
+
+The handler only records the signal; after every step all ranks agree (an all-reduce MAX of the flag), so every
+rank stops after the SAME step and joins the collective save even if only one of them got the signal.
+
+Under torchrun: the agent forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers by default; SIGUSR2 only when
+listed in TORCHELASTIC_SIGNALS_TO_HANDLE (e.g. "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"). After forwarding, the agent
+waits a bounded time (30 s in torch's elastic agent) before it SIGKILLs the workers, so one step plus a save must
+fit in that window - or send the signal to the workers directly (SLURM: `--signal=USR2@LEAD` to the job steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import torch
+
+from gemma3_launch.contract import PREEMPTION_SIGNALS
+
+log = logging.getLogger("gemma3_runtime.training")
+
+
+class PreemptionWatcher:
+    def __init__(self, signal_names: tuple[str, ...] = PREEMPTION_SIGNALS) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+        for name in signal_names:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            log.warning("received %s: finishing this step, then saving and exiting for requeue", self.received)
+
+    def agreed_stop(self) -> bool:
+        """True on every rank when any rank has received a preemption signal (collective)."""
+        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            backend = torch.distributed.get_backend()
+            if backend == "nccl":
+                flag = flag.cuda()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()

@@ -1,0 +1,63 @@
+"""One training / evaluation step on megatron-core's forward-backward schedules.
+
+Loss: per-token cross-entropy summed over loss tokens and divided by the number of loss tokens in the WHOLE global
+batch (megatron's `calculate_per_token_loss`: the loss function returns (sum, count), `finalize_model_grads`
+all-reduces the count over DP and scales the gradients). So the step is the same for any DP size and any split
+into micro-batches, which is what makes DP=2 equal DP=1.
+Packed SFT batches pass `segment_ids` so attention never crosses packed examples (data/sft.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Any, Iterator
+
+import torch
+
+
+def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    mask = loss_mask.float()
+    loss_sum = (per_token_loss.float() * mask).sum()
+    count = mask.sum()
+    return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count.detach()])}
+
+
+def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
+    batch = next(data_iterator)
+    segment_ids = batch.get("segment_ids")
+    if segment_ids is not None and bool((segment_ids == 1).all()):
+        segment_ids = None  # one document per row and no padding: plain causal attention
+    output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
+                   labels=batch["labels"], segment_ids=segment_ids)
+    return output, partial(loss_func, batch["loss_mask"])
+
+
+def schedule_context(device: torch.device):
+    """The CPU shim megatron's schedules need (compat module); nothing on CUDA."""
+    if device.type == "cpu":
+        from gemma3_runtime.compat.megatron_cpu import cpu_pipeline_schedules
+
+        return cpu_pipeline_schedules()
+    return contextlib.nullcontext()
+
+
+def run_forward_backward(models: list, microbatches: Iterator, num_microbatches: int, seq_length: int,
+                         micro_batch_size: int, device: torch.device, forward_only: bool) -> tuple[float, float]:
+    """Returns (loss sum, loss-token count) over the global batch, identical on every rank."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    with schedule_context(device):
+        reports = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=microbatches, model=models,
+            num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
+            forward_only=forward_only)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    # last pipeline stage holds the losses; count each DP replica once (TP rank 0 only)
+    if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
+        for report in reports:
+            totals += report["lm loss"].to(device=device, dtype=torch.float64)
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(totals)
+    return float(totals[0]), float(totals[1])
