@@ -38,6 +38,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"
     #: None: cuda when available (logged), else cpu. Set by `gemma3-runtime run --device`.
     device: str | None = None
+    #: Save and stop (exit 0) when the iteration is a multiple of this - a planned interruption (Megatron's
+    #: --exit-interval); the next start resumes.
+    exit_interval: int | None = None
 
 
 @dataclass

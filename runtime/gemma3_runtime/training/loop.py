@@ -12,6 +12,7 @@ Order of things, each step explained where it happens:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ log = logging.getLogger("gemma3_runtime.training")
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" | "preempted"
+    status: str  # "completed" | "preempted" | "stopped" (train.exit_interval)
     iteration: int
     train_losses: list = field(default_factory=list)
     eval_losses: list = field(default_factory=list)
@@ -294,6 +295,8 @@ def train(cfg: ConfigContainer) -> TrainResult:
 
     # -- steps ---------------------------------------------------------------------------------------------------
     watcher = PreemptionWatcher()
+    # per-step record (rank 0): the loss of every step at full precision, appended across resumes
+    steps_file = _open_steps_file(Path(save_dir), start_iter) if (is_rank0 and save_dir) else None
     status = "completed"
     last_saved: Path | None = None
     window_start, window_tokens, window_steps = time.time(), 0, 0
@@ -317,6 +320,9 @@ def train(cfg: ConfigContainer) -> TrainResult:
             window_tokens += gbs * seq
             window_steps += 1
             sink.advance(loss)
+            if steps_file is not None:
+                steps_file.write(json.dumps({"iteration": iteration, "loss": loss, "lr": lr, "grad_norm": norm}) + "\n")
+                steps_file.flush()
             last = iteration == cfg.train.train_iters
             if iteration % cfg.logging.log_interval == 0 or it == start_iter or last:
                 if device.type == "cuda":
@@ -329,11 +335,20 @@ def train(cfg: ConfigContainer) -> TrainResult:
                            "mfu": tflops / peak if peak else None, "loss_tokens": count, **memory_gib(device)}
                 sink.log(iteration, metrics)
                 window_start, window_tokens, window_steps = time.time(), 0, 0
+            paused = time.time()
             if cfg.eval.interval and iteration % cfg.eval.interval == 0 and not last:
                 run_evals(iteration, "eval")
             stop = watcher.agreed_stop()
-            if stop or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0):
+            planned_exit = bool(cfg.train.exit_interval) and iteration % cfg.train.exit_interval == 0 and not last
+            if stop or planned_exit or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0):
                 last_saved = save()
+            if planned_exit and not stop:
+                status = "stopped"
+                if is_rank0:
+                    print(f"stopping at iteration {iteration} (train.exit_interval={cfg.train.exit_interval})",
+                          flush=True)
+                break
+            window_start += time.time() - paused  # evals and saves do not count as training time
             if stop:
                 status = "preempted"
                 if is_rank0:
@@ -343,6 +358,8 @@ def train(cfg: ConfigContainer) -> TrainResult:
                 break
     finally:
         watcher.restore()
+        if steps_file is not None:
+            steps_file.close()
 
     if status == "completed":
         if evals_enabled and train_state.iteration > start_iter:
@@ -390,3 +407,15 @@ def _task_items(cfg: ConfigContainer) -> list:
                              "(or the bundled dataset)")
     items = [it for p in paths for it in synthetic.load_items(p)]
     return items[: cfg.eval.task_items]
+
+
+def _open_steps_file(save_dir: Path, start_iter: int):
+    """steps.jsonl keeps the steps up to the resume point (a killed run may have logged steps it never saved)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / "steps.jsonl"
+    kept = []
+    if path.exists() and start_iter > 0:
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
+    path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")

@@ -1,0 +1,78 @@
+"""Helpers for the training tests: tiny configs, running the CLI as a real subprocess, comparing checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_pretrain_cfg(save: Path, train_iters: int = 4, gbs: int = 4, seq: int = 16, **overrides):
+    """The tiny random Gemma 3 on mock data, CPU, every step logged; LR high enough that weights really move."""
+    from gemma3_runtime.training.config import apply_overrides
+    from gemma3_runtime.training.recipes import gemma3_tiny_pretrain_config
+
+    cfg = gemma3_tiny_pretrain_config(name="tiny", train_iters=train_iters, global_batch_size=gbs, seq_length=seq,
+                                      lr=1e-2, min_lr=1e-3, lr_warmup_iters=1, dir=str(save))
+    cfg.train.device = "cpu"
+    cfg.logging.log_interval = 1
+    cfg.logging.loss_curve_png = False
+    cfg.eval.interval = None
+    cfg.checkpoint.save_interval = None
+    apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+    return cfg
+
+
+def runtime_env() -> dict[str, str]:
+    parts = [str(REPO / "runtime"), str(REPO / "launcher"), str(REPO / "tests")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli_args(save: Path, train_iters: int, extra: list[str] = ()) -> list[str]:
+    """`gemma3-runtime run` argv for the tiny pretraining used by the subprocess tests."""
+    return [sys.executable, "-m", "gemma3_runtime.cli.main", "run", "--recipe", "gemma3_tiny_pretrain",
+            "--device", "cpu", f"checkpoint.save={save}", f"train.train_iters={train_iters}",
+            "train.global_batch_size=4", "data.seq_length=16", "optimizer.lr=0.01", "optimizer.min_lr=0.001",
+            "scheduler.lr_warmup_iters=1", "logging.log_interval=1", "logging.loss_curve_png=false",
+            "eval.interval=null", *extra]
+
+
+def step_losses(save: Path) -> list[float]:
+    lines = (save / "steps.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if line.strip()]
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a committed checkpoint (model, optimizer), as plain tensors."""
+    from megatron.core.dist_checkpointing.serialization import load_plain_tensors
+
+    from gemma3_runtime.checkpoint.layout import resolve_checkpoint
+
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, torch.Tensor):
+            flat[prefix] = value
+
+    walk("", load_plain_tensors(str(resolve_checkpoint(path).iter_dir)))
+    return flat
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def run_subprocess(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=runtime_env(), cwd=str(REPO))
