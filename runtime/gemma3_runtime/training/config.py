@@ -109,6 +109,7 @@ class CheckpointConfig:
     """Where to save, what to resume from, what to start a finetune from."""
 
     save: str | None = None
+    #: resume from here (default: the save dir, so a restarted job continues where it stopped)
     load: str | None = None
     pretrained_checkpoint: str | None = None
     save_interval: int | None = None

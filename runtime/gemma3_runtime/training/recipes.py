@@ -112,7 +112,7 @@ def _pretrain(
         data=DataConfig(kind="indexed" if data_paths else "mock", data_paths=list(data_paths) if data_paths else None,
                         seq_length=seq_length, split="9999,8,2"),
         eval=EvalConfig(interval=2000, iters=32),
-        checkpoint=CheckpointConfig(save=save, load=save, save_interval=500),
+        checkpoint=CheckpointConfig(save=save, save_interval=500),
         logging=LoggingConfig(log_interval=10),
         parallelism=ParallelismConfig(
             tensor_model_parallel_size=tensor_model_parallel_size or sizes.pretrain_tp,
@@ -160,7 +160,7 @@ def _finetune(
         data=DataConfig(kind="sft", data_paths=list(data_paths) if data_paths else [BUNDLED_SFT_DATASET],
                         seq_length=seq_length, packing=packing),
         eval=EvalConfig(interval=50, iters=10),
-        checkpoint=CheckpointConfig(save=save, load=save, pretrained_checkpoint=pretrained_checkpoint,
+        checkpoint=CheckpointConfig(save=save, pretrained_checkpoint=pretrained_checkpoint,
                                     save_interval=100),
         logging=LoggingConfig(log_interval=10),
         parallelism=ParallelismConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
