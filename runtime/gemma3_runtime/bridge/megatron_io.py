@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +17,19 @@ from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.model.config import Gemma3Config, Gemma3ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def building_on_cpu(device: str | None, pp: int) -> Iterator[None]:
+    """megatron-core's GPTModel calls `.cuda()` on the last stage's tied output weight when PP > 1; on a CPU-only
+    build that must be a no-op while the model is built (compat.megatron_cpu.tensor_cuda_is_identity)."""
+    if pp == 1 or torch.cuda.is_available() or device == "cuda":
+        yield
+        return
+    from gemma3_runtime.compat.megatron_cpu import tensor_cuda_is_identity
+
+    with tensor_cuda_is_identity():
+        yield
 
 
 def model_sharded_state_dict(models: Sequence[nn.Module]) -> dict[str, Any]:
@@ -67,7 +81,8 @@ def load_megatron_model(path: str | Path, tp: int = 1, pp: int = 1, device: str 
         provider.finalize()
     except ValueError as exc:
         raise UserInputError(f"--tp/--pp: {exc}") from None
-    models = provider.provide_distributed_model(wrap_with_ddp=False)
+    with building_on_cpu(device, pp):
+        models = provider.provide_distributed_model(wrap_with_ddp=False)
     sharded = model_sharded_state_dict(models)
     state = load_checkpoint(resolved.iter_dir, sharded, strict=strict)
     for model in models:

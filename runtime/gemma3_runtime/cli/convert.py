@@ -59,7 +59,7 @@ def _check_parallel(args: argparse.Namespace) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from gemma3_runtime.bridge.auto_bridge import AutoBridge, dtype_name
-    from gemma3_runtime.bridge.megatron_io import save_megatron_model
+    from gemma3_runtime.bridge.megatron_io import building_on_cpu, save_megatron_model
     from gemma3_runtime.checkpoint.layout import TRACKER_FILE, read_tracker
     from gemma3_runtime.errors import UserInputError
 
@@ -80,7 +80,8 @@ def run_import(args: argparse.Namespace) -> int:
         provider.finalize()
     except ValueError as exc:
         raise UserInputError(f"--tp/--pp: {exc}") from None
-    models = provider.provide_distributed_model(wrap_with_ddp=False)
+    with building_on_cpu(args.device, args.pp):
+        models = provider.provide_distributed_model(wrap_with_ddp=False)
     iter_dir = save_megatron_model(
         models, out, bridge.config, tokenizer_dir=bridge.hf_dir,
         extra_run_config={"source": {"hf_model": str(args.hf_model), "params_dtype": dtype_name(bridge.params_dtype),
