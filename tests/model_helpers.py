@@ -12,11 +12,11 @@ from gemma3_runtime.model.config import FULL, SLIDING, Gemma3Config
 
 
 def tiny_config(num_layers: int = 6, window: int = 8, heads: int = 4, kv_heads: int = 1, vocab: int = 500,
-                scaling: float = 1.0, layer_types=None) -> Gemma3Config:
+                scaling: float = 1.0, layer_types=None, hidden: int = 64) -> Gemma3Config:
     """A small random-weight Gemma 3 (two global layers by default: 2 and 5)."""
     if layer_types is None:
         layer_types = tuple(FULL if i % 3 == 2 else SLIDING for i in range(num_layers))
-    return Gemma3Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_layers=num_layers,
+    return Gemma3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=96, num_layers=num_layers,
                         num_attention_heads=heads, num_kv_heads=kv_heads, head_dim=32, query_pre_attn_scalar=24,
                         sliding_window=window, layer_types=tuple(layer_types), max_position_embeddings=1024,
                         rope_global_scaling_factor=scaling)
@@ -67,3 +67,11 @@ def copy_hf_into_megatron(hf, model, cfg: Gemma3Config) -> None:
                 ours[m + ours_name].copy_(sd[h + hf_name])
             fc1 = torch.cat([sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]], 0)
             ours[m + "mlp.linear_fc1.weight"].copy_(fc1)
+
+
+def build_model(cfg: Gemma3Config, **provider_fields):
+    """A TP=1/PP=1 CPU model in eval mode (the process group is created once and reused)."""
+    from gemma3_runtime.model.provider import Gemma3ModelProvider
+
+    provider = Gemma3ModelProvider.from_config(cfg, device="cpu", **provider_fields)
+    return provider.provide_distributed_model(wrap_with_ddp=False)[0].eval()

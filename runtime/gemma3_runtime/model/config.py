@@ -81,7 +81,7 @@ class Gemma3Config:
     bos_token_id: int | None = 2
     eos_token_id: int | list[int] | None = 1
     pad_token_id: int | None = 0
-    from_multimodal: bool = False  # imported from the text part of a Gemma3ForConditionalGeneration checkpoint
+    from_multimodal: bool = field(default=False, compare=False)  # imported from the text part of a Gemma3ForConditionalGeneration checkpoint
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ class Gemma3Config:
             layer_types = default_layer_types(num_layers, pattern)
         local_base, global_base, factor = _read_rope(config, source)
 
-        cfg = cls(
+        values = dict(
             vocab_size=get("vocab_size"),
             hidden_size=get("hidden_size"),
             intermediate_size=get("intermediate_size"),
@@ -220,8 +220,10 @@ class Gemma3Config:
             from_multimodal=from_multimodal,
             name=str(config.get("_name_or_path") or ""),
         )
-        cfg.validate(source)
-        return cfg
+        try:
+            return cls(**values)
+        except Gemma3ConfigError as exc:
+            raise Gemma3ConfigError(str(exc).replace("Gemma3Config", source, 1)) from None
 
     def to_hf(self, layout: str = "5.x") -> dict[str, Any]:
         """A text-only `Gemma3ForCausalLM` config.json dict.
