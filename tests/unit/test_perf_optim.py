@@ -28,3 +28,23 @@ def test_finds_inner_optimizers_and_skips_cpu() -> None:
     assert list(_torch_optimizers(chained)) == [a, b]
     assert use_fused_adamw(chained) == 0  # CPU parameters: unchanged
     assert not a.param_groups[0]["fused"]
+
+
+def test_foreach_replacements_compute_the_fallbacks_values() -> None:
+    from megatron.core.utils import local_multi_tensor_scale
+
+    from gemma3_runtime.perf.optim import foreach_l2_norm, foreach_scale
+
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(n, generator=g) for n in (3, 17, 1, 64)]
+    ours, _ = foreach_l2_norm(0, None, [ts], False)
+    ref = torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in ts]))
+    assert ours.shape == (1,) and torch.allclose(ours[0], ref, rtol=1e-6)
+    a = [t.clone() for t in ts]
+    b = [t.clone() for t in ts]
+    foreach_scale(0, None, [a, a], 0.37)
+    local_multi_tensor_scale(0, None, [b, b], 0.37)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    dst = [torch.empty_like(t) for t in ts]
+    foreach_scale(0, None, [ts, dst], 2.0)
+    assert all(torch.equal(d, t * 2.0) for d, t in zip(dst, ts))

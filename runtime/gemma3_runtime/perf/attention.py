@@ -13,6 +13,7 @@ Semantics are the model's: query i sees key j iff i - W < j <= i on sliding laye
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Optional
 
 import torch
@@ -27,8 +28,24 @@ _BLOCK_MASKS: dict[tuple, object] = {}
 _WINDOW_MASKS: dict[tuple, torch.Tensor] = {}
 
 
+def default_kernel() -> str:
+    """The fast-path kernel: "auto" unless GEMMA3_FAST_ATTENTION names another (benchmarks compare them)."""
+    kernel = os.environ.get("GEMMA3_FAST_ATTENTION", "auto")
+    if kernel not in FAST_KERNELS:
+        raise ValueError(f"GEMMA3_FAST_ATTENTION={kernel!r}, expected one of {FAST_KERNELS}")
+    return kernel
+
+
 def sliding_block_mask(s: int, window: Optional[int], device: torch.device):
     """Cached flex BlockMask for causal (window None) or sliding-window causal attention over s positions."""
+    mask = _BLOCK_MASKS.get((s, window, str(device)))
+    return mask if mask is not None else _build_block_mask(s, window, device)
+
+
+@torch.compiler.disable
+def _build_block_mask(s: int, window: Optional[int], device: torch.device):
+    """Outside any compiled graph (a compiled layer that meets a missing mask breaks once, then recompiles clean);
+    `prebuild_masks` normally fills the cache before the first step."""
     key = (s, window, str(device))
     mask = _BLOCK_MASKS.get(key)
     if mask is None:
@@ -78,11 +95,12 @@ def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
 
 
 def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int], scale: float,
-                   kernel: str = "auto") -> torch.Tensor:
+                   kernel: Optional[str] = None) -> torch.Tensor:
     """q [b, hq, s, d], k/v [b, hkv, s, d] (same s, no padding) -> [b, hq, s, d].
 
     window None = causal (global layer); W = the W most recent keys including the query itself.
     """
+    kernel = default_kernel() if kernel is None else kernel
     if kernel not in FAST_KERNELS:
         raise ValueError(f"fast attention kernel {kernel!r}, expected one of {FAST_KERNELS}")
     s = q.shape[2]
@@ -95,6 +113,27 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
     if window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(s, window, q.device), scale=scale)
+
+
+def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
+    """Fill the mask caches for every window the models' "auto" core attentions will ask for at `seq_length`,
+    so compiled layers never trace mask construction. Returns the number of masks built."""
+    kernel = default_kernel()
+    windows = set()
+    for model in models if isinstance(models, (list, tuple)) else [models]:
+        for module in model.modules():
+            if getattr(module, "kernel", None) == "auto" and hasattr(module, "window"):
+                w = module.window if module.window is not None and module.window < seq_length else None
+                windows.add(w)
+    built = 0
+    for w in windows:
+        if device.type == "cuda" and (kernel == "flex" or (kernel == "auto" and w is not None)):
+            _build_block_mask(seq_length, w, device)
+            built += 1
+        elif w is not None:
+            _window_mask(seq_length, w, device)
+            built += 1
+    return built
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],

@@ -56,3 +56,51 @@ def use_fused_adamw(optimizer: Any) -> int:
     if switched:
         log.info("fused AdamW on %d param groups", switched)
     return switched
+
+
+# ---- megatron's multi-tensor fallbacks (no apex / TE) ---------------------------------------------------------------
+def foreach_l2_norm(chunk_size: int, noop_flag: Any, tensor_lists: list, per_tensor: bool, *args: Any):
+    """Drop-in for megatron.core.utils.local_multi_tensor_l2_norm: same result ([1] fp32 CUDA tensor, None).
+
+    WHY: the fallback builds `torch.tensor([norm_0, norm_1, ...])` from CUDA scalars - one device->host copy and
+    sync per parameter tensor (~240 for the 1B model) on every step's grad-norm / clipping. `torch._foreach_norm`
+    is one multi-tensor kernel and the reduction stays on the device.
+    """
+    tensors = [t for t in tensor_lists[0]]
+    if not tensors:
+        return torch.zeros(1, dtype=torch.float, device="cuda"), None
+    norms = torch._foreach_norm(tensors)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    return total.reshape(1), None
+
+
+def foreach_scale(chunk_size: int, noop_flag: Any, tensor_lists: list, scale: Any) -> None:
+    """Drop-in for megatron.core.utils.local_multi_tensor_scale (dst = src * scale) with foreach kernels."""
+    src, dst = list(tensor_lists[0]), list(tensor_lists[1])
+    if not src:
+        return
+    if all(s is d for s, d in zip(src, dst)):
+        torch._foreach_mul_(dst, scale)
+    else:
+        torch._foreach_copy_(dst, torch._foreach_mul(src, scale))
+
+
+def use_foreach_grad_clipping() -> bool:
+    """Point megatron's grad-norm / clip code at the foreach versions when it runs on its local fallbacks.
+
+    Only the fallbacks are replaced (apex / TransformerEngine kernels, when installed, are left alone); the
+    replacement computes the same values. Returns True when installed.
+    """
+    import megatron.core.optimizer.clip_grads as clip_grads
+    from megatron.core import utils as mutils
+
+    changed = False
+    if clip_grads.l2_norm_impl is mutils.local_multi_tensor_l2_norm:
+        clip_grads.l2_norm_impl = foreach_l2_norm
+        changed = True
+    if clip_grads.multi_tensor_scale_impl is mutils.local_multi_tensor_scale:
+        clip_grads.multi_tensor_scale_impl = foreach_scale
+        changed = True
+    if changed:
+        log.info("megatron grad norm / clipping: foreach kernels instead of the per-tensor fallback")
+    return changed or clip_grads.l2_norm_impl is foreach_l2_norm

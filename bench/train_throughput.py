@@ -1,0 +1,427 @@
+"""Training throughput of OUR runtime (megatron-core + gemma3_runtime.perf) vs the Hugging Face anchor, one card.
+
+Benchmark, not a test: prints numbers, never fails on speed. One invocation runs, in one process on one GPU:
+  1. the HF anchor configurations (bench/hf_baseline_anchor.py, a verbatim copy of ../shared/bench/hf_baseline.py,
+     sha256 below, checked against ../shared when that exists): eager, +torch.compile, +PEFT LoRA r32;
+  2. our variants: the same model (Gemma 3 1B architecture, exact config, random init), the same step as
+     `gemma3-runtime run` (provider -> [LoRA] -> megatron DDP -> megatron optimizer -> forward_backward schedule
+     -> optimizer.step, with the perf switches applied by gemma3_runtime.perf.apply, exactly as the loop does);
+  3. optionally (--parity) 20 steps of ours and HF's from the SAME initial weights (HF -> our bridge), same batches.
+Prints one JSON line per measurement and a table; writes everything to --json.
+FLOPs/token are counted as the anchor counts them (gemma3_runtime.training.flops); MFU is vs 989 TFLOP/s dense bf16.
+
+Run on the GPU machine:   python3 bench/train_throughput.py --json $OUT/train_throughput.json
+CPU smoke (tiny model):   python3 bench/train_throughput.py --device cpu --tiny --hf none
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for sub in ("runtime", "launcher"):
+    if str(REPO / sub) not in sys.path:
+        sys.path.insert(0, str(REPO / sub))
+
+import torch  # noqa: E402
+
+ANCHOR = HERE / "hf_baseline_anchor.py"
+ANCHOR_SOURCE = REPO.parent / "shared" / "bench" / "hf_baseline.py"
+ANCHOR_SHA256 = "4ce53cdb26efde49c1c570a31f5c2e14e72e983956cf5a6aca13d7235a887f4d"
+PEAK_TFLOPS = 989.0
+
+# ---- our variants -------------------------------------------------------------------------------------------------
+# name -> (PerfConfig fields, extra: peft / mbs / micro-batches per step / recompute)
+PLAIN = dict(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, overlap_grad_reduce=False)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": dict(perf=PLAIN),
+    "attn-auto": dict(perf={**PLAIN, "attention": "auto"}),
+    "attn-flex": dict(perf={**PLAIN, "attention": "flex"}),
+    "ce": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True}),
+    "ce-adam": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True}),
+    "fast-norms": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True,
+                             "compile": "norms"}),
+    "fast-mlp": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True,
+                           "compile": "mlp"}),
+    "fast": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True)),
+    # the fast path's attention alternatives (GEMMA3_FAST_ATTENTION): flex for global layers too / SDPA window mask
+    "fast-flexall": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                         env={"GEMMA3_FAST_ATTENTION": "flex"}),
+    "fast-sdpawin": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                         env={"GEMMA3_FAST_ATTENTION": "sdpa"}),
+    "fast-nocompile": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="none", fused_adam=True)),
+    "fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), mbs=4),
+    "fast-ga8": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), nmb=8),
+    "lora-plain": dict(perf=PLAIN, peft="lora"),
+    "lora-fast": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                      peft="lora"),
+    "lora-fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                           peft="lora", mbs=4),
+}
+HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)
+    "eager": ("sdpa", None, None, False, False),
+    "lora": ("sdpa", None, None, True, False),
+    "compile": ("sdpa", None, None, False, True),
+    "flex": ("flex_attention", None, None, False, False),
+}
+
+
+def log_json(record: dict, sink: list) -> None:
+    sink.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def load_anchor():
+    """The HF anchor module (verbatim copy); warn if it drifted from ../shared."""
+    text = ANCHOR.read_bytes()
+    digest = hashlib.sha256(text).hexdigest()
+    if digest != ANCHOR_SHA256:
+        print(f"WARNING: {ANCHOR.name} sha256 {digest} != recorded {ANCHOR_SHA256}", flush=True)
+    if ANCHOR_SOURCE.is_file() and hashlib.sha256(ANCHOR_SOURCE.read_bytes()).hexdigest() != digest:
+        print(f"WARNING: {ANCHOR} differs from {ANCHOR_SOURCE}: re-copy it", flush=True)
+    spec = importlib.util.spec_from_file_location("hf_baseline_anchor", ANCHOR)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def model_config(tiny: bool):
+    from gemma3_runtime.model.config import Gemma3Config
+
+    if not tiny:
+        return Gemma3Config.preset("1b")
+    cfg = Gemma3Config.preset("1b")
+    return dataclasses.replace(cfg, hidden_size=64, intermediate_size=128, num_layers=4, num_attention_heads=4,
+                               num_kv_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                               vocab_size=1024, layer_types=cfg.layer_types[:3] + ("full_attention",))
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+# ---- our training step (what training/loop.py does, piece for piece) ----------------------------------------------
+class OurRun:
+    """Builds model + DDP + optimizer like training/loop.py and runs its step; `step()` returns (loss, grad norm)."""
+
+    def __init__(self, cfg, perf, device: torch.device, seq: int, mbs: int, nmb: int, peft: str | None,
+                 seed: int = 1234, lr: float = 1e-4, weight_decay: float = 0.1, clip_grad: float = 1.0,
+                 load_hf: str | None = None) -> None:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+        from gemma3_runtime.model.provider import Gemma3ModelProvider
+        from gemma3_runtime.perf import apply as perf_apply
+        from gemma3_runtime.training.config import OptimizerConfig
+        from gemma3_runtime.training.optimizer import build_optimizer
+
+        self.cfg, self.perf, self.device, self.seq, self.mbs, self.nmb = cfg, perf, device, seq, mbs, nmb
+        bf16 = device.type == "cuda"
+        torch.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        fields = perf_apply.provider_fields(perf)
+        fields["transformer_overrides"] = {**fields["transformer_overrides"], "calculate_per_token_loss": True}
+        provider = Gemma3ModelProvider.from_config(
+            cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed, **fields)
+        if load_hf is not None:
+            from gemma3_runtime.bridge.auto_bridge import AutoBridge
+
+            bridge = AutoBridge.from_hf_pretrained(load_hf)
+            provider.perform_initialization = False
+            provider.register_pre_wrap_hook(lambda models: bridge.load_hf_weights(models) or models)
+        provider.finalize()
+        models = provider.provide_distributed_model(wrap_with_ddp=False)
+        if peft:
+            from gemma3_runtime.peft.apply import apply_peft
+            from gemma3_runtime.peft.config import PeftConfig
+
+            # the anchor's LoRA: r=32, alpha=32, every linear (q/k/v/o/gate/up/down == qkv/proj/fc1/fc2)
+            apply_peft(models, PeftConfig(kind=peft, rank=32, alpha=32.0))
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, use_distributed_optimizer=device.type == "cuda",
+            **perf_apply.ddp_fields(perf, torch.distributed.get_world_size()))
+        models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
+        for m in models:
+            m.config.finalize_model_grads_func = finalize_model_grads
+            m.config.no_sync_func = m.no_sync
+        self.compiled = perf_apply.prepare_models(models, perf, device, seq_length=seq)
+        opt_cfg = OptimizerConfig(lr=lr, min_lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                                  use_distributed_optimizer=device.type == "cuda")
+        self.optimizer = build_optimizer(models, opt_cfg, device, bf16)
+        self.fused_groups = perf_apply.prepare_optimizer(self.optimizer, perf, device)
+        self.models, self.lr = models, lr
+        self.trainable = sum(p.numel() for m in models for p in m.parameters() if p.requires_grad)
+
+    def batches(self, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """tokens [nmb * mbs, seq + 1] -> micro-batches; labels are the next tokens (the anchor's shift)."""
+        out = []
+        for i in range(self.nmb):
+            chunk = tokens[i * self.mbs:(i + 1) * self.mbs].to(self.device)
+            ids, labels = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+            pos = torch.arange(ids.shape[1], device=self.device).unsqueeze(0).expand_as(ids)
+            out.append({"input_ids": ids, "labels": labels, "position_ids": pos,
+                        "loss_mask": torch.ones_like(labels, dtype=torch.float)})
+        return out
+
+    def step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+        from gemma3_runtime.training.step import run_forward_backward
+
+        for m in self.models:
+            m.zero_grad_buffer()
+        loss_sum, count = run_forward_backward(self.models, iter(batches), self.nmb, self.seq, self.mbs, self.device,
+                                               forward_only=False)
+        norm = self.optimizer.step(self.lr)
+        return loss_sum / max(count, 1.0), norm
+
+
+def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs: int, steps: int, warmup: int,
+                 flops_fn: Callable, sink: list) -> dict | None:
+    from gemma3_runtime.perf.config import PerfConfig
+
+    perf = PerfConfig(**spec["perf"])
+    mbs = spec.get("mbs", mbs)
+    nmb = spec.get("nmb", 1)
+    peft = spec.get("peft")
+    free_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_build = time.time()
+    run = None
+    saved_env = {k: os.environ.get(k) for k in spec.get("env", {})}
+    os.environ.update(spec.get("env", {}))
+    try:
+        run = OurRun(cfg, perf, device, seq, mbs, nmb, peft)
+        g = torch.Generator().manual_seed(0)
+        data = [run.batches(torch.randint(0, cfg.vocab_size, (nmb * mbs, seq + 1), generator=g)) for _ in range(2)]
+        t0 = time.time()
+        first = run.step(data[0])
+        for i in range(warmup - 1):
+            run.step(data[(i + 1) % 2])
+        warm_s = time.time() - t0
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        t = time.time()
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        for i in range(steps):
+            last = run.step(data[i % 2])
+        if device.type == "cuda":
+            end.record()
+            sync()
+            dt = start.elapsed_time(end) / 1000 / steps
+        else:
+            dt = (time.time() - t) / steps
+        tokens = mbs * nmb * seq
+        tok_s = tokens / dt
+        flops = flops_fn(seq, bool(peft)) * tok_s
+        rec = dict(impl="ours", variant=name, seq=seq, mbs=mbs, micro_batches=nmb, peft=peft,
+                   perf=dataclasses.asdict(perf), compiled_modules=len(run.compiled), fused_adam_groups=run.fused_groups,
+                   trainable_params=run.trainable, step_s=round(dt, 4), tok_s=round(tok_s), tflops=round(flops / 1e12, 1),
+                   mfu_vs_989=round(flops / (PEAK_TFLOPS * 1e12), 3),
+                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
+                   first_loss=round(first[0], 5), first_grad_norm=round(first[1], 5), loss=round(last[0], 5),
+                   build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
+    except Exception as exc:  # a failing variant is a result too; keep measuring the others
+        rec = dict(impl="ours", variant=name, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if spec.get("env"):
+        rec["env"] = spec["env"]
+    log_json(rec, sink)
+    del run
+    torch._dynamo.reset()
+    free_memory()
+    return rec
+
+
+def measure_hf(anchor, name: str, seq: int, mbs: int, sink: list) -> dict | None:
+    attn, _, _, lora, comp = HF_PLANS[name]
+    free_memory()
+    try:
+        rec = anchor.bench(attn, seq, mbs, lora, compile_=comp)
+        rec = dict(rec, impl="hf", variant=name)
+    except Exception as exc:
+        rec = dict(impl="hf", variant=name, error=repr(exc)[:400])
+    sink.append(rec)
+    torch._dynamo.reset()
+    free_memory()
+    return rec
+
+
+# ---- parity: same initial weights, same batches, 20 steps -----------------------------------------------------------
+def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, perf_name: str, sink: list,
+           workdir: Path) -> None:
+    """HF Gemma3ForCausalLM (fp32 master, bf16 autocast, AdamW) vs ours (bridge-imported weights, bf16 params +
+    fp32 main, megatron AdamW): per-step loss, no weight decay and no clipping on either side."""
+    from gemma3_runtime.perf.config import PerfConfig
+    from transformers import Gemma3ForCausalLM
+
+    lr = 1e-4
+    torch.manual_seed(0)
+    hf_cfg = anchor.gemma3_1b_config("sdpa") if not _is_tiny(cfg) else _tiny_hf_config(cfg)
+    hf = Gemma3ForCausalLM(hf_cfg)
+    hf_dir = workdir / "parity_hf"
+    hf.save_pretrained(hf_dir)
+    hf = hf.to(device)
+    g = torch.Generator().manual_seed(123)
+    data = [torch.randint(0, cfg.vocab_size, (mbs, seq + 1), generator=g) for _ in range(steps)]
+    opt = torch.optim.AdamW(hf.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+    hf_losses = []
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    for x in data:
+        x = x.to(device)
+        with ctx:
+            out = hf(input_ids=x[:, :-1], labels=x[:, :-1].clone())  # HF shifts inside; compare on seq tokens
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        hf_losses.append(float(out.loss))
+    del hf, opt, out
+    free_memory()
+    spec = VARIANTS[perf_name]
+    run = OurRun(cfg, PerfConfig(**spec["perf"]), device, seq, mbs, 1, None, lr=lr, weight_decay=0.0, clip_grad=0.0,
+                 load_hf=str(hf_dir))
+    ours = []
+    for x in data:
+        # HF's loss on input x[:, :-1] predicts x[1:seq] from x[0:seq-1]: the last position has no label
+        ids = x[:, :-1]
+        labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+        b = {"input_ids": ids.to(device), "labels": labels.to(device),
+             "position_ids": torch.arange(seq, device=device).unsqueeze(0).expand(mbs, seq),
+             "loss_mask": (labels >= 0).float().to(device)}
+        ours.append(run.step([b])[0])
+    rel = [abs(a - b) / abs(b) for a, b in zip(ours, hf_losses)]
+    rec = dict(impl="parity", variant=perf_name, seq=seq, mbs=mbs, steps=steps, hf_losses=[round(v, 5) for v in hf_losses],
+               our_losses=[round(v, 5) for v in ours], max_rel_diff=round(max(rel), 5),
+               within_2pct=bool(max(rel) <= 0.02))
+    log_json(rec, sink)
+    del run
+    torch._dynamo.reset()
+    free_memory()
+
+
+def _is_tiny(cfg) -> bool:
+    return cfg.hidden_size < 512
+
+
+def _tiny_hf_config(cfg):
+    from transformers import Gemma3TextConfig
+
+    hf_cfg = Gemma3TextConfig(**{k: v for k, v in cfg.to_hf().items() if k not in ("architectures", "model_type")})
+    hf_cfg._attn_implementation = "sdpa"
+    return hf_cfg
+
+
+# ---- main -------------------------------------------------------------------------------------------------------------
+def table(rows: list[dict]) -> str:
+    lines = [f"{'impl':6s} {'variant':16s} {'mbs':>3s} {'nmb':>3s} {'tok/s':>8s} {'TFLOP/s':>8s} {'MFU':>6s} "
+             f"{'peak GiB':>8s} {'loss1':>8s} {'gnorm1':>8s}"]
+    for r in rows:
+        if r.get("impl") not in ("ours", "hf"):
+            continue
+        if "error" in r:
+            lines.append(f"{r['impl']:6s} {r['variant']:16s} ERROR {r['error'][:90]}")
+            continue
+        lines.append(f"{r['impl']:6s} {r['variant']:16s} {r.get('mbs', ''):>3} {r.get('micro_batches', 1):>3} "
+                     f"{r['tok_s']:>8} {r['tflops']:>8} {r['mfu_vs_989']:>6} {str(r.get('peak_gib')):>8} "
+                     f"{str(r.get('first_loss', r.get('loss'))):>8.8s} {str(r.get('first_grad_norm', '')):>8.8s}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (CPU smoke test of the script)")
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--mbs", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--ours", default="plain,fast,lora-fast", help=f"comma list of {','.join(VARIANTS)} or none")
+    ap.add_argument("--hf", default="eager,compile,lora", help=f"comma list of {','.join(HF_PLANS)} or none")
+    ap.add_argument("--parity", default=None, help="run the 20-step loss parity with this variant of ours")
+    ap.add_argument("--parity-steps", type=int, default=20)
+    ap.add_argument("--json", default=None, help="write all records here")
+    args = ap.parse_args(argv)
+
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    seq = args.seq if not args.tiny else min(args.seq, 64)
+    cfg = model_config(args.tiny)
+    sink: list[dict] = []
+    env = dict(torch=torch.__version__, gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               python=sys.version.split()[0], seq=seq, model="tiny" if args.tiny else "gemma3-1b")
+    try:
+        import megatron.core
+        import transformers
+
+        env.update(megatron_core=megatron.core.__version__, transformers=transformers.__version__)
+    except Exception:
+        pass
+    anchor = load_anchor()
+    if device.type == "cuda":
+        env["bf16_matmul_tflops"] = round(anchor.matmul_ceiling(), 1)
+    log_json(dict(impl="env", **env), sink)
+
+    from gemma3_runtime.training.flops import flops_per_token_for
+
+    def flops_fn(s: int, peft: bool) -> float:
+        return flops_per_token_for(cfg, s, peft=peft)
+
+    if not args.tiny and args.hf != "none":
+        for name in [n for n in args.hf.split(",") if n]:
+            measure_hf(anchor, name, seq, args.mbs, sink)
+    if args.ours != "none":
+        for name in [n for n in args.ours.split(",") if n]:
+            measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink)
+    if args.parity:
+        workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "g3_parity"
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            parity(anchor, cfg, device, seq, args.mbs, args.parity_steps, args.parity, sink, workdir)
+        except Exception as exc:
+            log_json(dict(impl="parity", error=repr(exc)[:400], trace=traceback.format_exc()[-1500:]), sink)
+    print(table(sink), flush=True)
+    by = {(r["impl"], r["variant"]): r for r in sink if "tok_s" in r}
+    for ours_name, hf_name in (("fast", "compile"), ("fast", "eager"), ("lora-fast", "lora"),
+                               ("fast-ga8", "compile"), ("lora-fast-mbs4", "lora")):
+        if ("ours", ours_name) in by and ("hf", hf_name) in by:
+            o, h = by[("ours", ours_name)], by[("hf", hf_name)]
+            print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
+                  f"{o.get('peak_gib')} vs {h.get('peak_gib')} GiB", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(sink, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

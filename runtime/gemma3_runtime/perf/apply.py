@@ -1,0 +1,55 @@
+"""Apply a PerfConfig at the four points of a training run: provider, DDP config, built model, optimizer.
+
+The training loop and bench/train_throughput.py call these same functions, so the benchmark measures the step that
+users run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .config import PerfConfig
+
+log = logging.getLogger("gemma3_runtime.perf")
+
+
+def resolve_compile(perf: PerfConfig, device: torch.device) -> str:
+    if perf.compile == "auto":
+        return "layers" if device.type == "cuda" else "none"
+    return perf.compile
+
+
+def provider_fields(perf: PerfConfig, tp: int = 1) -> dict[str, Any]:
+    """Gemma3ModelProvider fields: `attention_kernel` and the `transformer_overrides` entries of the fast paths."""
+    perf.validate()
+    return {"attention_kernel": perf.attention,
+            "transformer_overrides": {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1)}}
+
+
+def ddp_fields(perf: PerfConfig, data_parallel_size: int) -> dict[str, Any]:
+    """megatron DistributedDataParallelConfig fields (overlap needs >1 DP rank to have anything to overlap)."""
+    return {"overlap_grad_reduce": bool(perf.overlap_grad_reduce and data_parallel_size > 1)}
+
+
+def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_length: int | None = None) -> list[str]:
+    """Build the attention masks for `seq_length` and compile the chosen submodules in place (after PEFT and DDP
+    wrapping, before the first step). Returns the compiled module names."""
+    from .attention import prebuild_masks
+    from .compile import compile_model
+
+    if seq_length:
+        prebuild_masks(models, seq_length, device)
+    return compile_model(models, resolve_compile(perf, device))
+
+
+def prepare_optimizer(optimizer: Any, perf: PerfConfig, device: torch.device) -> int:
+    """Fused AdamW and foreach grad-norm / clipping on CUDA; returns the number of Adam param groups switched."""
+    if not perf.fused_adam or device.type != "cuda":
+        return 0
+    from .optim import use_foreach_grad_clipping, use_fused_adamw
+
+    use_foreach_grad_clipping()
+    return use_fused_adamw(getattr(optimizer, "optimizer", optimizer))

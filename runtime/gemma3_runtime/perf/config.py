@@ -1,0 +1,41 @@
+"""`PerfConfig`: the training run's speed switches (torch-free, so the run config / YAML can hold it).
+
+Every switch changes speed or memory, never the function computed: each fast path has a CPU test against its plain
+twin (tests/unit/test_perf_*.py). "auto" values resolve per device in `gemma3_runtime.perf.apply`: the fast paths on
+CUDA, the plain ones on CPU (where torch.compile / flex would only cost start-up time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTENTION_CHOICES = ("auto", "sdpa", "flex", "eager")
+COMPILE_CHOICES = ("auto", "none", "norms", "mlp", "layers")
+
+
+@dataclass
+class PerfConfig:
+    #: core-attention kernel (model/attention.py KERNELS): "auto" = flash for global layers + flex with a cached
+    #: sliding-window block mask for local ones whenever there is no padding / packing / KV cache.
+    attention: str = "auto"
+    #: chunked linear + cross-entropy for the training loss (TP == 1): no [tokens, 262k] fp32 logits.
+    fused_linear_ce: bool = True
+    #: torch.compile target: "auto" = "layers" on CUDA, "none" on CPU.
+    compile: str = "auto"
+    #: torch's fused AdamW kernel inside megatron's optimizer (CUDA).
+    fused_adam: bool = True
+    #: overlap the DP gradient reduce-scatter with the backward pass (megatron DDP; only matters for DP > 1).
+    overlap_grad_reduce: bool = True
+
+    def validate(self) -> "PerfConfig":
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"perf.attention: expected one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"perf.compile: expected one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        return self
+
+    @classmethod
+    def plain(cls) -> "PerfConfig":
+        """Every fast path off: the reference configuration the benchmark compares against."""
+        return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False,
+                   overlap_grad_reduce=False)
