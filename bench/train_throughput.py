@@ -80,9 +80,17 @@ HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)
 }
 
 
+JSON_PATH: Path | None = None
+T_START = time.time()
+
+
 def log_json(record: dict, sink: list) -> None:
+    """Print one record and rewrite the JSON file (so a run cut off by a time limit still leaves its results)."""
+    record.setdefault("t_s", round(time.time() - T_START, 1))
     sink.append(record)
     print(json.dumps(record), flush=True)
+    if JSON_PATH is not None:
+        JSON_PATH.write_text(json.dumps(sink, indent=1))
 
 
 def load_anchor():
@@ -265,7 +273,7 @@ def measure_hf(anchor, name: str, seq: int, mbs: int, sink: list) -> dict | None
         rec = dict(rec, impl="hf", variant=name)
     except Exception as exc:
         rec = dict(impl="hf", variant=name, error=repr(exc)[:400])
-    sink.append(rec)
+    log_json(rec, sink)
     torch._dynamo.reset()
     free_memory()
     return rec
@@ -364,7 +372,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parity", default=None, help="run the 20-step loss parity with this variant of ours")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--json", default=None, help="write all records here")
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="start no new measurement after this many seconds (device time is scarce)")
     args = ap.parse_args(argv)
+    global JSON_PATH
+    if args.json:
+        JSON_PATH = Path(args.json)
+        JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
+
+    def time_left(what: str) -> bool:
+        if time.time() - T_START < args.budget_s:
+            return True
+        log_json(dict(impl="skipped", variant=what, reason=f"--budget-s {args.budget_s} reached"), sink)
+        return False
 
     import logging
     import warnings
@@ -398,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.tiny and args.hf != "none":
         for name in [n for n in args.hf.split(",") if n]:
-            measure_hf(anchor, name, seq, args.mbs, sink)
+            if time_left(f"hf/{name}"):
+                measure_hf(anchor, name, seq, args.mbs, sink)
     if args.ours != "none":
         for name in [n for n in args.ours.split(",") if n]:
-            measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink)
-    if args.parity:
+            if time_left(name):
+                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink)
+    if args.parity and time_left(f"parity/{args.parity}"):
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "g3_parity"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -417,9 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]
             print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
                   f"{o.get('peak_gib')} vs {h.get('peak_gib')} GiB", flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(sink, indent=1))
+    if JSON_PATH is not None:
+        JSON_PATH.write_text(json.dumps(sink, indent=1))
     return 0
 
 
