@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .contract import REQUEUE_EXIT_CODE
+from .contract import REQUEUE_EXIT_CODE, TERMINAL_STATE_FILE
 from .record import (
     PLAN_FILE,
     STEPS_DONE_FILE,
@@ -40,6 +40,8 @@ RANK_EXIT_DIR_ENV = "GEMMA3_RANK_EXIT_DIR"
 #: packages whose versions the job records (what it actually ran with; absent ones are skipped).
 RECORDED_PACKAGES = ("gemma3-launch", "torch", "megatron-core", "transformers", "safetensors", "peft", "numpy")
 FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+#: set while our own `scontrol requeue` ends this attempt (its SIGTERM is not a cancel).
+_REQUEUEING = False
 
 
 def _versions() -> dict[str, str]:
@@ -52,6 +54,12 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _in_slurm() -> bool:
@@ -136,20 +144,29 @@ def run_job(run_dir: Path) -> int:
         add_state(rec, "RUNNING", attempt=attempt)
 
     update_record(run_dir, begin)
+    (run_dir / TERMINAL_STATE_FILE).unlink(missing_ok=True)  # a new attempt runs: no earlier verdict stands
     redact = _Redactor(plan["secrets"])
     done: list[str] = read_json(run_dir / STEPS_DONE_FILE) or []  # type: ignore[assignment]
     received: list[int] = []
     child: list[subprocess.Popen] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if _REQUEUEING:
+            return  # `scontrol requeue` (ours) terminates this attempt: not a cancel
         received.append(signum)
         print(f"jobwrap: got {signal.Signals(signum).name}, forwarding to the step", flush=True)
+        if signum == signal.SIGTERM and plan["backend"] != "k8s":
+            # scancel / time limit / local cancel: say so NOW - the scheduler may SIGKILL us after KillWait, and
+            # status must stay right once the scheduler forgets the job (MinJobAge). Overwritten if we finish.
+            write_terminal_state(run_dir, "CANCELLED", 128 + signum, attempt=attempt, reason="SIGTERM")
         for p in child:
             if p.poll() is None:
                 p.send_signal(signum)
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
+    if not _in_slurm() and not os.environ.get("MASTER_PORT"):
+        os.environ["MASTER_PORT"] = str(_free_port())  # two local torchrun jobs must not share 29500
 
     rc = 0
     for index, step in enumerate(plan["steps"]):
@@ -179,11 +196,14 @@ def run_job(run_dir: Path) -> int:
 def _finish(run_dir: Path, plan: dict, rc: int, received: list[int], attempt: int, seconds: float) -> int:
     if rc == REQUEUE_EXIT_CODE and _in_slurm() and signal.SIGTERM not in received:
         if attempt < plan["slurm"]["max_requeues"]:
+            global _REQUEUEING
+            _REQUEUEING = True
             update_record(run_dir, lambda rec: add_state(rec, "REQUEUED", attempt=attempt))
             print(f"jobwrap: checkpoint committed; requeueing SLURM job {os.environ['SLURM_JOB_ID']}", flush=True)
             req = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
             if req.returncode == 0:
                 return rc
+            _REQUEUEING = False
             print(f"jobwrap: scontrol requeue failed: {req.stderr.strip()}", flush=True)
         state = "PREEMPTED"
     elif rc == 0:
@@ -262,7 +282,7 @@ def run_node(run_dir: Path, index: int) -> int:
             sys.executable, "-m", "torch.distributed.run",
             f"--nnodes={step['nnodes']}", f"--nproc-per-node={step['nproc_per_node']}", f"--node-rank={rank}",
             f"--master-addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-            f"--master-port={os.environ.get('MASTER_PORT', str(plan['slurm']['master_port']))}",
+            f"--master-port={os.environ.get('MASTER_PORT') or plan['slurm']['master_port'] or 29500}",
             "-m", "gemma3_launch.jobwrap", "rank", "gemma3_runtime.cli.main", *step["args"],
         ]  # fmt: skip
 

@@ -129,7 +129,7 @@ class SlurmPlan:
     extra_sbatch: tuple[str, ...]
     signal_lead_s: int
     max_requeues: int
-    master_port: int
+    master_port: int | None  # None: derived from the SLURM job id at run time
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ class Slurm(Strict):
     signal_lead_s: int = Field(300, ge=30, le=3600)
     #: how often a preempted / timed-out job may requeue itself.
     max_requeues: int = Field(3, ge=0, le=100)
-    master_port: int = Field(29500, ge=1024, le=65535)
+    #: torchrun rendezvous port; default: 20000 + SLURM_JOB_ID % 20000, so jobs sharing a node never collide.
+    master_port: int | None = Field(None, ge=1024, le=65535)
 
 
 class Toleration(Strict):

@@ -48,12 +48,14 @@ def lineage(plan: JobPlan, registry: Registry) -> dict:
     wanted = {k: os.path.abspath(v) for k, v in plan.inputs.items() if k != "model" or os.path.exists(v)}
     if not wanted:
         return found
-    for row in registry.all():
+    # newest first; a job that COMPLETED beats a newer one that did not (it is what actually wrote the files)
+    rows = sorted(registry.all(), key=lambda r: (r.get("state") == "COMPLETED", r.get("submitted_at") or ""), reverse=True)
+    for row in rows:
         rec = read_record(row["run_dir"]) if row.get("run_dir") else None
         for out_key, out_path in ((rec or {}).get("outputs") or {}).items():
             for in_key, in_path in wanted.items():
                 if os.path.abspath(out_path) == in_path and in_key not in found:
-                    found[in_key] = {"path": in_path, "job_id": rec["job_id"], "output": out_key}
+                    found[in_key] = {"path": in_path, "job_id": rec["job_id"], "output": out_key, "state": rec.get("state")}
     return found
 
 

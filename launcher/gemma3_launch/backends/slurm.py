@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..plan import JobPlan
-from ..record import LOG_FILE, read_terminal_state
+from ..record import LOG_FILE, TERMINAL_STATES, read_record, read_terminal_state
 from . import BackendError
 from ._follow import print_log
 
@@ -73,7 +73,7 @@ def render(plan: JobPlan) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in plan.env.items()]
     lines += [
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT={s.master_port}",
+        f"export MASTER_PORT={s.master_port}" if s.master_port else "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         f"exec {shlex.quote(job_python())} -m gemma3_launch.jobwrap job {shlex.quote(plan.run_dir)}",
     ]
     return "\n".join(lines) + "\n"
@@ -132,7 +132,11 @@ def status(record: dict) -> str:
     term = read_terminal_state(record["run_dir"])
     if term:
         return term["state"]
-    return accounting_state(job_id) or "UNKNOWN"
+    acct = accounting_state(job_id)
+    if acct:
+        return acct
+    latest = read_record(record["run_dir"]) or {}
+    return latest["state"] if latest.get("state") in TERMINAL_STATES else "UNKNOWN"  # last state the job recorded
 
 
 def logs(record: dict, follow: bool) -> None:

@@ -1,0 +1,161 @@
+"""The SLURM backend against a real cluster: import of the real 270M, a 2-node torchrun rendezvous, preemption ->
+checkpoint -> requeue -> resume to the same weights, cancel, and status with/without slurmdbd and after MinJobAge.
+
+Tests run in file order and share jobs (the import job doubles as "finished longer ago than MinJobAge").
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MIN_JOB_AGE, SENTINEL, start_cluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+IMAGE = "ghcr.io/gemma3-launch/gemma3-launch@sha256:" + "0" * 64
+JOBS: dict[str, dict] = {}
+TRAIN_ITERS = 120
+PRETRAIN_SETS = [
+    "resources.nodes=2",
+    f"overrides=[train.train_iters={TRAIN_ITERS}, train.global_batch_size=4, train.micro_batch_size=2, "
+    "checkpoint.save_interval=1000, logging.log_interval=10]",
+]
+
+
+def _no_secret_anywhere(slurm, run_dir: Path) -> None:
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SENTINEL not in path.read_text(errors="replace"), f"secret value in {path}"
+    for db in (slurm.root / "state").rglob("*.sqlite"):
+        rows = sqlite3.connect(db).execute("SELECT * FROM jobs").fetchall()
+        assert SENTINEL not in repr(rows)
+
+
+def test_import_real_270m_through_sbatch_and_srun(slurm, real_270m_dir):
+    job = slurm.submit("import_270m.yaml", follow=True)
+    JOBS["import"] = job
+    assert job["rc"] == 0, job["stdout"][-3000:] + job["stderr"][-2000:]
+    ckpt = slurm.root / "ckpt" / "import-270m"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
+    assert (ckpt / "iter_0000000" / "run_config.yaml").exists()
+    rec = slurm.record(job)
+    assert rec["state"] == "COMPLETED" and rec["exit_code"] == 0
+    # the pyxis flags were accepted by sbatch/srun and reached the task (fake pyxis exports them)
+    assert rec["runtime"]["container_image_flag"] == IMAGE
+    assert rec["runtime"]["versions"]["megatron-core"] == "0.16.1"
+    assert rec["outputs"]["checkpoint"] == str(ckpt)
+    assert rec["git"]["sha"] and rec["spec_hash"] and rec["backend_id"].isdigit()
+    assert "--container-image=" not in (job["run_dir"] / "sbatch.sh").read_text()  # pyxis flags go on srun
+    assert slurm.status(job["job_id"]) == "COMPLETED"
+    _no_secret_anywhere(slurm, job["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def pretrain_pair(slurm):
+    """The same 2-node tiny pretrain twice, submitted together: one runs through, one gets preempted."""
+    return {
+        "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
+        "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="preempted"),
+    }
+
+
+def test_two_node_job_gets_a_torchrun_rendezvous_from_slurm(slurm, pretrain_pair):
+    job = pretrain_pair["reference"]
+    assert slurm.wait(job["job_id"]) == "COMPLETED", (job["run_dir"] / "job.log").read_text()[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted((job["run_dir"] / "exit").glob("train-*/rank-*.json"))]
+    assert sorted(r["rank"] for r in ranks) == ["0", "1"]
+    assert {r["world_size"] for r in ranks} == {"2"}
+    assert {r["slurm_nodename"]: r["node_rank"] for r in ranks} == {"n1": "0", "n2": "1"}
+    first_host = subprocess.run(["scontrol", "show", "hostnames", "n[1-2]"], capture_output=True, text=True).stdout.split()[0]
+    assert {r["master_addr"] for r in ranks} == {first_host} == {"n1"}
+    assert {r["exit_code"] for r in ranks} == {0}
+
+
+def _final_state_dict(ckpt: Path) -> tuple[int, dict]:
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    iteration = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+    out = ckpt.parent / f"{ckpt.name}.final.pt"
+    dcp_to_torch_save(str(ckpt / f"iter_{iteration:07d}"), str(out))
+    sd = torch.load(out, weights_only=False)
+    return iteration, {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+
+
+def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(slurm, pretrain_pair):
+    import torch
+
+    job = pretrain_pair["preempted"]
+    slurm.wait_log(job, "iteration      20 |")
+    # exactly what --signal=B:USR2@LEAD delivers at the time limit, now: USR2 to the batch step (our wrapper)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job["slurm_id"]], check=True)
+    assert slurm.wait(job["job_id"], timeout=420) == "COMPLETED", (job["run_dir"] / "job.log").read_text()[-4000:]
+    rec = slurm.record(job)
+    states = [s["state"] for s in rec["states"]]
+    assert "REQUEUED" in states and states[-1] == "COMPLETED"
+    assert [(s["name"], s["exit_code"], s["attempt"]) for s in rec["steps"]] == [("train", 199, 0), ("train", 0, 1)]
+    log = (job["run_dir"] / "job.log").read_text()
+    assert "received SIGUSR2" in log and "requeueing SLURM job" in log and "resuming from" in log
+
+    assert slurm.wait(pretrain_pair["reference"]["job_id"]) == "COMPLETED"
+    it_ref, ref = _final_state_dict(slurm.root / "ckpt" / "reference")
+    it_pre, pre = _final_state_dict(slurm.root / "ckpt" / "preempted")
+    assert it_ref == it_pre == TRAIN_ITERS
+    assert ref.keys() == pre.keys() and any(k.startswith("decoder.") for k in ref)
+    differing = [k for k in ref if not torch.equal(ref[k], pre[k])]
+    assert not differing, f"weights differ after resume: {differing[:5]}"
+
+
+def test_cancel(slurm):
+    job = slurm.submit("pretrain_tiny.yaml", "overrides=[train.train_iters=100000, logging.log_interval=1]", tag="cancel")
+    slurm.wait_log(job, "iteration       2 |")
+    res = slurm.launch("cancel", job["job_id"])
+    assert res.returncode == 0, res.stderr
+    assert slurm.wait(job["job_id"], timeout=120) == "CANCELLED"
+    JOBS["cancel"] = job
+    assert subprocess.run(["squeue", "-h", "-j", job["slurm_id"]], capture_output=True, text=True).stdout.strip() == ""
+
+
+def _wait_forgotten(slurm_id: str, timeout: float = 150) -> None:
+    from gemma3_launch.backends.slurm import scheduler_state
+
+    deadline = time.time() + timeout
+    while scheduler_state(slurm_id) is not None:
+        assert time.time() < deadline, f"slurmctld still knows job {slurm_id} after {timeout}s (MinJobAge={MIN_JOB_AGE})"
+        time.sleep(2)
+
+
+def test_status_after_min_job_age_with_slurmdbd(slurm):
+    job = JOBS.get("import") or pytest.skip("needs the import job")
+    _wait_forgotten(job["slurm_id"])  # finished longer ago than MinJobAge: squeue and scontrol no longer know it
+    assert slurm.status(job["job_id"]) == "COMPLETED"  # from the job's own terminal-state file
+    state_file = job["run_dir"] / "state.json"
+    saved = state_file.read_bytes()
+    state_file.unlink()
+    try:
+        assert slurm.status(job["job_id"]) == "COMPLETED"  # then from sacct (accounting exists)
+    finally:
+        state_file.write_bytes(saved)
+    if "cancel" in JOBS:
+        _wait_forgotten(JOBS["cancel"]["slurm_id"])
+        assert slurm.status(JOBS["cancel"]["job_id"]) == "CANCELLED"
+
+
+def test_status_without_slurmdbd(slurm):
+    start_cluster(with_dbd=False)  # accounting_storage/none: sacct is disabled
+    sacct = subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True, text=True)
+    assert sacct.returncode != 0 or not sacct.stdout.strip()
+    job = slurm.submit("import_270m.yaml", "model=/nonexistent/model", "checkpoint.dir=${SLURM_TEST_DIR}/ckpt/never")
+    assert slurm.wait(job["job_id"], timeout=300) == "FAILED"  # from squeue / scontrol while it is known
+    _wait_forgotten(job["slurm_id"])
+    assert slurm.status(job["job_id"]) == "FAILED"  # from the terminal-state file: no sacct needed
+    rec = slurm.record(job)
+    assert rec["exit_code"] == 2  # the runtime's bad-input code, recorded by the job itself
+    (job["run_dir"] / "state.json").unlink()
+    assert slurm.status(job["job_id"]) == "FAILED"  # nothing left to ask: the last recorded state stands
