@@ -11,6 +11,7 @@ from pathlib import Path
 
 import helm_python as helm
 import pytest
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -29,6 +30,7 @@ NAMESPACE = "ml-training"
 
 @pytest.fixture(scope="module")
 def api(kube_apiserver: Path) -> client.ApiClient:
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the test server's self-signed cert
     api_client = config.new_client_from_config(config_file=str(kube_apiserver))
     try:
         client.CoreV1Api(api_client).create_namespace({"metadata": {"name": NAMESPACE}})

@@ -134,7 +134,13 @@ def _api_client() -> Any:
     from kubernetes.config.config_exception import ConfigException
 
     try:
-        return config.new_client_from_config()
+        api_client = config.new_client_from_config()
+        if not api_client.configuration.verify_ssl:
+            # the kubeconfig says insecure-skip-tls-verify: the user's choice, not a warning on every request
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return api_client
     except (ConfigException, FileNotFoundError, TypeError):
         pass
     try:
