@@ -332,7 +332,7 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tupl
     def gen_step(name: str, hf_path: str) -> Step:
         g = spec.generate
         assert g is not None
-        src = ("--prompts-file", g.prompts_file) if g.prompts_file else tuple(a for p in g.prompts for a in ("--prompt", p))
+        src = ("--prompts-file", g.prompts_file) if g.prompts_file else ("--prompt", g.prompt)
         return Step(name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *dev))
 
     if spec.kind == "import":

@@ -142,7 +142,9 @@ class Export(Strict):
 
 
 class Generate(Strict):
-    prompts: list[NonEmpty] = Field(default_factory=list)
+    """What `gemma3-runtime generate` is asked: one prompt, or a file (one prompt per line, or JSONL 'prompt')."""
+
+    prompt: NonEmpty | None = None
     prompts_file: NonEmpty | None = None
     max_new_tokens: int = Field(32, ge=1, le=8192)
     #: finetune: also generate with the base model before training (before/after comparison).
@@ -150,8 +152,8 @@ class Generate(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> "Generate":
-        if bool(self.prompts) == bool(self.prompts_file):
-            raise ValueError("expected exactly one of 'prompts' or 'prompts_file'")
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise ValueError("expected exactly one of 'prompt' or 'prompts_file'")
         return self
 
 
@@ -291,7 +293,7 @@ class JobSpec(Strict):
                 raise ValueError("export: expected model, checkpoint.dir and export.hf_path for an export job")
         if k == "generate":
             if not self.model or not self.generate:
-                raise ValueError("generate: expected model and generate.prompts (or prompts_file) for a generate job")
+                raise ValueError("generate: expected model and generate.prompt (or prompts_file) for a generate job")
         if self.export and k not in ("export", "pretrain", "finetune"):
             raise ValueError(f"export: expected no export section for a {k} job")
         if self.generate and self.generate.before and k != "finetune":

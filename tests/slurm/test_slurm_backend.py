@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 IMAGE = "ghcr.io/gemma3-launch/gemma3-launch@sha256:" + "0" * 64
 JOBS: dict[str, dict] = {}
-TRAIN_ITERS = 120
+TRAIN_ITERS = 200
 PRETRAIN_SETS = [
     "resources.nodes=2",
     f"overrides=[train.train_iters={TRAIN_ITERS}, train.global_batch_size=4, train.micro_batch_size=2, "
@@ -58,11 +58,15 @@ def test_import_real_270m_through_sbatch_and_srun(slurm, real_270m_dir):
 
 @pytest.fixture(scope="module")
 def pretrain_pair(slurm):
-    """The same 2-node tiny pretrain twice, submitted together: one runs through, one gets preempted."""
-    return {
-        "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
+    """The same 2-node tiny pretrain twice, submitted together: one runs through, one is preempted mid-run with
+    exactly what `--signal=B:USR2@LEAD` delivers near the time limit: USR2 to the batch step (our wrapper)."""
+    pair = {
         "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="preempted"),
+        "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
     }
+    slurm.wait_log(pair["preempted"], "iteration      20 |")
+    subprocess.run(["scancel", "--signal=USR2", "--batch", pair["preempted"]["slurm_id"]], check=True)
+    return pair
 
 
 def test_two_node_job_gets_a_torchrun_rendezvous_from_slurm(slurm, pretrain_pair):
@@ -92,9 +96,6 @@ def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(s
     import torch
 
     job = pretrain_pair["preempted"]
-    slurm.wait_log(job, "iteration      20 |")
-    # exactly what --signal=B:USR2@LEAD delivers at the time limit, now: USR2 to the batch step (our wrapper)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", job["slurm_id"]], check=True)
     assert slurm.wait(job["job_id"], timeout=420) == "COMPLETED", (job["run_dir"] / "job.log").read_text()[-4000:]
     rec = slurm.record(job)
     states = [s["state"] for s in rec["states"]]
