@@ -51,6 +51,15 @@ class Gemma3Model(GPTModel):
         # JAX implementation do: bf16(sqrt(640)) = 25.25, not 25.298 (see docs/MODEL.md).
         self.embedding_scale = math.sqrt(config.hidden_size)
 
+    def setup_embeddings_and_output_layer(self) -> None:
+        """megatron moves the last stage's tied copy with `.cuda()` before syncing it (PP > 1); not on CPU."""
+        if not torch.cuda.is_available():
+            from ..compat.megatron_cpu import tensor_cuda_is_identity
+
+            with tensor_cuda_is_identity():
+                return super().setup_embeddings_and_output_layer()
+        return super().setup_embeddings_and_output_layer()
+
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _scaled_embedding(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         emb = self.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, D]

@@ -145,9 +145,8 @@ class Gemma3ModelProvider:
                                   seed=self.seed)
         model = self.provide()
         model = model.to(device)
-        # zero rows beyond the HF vocab: padded logits are masked anyway, zero rows keep exports clean
-        if model.pre_process:
-            _zero_padded_vocab_rows(model, self.config.vocab_size)
+        # zero rows beyond the HF vocab (both tied copies under PP): padded logits are masked anyway
+        _zero_padded_vocab_rows(model, self.config.vocab_size)
         models = [model]
         for hook in self._pre_wrap_hooks:
             result = hook(models)
@@ -173,10 +172,13 @@ class Gemma3ModelProvider:
 
 
 def _zero_padded_vocab_rows(model, hf_vocab_size: int) -> None:
-    weight = model.embedding.word_embeddings.weight
-    start = model.embedding.word_embeddings.vocab_start_index
-    local_rows = weight.shape[0]
+    weight = model.shared_embedding_or_output_weight()
+    if weight is None:  # a middle pipeline stage
+        return
+    from megatron.core import parallel_state
+
+    start = weight.shape[0] * parallel_state.get_tensor_model_parallel_rank()
     first_pad = max(hf_vocab_size - start, 0)
-    if first_pad < local_rows:
+    if first_pad < weight.shape[0]:
         with torch.no_grad():
             weight[first_pad:].zero_()
