@@ -227,13 +227,23 @@ if [ "${{RANK:-0}}" = 0 ]; then exec python3 -m gemma3_launch.jobwrap job "$RUN_
 _WORKER = """\
 # Workers: only the steps that span several nodes. They join once the master's torchrun listens, because the
 # master may first run single-process steps (import, generate) for longer than torchrun's rendezvous timeout.
-child=""
-trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
+child=""; term=0
+trap 'term=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM
 node_step() {
-  until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do sleep 2; done
+  until (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; do
+    [ "$term" = 0 ] || exit 143
+    sleep 2
+  done
   python3 -m gemma3_launch.jobwrap node "$RUN_DIR" "$1" & child=$!
-  local rc
-  while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done
+  [ "$term" = 0 ] || kill -TERM "$child" 2>/dev/null  # a SIGTERM that came before $child was known
+  local rc again
+  while :; do  # a trapped signal interrupts `wait`: wait again for the step's own exit code
+    wait "$child"; rc=$?
+    kill -0 "$child" 2>/dev/null && continue
+    wait "$child" 2>/dev/null; again=$?
+    [ "$again" -eq 127 ] || rc=$again  # 127: already collected by the first wait
+    break
+  done
   child=""
   [ "$rc" -eq 0 ] || exit "$rc"
 }
