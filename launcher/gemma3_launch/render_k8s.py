@@ -214,6 +214,8 @@ def render_pytorchjob_yaml(plan: JobPlan) -> str:
 
 _PRELUDE = """\
 set -uo pipefail
+# The operator numbers pods Master 0, Worker 1..: that is the node rank the job wrapper gives torchrun.
+export GEMMA3_NODE_RANK="${RANK:-0}"
 # The plan travels inside the manifest (no secret values in it: secrets are names); every pod writes its copy,
 # atomically, so a run directory on a shared PVC sees one complete plan.json.
 mkdir -p "$RUN_DIR"

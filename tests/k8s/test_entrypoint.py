@@ -25,6 +25,7 @@ FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
 # Records argv and the plan it finds, then behaves as FAKE_RC / FAKE_SLEEP say (SIGTERM -> exit 199, like jobwrap).
 FAKE_PYTHON = """#!/bin/bash
 printf '%s\\n' "$@" > "$FAKE_LOG/argv.$RANK"
+echo "$GEMMA3_NODE_RANK" > "$FAKE_LOG/node_rank.$RANK"
 trap 'exit 199' TERM
 [ -n "${FAKE_SLEEP:-}" ] && { touch "$FAKE_LOG/started.$RANK"; sleep "$FAKE_SLEEP" & wait; }
 exit "${FAKE_RC:-0}"
@@ -77,6 +78,7 @@ def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path:
         assert proc.wait(timeout=30) == 3  # the node step's exit code is the pod's
     argv = (tmp_path / "argv.1").read_text().split("\n")[:-1]
     assert argv == ["-m", "gemma3_launch.jobwrap", "node", str(run_dir), str(train[0])]
+    assert (tmp_path / "node_rank.1").read_text().strip() == "1"  # the wrapper's torchrun --node-rank
 
 
 def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
@@ -96,3 +98,25 @@ def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
 def test_single_node_job_has_no_worker_part(tmp_path: Path) -> None:
     script, _, _, _ = _setup(tmp_path, nodes=1)
     assert "node_step" not in script and "jobwrap job" in script
+
+
+def test_master_entrypoint_with_the_real_job_wrapper(tmp_path: Path) -> None:
+    """No stand-in: the real gemma3_launch.jobwrap runs a one-step plan (`gemma3-runtime --help`) as the master
+    pod would, and leaves the job's own record (job.json: COMPLETED, the step, the versions it ran with)."""
+    import dataclasses
+    import sys
+
+    from gemma3_launch.plan import Step
+    from gemma3_launch.record import read_record
+
+    plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": "1"})
+    plan = dataclasses.replace(plan, steps=(Step("hello", ("--help",)),))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RANK": "0",
+           "HOSTNAME": "pod-0"}
+    result = subprocess.run(["bash", "-c", entrypoint_script(plan)], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = read_record(plan.run_dir)
+    assert record["state"] == "COMPLETED" and [s["name"] for s in record["steps"]] == ["hello"]
+    assert "gemma3-launch" in record["runtime"]["versions"]
+    assert "usage: gemma3-runtime" in result.stdout
