@@ -32,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     exp.add_argument("--hf-path", required=True, help="output HF directory")
     exp.add_argument("--not-strict", action="store_true", help="tolerate missing/unexpected tensors")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf-path")
+    exp.add_argument("--hf-adapter", action="store_true",
+                     help="LoRA/DoRA checkpoint: write the unmerged HF PEFT adapter (adapter_config.json + "
+                          "adapter_model.safetensors) instead of a merged model")
     exp.add_argument("--tp", type=int, default=1)
     exp.add_argument("--pp", type=int, default=1)
     exp.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -114,8 +117,24 @@ def run_export(args: argparse.Namespace) -> int:
     check_output_dir(out, args.overwrite)
     resolved = resolve_checkpoint(args.megatron_path)
     reference_dir = resolve_hf_model(args.hf_model)
-    models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device,
-                                                   strict=not args.not_strict)
+    from gemma3_runtime.peft.checkpoint import load_peft_model, peft_config_of
+
+    peft_cfg = peft_config_of(resolved.run_config, str(resolved.iter_dir / "run_config.yaml"))
+    if getattr(args, "hf_adapter", False) and peft_cfg is None:
+        from gemma3_runtime.errors import UserInputError
+
+        raise UserInputError(f"--hf-adapter: {resolved.iter_dir} is not a LoRA/DoRA checkpoint (no peft section)")
+    if peft_cfg is not None:  # adapters on the run's base; merged exactly unless the adapter itself is asked for
+        from gemma3_runtime.peft.apply import merge_peft
+
+        models, config, resolved, peft_cfg = load_peft_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
+                                                             device=args.device)
+        if args.hf_adapter:
+            return _export_hf_adapter(models, config, peft_cfg, resolved, out, args, start)
+        merge_peft(models)
+    else:
+        models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
+                                                       device=args.device, strict=not args.not_strict)
     try:
         reference = Gemma3Config.from_hf(read_hf_config(reference_dir), source=str(reference_dir / "config.json"))
         if (reference.num_layers, reference.hidden_size) != (config.num_layers, config.hidden_size):
@@ -136,6 +155,23 @@ def run_export(args: argparse.Namespace) -> int:
         note = " (text-only Gemma3ForCausalLM from a multimodal source)" if config.from_multimodal else ""
         print(f"exported {resolved.iter_dir} -> {out}: Gemma3ForCausalLM, {config.num_parameters():,} parameters, "
               f"{dtype_name(dtype)}, {time.perf_counter() - start:.1f} s{note}", flush=True)
+    return 0
+
+
+def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argparse.Namespace,
+                       start: float) -> int:
+    """The unmerged LoRA/DoRA adapter as an HF PEFT directory, loadable on top of the exported base model."""
+    import shutil
+
+    from gemma3_runtime.peft.hf_adapter import save_hf_adapter
+
+    if _rank() == 0 and out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    save_hf_adapter(models, peft_cfg, config, out, base_model_name_or_path=str(args.hf_model))
+    if _rank() == 0:
+        print(f"exported {resolved.iter_dir} -> {out}: HF PEFT {peft_cfg.kind} adapter (rank {peft_cfg.rank}, "
+              f"alpha {peft_cfg.alpha}, {', '.join(peft_cfg.targets)}), {time.perf_counter() - start:.1f} s",
+              flush=True)
     return 0
 
 

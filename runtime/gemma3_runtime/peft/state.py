@@ -16,20 +16,22 @@ def is_adapter_key(key: str) -> bool:
     return ADAPTER_MARKER in key
 
 
+def _global_adapter_params(model: ModelOrChunks) -> dict[str, torch.nn.Parameter]:
+    """Adapter parameters keyed by their GLOBAL names (layer index across pipeline stages, as in checkpoints)."""
+    from gemma3_runtime.bridge.engine import megatron_params
+
+    return {k: v for k, v in megatron_params(_chunks(model)).items() if is_adapter_key(k)}
+
+
 def adapter_state_dict(model: ModelOrChunks) -> dict[str, torch.Tensor]:
-    """This rank's adapter tensors (local TP shards), keyed by parameter name (one model chunk: no prefix)."""
-    chunks = _chunks(model)
-    if len(chunks) != 1:
-        raise ValueError("adapter_state_dict takes one model chunk; use adapter_sharded_state_dict for several")
-    return {k: v.detach() for k, v in chunks[0].state_dict().items() if is_adapter_key(k)}
+    """This rank's adapter tensors (local TP shards), keyed by global parameter name."""
+    return {k: v.detach() for k, v in _global_adapter_params(model).items()}
 
 
 def load_adapter_state_dict(model: ModelOrChunks, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy adapter tensors into an adapted model; every adapter key on both sides must match (names and shapes)."""
-    chunks = _chunks(model)
-    if len(chunks) != 1:
-        raise ValueError("load_adapter_state_dict takes one model chunk")
-    own = {k: v for k, v in chunks[0].state_dict(keep_vars=True).items() if is_adapter_key(k)}
+    """Copy adapter tensors (global names, this rank's shards) into an adapted model; every adapter key on both
+    sides must match in name and shape. Non-adapter keys in `state` are ignored."""
+    own = _global_adapter_params(model)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(k for k in state if is_adapter_key(k) and k not in own)
     if missing or unexpected:
