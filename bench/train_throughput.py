@@ -59,10 +59,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            "compile": "mlp"}),
     "fast": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True)),
     # the fast path's attention alternatives (GEMMA3_FAST_ATTENTION): flex for global layers too / SDPA window mask
-    "fast-flexall": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                         env={"GEMMA3_FAST_ATTENTION": "flex"}),
     "fast-sdpawin": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
                          env={"GEMMA3_FAST_ATTENTION": "sdpa"}),
+    "fast-flex": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                      env={"GEMMA3_FAST_ATTENTION": "flex"}),
+    "fast-mbs4-ga4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                          mbs=4, nmb=4),
     "fast-nocompile": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="none", fused_adam=True)),
     "fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), mbs=4),
     "fast-ga8": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), nmb=8),
@@ -200,8 +202,30 @@ class OurRun:
         return loss_sum / max(count, 1.0), norm
 
 
+def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) -> dict:
+    """One step under torch.profiler: top kernels/ops by device time, and device-busy time vs wall time (a large
+    gap means the GPU waits for the CPU). The tables go to <out_dir>/profile_<name>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.time()
+        run.step(batches)
+        torch.cuda.synchronize()
+        wall = time.time() - t
+    avgs = prof.key_averages()
+    key = "self_device_time_total" if hasattr(avgs[0], "self_device_time_total") else "self_cuda_time_total"
+    busy_us = sum(getattr(e, key) for e in avgs if getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA"))
+    text = avgs.table(sort_by=key, row_limit=45, max_name_column_width=70)
+    if out_dir is not None:
+        (out_dir / f"profile_{name}.txt").write_text(text)
+    print(text[:6000], flush=True)
+    return dict(profile_wall_s=round(wall, 4), profile_device_busy_s=round(busy_us / 1e6, 4))
+
+
 def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs: int, steps: int, warmup: int,
-                 flops_fn: Callable, sink: list) -> dict | None:
+                 flops_fn: Callable, sink: list, profile: bool = False) -> dict | None:
     from gemma3_runtime.perf.config import PerfConfig
 
     perf = PerfConfig(**spec["perf"])
@@ -248,6 +272,13 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
                    first_loss=round(first[0], 5), first_grad_norm=round(first[1], 5), loss=round(last[0], 5),
                    build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
+        from torch._dynamo.utils import counters
+
+        rec["graph_breaks"] = sum(counters["graph_break"].values())
+        rec["unique_graphs"] = counters["stats"].get("unique_graphs", 0)
+        counters.clear()
+        if profile and device.type == "cuda":
+            rec.update(profile_step(run, data[0], name, JSON_PATH.parent if JSON_PATH else None))
     except Exception as exc:  # a failing variant is a result too; keep measuring the others
         rec = dict(impl="ours", variant=name, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
     finally:
@@ -277,6 +308,52 @@ def measure_hf(anchor, name: str, seq: int, mbs: int, sink: list) -> dict | None
     torch._dynamo.reset()
     free_memory()
     return rec
+
+
+# ---- attention kernels alone: correctness vs fp32 and fwd+bwd time --------------------------------------------------
+def attention_bench(sink: list, s: int = 4096, b: int = 2, h: int = 4, g: int = 1, d: int = 256) -> None:
+    """Each fast-path kernel on the 1B's attention shape (bf16), sliding (W=512) and global: relative error of the
+    output and of dq/dk/dv against an fp32 reference, and the median fwd+bwd time of 10 runs."""
+    from gemma3_runtime.perf.attention import fast_attention, reference_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, s, d, device="cuda", generator=gen).to(torch.bfloat16)
+    k = torch.randn(b, g, s, d, device="cuda", generator=gen).to(torch.bfloat16)
+    v = torch.randn(b, g, s, d, device="cuda", generator=gen).to(torch.bfloat16)
+    do = torch.randn(b, h, s, d, device="cuda", generator=gen).to(torch.bfloat16)
+    scale = 256 ** -0.5
+
+    def grads(fn, *inputs):
+        xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+        out = fn(*xs)
+        out.backward(do if out.dtype == do.dtype else do.to(out.dtype))
+        return [out.detach()] + [x.grad for x in xs]
+
+    for window in (512, None):
+        ref = grads(lambda a, b_, c: reference_attention(a.float(), b_.float(), c.float(), window=window,
+                                                         scale=scale), q, k, v)
+        for kernel in ("flash", "flex", "sdpa"):
+            if kernel == "flash" and window is None:
+                continue  # global layers use SDPA is_causal in both "flash" and "sdpa"
+            try:
+                fn = lambda a, b_, c: fast_attention(a, b_, c, window=window, scale=scale, kernel=kernel)  # noqa: E731
+                got = grads(fn, q, k, v)
+                errs = [float((x.double() - r.double()).norm() / r.double().norm()) for x, r in zip(got, ref)]
+                times = []
+                for _ in range(12):
+                    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    st.record()
+                    grads(fn, q, k, v)
+                    en.record()
+                    torch.cuda.synchronize()
+                    times.append(st.elapsed_time(en))
+                times = sorted(times[2:])
+                rec = dict(impl="attn", kernel=kernel, window=window, shape=[b, h, g, s, d],
+                           rel_err_out_dq_dk_dv=[round(e, 5) for e in errs], fwd_bwd_ms=round(times[len(times) // 2], 3))
+            except Exception as exc:
+                rec = dict(impl="attn", kernel=kernel, window=window, error=repr(exc)[:300])
+            log_json(rec, sink)
+    free_memory()
 
 
 # ---- parity: same initial weights, same batches, 20 steps -----------------------------------------------------------
@@ -372,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parity", default=None, help="run the 20-step loss parity with this variant of ours")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--json", default=None, help="write all records here")
+    ap.add_argument("--attn-bench", action="store_true", help="time and check the attention kernels alone first")
+    ap.add_argument("--profile", default="", help="comma list of our variants to profile for one extra step")
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="start no new measurement after this many seconds (device time is scarce)")
     args = ap.parse_args(argv)
@@ -416,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     def flops_fn(s: int, peft: bool) -> float:
         return flops_per_token_for(cfg, s, peft=peft)
 
+    if args.attn_bench and device.type == "cuda":
+        attention_bench(sink)
     if not args.tiny and args.hf != "none":
         for name in [n for n in args.hf.split(",") if n]:
             if time_left(f"hf/{name}"):
@@ -423,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ours != "none":
         for name in [n for n in args.ours.split(",") if n]:
             if time_left(name):
-                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink)
+                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink,
+                             profile=name in args.profile.split(","))
     if args.parity and time_left(f"parity/{args.parity}"):
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "g3_parity"
         workdir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from gemma3_runtime.perf.attention import fast_attention, reference_attention, s
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("kernel", ["auto", "flex", "sdpa"])
+@pytest.mark.parametrize("kernel", ["auto", "flash", "flex", "sdpa"])
 @pytest.mark.parametrize("window", [None, 5, 200])
 def test_matches_reference(kernel: str, window: int | None) -> None:
     g = torch.Generator().manual_seed(hash((kernel, window)) % 1000)
