@@ -55,6 +55,8 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     from gemma3_runtime.checkpoint.layout import resolve_checkpoint
 
+    if not torch.distributed.is_initialized():  # dist_checkpointing reads need a (1-process) group
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
     flat: dict[str, torch.Tensor] = {}
 
     def walk(prefix: str, value) -> None:
