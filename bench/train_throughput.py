@@ -501,22 +501,30 @@ def main(argv: list[str] | None = None) -> int:
         for name in [n for n in args.hf.split(",") if n]:
             if time_left(f"hf/{name}"):
                 measure_hf(anchor, name, seq, args.mbs, sink)
-    if args.ours != "none":
-        for name in [n for n in args.ours.split(",") if n]:
-            if time_left(name):
-                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink,
-                             profile=name in args.profile.split(","))
-    if args.parity and time_left(f"parity/{args.parity}"):
+    def run_parity() -> None:
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "g3_parity"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             parity(anchor, cfg, device, seq, args.mbs, args.parity_steps, args.parity, sink, workdir)
         except Exception as exc:
             log_json(dict(impl="parity", error=repr(exc)[:400], trace=traceback.format_exc()[-1500:]), sink)
+
+    if args.ours != "none":
+        for name in [n for n in args.ours.split(",") if n]:
+            if name == "@parity":  # run the parity check at this point of the list
+                if args.parity and time_left(f"parity/{args.parity}"):
+                    run_parity()
+                args.parity = None
+                continue
+            if time_left(name):
+                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink,
+                             profile=name in args.profile.split(","))
+    if args.parity and time_left(f"parity/{args.parity}"):
+        run_parity()
     print(table(sink), flush=True)
     by = {(r["impl"], r["variant"]): r for r in sink if "tok_s" in r}
     for ours_name, hf_name in (("fast", "compile"), ("fast", "eager"), ("lora-fast", "lora"),
-                               ("fast-ga8", "compile"), ("lora-fast-mbs4", "lora")):
+                               ("fast-ga8", "compile"), ("fast-mbs4-ga4", "compile"), ("lora-fast-mbs4", "lora")):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]
             print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
