@@ -79,11 +79,21 @@ class _Redactor:
         return data
 
 
-def _pump(proc: subprocess.Popen, redact: _Redactor) -> None:
-    """Copy the child's output to ours, cut at line ends (\\n or \\r, so progress bars stay live), redacted."""
+def _pump(proc: subprocess.Popen, redact: _Redactor, tail: bytearray | None = None) -> None:
+    """Copy the child's output to ours, cut at line ends (\\n or \\r, so progress bars stay live), redacted.
+    The last TAIL_BYTES of (redacted) output are kept in `tail` for the job summary."""
     assert proc.stdout is not None
     out = sys.stdout.buffer
     buf = b""
+
+    def emit(data: bytes) -> None:
+        clean = redact(data)
+        out.write(clean)
+        out.flush()
+        if tail is not None:
+            tail.extend(clean)
+            del tail[:-TAIL_BYTES]
+
     while True:
         chunk = os.read(proc.stdout.fileno(), 65536)
         if not chunk:
@@ -91,12 +101,27 @@ def _pump(proc: subprocess.Popen, redact: _Redactor) -> None:
         buf += chunk
         cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
         if cut >= 0:
-            out.write(redact(buf[: cut + 1]))
-            out.flush()
+            emit(buf[: cut + 1])
             buf = buf[cut + 1 :]
     if buf:
-        out.write(redact(buf))
-        out.flush()
+        emit(buf)
+
+
+TAIL_BYTES = 65536
+
+
+def highlights(output: str) -> list[str]:
+    """What a step said that a person wants in the job summary: the runtime's `== summary ==` block (loss and task
+    accuracy before/after, checkpoint) and generated answers (`--- [i] 'prompt'` + text)."""
+    lines = [l.strip() for l in output.replace("\r", "\n").splitlines()]
+    found: list[str] = []
+    if "== summary ==" in lines:
+        start = len(lines) - 1 - lines[::-1].index("== summary ==")
+        found += [l for l in lines[start + 1 : start + 12] if l and not l.startswith(("jobwrap:", "INFO", "WARNING"))]
+    for i, line in enumerate(lines):
+        if line.startswith("--- [") and i + 1 < len(lines):
+            found += [line, f"    {lines[i + 1]}"]
+    return found[:40]
 
 
 def _step_command(plan: dict, index: int, run_dir: Path) -> list[str]:
@@ -178,13 +203,15 @@ def run_job(run_dir: Path) -> int:
         t0 = time.time()
         proc = subprocess.Popen(_step_command(plan, index, run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         child[:] = [proc]
-        _pump(proc, redact)
+        tail = bytearray()
+        _pump(proc, redact, tail)
         rc = proc.wait()
         child.clear()
         secs = round(time.time() - t0, 1)
         print(f"jobwrap: step {name}: exit {rc} after {secs}s", flush=True)
+        said = highlights(tail.decode(errors="replace"))
         update_record(run_dir, lambda rec: rec.setdefault("steps", []).append(
-            {"name": name, "exit_code": rc, "seconds": secs, "attempt": attempt, "ended_at": now()}))
+            {"name": name, "exit_code": rc, "seconds": secs, "attempt": attempt, "ended_at": now(), "highlights": said}))
         if rc != 0:
             break
         done.append(name)
@@ -232,6 +259,8 @@ def _print_summary(rec: dict, state: str, rc: int) -> None:
     print(f"\n== job {rec.get('job_id')}: {state} (exit {rc})", flush=True)
     for s in rec.get("steps", []):
         print(f"   step {s['name']:<16} exit {s['exit_code']:<4} {s['seconds']:>8.1f}s", flush=True)
+        for line in s.get("highlights") or []:
+            print(f"        {line}", flush=True)
     for k, v in (rec.get("outputs") or {}).items():
         print(f"   {k:<21} {v}", flush=True)
 
