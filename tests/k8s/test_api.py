@@ -11,7 +11,6 @@ from pathlib import Path
 
 import helm_python as helm
 import pytest
-import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -22,7 +21,7 @@ from gemma3_launch.render_k8s import render_pytorchjob
 
 from k8s_helpers import CHART, REPO
 
-pytestmark = pytest.mark.k8s
+pytestmark = [pytest.mark.k8s, pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 NAMESPACE = "ml-training"
@@ -30,7 +29,6 @@ NAMESPACE = "ml-training"
 
 @pytest.fixture(scope="module")
 def api(kube_apiserver: Path) -> client.ApiClient:
-    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the test server's self-signed cert
     api_client = config.new_client_from_config(config_file=str(kube_apiserver))
     try:
         client.CoreV1Api(api_client).create_namespace({"metadata": {"name": NAMESPACE}})
@@ -131,3 +129,14 @@ def test_helm_install_and_uninstall(api, kube_apiserver: Path, tmp_path: Path) -
     with pytest.raises(ApiException) as gone:
         custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "helm-installed")
     assert gone.value.status == 404
+
+
+def test_status_of_a_job_the_cluster_forgot(api, cli, tmp_path: Path) -> None:
+    """After ttlSecondsAfterFinished deletes the job, its own terminal-state file (shared run dir) still answers."""
+    from gemma3_launch.record import write_terminal_state
+
+    job_id = _submit(cli, tmp_path)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, job_id)
+    assert _status(cli, job_id) == "UNKNOWN"
+    write_terminal_state(tmp_path / "runs" / job_id, "COMPLETED", 0)
+    assert _status(cli, job_id) == "COMPLETED"

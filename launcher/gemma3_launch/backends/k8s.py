@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from ..plan import JobPlan
-from ..record import add_state, update_record
+from ..record import add_state, read_terminal_state, update_record
 from ..render_k8s import (
     API_VERSION,
     CONTAINER_NAME,
@@ -56,9 +56,15 @@ def status(record: dict) -> str:
     namespace, name = _split_id(record)
     job = _get_job(namespace, name)
     if job is None:
-        # Deleted: by our cancel (the record says so), or by ttlSecondsAfterFinished / someone else.
+        # Deleted: by our cancel (the record says so), by ttlSecondsAfterFinished, or by someone else. The job's
+        # own terminal-state file answers when the run dir is shared with this machine.
         recorded = record.get("state")
-        return recorded if recorded in ("CANCELLED", "COMPLETED", "FAILED", "TIMEOUT") else "UNKNOWN"
+        if recorded == "CANCELLED":
+            return recorded
+        terminal = read_terminal_state(record["run_dir"]) if record.get("run_dir") else None
+        if terminal:
+            return terminal["state"]
+        return recorded if recorded in ("COMPLETED", "FAILED", "TIMEOUT") else "UNKNOWN"
     return state_from_job(job)
 
 
