@@ -1,0 +1,85 @@
+"""`Decoder` over our megatron `Gemma3Model` (one pipeline stage, any tensor-parallel size).
+
+It calls the model's own submodules - input norm, `get_query_key_value_tensors` (fused QKV, q/k norms, kv heads
+< TP handled by megatron), the model's dual RoPE, `linear_proj` with its post-norm, pre-MLP norm, MLP with its
+post-norm, final norm, tied output layer - so weights, TP communication and PEFT adapters (which wrap those
+linears) are exactly the model's; only attention over the cache is the engine's. Hidden states stay megatron's
+[s, b, D].
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+from gemma3_runtime.generate.decoder import DecoderInfo
+from gemma3_runtime.model.rope import apply_rotary
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / Float16Module-style wrappers (they keep the real model in `.module`)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+class MegatronGemma3Decoder:
+    def __init__(self, model: torch.nn.Module) -> None:
+        model = unwrap_model(model)
+        self.model = model
+        if not (model.pre_process and model.post_process):
+            raise NotImplementedError("generation runs one pipeline stage holding all layers "
+                                      "(pipeline_model_parallel_size=1); use tensor parallelism to split a model")
+        tconfig = model.config
+        if tconfig.sequence_parallel:
+            raise NotImplementedError("generation does not use sequence parallelism; build the model without it")
+        self.layers = list(model.decoder.layers)
+        layer_types = tconfig.gemma3_layer_types
+        sliding = tuple(layer_types[layer.layer_number - 1] == "sliding_attention" for layer in self.layers)
+        attn = self.layers[0].self_attention
+        self.tp = model.pg_collection.tp
+        weight = model.embedding.word_embeddings.weight
+        self.info = DecoderInfo(
+            sliding=sliding,
+            window=int(tconfig.gemma3_sliding_window),
+            num_heads=int(attn.num_attention_heads_per_partition),
+            num_kv_heads=int(attn.num_query_groups_per_partition),
+            head_dim=int(attn.hidden_size_per_attention_head),
+            softmax_scale=float(self.layers[0].self_attention.core_attention.softmax_scale),
+            vocab_size=int(model.hf_vocab_size),
+            max_positions=int(model.max_sequence_length),
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model._scaled_embedding(input_ids, None)  # [s, b, D]; RoPE, not learned positions
+
+    def rotary(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.rotary_pos_emb(positions)  # [2, s, b, 1, d] fp32 (local, global)
+
+    def qkv(self, layer: int, hidden: torch.Tensor, rotary: torch.Tensor):
+        block = self.layers[layer]
+        attn = block.self_attention
+        query, key, value = attn.get_query_key_value_tensors(block.input_layernorm(hidden))  # [s, b, heads, d]
+        angles = rotary[attn.rope_index]
+        query, key = apply_rotary(query, angles), apply_rotary(key, angles)
+        return query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+
+    def finish_layer(self, layer: int, hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        block = self.layers[layer]
+        b, h, s, d = attention.shape
+        context = attention.permute(2, 0, 1, 3).reshape(s, b, h * d)
+        out, bias = block.self_attention.linear_proj(context)
+        hidden = hidden + (out if bias is None else out + bias)
+        out, bias = block.mlp(block.pre_mlp_layernorm(hidden))
+        return hidden + (out if bias is None else out + bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        last = model.decoder.final_layernorm(hidden[-1:])
+        logits, _ = model.output_layer(last, weight=model.shared_embedding_or_output_weight(),
+                                       runtime_gather_output=False)  # [1, b, V_pad / tp]
+        if self.tp.size() > 1:
+            logits = gather_from_tensor_model_parallel_region(logits, group=self.tp)
+        return logits[0, :, : self.info.vocab_size]
