@@ -1,0 +1,81 @@
+"""The job wrapper's pieces that need no scheduler: torchrun worker exit codes, highlights, records, the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemma3_launch.jobwrap import RANK_EXIT_DIR_ENV, _children, highlights
+from gemma3_launch.record import add_state, read_record, update_record, write_json_atomic
+from gemma3_launch.registry import Registry
+
+pytestmark = pytest.mark.unit
+
+
+def test_rank_wrapper_records_the_workers_exit_code(tmp_path):
+    """`jobwrap rank MODULE` runs the module as __main__ and writes its exit code where the node wrapper looks."""
+    env = dict(os.environ, **{RANK_EXIT_DIR_ENV: str(tmp_path), "RANK": "3", "WORLD_SIZE": "4", "GROUP_RANK": "1"})
+    # `python -m gemma3_launch.jobwrap` with a bad usage exits 2: a real module with a known exit code
+    res = subprocess.run([sys.executable, "-m", "gemma3_launch.jobwrap", "rank", "gemma3_launch.jobwrap", "bogus"],
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2
+    rec = json.loads((tmp_path / "rank-3.json").read_text())
+    assert (rec["exit_code"], rec["rank"], rec["world_size"], rec["node_rank"]) == (2, "3", "4", "1")
+
+
+def test_children_finds_direct_children_only():
+    proc = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); time.sleep(30)"])  # noqa: E501
+    try:
+        import time
+
+        for _ in range(50):
+            kids = _children(proc.pid)
+            if kids:
+                break
+            time.sleep(0.1)
+        assert len(kids) == 1 and _children(os.getpid()).count(proc.pid) == 1
+    finally:
+        for pid in _children(proc.pid):
+            os.kill(pid, 9)
+        proc.kill()
+        proc.wait()
+
+
+def test_highlights_pick_the_runtime_summary_and_answers():
+    out = ("iteration 5 | loss 1\r\n--- [0] 'Wordcode: a b ->'\n b-ka a-ka\n2026 INFO x: saved\n== summary ==\n"
+           "run completed at iteration 6 in 10 s\ntask accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)\n")
+    assert highlights(out) == ["run completed at iteration 6 in 10 s",
+                               "task accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)",
+                               "--- [0] 'Wordcode: a b ->'", "    b-ka a-ka"]  # fmt: skip
+
+
+def test_record_updates_are_atomic_and_keep_history(tmp_path):
+    write_json_atomic(tmp_path / "job.json", {"job_id": "j"})
+    update_record(tmp_path, lambda r: add_state(r, "RUNNING"))
+    update_record(tmp_path, lambda r: add_state(r, "RUNNING"))  # no duplicate entry
+    rec = update_record(tmp_path, lambda r: add_state(r, "COMPLETED", exit_code=0))
+    assert [s["state"] for s in rec["states"]] == ["RUNNING", "COMPLETED"] and rec["state"] == "COMPLETED"
+    assert read_record(tmp_path) == rec
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_registry_lookup_by_prefix_and_rebuild(tmp_path):
+    reg = Registry(tmp_path / "index.sqlite")
+    runs = tmp_path / "runs"
+    for jid in ("alpha-1", "alpha-2", "beta-1"):
+        (runs / jid).mkdir(parents=True)
+        rec = {"job_id": jid, "kind": "import", "backend": "local", "state": "COMPLETED", "run_dir": str(runs / jid),
+               "submitted_at": jid}  # fmt: skip
+        write_json_atomic(runs / jid / "job.json", rec)
+        reg.upsert(rec)
+    assert reg.get("beta")["job_id"] == "beta-1"
+    assert reg.get("alpha") is None  # ambiguous prefix
+    (tmp_path / "index.sqlite").unlink()
+    fresh = Registry(tmp_path / "index.sqlite")
+    assert fresh.all() == [] and fresh.rebuild([str(runs)]) == 3
+    assert {r["job_id"] for r in fresh.all()} == {"alpha-1", "alpha-2", "beta-1"}
