@@ -1,0 +1,40 @@
+"""platform: explicit, logged device choice (never a silent CPU fallback) and idempotent distributed init."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from gemma3_runtime import platform
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without CUDA")
+def test_cuda_requested_without_cuda_is_an_error_not_a_fallback():
+    with pytest.raises(platform.DeviceError, match=r"--device cuda: CUDA is not usable here .* use --device cpu"):
+        platform.select_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the default on a machine without CUDA")
+def test_default_device_is_logged_with_the_reason(caplog):
+    with caplog.at_level(logging.INFO, logger="gemma3_runtime.platform"):
+        assert platform.select_device(None) == torch.device("cpu")
+        assert platform.select_device("cpu") == torch.device("cpu")
+    assert "device: cpu (default: CUDA is not available)" in caplog.text
+    assert "device: cpu (requested with --device cpu)" in caplog.text
+
+
+def test_unknown_device_names_the_choices():
+    with pytest.raises(platform.DeviceError, match=r"--device: 'tpu' is not a device, expected one of cpu, cuda"):
+        platform.select_device("tpu")
+
+
+def test_init_distributed_is_idempotent_and_refuses_a_different_layout():
+    state = platform.init_distributed("cpu", tp=1, pp=1)
+    assert (state.world_size, state.tp, state.pp, state.device.type) == (1, 1, 1, "cpu")
+    assert platform.init_distributed("cpu", tp=1, pp=1).world_size == 1
+    with pytest.raises(platform.DeviceError, match="tp=2 x pp=1 do not divide the world size 1"):
+        platform.init_distributed("cpu", tp=2, pp=1)
