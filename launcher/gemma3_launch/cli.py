@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning")
         return c
 
-    spec_cmd("validate", "check a spec (and that it fits the cluster)")
+    v = spec_cmd("validate", "check a spec (and, with --cluster, that it fits that cluster)")
+    v.set_defaults(cluster=None)  # no --cluster: check against the cluster kinds (slurm, k8s), not this machine
     r = spec_cmd("render", "print exactly what would be submitted")
     r.add_argument("--format", choices=("native", "plan", "helm-values"), default="native",
                    help="native: sbatch script / PyTorchJob YAML / local command; plan: the JobPlan as JSON")  # fmt: skip
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---- spec commands -----------------------------------------------------------------------------------------------
-def _plan(args: argparse.Namespace, job_id: str | None = None):
+def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True):
     from .clusters import cluster_for
     from .loader import load_spec
     from .plan import PlanError, make_plan
@@ -90,7 +91,7 @@ def _plan(args: argparse.Namespace, job_id: str | None = None):
         plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
     except PlanError as exc:
         raise InputError(f"{args.spec}: {exc}") from None
-    for w in plan.warnings:
+    for w in plan.warnings if warn else ():
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     return spec, plan
 
@@ -125,11 +126,13 @@ def _k8s_render(fn, plan) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec, plan = _plan(args)
-    if args.cluster == "k8s":
-        _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
+    targets = [args.cluster] if args.cluster else ["slurm", "k8s"]
+    for i, cluster in enumerate(targets):
+        spec, plan = _plan(argparse.Namespace(**{**vars(args), "cluster": cluster}), warn=i == 0)
+        if cluster == "k8s":
+            _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
     steps = ", ".join(s.name for s in plan.steps)
-    print(f"ok: {spec.name} ({spec.kind}) on {args.cluster}: {len(plan.steps)} step(s): {steps}")
+    print(f"ok: {spec.name} ({spec.kind}) on {args.cluster or 'slurm and k8s'}: {len(plan.steps)} step(s): {steps}")
     return 0
 
 

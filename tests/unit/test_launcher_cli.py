@@ -69,7 +69,11 @@ def test_dry_run_submits_and_records_nothing(tmp_path, monkeypatch, capsys):
 
 def test_validate_and_schema(capsys):
     assert main(["validate", DEMO]) == 0
+    assert capsys.readouterr().out.startswith("ok: demo-270m-lora (finetune) on slurm and k8s: 5 step(s)")
+    assert main(["validate", DEMO, "--cluster", "local"]) == 0
     assert capsys.readouterr().out.startswith("ok: demo-270m-lora (finetune) on local: 5 step(s)")
+    assert main(["validate", str(REPO / "jobspecs" / "pretrain_1b.yaml"), "--cluster", "local"]) == 2  # 2 nodes
+    assert "resources.nodes" in capsys.readouterr().err
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["additionalProperties"] is False and "resources" in schema["properties"]
