@@ -212,6 +212,9 @@ def render_pytorchjob_yaml(plan: JobPlan) -> str:
 # redacts secret values from the output, skips steps already done after a restart and turns "the workers saved
 # after SIGTERM" into REQUEUE_EXIT_CODE (torchrun itself reports any worker failure as 1).
 
+#: ends the here-document that carries plan.json (JSON lines never equal it: they start with a space or brace)
+_HEREDOC = "GEMMA3_LAUNCH_PLAN"
+
 _PRELUDE = """\
 set -uo pipefail
 # The operator numbers pods Master 0, Worker 1..: that is the node rank the job wrapper gives torchrun.
@@ -269,5 +272,3 @@ def entrypoint_script(plan: JobPlan) -> str:
         parts += [f"node_step {index}  # {plan.steps[index].name}\n" for index in multi_node]
     return "".join(parts)
 
-
-_HEREDOC = "GEMMA3_LAUNCH_PLAN"
