@@ -141,3 +141,23 @@ def test_render_format_helm_values_prints_these_values(chart: helm.Chart) -> Non
     plan = make_plan(load_spec(FEATURES), Cluster("k8s"))
     assert values == helm_values(plan)
     assert _render(chart, values, namespace=plan.k8s.namespace) == [render_pytorchjob(plan)]
+
+
+def test_optional_external_secret_references_the_store_not_the_values(chart: helm.Chart) -> None:
+    plan = _plan(FEATURES)
+    values = helm_values(plan)
+    values["secrets"]["external"] = {
+        "storeRef": {"name": "vault", "kind": "ClusterSecretStore"},
+        "remoteRefs": {"HF_TOKEN": {"key": "ml/hf", "property": "token"}, "WANDB_API_KEY": {"key": "ml/wandb"}},
+    }
+    documents = _render(chart, values, namespace="ml-training")
+    (external,) = [d for d in documents if d["kind"] == "ExternalSecret"]
+    assert external["spec"]["target"]["name"] == "gemma3-credentials"
+    assert [d["secretKey"] for d in external["spec"]["data"]] == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert [d for d in documents if d["kind"] == "PyTorchJob"] == [render_pytorchjob(plan)]
+    del values["secrets"]["external"]["remoteRefs"]["WANDB_API_KEY"]
+    with pytest.raises(helm.HelmError, match="remoteRefs.WANDB_API_KEY"):
+        chart.render(values, name="release", namespace="ml-training")
+    values["secrets"]["external"]["remoteRefs"]["WANDB_API_KEY"] = {"value": "a-secret-value"}
+    with pytest.raises(helm.HelmValuesError):  # a value where a reference belongs is rejected by the schema
+        chart.render(values, name="release", namespace="ml-training")
