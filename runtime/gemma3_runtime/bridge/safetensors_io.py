@@ -1,7 +1,8 @@
 """Streaming safetensors in (one tensor at a time, memory-mapped) and out (shard by shard).
 
-Reading never materialises the whole checkpoint: `HFTensorReader` keeps one `safe_open` handle per shard file and
-reads a tensor (or just a slice of it) when asked. Writing buffers at most `max_shard_bytes` before a shard goes to
+Reading never materialises the whole checkpoint: `HFTensorReader` reads one tensor (or just a slice of it) when
+asked, opening (memory-mapping) its shard only for that read: mapped pages that stay mapped count in the process's
+RSS, so a long-lived handle would add the whole checkpoint's size to peak memory during an import. Writing buffers at most `max_shard_bytes` before a shard goes to
 disk; shard names need the final count, so shards are renamed once the last one is written. Callers write into a
 temporary directory and rename it when complete, so a crash never leaves something that looks like a checkpoint.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,8 +30,7 @@ class HFTensorReader:
 
     def __init__(self, hf_dir: Path) -> None:
         self.hf_dir = Path(hf_dir)
-        self._stack = ExitStack()
-        self._handles: dict[str, Any] = {}
+        self._shapes: dict[str, list[int]] = {}
         self.weight_map = self._read_weight_map()
 
     def _read_weight_map(self) -> dict[str, str]:
@@ -42,23 +41,23 @@ class HFTensorReader:
             except (ValueError, KeyError, TypeError) as exc:
                 raise UserInputError(f"{index}: not a valid safetensors index (expected JSON with 'weight_map'): {exc}")
             for file_name in sorted(set(weight_map.values())):
-                self._handle(file_name)  # validates every shard up front (truncation, missing file)
+                with self._open(file_name):  # validates every shard up front (truncation, missing file)
+                    pass
             return dict(weight_map)
         single = self.hf_dir / SINGLE_FILE
         if single.exists():
-            return {name: SINGLE_FILE for name in self._handle(SINGLE_FILE).keys()}
+            with self._open(SINGLE_FILE) as handle:
+                return {name: SINGLE_FILE for name in handle.keys()}
         raise UserInputError(f"{self.hf_dir}: no {SINGLE_FILE} or {INDEX_FILE} (expected HF safetensors weights)")
 
-    def _handle(self, file_name: str) -> Any:
-        if file_name not in self._handles:
-            path = self.hf_dir / file_name
-            if not path.exists():
-                raise UserInputError(f"{path}: safetensors shard listed in {INDEX_FILE} does not exist")
-            try:
-                self._handles[file_name] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            except SafetensorError as exc:
-                raise UserInputError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})")
-        return self._handles[file_name]
+    def _open(self, file_name: str) -> Any:
+        path = self.hf_dir / file_name
+        if not path.exists():
+            raise UserInputError(f"{path}: safetensors shard listed in {INDEX_FILE} does not exist")
+        try:
+            return safe_open(str(path), framework="pt")
+        except SafetensorError as exc:
+            raise UserInputError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})")
 
     def names(self) -> list[str]:
         return list(self.weight_map)
@@ -69,27 +68,31 @@ class HFTensorReader:
     def _source(self, name: str) -> Any:
         if name not in self.weight_map:
             raise UserInputError(f"{self.hf_dir}: tensor {name!r} is missing from the checkpoint")
-        return self._handle(self.weight_map[name])
+        return self._open(self.weight_map[name])
 
     def get(self, name: str) -> torch.Tensor:
         try:
-            return self._source(name).get_tensor(name)
+            with self._source(name) as handle:
+                return handle.get_tensor(name)
         except SafetensorError as exc:
             raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}")
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a tensor without reading the rest (rows past the end are simply absent)."""
         try:
-            return self._source(name).get_slice(name)[start:stop]
+            with self._source(name) as handle:
+                return handle.get_slice(name)[start:stop]
         except SafetensorError as exc:
             raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}")
 
     def shape(self, name: str) -> list[int]:
-        return list(self._source(name).get_slice(name).get_shape())
+        if name not in self._shapes:
+            with self._source(name) as handle:
+                self._shapes[name] = list(handle.get_slice(name).get_shape())
+        return self._shapes[name]
 
     def close(self) -> None:
-        self._stack.close()
-        self._handles.clear()
+        """Nothing stays open between reads; kept so callers can use the reader as a context manager."""
 
     def __enter__(self) -> "HFTensorReader":
         return self

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -83,12 +85,13 @@ def run_import(args: argparse.Namespace) -> int:
         provider.finalize()
     except ValueError as exc:
         raise UserInputError(f"--tp/--pp: {exc}") from None
-    with building_on_cpu(args.device, args.pp):
+    with _stage("build the model and load the HF weights"), building_on_cpu(args.device, args.pp):
         models = provider.provide_distributed_model(wrap_with_ddp=False)
-    iter_dir = save_megatron_model(
-        models, out, bridge.config, tokenizer_dir=bridge.hf_dir,
-        extra_run_config={"source": {"hf_model": str(args.hf_model), "params_dtype": dtype_name(bridge.params_dtype),
-                                     "tp": args.tp, "pp": args.pp}})
+    with _stage("save the Megatron checkpoint"):
+        iter_dir = save_megatron_model(
+            models, out, bridge.config, tokenizer_dir=bridge.hf_dir,
+            extra_run_config={"source": {"hf_model": str(args.hf_model),
+                                         "params_dtype": dtype_name(bridge.params_dtype), "tp": args.tp, "pp": args.pp}})
     if _rank() == 0:
         note = " (text model of a multimodal checkpoint; vision tower not imported)" if bridge.config.from_multimodal else ""
         print(f"imported {args.hf_model} -> {iter_dir}: Gemma 3, {bridge.config.num_parameters():,} parameters, "
@@ -149,8 +152,9 @@ def run_export(args: argparse.Namespace) -> int:
     dtype = next(m for m in models).parameters().__next__().dtype
     engine = WeightEngine(config, Parallelism.current())
     weights = engine.export(models, CAUSAL_LM_PREFIX, progress=_rank() == 0, strict=not args.not_strict)
-    save_hf_directory(weights, out, config, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite, dtype=dtype,
-                      note_multimodal=config.from_multimodal)
+    with _stage("write the HF directory"):
+        save_hf_directory(weights, out, config, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite, dtype=dtype,
+                          note_multimodal=config.from_multimodal)
     if _rank() == 0:
         note = " (text-only Gemma3ForCausalLM from a multimodal source)" if config.from_multimodal else ""
         print(f"exported {resolved.iter_dir} -> {out}: Gemma3ForCausalLM, {config.num_parameters():,} parameters, "
@@ -173,6 +177,15 @@ def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argp
               f"alpha {peft_cfg.alpha}, {', '.join(peft_cfg.targets)}), {time.perf_counter() - start:.1f} s",
               flush=True)
     return 0
+
+
+@contextmanager
+def _stage(what: str) -> Iterator[None]:
+    """Log how long one step took (rank 0), so slow conversions show where the time goes."""
+    start = time.perf_counter()
+    yield
+    if _rank() == 0:
+        logging.getLogger("gemma3_runtime.convert").info("%s: %.1f s", what, time.perf_counter() - start)
 
 
 def _rank() -> int:
