@@ -250,9 +250,17 @@ node_step() {
     break
   done
   child=""
-  [ "$rc" -eq 0 ] || exit "$rc"
+  [ "$rc" -eq 0 ] && return 0
+  # The master restarting (it saved after a preemption and exited REQUEUE_EXIT_CODE) breaks this node's
+  # rendezvous: restart this pod too so it rejoins, instead of failing the job. A master that failed for good
+  # fails the job, and cleanPodPolicy Running then removes this pod.
+  if [ "$term" = 0 ] && ! (exec 3<>"/dev/tcp/${MASTER_ADDR}/${MASTER_PORT}") 2>/dev/null; then
+    echo "[gemma3-launch] the master went away (exit $rc here): restarting to rejoin" >&2
+    exit %d
+  fi
+  exit "$rc"
 }
-"""
+""" % REQUEUE_EXIT_CODE
 
 
 def entrypoint_script(plan: JobPlan) -> str:

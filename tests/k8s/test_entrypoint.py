@@ -74,18 +74,34 @@ def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path:
                                 "MASTER_PORT": str(port), "FAKE_RC": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(1.0)
         assert proc.poll() is None and not (tmp_path / "argv.1").exists(), "worker started before the master listened"
-        listener.listen(1)
+        listener.listen(16)
         assert proc.wait(timeout=30) == 3  # the node step's exit code is the pod's
     argv = (tmp_path / "argv.1").read_text().split("\n")[:-1]
     assert argv == ["-m", "gemma3_launch.jobwrap", "node", str(run_dir), str(train[0])]
     assert (tmp_path / "node_rank.1").read_text().strip() == "1"  # the wrapper's torchrun --node-rank
 
 
+def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path) -> None:
+    script, env, _, _ = _setup(tmp_path)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    proc = subprocess.Popen(["bash", "-c", script], env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(listener.getsockname()[1]), "FAKE_SLEEP": "2", "FAKE_RC": "1"},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while not (tmp_path / "started.1").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    listener.close()  # the master's torchrun is gone while this node's step fails
+    assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE
+    assert "master went away" in proc.stderr.read()
+
+
 def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
     script, env, _, _ = _setup(tmp_path)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
+        listener.listen(16)
         proc = subprocess.Popen(["bash", "-c", script], env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1",
                                 "MASTER_PORT": str(listener.getsockname()[1]), "FAKE_SLEEP": "30"})
         deadline = time.time() + 20
