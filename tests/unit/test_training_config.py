@@ -22,11 +22,12 @@ def test_every_recipe_round_trips_through_yaml(name, tmp_path):
 
 def test_overrides_are_yaml_typed():
     cfg = get_recipe("gemma3_1b_pretrain")()
-    apply_overrides(cfg, ["train.global_batch_size=64", "optimizer.lr=2", "checkpoint.save=123",
+    apply_overrides(cfg, ["train.global_batch_size=64", "optimizer.lr=2", "optimizer.min_lr=3e-5", "checkpoint.save=123",
                           "eval.task_accuracy=true", "data.data_paths=[a, b]", "scheduler.lr_decay_iters=null",
                           "model.sliding_window=128", "logging.progress_bar=false"])
     assert cfg.train.global_batch_size == 64
     assert cfg.optimizer.lr == 2.0 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.optimizer.min_lr == 3e-5
     assert cfg.checkpoint.save == "123"  # a string field keeps the text as typed
     assert cfg.eval.task_accuracy is True
     assert cfg.data.data_paths == ["a", "b"]
@@ -47,6 +48,7 @@ def test_peft_section_takes_overrides():
     ("lr=1e-4", "unknown config key 'lr'; did you mean optimizer.lr"),
     ("train.global_batch_size=abc", "config key 'train.global_batch_size': expected int, got 'abc'"),
     ("train.train_iters=1.5", "config key 'train.train_iters': expected int, got 1.5"),
+    ("optimizer.lr=fast", "config key 'optimizer.lr': expected float, got 'fast'"),
     ("optimizer.lr=true", "config key 'optimizer.lr': expected float, got True"),
     ("data.kind=parquet", "config key 'data.kind': expected one of 'mock', 'indexed', 'sft'"),
     ("eval.task_accuracy=maybe", "config key 'eval.task_accuracy': expected bool"),

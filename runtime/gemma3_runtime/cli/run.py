@@ -70,6 +70,8 @@ def _setup_logging() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", module="megatron")
+    # megatron DDP lists every parameter of every bucket at INFO
+    logging.getLogger("megatron.core.distributed").setLevel(logging.WARNING)
 
 
 def main(args: argparse.Namespace) -> int:

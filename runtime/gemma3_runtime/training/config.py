@@ -398,6 +398,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise _type_error(key, value, hint)
     if hint is str:
         if isinstance(value, str):
