@@ -1,0 +1,106 @@
+"""The KV-cached engine on tiny random Gemma 3 models: every cached step must give the logits of a full forward
+of the whole sequence without a cache - per row of a left-padded batch, with a window of 4 so the sliding layers'
+ring buffer wraps in the prefill and while decoding, global layers in between."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_helpers import build_model, hf_model, tiny_config
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = tiny_config(num_layers=6, window=WINDOW)
+    model = build_model(cfg)
+    with torch.no_grad():  # make norms non-trivial so a wrong norm or residual order shows
+        for name, p in model.named_parameters():
+            if "layernorm" in name:
+                p.normal_(0.0, 0.3)
+    return cfg, model
+
+
+def _full_forward_logits(model, ids: list[int]) -> torch.Tensor:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        return model(input_ids=x, position_ids=torch.arange(len(ids)).view(1, -1))[0]  # [s, V]
+
+
+def test_cached_steps_equal_full_forward_per_row_of_a_left_padded_batch(tiny):
+    from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import _Session
+    from gemma3_runtime.generate.prompts import left_pad
+
+    cfg, model = tiny
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=gen).tolist() for n in (3, 9, 6)]
+    steps = 7
+    feed = [torch.randint(3, cfg.vocab_size, (steps,), generator=gen).tolist() for _ in prompts]
+    batch = left_pad(prompts, pad_id=0)
+    session = _Session(decoder_for(model), batch=3, columns=batch.width + steps, cuda_graph=False)
+    with torch.no_grad():
+        logits = [session.prefill(batch)]
+        for i in range(steps):
+            logits.append(session.step(torch.tensor([f[i] for f in feed])).clone())
+    for row, prompt in enumerate(prompts):
+        full = _full_forward_logits(model, prompt + feed[row])
+        for i, got in enumerate(logits):
+            torch.testing.assert_close(got[row], full[len(prompt) - 1 + i], atol=2e-5, rtol=1e-5,
+                                       msg=lambda m: f"row {row} step {i}: {m}")
+
+
+def test_greedy_tokens_equal_argmax_of_full_forwards(tiny):
+    from gemma3_runtime.generate.api import engine_for
+
+    cfg, model = tiny
+    prompt = [2, 17, 99, 5, 230, 41]
+    out = engine_for(model).generate([prompt], 12, stop_ids=())
+    seq = list(prompt)
+    for _ in range(12):
+        seq.append(int(_full_forward_logits(model, seq)[-1].argmax()))
+    assert out.tokens[0] == seq[len(prompt):]
+    assert out.finish_reasons == ["length"] and out.decode_steps == 11
+
+
+def test_rows_stop_independently_on_their_stop_token(tiny):
+    from gemma3_runtime.generate.api import engine_for
+
+    cfg, model = tiny
+    engine = engine_for(model)
+    prompts = [[2, 17, 99, 5], [2, 8, 300]]
+    free = engine.generate(prompts, 10, stop_ids=())
+    stop = free.tokens[0][3]  # row 0's 4th token becomes a stop token
+    out = engine.generate(prompts, 10, stop_ids=[stop])
+    first = free.tokens[0].index(stop)
+    assert out.tokens[0] == free.tokens[0][: first + 1] and out.finish_reasons[0] == "stop"
+    if stop not in free.tokens[1]:
+        assert out.tokens[1] == free.tokens[1] and out.finish_reasons[1] == "length"
+
+
+def test_engine_drives_transformers_model_like_its_generate():
+    from gemma3_runtime.generate.api import engine_for
+
+    cfg = tiny_config(num_layers=6, window=WINDOW)
+    hf = hf_model(cfg, seed=3)
+    prompt = [2, 45, 11, 300, 7, 7, 123, 9]
+    out = engine_for(hf).generate([prompt], 10, stop_ids=())
+    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, top_k=None, top_p=None,
+                      eos_token_id=None, pad_token_id=0)
+    assert out.tokens[0] == ref[0, len(prompt):].tolist()
+
+
+def test_context_overflow_is_user_error(tiny):
+    from gemma3_runtime.errors import UserInputError
+    from gemma3_runtime.generate.api import engine_for
+
+    cfg, model = tiny
+    with pytest.raises(UserInputError, match="exceeds the model's context of 1024 tokens"):
+        engine_for(model).generate([[2] * 1000], 25)
+    with pytest.raises(UserInputError, match="max-new-tokens"):
+        engine_for(model).generate([[2, 3]], 0)
