@@ -240,6 +240,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         n = reg.rebuild(args.runs_dir)
         print(f"index rebuilt from run directories: {n} job(s)", file=sys.stderr)
     rows = reg.all(args.cluster)
+    from .record import TERMINAL_STATES
+    from .submit import refresh
+
+    active = [r["job_id"] for r in rows if r["state"] not in TERMINAL_STATES]
+    if active:  # only unfinished jobs need the scheduler; finished states are final
+        for job_id in active:
+            try:
+                refresh(job_id)
+            except Exception as exc:  # noqa: BLE001 - a listing must not die on one unreachable backend
+                print(f"{PROG}: warning: {job_id}: state not refreshed ({exc.__class__.__name__})", file=sys.stderr)
+        rows = reg.all(args.cluster)
     print(f"{'JOB ID':<44} {'KIND':<9} {'BACKEND':<7} {'STATE':<11} SUBMITTED")
     for r in rows:
         print(f"{r['job_id']:<44} {r['kind'] or '':<9} {r['backend'] or '':<7} {r['state'] or '':<11} {r['submitted_at'] or ''}")
