@@ -157,16 +157,40 @@ class WeightEngine:
             for name, param in iterator:
                 mapping = mapping_for(name)
                 layer, _ = split_layer_name(name)
+                if mapping.transform is Transform.GATE_UP and self._load_gate_up(param, mapping, layer, reader, prefix):
+                    continue
                 tensor = self.megatron_local(mapping, layer, reader, prefix)
                 if tuple(tensor.shape) != tuple(param.shape):
                     raise UserInputError(
                         f"{reader.hf_dir}: {mapping.hf_names(prefix, layer)} give shape {tuple(tensor.shape)} for "
                         f"{name}, the model expects {tuple(param.shape)} (does config.json match the weights?)")
-                if tensor.dtype != param.dtype and not self._warned_dtype:
-                    log.warning("casting HF weights from %s to the model's %s", tensor.dtype, param.dtype)
-                    self._warned_dtype = True
+                if tensor.dtype != param.dtype:
+                    self._warn_cast(tensor.dtype, param.dtype)
                 param.data.copy_(tensor.to(device=param.device, dtype=param.dtype))
         return len(items)
+
+    def _load_gate_up(self, param: torch.Tensor, mapping: ParamMapping, layer: int | None, reader: HFTensorReader,
+                      prefix: str) -> bool:
+        """fc1 = cat(gate_i, up_i): copy this rank's row blocks straight into the two halves of the parameter
+        (no fused temporary: fc1 is the largest per-layer tensor). False when shapes do not fit (the generic path
+        then raises the clear error)."""
+        gate_name, up_name = mapping.hf_names(prefix, layer)
+        rows = self.config.intermediate_size // self.parallel.tp_size
+        if param.shape[0] != 2 * rows or reader.shape(gate_name) != reader.shape(up_name) \
+                or reader.shape(gate_name) != [self.config.intermediate_size, param.shape[1]]:
+            return False
+        start = self.parallel.tp_rank * rows
+        for half, name in ((param.data[:rows], gate_name), (param.data[rows:], up_name)):
+            piece = reader.get_rows(name, start, start + rows)
+            if piece.dtype != param.dtype:
+                self._warn_cast(piece.dtype, param.dtype)
+            half.copy_(piece.to(dtype=param.dtype))
+        return True
+
+    def _warn_cast(self, src: torch.dtype, dst: torch.dtype) -> None:
+        if not self._warned_dtype:
+            log.warning("casting HF weights from %s to the model's %s", src, dst)
+            self._warned_dtype = True
 
     # ---- Megatron -> HF ---------------------------------------------------------------------------------------
     def hf_from_megatron(self, mapping: ParamMapping, full: torch.Tensor) -> list[torch.Tensor]:
