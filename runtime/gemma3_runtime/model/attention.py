@@ -112,6 +112,10 @@ def _flex_attention(q, k, v, block_mask, scale):
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
+def _plain(ctx: AttentionContext | None) -> bool:
+    return ctx is None or (ctx.key_padding_mask is None and ctx.segment_ids is None)
+
+
 class Gemma3CoreAttention(MegatronModule):
     """softmax(q k^T * scale + mask) v with Gemma's window/causal semantics; no parameters.
 
@@ -161,13 +165,22 @@ class Gemma3CoreAttention(MegatronModule):
             if key_ not in cache:
                 cache[key_] = _flex_block_mask(sq, sk, self.window, ctx, b, q.device)
             out = _flex_attention(q, k, v, cache[key_], self.softmax_scale)
+        elif kernel == "sdpa" and self.window is None and sq == sk and _plain(ctx):
+            # global layer, no padding: a pure causal mask lets torch pick its flash kernel
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
+                                                 scale=self.softmax_scale, enable_gqa=True)
         else:
             if key_ not in cache:
                 cache[key_] = allowed_mask(sq, sk, self.window, ctx, q.device)
             mask = cache[key_]
             if kernel == "sdpa":
+                if q.device.type == "cuda" and k.shape[1] != q.shape[1]:
+                    # CUDA's masked (memory-efficient) kernel has no GQA path: expand kv heads rather than let
+                    # torch fall back to the math kernel
+                    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                     scale=self.softmax_scale, enable_gqa=True)
+                                                     scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
             else:
                 out = self._eager(q, k, v, mask, dropout)
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)
