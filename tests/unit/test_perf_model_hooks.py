@@ -79,4 +79,10 @@ def test_layer_compile_is_the_same_function_without_graph_breaks() -> None:
         assert _rel(grads_c[name], grads_ref[name]) < 1e-5, name
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] <= 2  # one sliding + one global layer graph, shared by all layers
+    frames = counters["stats"]["unique_graphs"]
+    model.eval()
+    with torch.no_grad():  # evaluation stays eager: no new graphs
+        model(input_ids=ids, position_ids=torch.arange(24).expand_as(ids), labels=ids)
+    assert counters["stats"]["unique_graphs"] == frames
+    assert sorted(model.state_dict()) == sorted(_build("auto", True).state_dict())
     torch._dynamo.reset()

@@ -6,8 +6,9 @@ four, residual adds and RoPE more. At 1B / seq 4096 that memory traffic costs ab
 fuses each run of elementwise ops into one kernel (and the backward likewise), which is the only route to the
 hardware's matmul ceiling on a torch-native stack.
 
-`nn.Module.compile()` compiles a module's call in place: names, state_dict, DDP hooks and checkpoints are
-untouched, and the uncompiled path stays available (compile is a run-time choice, never a different model).
+Each chosen module's training forward is wrapped by torch.compile in place (`_compile_for_training`): names,
+state_dict, DDP hooks and checkpoints are untouched, evaluation and KV-cached generation stay eager, and the
+uncompiled path stays available (compile is a run-time choice, never a different model).
 Targets:
 - "layers": every TransformerLayer (norms, QKV/MLP projections, RoPE, attention, GeGLU, residuals in one graph);
 - "mlp": every MLP (fc1 -> GeGLU -> fc2 -> post-norm) and every RMSNorm elsewhere;
@@ -91,6 +92,24 @@ def _targets(model: nn.Module, target: str) -> list[tuple[str, nn.Module]]:
     return chosen
 
 
+def _compile_for_training(module: nn.Module, **kwargs) -> None:
+    """Route the module's training forward (train mode, grad enabled) through torch.compile; everything else
+    (evaluation under no_grad, KV-cached generation whose shapes change every token) stays eager, so it never
+    triggers recompilation. The instance's `forward` attribute is replaced; parameters and names are untouched."""
+    if getattr(module, "_gemma3_compiled", False):
+        return
+    eager = module.forward
+    compiled = torch.compile(eager, **kwargs)
+
+    def forward(*args, **kw):
+        if module.training and torch.is_grad_enabled():
+            return compiled(*args, **kw)
+        return eager(*args, **kw)
+
+    module.forward = forward
+    module._gemma3_compiled = True
+
+
 def compile_model(models: Iterable[nn.Module] | nn.Module, target: str = "layers", **compile_kwargs) -> list[str]:
     """Compile `target` submodules of each model in place; returns the compiled module names ([] for "none")."""
     if target == "none":
@@ -103,7 +122,7 @@ def compile_model(models: Iterable[nn.Module] | nn.Module, target: str = "layers
     names: list[str] = []
     for model in [models] if isinstance(models, nn.Module) else list(models):
         for name, module in _targets(model, target):
-            module.compile(**kwargs)
+            _compile_for_training(module, **kwargs)
             names.append(name)
     log.info("torch.compile(%s) on %d modules (%s)", target, len(names), kwargs)
     return names

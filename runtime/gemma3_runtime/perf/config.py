@@ -25,7 +25,8 @@ class PerfConfig:
     #: torch's fused AdamW kernel inside megatron's optimizer (CUDA).
     fused_adam: bool = True
     #: overlap the DP gradient reduce-scatter with the backward pass (megatron DDP; only matters for DP > 1).
-    overlap_grad_reduce: bool = True
+    #: Off by default: not yet measured on two GPUs (docs/PERFORMANCE.md).
+    overlap_grad_reduce: bool = False
 
     def validate(self) -> "PerfConfig":
         if self.attention not in ATTENTION_CHOICES:

@@ -172,11 +172,19 @@ def train(cfg: ConfigContainer) -> TrainResult:
 
     # -- model: same seed -> same initial weights on every run and every TP layout ------------------------------
     _reseed(seed, device, parallel_state.get_tensor_model_parallel_rank())
+    # speed switches (gemma3_runtime.perf; same functions as bench/train_throughput.py): fast attention kernel,
+    # chunked linear+CE, then layer compile and fused AdamW below. `cfg.perf` when the container has it.
+    from gemma3_runtime.perf import apply as perf_apply
+    from gemma3_runtime.perf.config import PerfConfig
+
+    perf = getattr(cfg, "perf", None) or PerfConfig()
+    perf_fields = perf_apply.provider_fields(perf, tp)
     provider = Gemma3ModelProvider.from_config(
         cfg.model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         sequence_parallel=cfg.parallelism.sequence_parallel,
         params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed,
-        transformer_overrides=dict(calculate_per_token_loss=True))
+        attention_kernel=perf_fields["attention_kernel"],
+        transformer_overrides=dict(calculate_per_token_loss=True, **perf_fields["transformer_overrides"]))
     try:
         provider.finalize()
     except ValueError as exc:
@@ -195,13 +203,16 @@ def train(cfg: ConfigContainer) -> TrainResult:
             log.info("peft %s on %d linears; trainable parameters: %d", cfg.peft.kind, len(names),
                      sum(p.numel() for m in models for p in m.parameters() if p.requires_grad))
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-        use_distributed_optimizer=device.type == "cuda" and cfg.optimizer.use_distributed_optimizer)
+        grad_reduce_in_fp32=True,
+        use_distributed_optimizer=device.type == "cuda" and cfg.optimizer.use_distributed_optimizer,
+        **perf_apply.ddp_fields(perf, dp))
     models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
     for m in models:
         m.config.finalize_model_grads_func = finalize_model_grads
         m.config.no_sync_func = m.no_sync
+    perf_apply.prepare_models(models, perf, device, seq_length=cfg.data.seq_length)
     optimizer = build_optimizer(models, cfg.optimizer, device, bf16)
+    perf_apply.prepare_optimizer(optimizer, perf, device)
 
     train_state = TrainState(world_size=world)
     if resume is not None:
