@@ -63,13 +63,14 @@ class DistributedState:
 
 _state: DistributedState | None = None
 _cpu_shims = contextlib.ExitStack()
+_shims_entered = False
 
 
 def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1, seed: int = 1234,
                      timeout_minutes: int = 30) -> DistributedState:
     """Process group (torchrun env or a 1-process group) + megatron parallel state + seeds. Idempotent for the
     same sizes; a different TP/PP in an initialised process is an error (tear down first)."""
-    global _state
+    global _state, _shims_entered
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -102,12 +103,14 @@ def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1
     else:
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                                  distributed_timeout_minutes=timeout_minutes)
-    if device.type == "cpu" and (_state is None or _state.device.type != "cpu"):
+    if not torch.cuda.is_available() and not _shims_entered:
+        # without CUDA, megatron's torch.cuda.current_device() can only raise; also needed in backward passes
         _cpu_shims.enter_context(cuda_current_device_is_cpu())
+        _shims_entered = True
     if fresh:
         # Same CPU seed on every rank: megatron's CPU initialisation draws full weights from it, sliced per TP rank.
         torch.manual_seed(seed)
-        if device.type == "cuda":
+        if torch.cuda.is_available():
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
             model_parallel_cuda_manual_seed(seed)
@@ -124,7 +127,7 @@ def current() -> DistributedState | None:
 
 def teardown() -> None:
     """Destroy megatron's parallel state and the process group if we created it; undo CPU shims."""
-    global _state
+    global _state, _shims_entered
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -132,4 +135,5 @@ def teardown() -> None:
     if _state is not None and _state.created_process_group and dist.is_initialized():
         dist.destroy_process_group()
     _cpu_shims.close()
+    _shims_entered = False
     _state = None
