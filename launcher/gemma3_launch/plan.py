@@ -230,18 +230,18 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
             raise PlanError("container.image", msg.split(": ", 1)[1])
         warnings.append(msg)
 
-    steps, inputs, outputs = _steps(spec, device=device, nnodes=res.nodes, nproc=nproc)
+    run_dir = posixpath.join(spec.runs_dir, jid)
+    steps, inputs, outputs = _steps(_with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
-    if spec.kind in ("pretrain", "finetune") and spec.checkpoint.dir:
-        env["SAVE_DIR"] = spec.checkpoint.dir
+    if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
+        env["SAVE_DIR"] = outputs["checkpoint"]
     if device == "cuda":
         env.update(NCCL_ENV)
     else:
         env["OMP_NUM_THREADS"] = str(max(1, res.cpus_per_task // nproc))
     env.update(spec.env)  # the user's word wins over our defaults
 
-    run_dir = posixpath.join(spec.runs_dir, jid)
     return JobPlan(
         job_id=jid,
         job_name=spec.name,
@@ -293,6 +293,22 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         inputs=MappingProxyType(inputs),
         warnings=tuple(warnings),
     )
+
+
+#: In checkpoint / export paths: this submission's run directory, so every submission gets fresh outputs
+#: (the CPU demo re-runs from scratch) while a requeued job keeps resuming from its own checkpoints.
+RUN_DIR_TOKEN = "{run_dir}"
+
+
+def _with_run_dir(spec: JobSpec, run_dir: str) -> JobSpec:
+    def sub(path: str | None) -> str | None:
+        return path.replace(RUN_DIR_TOKEN, run_dir) if path else path
+
+    ck = spec.checkpoint.model_copy(update={"dir": sub(spec.checkpoint.dir), "pretrained": sub(spec.checkpoint.pretrained)})
+    update: dict = {"checkpoint": ck}
+    if spec.export:
+        update["export"] = spec.export.model_copy(update={"hf_path": sub(spec.export.hf_path)})
+    return spec.model_copy(update=update)
 
 
 def _check_fits(spec: JobSpec, cluster: Cluster) -> None:

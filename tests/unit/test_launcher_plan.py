@@ -145,3 +145,11 @@ def test_set_and_var_expansion(tmp_path):
     assert s.checkpoint.dir == "/r/ck" and s.resources.cpus_per_task == 16 and s.env["A"] == "${B}"
     with pytest.raises(SpecError, match="--set"):
         load_spec(p, ["novalue"], environ={"ROOT": "/r"})
+
+
+def test_run_dir_token_gives_each_submission_fresh_outputs():
+    s = spec(checkpoint={"dir": "{run_dir}/ckpt"}, export={"hf_path": "{run_dir}/hf"}, runs_dir="/runs")
+    a, b = make_plan(s, SLURM, job_id="t-1"), make_plan(s, SLURM, job_id="t-2")
+    assert a.outputs["checkpoint"] == "/runs/t-1/ckpt" and b.outputs["hf_path"] == "/runs/t-2/hf"
+    assert a.env["SAVE_DIR"] == "/runs/t-1/ckpt" and "checkpoint.load=/runs/t-1/ckpt" in a.steps[-2].args
+    assert a.spec_hash == b.spec_hash  # the same job, submitted twice
