@@ -8,6 +8,7 @@ CUDA, the plain ones on CPU (where torch.compile / flex would only cost start-up
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 ATTENTION_CHOICES = ("auto", "sdpa", "flex", "eager")
 COMPILE_CHOICES = ("auto", "none", "norms", "mlp", "layers")
@@ -17,11 +18,11 @@ COMPILE_CHOICES = ("auto", "none", "norms", "mlp", "layers")
 class PerfConfig:
     #: core-attention kernel (model/attention.py KERNELS): "auto" = flash for global layers + flex with a cached
     #: sliding-window block mask for local ones whenever there is no padding / packing / KV cache.
-    attention: str = "auto"
+    attention: Literal["auto", "sdpa", "flex", "eager"] = "auto"
     #: chunked linear + cross-entropy for the training loss (TP == 1): no [tokens, 262k] fp32 logits.
     fused_linear_ce: bool = True
     #: torch.compile target: "auto" = "layers" on CUDA, "none" on CPU.
-    compile: str = "auto"
+    compile: Literal["auto", "none", "norms", "mlp", "layers"] = "auto"
     #: torch's fused AdamW kernel inside megatron's optimizer (CUDA).
     fused_adam: bool = True
     #: overlap the DP gradient reduce-scatter with the backward pass (megatron DDP; only matters for DP > 1).

@@ -5,7 +5,7 @@ fails with ONE line that names the key and the expected type (and an unknown key
 and the YAML written into each checkpoint is plain data any tool can read. This module is torch-free.
 
 Sections: model (Gemma3Config.to_dict(), owned by the model package), train, optimizer, scheduler, data, eval,
-checkpoint, logging, parallelism, and peft (None or the peft package's config dataclass).
+checkpoint, logging, parallelism, peft (None or the peft package's config dataclass) and perf (speed switches).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from gemma3_runtime.errors import UserInputError
+from gemma3_runtime.perf.config import PerfConfig
 
 RUN_CONFIG_FORMAT = "gemma3-launch/megatron/v1"
 
@@ -153,6 +154,8 @@ class ConfigContainer:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     peft: Any = None
+    #: GPU speed switches (gemma3_runtime.perf); every one computes the same function as its plain twin.
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     # ---- YAML -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

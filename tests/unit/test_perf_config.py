@@ -1,0 +1,40 @@
+"""The run config carries the perf switches: defaults, YAML round trip, dotted overrides with one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma3_runtime.errors import UserInputError
+from gemma3_runtime.perf.apply import ddp_fields, provider_fields, resolve_compile
+from gemma3_runtime.perf.config import PerfConfig
+from gemma3_runtime.training.config import ConfigContainer, apply_overrides
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_round_trip_and_override(tmp_path) -> None:
+    cfg = ConfigContainer()
+    assert cfg.perf == PerfConfig()
+    cfg = apply_overrides(cfg, ["perf.compile=none", "perf.fused_linear_ce=false", "perf.attention=flex"])
+    assert (cfg.perf.compile, cfg.perf.fused_linear_ce, cfg.perf.attention) == ("none", False, "flex")
+    cfg.save_yaml(tmp_path / "run_config.yaml")
+    back = ConfigContainer.from_yaml(tmp_path / "run_config.yaml")
+    assert back.perf == cfg.perf
+
+
+def test_bad_value_is_one_line_error() -> None:
+    with pytest.raises(UserInputError, match="perf.compile"):
+        apply_overrides(ConfigContainer(), ["perf.compile=everything"])
+
+
+def test_apply_fields() -> None:
+    import torch
+
+    perf = PerfConfig()
+    assert provider_fields(perf, tp=1) == {"attention_kernel": "auto",
+                                           "transformer_overrides": {"gemma3_fused_linear_ce": True}}
+    assert provider_fields(perf, tp=2)["transformer_overrides"]["gemma3_fused_linear_ce"] is False
+    assert resolve_compile(perf, torch.device("cpu")) == "none"
+    assert resolve_compile(perf, torch.device("cuda")) == "layers"
+    assert ddp_fields(PerfConfig(overlap_grad_reduce=True), 1) == {"overlap_grad_reduce": False}
+    assert PerfConfig.plain().compile == "none"
