@@ -44,11 +44,7 @@ def real_270m_dir() -> Path:
     return gemma3_270m_hf_dir()
 
 
-def long_text() -> str:
-    """Deterministic English prose that ships with CPython (the pydoc topic texts)."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
+from corpus import long_text  # noqa: E402  (a module, so tests in other directories can import it)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import long_text
+from corpus import long_text
 
 pytestmark = pytest.mark.real_model
 
