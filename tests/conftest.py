@@ -85,3 +85,14 @@ def torchrun(target: str, nproc: int = 2, kwargs: dict | None = None, timeout: i
 def run_torchrun():
     """The `torchrun` helper as a fixture: run_torchrun("multiproc.parallel_parity:check", nproc=2, kwargs={...})."""
     return torchrun
+
+
+def pytest_sessionstart(session):
+    """Fail fast on duplicate test-module basenames: pytest's prepend import mode would refuse them at collection."""
+    import collections
+    import pathlib
+
+    names = collections.Counter(p.name for p in pathlib.Path(__file__).parent.rglob("test_*.py"))
+    dupes = sorted(n for n, c in names.items() if c > 1)
+    if dupes:
+        raise pytest.UsageError(f"test module basenames must be unique across tests/: {', '.join(dupes)}")
