@@ -24,7 +24,7 @@ import torch.nn.functional as F
 #: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
 #: "flex": SDPA is_causal for global layers, flex attention with a cached sliding-window block mask for sliding ones
 #: (flex for the global layers too was measured slower than flash by ~26 ms per 8k-token step on an H200).
-#: "auto": "flash" where it applies (CUDA, bf16/fp16, head_dim <= 256), else flex on CUDA, else "sdpa" (CPU).
+#: "auto": "flash" where it applies (CUDA, bf16/fp16, head_dim <= 256), else "sdpa" (CPU, fp32).
 FAST_KERNELS = ("auto", "flash", "flex", "sdpa")
 
 _BLOCK_MASKS: dict[tuple, object] = {}
@@ -131,7 +131,8 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
         window = None  # the window covers the whole sequence: plain causal
     if kernel == "auto":
         # flex has no CPU backward (and no fused CPU kernel): on CPU "auto" is "sdpa"
-        kernel = ("flash" if flash_window_supported(q) else "flex") if q.is_cuda else "sdpa"
+        # (fp32 on CUDA: no flash; flex at head_dim 256 in fp32 may exceed shared memory, so the masked SDPA)
+        kernel = "flash" if flash_window_supported(q) else "sdpa"
     if kernel == "flash" and window is not None and flash_window_supported(q):
         return flash_window_attention(q, k, v, window=window, scale=scale)
     if kernel == "flex" and window is not None:
@@ -147,8 +148,8 @@ def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
     so compiled layers never trace mask construction. Returns the number of masks built."""
     kernel = default_kernel()
     if kernel == "auto":
-        # bf16/fp16 models on CUDA take the flash window path; the mask kinds below cover the other cases
-        kernel = "flex" if device.type == "cuda" else "sdpa"
+        # bf16/fp16 models on CUDA take the flash window path (no mask); CPU and fp32 take the masked SDPA
+        kernel = "sdpa"
     windows = set()
     for model in models if isinstance(models, (list, tuple)) else [models]:
         for module in model.modules():
