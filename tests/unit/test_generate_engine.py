@@ -104,3 +104,22 @@ def test_context_overflow_is_user_error(tiny):
         engine_for(model).generate([[2] * 1000], 25)
     with pytest.raises(UserInputError, match="max-new-tokens"):
         engine_for(model).generate([[2, 3]], 0)
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager_step():
+    """The decode step as torch.compile traces it (what CUDA graphs capture on GPU) computes what the eager one
+    does: same tokens for a left-padded batch, the ring wrapping while decoding."""
+    from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import Engine
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_layers=3, window=WINDOW, layer_types=("sliding_attention",
+                                                                              "full_attention",
+                                                                              "sliding_attention")))
+    prompts = [[2, 17, 99], [2, 8, 300, 41, 5, 6]]
+    eager = Engine(decoder_for(model), compile_step=False).generate(prompts, 8)
+    compiled_engine = Engine(decoder_for(model), compile_step=True)
+    compiled = compiled_engine.generate(prompts, 8)
+    assert compiled_engine._session.compiled
+    assert compiled.tokens == eager.tokens

@@ -52,6 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (generation supports 1)")
     parser.add_argument("--cuda-graphs", dest="cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
           help="capture the decode step as a CUDA graph (default: on with CUDA)")
+    parser.add_argument("--compile", dest="compile_step", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on with CUDA; minutes of start-up on CPU)")
     parser.add_argument("--output", default=None, help="also write JSONL results (prompt, text, tokens) here")
     return parser
 
@@ -133,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError(str(exc)) from None
 
     model = build_model(sources, device, args.dtype, args.tp)
-    engine = engine_for(model, args.cuda_graphs)
+    engine = engine_for(model, args.cuda_graphs, args.compile_step)
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     log = logging.getLogger("gemma3_runtime.generate")
     if rank0:

@@ -38,17 +38,20 @@ def decoder_for(model: torch.nn.Module):
     return MegatronGemma3Decoder(model)
 
 
-def engine_for(model: torch.nn.Module, cuda_graphs: bool | None = None) -> Engine:
+def engine_for(model: torch.nn.Module, cuda_graphs: bool | None = None, compile_step: bool | None = None) -> Engine:
+    """The model's engine (created once; a different cuda_graphs / compile choice creates a new one)."""
     engine = _ENGINES.get(model)
-    if engine is None or (cuda_graphs is not None and engine.cuda_graphs != cuda_graphs):
-        engine = _ENGINES[model] = Engine(decoder_for(model), cuda_graphs=cuda_graphs)
+    if (engine is None or (cuda_graphs is not None and engine.cuda_graphs != cuda_graphs)
+            or (compile_step is not None and engine.compile_step != compile_step)):
+        engine = _ENGINES[model] = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step)
     return engine
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str], max_new_tokens: int = 64, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              apply_chat_template: bool = False, stop_ids: Sequence[int] | None = None, pad_id: int | None = None,
-             stream: bool | Callable[[str], Any] = False, cuda_graphs: bool | None = None) -> Generation:
+             stream: bool | Callable[[str], Any] = False, cuda_graphs: bool | None = None,
+             compile_step: bool | None = None) -> Generation:
     """Greedy by default (temperature 0). `stream=True` prints a single prompt's text to stdout as it comes;
     a callable receives the text pieces instead. Stops per row on eos / <end_of_turn> (or `stop_ids`)."""
     single = isinstance(prompts, str)
@@ -63,7 +66,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str
     if stream and len(prompt_list) == 1:
         streamer = TextStream(tokenizer, write=None if stream is True else stream, hidden_ids=stops)
         on_token = lambda _step, toks: toks[0] is not None and streamer.push(toks[0])  # noqa: E731
-    output = engine_for(model, cuda_graphs).generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling,
+    output = engine_for(model, cuda_graphs, compile_step).generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling,
                                                      pad_id=pad_id, on_token=on_token)
     if streamer is not None:
         streamer.close()

@@ -28,8 +28,10 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     b, heads, width, d = query.shape
     groups = key.size(1)
     if query.is_cuda:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
-                                              enable_gqa=heads != groups)
+        if heads != groups:  # CUDA's masked (memory-efficient) kernel has no GQA path; math would be the fallback
+            key = key.repeat_interleave(heads // groups, dim=1)
+            value = value.repeat_interleave(heads // groups, dim=1)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
     out = _matmul_attention(query.reshape(b, groups, heads // groups, width, d), key.unsqueeze(2),
                             value.unsqueeze(2), mask.unsqueeze(2), scale)
     return out.reshape(b, heads, width, d)

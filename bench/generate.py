@@ -1,0 +1,253 @@
+"""Generation speed of OUR engine (static ring KV cache, compiled + CUDA-graph decode step) against transformers'
+`generate` on the SAME weights, in the same process. A benchmark, not a test: prints numbers, never fails on speed.
+
+Measured per configuration, batch 1, greedy, no early stop:
+  decode tokens/s  = (N - 1) new tokens after the first / the time they took;
+  TTFT             = ids in hand -> first new token on the host (prefill + first selection), for two prompt lengths.
+Ours reports its own timings (GenerationOutput); transformers' are wall times of `generate` with 1 and N new tokens
+(decode = (N - 1) / (T_N - T_1)). Every configuration is warmed up first (compilation / graph capture excluded and
+reported separately as `setup_s`), then the median of --repeats runs is kept.
+
+CPU (default without CUDA): the real Gemma 3 270M, fp32.
+    python bench/generate.py --json /tmp/generate_cpu.json
+GPU: the Gemma 3 1B architecture, random init, bf16, 128-token prompt, 256 new tokens, TTFT also at 1,024 tokens;
+transformers with its dynamic cache and with a static cache + torch.compile(mode="reduce-overhead").
+    python bench/generate.py --device cuda --json $OUT/generate_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as pyplatform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for sub in ("runtime", "launcher"):
+    if str(REPO / sub) not in sys.path:
+        sys.path.insert(0, str(REPO / sub))
+
+import torch  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prompt_ids(tokenizer: Any, length: int, vocab: int) -> list[int]:
+    """BOS + real English text when a tokenizer is available (CPU, 270M), else deterministic ids (random model)."""
+    if tokenizer is not None:
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+        return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"][: length - 1]
+    gen = torch.Generator().manual_seed(length)
+    return [2] + torch.randint(1000, vocab - 1000, (length - 1,), generator=gen).tolist()
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """(HF model, our megatron model, tokenizer or None, description) with identical weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gemma3_runtime.generate.loading import build_model, resolve_sources
+
+    if args.model == "270m":
+        from gemma3_runtime.assets import gemma3_270m_hf_dir
+
+        hf_dir = gemma3_270m_hf_dir()
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        description = "Gemma 3 270M (real weights)"
+    else:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        from gemma3_runtime.model.config import Gemma3Config
+
+        cfg = Gemma3Config.preset(args.model).to_hf()
+        hf_cfg = Gemma3TextConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+        torch.manual_seed(0)
+        with torch.device(device):
+            random_model = Gemma3ForCausalLM(hf_cfg).to(dtype)
+        hf_dir = Path(tempfile.mkdtemp(prefix="gen-bench-")) / "hf"
+        random_model.save_pretrained(str(hf_dir))
+        del random_model
+        tokenizer = None
+        description = f"Gemma 3 {args.model.upper()} architecture (random init)"
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype).to(device).eval()
+    sources_dir = str(hf_dir)
+    if tokenizer is None:  # random model: no tokenizer files; the bridge only needs config + weights
+        from gemma3_runtime.bridge.auto_bridge import AutoBridge
+
+        bridge = AutoBridge.from_hf_pretrained(sources_dir)
+        provider = bridge.to_megatron_provider(load_weights=True).replace(
+            params_dtype=dtype, device=device.type, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+        provider.finalize()
+        ours = provider.provide_distributed_model(wrap_with_ddp=False)[0].eval()
+    else:
+        ours = build_model(resolve_sources(sources_dir, None), device, str(dtype).removeprefix("torch."))
+    return hf, ours, tokenizer, description
+
+
+# ---- measurements -------------------------------------------------------------------------------------------------
+def measure_ours(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device,
+                 cuda_graphs: bool, compile_step: bool) -> dict[str, Any]:
+    from gemma3_runtime.generate.engine import Engine
+    from gemma3_runtime.generate.api import decoder_for
+
+    engine = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step)
+    t0 = time.perf_counter()
+    first = engine.generate([ids], new_tokens)  # session: cache, compile, capture
+    setup_s = time.perf_counter() - t0
+    runs = [engine.generate([ids], new_tokens) for _ in range(repeats)]
+    decode = [r.decode_steps / r.decode_s for r in runs]
+    ttft = [r.time_to_first_token_s for r in runs]
+    engine.generate([ttft_ids], 1)  # warm the long-prompt shape
+    ttft_long = [engine.generate([ttft_ids], 1).time_to_first_token_s for _ in range(repeats)]
+    return {"decode_tok_s": statistics.median(decode), "ttft_s": statistics.median(ttft),
+            "ttft_long_s": statistics.median(ttft_long), "setup_s": setup_s, "tokens": first.tokens[0],
+            "compiled": bool(engine._session and engine._session.compiled)}
+
+
+def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **kwargs) -> tuple[float, list[int]]:
+    x = torch.tensor([ids], device=device)
+    mask = torch.ones_like(x)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, top_k=None, top_p=None, eos_token_id=None, pad_token_id=0, **kwargs)
+    sync(device)
+    return time.perf_counter() - t0, out[0, len(ids):].tolist()
+
+
+def measure_hf(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device,
+               **kwargs) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    _, tokens = hf_generate(model, ids, new_tokens, device, **kwargs)
+    hf_generate(model, ids, 1, device, **kwargs)
+    setup_s = time.perf_counter() - t0
+    full = [hf_generate(model, ids, new_tokens, device, **kwargs)[0] for _ in range(repeats)]
+    one = [hf_generate(model, ids, 1, device, **kwargs)[0] for _ in range(repeats)]
+    hf_generate(model, ttft_ids, 1, device, **kwargs)  # warm (static cache + compile: new shapes)
+    one_long = [hf_generate(model, ttft_ids, 1, device, **kwargs)[0] for _ in range(repeats)]
+    t_full, t_one = statistics.median(full), statistics.median(one)
+    return {"decode_tok_s": (new_tokens - 1) / max(t_full - t_one, 1e-9), "ttft_s": t_one,
+            "ttft_long_s": statistics.median(one_long), "setup_s": setup_s, "tokens": tokens}
+
+
+def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    print(f"... {name}", file=sys.stderr, flush=True)
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports a failed configuration and goes on
+        traceback.print_exc()
+        return {"name": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    result["name"] = name
+    return result
+
+
+# ---- main -----------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu")
+    parser.add_argument("--model", choices=["270m", "1b", "4b"], default=None,
+                        help="default: 270m (real) on CPU, 1b (random init) on CUDA")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 256 on CUDA, 32 on CPU")
+    parser.add_argument("--ttft-prompt-len", type=int, default=None, help="default: 1024 on CUDA, 512 on CPU")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--skip", default="", help="comma-separated configuration names to skip")
+    parser.add_argument("--json", default=None, help="write all results here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    args.model = args.model or ("1b" if on_gpu else "270m")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
+    new_tokens = args.new_tokens or (256 if on_gpu else 32)
+    ttft_len = args.ttft_prompt_len or (1024 if on_gpu else 512)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if on_gpu:
+        from gemma3_runtime import platform
+
+        platform.select_device("cuda")
+
+    hf, ours, tokenizer, description = build_models(args, device, dtype)
+    vocab = hf.config.vocab_size
+    ids, ttft_ids = prompt_ids(tokenizer, args.prompt_len, vocab), prompt_ids(tokenizer, ttft_len, vocab)
+    skip = set(filter(None, args.skip.split(",")))
+    configs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if on_gpu:
+        configs += [
+            ("ours: compiled step + CUDA graph",
+             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True)),
+            ("ours: eager step + CUDA graph",
+             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, False)),
+            ("ours: eager, no graph",
+             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False)),
+            ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
+        ]
+
+        def hf_static_compiled() -> dict[str, Any]:
+            # transformers >= 4.48 compiles the decoding forward itself (CompileConfig, "reduce-overhead" = its own
+            # CUDA graphs) when generate runs with a static cache on CUDA: wrapping forward again would compile twice
+            hf.generation_config.cache_implementation = "static"
+            try:
+                return measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device, disable_compile=False)
+            finally:
+                hf.generation_config.cache_implementation = None
+
+        configs.append(("HF generate, static cache + torch.compile", hf_static_compiled))
+    else:
+        configs += [
+            ("ours: eager", lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False,
+                                                  False)),
+            ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
+        ]
+    results = [guarded(name, fn) for name, fn in configs if name not in skip]
+
+    reference = next((r.get("tokens") for r in results if r["name"].startswith("HF") and "tokens" in r), None)
+    for r in results:
+        if reference is not None and "tokens" in r:
+            agree = next((i for i, (a, b) in enumerate(zip(r["tokens"], reference)) if a != b), len(reference))
+            r["greedy_tokens_equal_to_hf"] = agree  # leading tokens identical to HF dynamic-cache generate
+        r.pop("tokens", None)
+
+    card = torch.cuda.get_device_name(device) if on_gpu else pyplatform.processor() or pyplatform.machine()
+    meta = {"device": card, "device_type": device.type, "model": description, "dtype": str(dtype),
+            "batch": 1, "prompt_len": len(ids), "new_tokens": new_tokens, "ttft_long_prompt_len": len(ttft_ids),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    print(f"\n{description}, {dtype}, batch 1, prompt {len(ids)}, {new_tokens} new tokens, on {card}")
+    header = f"{'configuration':44s} {'decode tok/s':>12s} {'TTFT ms':>9s} {f'TTFT@{len(ttft_ids)} ms':>13s} " \
+             f"{'setup s':>8s} {'=HF toks':>8s}"
+    print(header + "\n" + "-" * len(header))
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']:44s} ERROR {r['error'][:120]}")
+            continue
+        print(f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {1e3 * r['ttft_long_s']:13.1f} "
+              f"{r['setup_s']:8.1f} {r.get('greedy_tokens_equal_to_hf', '-'):>8}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
