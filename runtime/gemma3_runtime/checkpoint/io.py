@@ -119,8 +119,13 @@ def save_checkpoint(
     _barrier()
     config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
     config_text = yaml.safe_dump(config, sort_keys=False)
-    with _cpu_checkpoint_io():
-        dist_checkpointing.save(sharded_state_dict, str(tmp))
+    try:
+        with _cpu_checkpoint_io():
+            dist_checkpointing.save(sharded_state_dict, str(tmp))
+    except BaseException:
+        if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if rank == 0:
         (tmp / RUN_CONFIG_FILE).write_text(config_text)
         if tokenizer_dir is not None:
