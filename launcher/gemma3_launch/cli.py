@@ -174,7 +174,12 @@ def _follow(rec: dict) -> int:
     from .submit import refresh
 
     backend = get_backend(rec["backend"])
-    backend.logs(rec, True)
+    try:
+        backend.logs(rec, True)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: stopped following; the job keeps running (`{PROG} logs -f {rec['job_id']}`, "
+              f"`{PROG} cancel {rec['job_id']}`)", file=sys.stderr)
+        return 130
     state = refresh(rec["job_id"])
     term = read_terminal_state(rec["run_dir"]) or {}
     code = term.get("exit_code", (read_record(rec["run_dir"]) or {}).get("exit_code"))
