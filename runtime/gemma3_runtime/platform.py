@@ -116,7 +116,8 @@ def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1
             model_parallel_cuda_manual_seed(seed)
         else:
             cpu_rng_tracker(seed, tp_rank=parallel_state.get_tensor_model_parallel_rank())
-    _state = DistributedState(device, dist.get_rank(), world, tp, pp, created or bool(_state and _state.created_process_group))
+    created = created or bool(_state and _state.created_process_group)
+    _state = DistributedState(device, dist.get_rank(), world, tp, pp, created)
     log.info("distributed: rank %d/%d, tp=%d pp=%d, backend %s", _state.rank, world, tp, pp, dist.get_backend())
     return _state
 

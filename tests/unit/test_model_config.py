@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -154,6 +155,7 @@ def test_unknown_preset():
 
 def test_config_module_does_not_import_torch():
     code = "import sys, gemma3_runtime.model.config as c; c.Gemma3Config.preset('1b'); print('torch' in sys.modules)"
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": "runtime", "PATH": ""}, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+                         env={"PYTHONPATH": str(repo / "runtime")})
     assert out.stdout.strip() == "False"

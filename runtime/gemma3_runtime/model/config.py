@@ -81,7 +81,8 @@ class Gemma3Config:
     bos_token_id: int | None = 2
     eos_token_id: int | list[int] | None = 1
     pad_token_id: int | None = 0
-    from_multimodal: bool = field(default=False, compare=False)  # imported from the text part of a Gemma3ForConditionalGeneration checkpoint
+    # provenance, not architecture: imported from the text part of a Gemma3ForConditionalGeneration checkpoint
+    from_multimodal: bool = field(default=False, compare=False)
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +110,8 @@ class Gemma3Config:
 
     def num_parameters(self) -> int:
         """Parameters of the HF model (tied head counted once, unpadded vocab)."""
-        d, f, h, g, hd = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_kv_heads, self.head_dim
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        h, g = self.num_attention_heads, self.num_kv_heads
         attn = d * (h + 2 * g) * hd + h * hd * d + 2 * hd
         mlp = 3 * d * f
         per_layer = attn + mlp + 4 * d

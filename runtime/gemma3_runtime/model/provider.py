@@ -54,7 +54,8 @@ class Gemma3ModelProvider:
         if tp < 1 or pp < 1:
             raise ValueError(f"tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: expected >= 1")
         if cfg.num_attention_heads % tp:
-            raise ValueError(f"tensor_model_parallel_size={tp} must divide num_attention_heads={cfg.num_attention_heads}")
+            raise ValueError(
+                f"tensor_model_parallel_size={tp} must divide num_attention_heads={cfg.num_attention_heads}")
         if cfg.num_kv_heads % tp and tp % cfg.num_kv_heads:
             raise ValueError(f"tensor_model_parallel_size={tp} and num_kv_heads={cfg.num_kv_heads}: one must divide "
                              f"the other")
