@@ -116,3 +116,30 @@ def test_peft_checkpoint_without_its_base_is_one_line(checkpoints, tmp_path, cap
     code = main(["generate", "--megatron-model-path", str(broken), "--prompt", "w5", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pretrained_checkpoint" in err[0]
+
+
+def test_tensor_parallel_generation_under_torchrun_equals_tp1(checkpoints, tmp_path):
+    """TP=2 with ONE kv head (megatron gathers QKV; each rank caches the shared kv head for its own q heads),
+    logits all-gathered over TP, rank 0 writes the results - the same tokens as TP=1."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _free_port, _pythonpath
+
+    base_dir, _, _, _ = checkpoints
+    from gemma3_runtime.generate.loading import build_model as load, resolve_sources
+
+    expected = greedy(load(resolve_sources(None, str(base_dir)), torch.device("cpu"), "float32"), PROMPTS)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "w11 w12 w13"}\n{"prompt": "w40 w41 w42 w43 w44 w45"}\n')
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
+           f"--master-port={_free_port()}", "--master-addr=127.0.0.1", "-m", "gemma3_runtime.cli.main", "generate",
+           "--megatron-model-path", str(base_dir), "--tp", "2", "--prompts-file", str(prompts),
+           "--max-new-tokens", "8", "--device", "cpu", "--dtype", "float32", "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [json.loads(line)["tokens"] for line in out.read_text().splitlines()] == expected
+    assert proc.stdout.count("--- [") == 2  # rank 0 prints, rank 1 does not
