@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MIN_JOB_AGE, SENTINEL, start_cluster
+from slurm_helpers import MIN_JOB_AGE, SENTINEL, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
