@@ -96,6 +96,10 @@ def test_merge_and_both_hf_exports_match_the_adapted_model(tiny, tmp_path, kind)
     print(f"{kind}: adapters move logits by {_max_diff(adapted, base_logits):.3g}; HF PEFT adapter vs adapted {_max_diff(peft_logits, adapted):.3g}")
     assert _max_diff(peft_logits, adapted) < 1e-4
 
+    # the bridge's export of a model that still carries adapters = the exact merge, model left untouched
+    view = dict(WeightEngine(cfg).export(models))
+    assert sum(".adapter." in n for n, _ in models[0].named_parameters()) > 0
+
     # merged: exact in place, then a plain HF export
     merge_peft(models)
     with torch.no_grad():
@@ -103,6 +107,7 @@ def test_merge_and_both_hf_exports_match_the_adapted_model(tiny, tmp_path, kind)
     assert _max_diff(merged, adapted) < 1e-5
     hf = _hf(hf_dir)
     state = dict(WeightEngine(cfg).export(models))
+    assert state.keys() == view.keys() and all(torch.equal(state[k], view[k]) for k in state)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     with torch.no_grad():

@@ -218,6 +218,10 @@ class WeightEngine:
                progress: bool = False, strict: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (hf_name, full tensor) for every HF tensor of a text-only Gemma3ForCausalLM, on every rank."""
         params = megatron_params(models)
+        if any(".adapter." in n for n in params):  # LoRA/DoRA still attached: export the exact merge
+            from gemma3_runtime.peft.apply import merged_view
+
+            params = merged_view(models, params)
         unmapped = sorted(n for n in params if mapping_for(n) is None)
         if unmapped and strict:
             raise UserInputError(

@@ -181,3 +181,19 @@ def unwrap_linear(module: nn.Module) -> None:
 
 def trainable_parameters(model: ModelOrChunks) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for chunk in _chunks(model) for n, p in chunk.named_parameters() if p.requires_grad]
+
+
+def merged_view(models: ModelOrChunks, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`params` (global name -> this rank's tensor of `models`, as the bridge collects them) as an HF export should
+    see them: adapter tensors dropped, each adapted weight replaced by its exact merge - the model is not modified.
+
+    The bridge's export hook: exporting a model that still carries adapters yields the merged model (what
+    `merge_peft` would give), never the bare base with the adapters silently dropped. Collective under TP (DoRA).
+    """
+    names = {id(p): n for n, p in params.items()}
+    out = {n: p for n, p in params.items() if ".adapter." not in n}
+    with torch.no_grad():
+        for _, linear in adapted_modules(models):  # named_modules() reaches through DDP-style wrappers too
+            out[names[id(linear.weight)]] = linear.adapter.merged_weight(linear.weight).to(linear.weight.dtype)
+    return out
+
