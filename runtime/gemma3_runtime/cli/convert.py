@@ -136,8 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
             return _export_hf_adapter(models, config, peft_cfg, resolved, out, args, start)
         merge_peft(models)
     else:
-        models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
-                                                       device=args.device, strict=not args.not_strict)
+        with _stage("build the model and load the Megatron checkpoint"):
+            models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
+                                                           device=args.device, strict=not args.not_strict)
     try:
         reference = Gemma3Config.from_hf(read_hf_config(reference_dir), source=str(reference_dir / "config.json"))
         if (reference.num_layers, reference.hidden_size) != (config.num_layers, config.hidden_size):
