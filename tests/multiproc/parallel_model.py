@@ -13,10 +13,11 @@ import torch.distributed as dist
 from model_helpers import tiny_config
 
 
-def build(tp: int, pp: int, kernel: str = "sdpa"):
+def build(tp: int, pp: int, kernel: str = "sdpa", sp: bool = False):
     from gemma3_runtime.model import Gemma3ModelProvider
 
-    provider = Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel=kernel)
+    provider = Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel=kernel,
+                                               sequence_parallel=sp)
     provider.tensor_model_parallel_size = tp
     provider.pipeline_model_parallel_size = pp
     return provider.finalize().provide_distributed_model(wrap_with_ddp=False)[0]
@@ -56,13 +57,13 @@ def check_tied_embedding_sync(model) -> None:
 
 
 def check_parity(tp: int, pp: int, ckpt: str, ids: str, ref: str, save_to: str = "", kernel: str = "sdpa",
-                 tol: float = 1e-5) -> None:
+                 sp: bool = False, tol: float = 1e-5) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
     from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
 
-    model = build(tp, pp, kernel)
+    model = build(tp, pp, kernel, sp)
     check_tied_embedding_sync(model)
     with cpu_checkpoint_io():
         state = dist_checkpointing.load(model.sharded_state_dict(), ckpt)
@@ -73,7 +74,7 @@ def check_parity(tp: int, pp: int, ckpt: str, ids: str, ref: str, save_to: str =
         logits = pipeline_forward(model, input_ids)
     if logits is not None:
         diff = (logits - torch.load(ref)).abs().max().item()
-        print(f"[rank {dist.get_rank()}] tp={tp} pp={pp} max |logit diff| vs TP1/PP1 = {diff:.3e}", flush=True)
+        print(f"[rank {dist.get_rank()}] tp={tp} pp={pp} sp={sp} max |logit diff| vs TP1/PP1 = {diff:.3e}", flush=True)
         assert diff <= tol, diff
     # a training step's backward runs through the kv-head all-gather (TP > kv heads) and the PP send/recv
     model.train()

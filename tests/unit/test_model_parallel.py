@@ -43,13 +43,13 @@ def reference(tmp_path_factory):
     return root, logits, ids
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
-def test_parallel_logits_equal_tp1_pp1(reference, run_torchrun, tp, pp, tmp_path):
+@pytest.mark.parametrize("tp,pp,sp", [(2, 1, False), (1, 2, False), (2, 1, True)])
+def test_parallel_logits_equal_tp1_pp1(reference, run_torchrun, tp, pp, sp, tmp_path):
     root, ref_logits, ids = reference
     saved = tmp_path / "resaved"
     saved.mkdir()
     proc = run_torchrun("multiproc.parallel_model:check_parity", nproc=2,
-                        kwargs=dict(tp=tp, pp=pp, ckpt=str(root / "ckpt"), ids=str(root / "ids.pt"),
+                        kwargs=dict(tp=tp, pp=pp, sp=sp, ckpt=str(root / "ckpt"), ids=str(root / "ids.pt"),
                                     ref=str(root / "ref.pt"), save_to=str(saved)))
     lines = [line for line in proc.stdout.splitlines() if "max |logit diff| vs TP1/PP1" in line]
     assert lines
