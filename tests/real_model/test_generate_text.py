@@ -45,7 +45,7 @@ def test_stops_on_eos_and_end_of_turn(tokenizer):
 def test_streamed_pieces_add_up_to_the_text_and_never_split_a_character(tokenizer):
     from gemma3_runtime.generate.streaming import TextStream
 
-    text = " naïve café — 𝄞 clef, 漢字 and emoji 🎉 done."
+    text = " naïve café — ꙮ and 🂡 (byte-fallback tokens), 漢字 and emoji 🎉 done."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [106]  # a stop token at the end is hidden
     pieces: list[str] = []
     stream = TextStream(tokenizer, write=pieces.append, hidden_ids=[1, 106])
@@ -55,3 +55,4 @@ def test_streamed_pieces_add_up_to_the_text_and_never_split_a_character(tokenize
     assert "".join(pieces) == text + "\n"
     assert not any("\ufffd" in p for p in pieces)
     assert len(pieces) > 5  # it did stream
+    assert "<0xF0>" in tokenizer.convert_ids_to_tokens(ids)  # a character really was split across tokens
