@@ -1,4 +1,4 @@
-"""DP=2 and TP=2 under torchrun (2 CPU processes, gloo) give the per-step losses of a single process within 1e-5
+"""DP=2, TP=2 and PP=2 under torchrun (2 CPU processes, gloo) give the per-step losses of a single process within 1e-5
 relative: the loss is normalised by the loss tokens of the whole global batch, so the split does not matter."""
 
 import socket
@@ -47,3 +47,30 @@ def test_two_processes_match_one(layout, extra, single, tmp_path):
     for ours, ref in zip(losses, single):
         assert abs(ours - ref) <= 1e-5 * abs(ref), (layout, losses, single)
     print(f"{layout}: {losses} vs single {single}")
+
+
+def test_pp2_finetune_matches_pp1(tmp_path):
+    """PP=2 (megatron's 1F1B schedule, tied embedding split over the first and last stage) from the same
+    pretrained weights gives PP=1's per-step losses. (From random init PP differs: each stage draws its layers
+    from the seed in another order.)"""
+    base = tmp_path / "base"
+    proc = run_subprocess(run_cli_args(base, 1, []))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def finetune_args(save):
+        args = run_cli_args(save, ITERS, ["checkpoint.save_at_end=false", "data.kind=mock"])
+        i = args.index("--recipe")
+        args[i + 1:i + 2] = ["gemma3_tiny_finetune", "--pretrained-checkpoint", str(base)]
+        return args
+
+    single = run_subprocess(finetune_args(tmp_path / "pp1"))
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    args = finetune_args(tmp_path / "pp2") + ["parallelism.pipeline_model_parallel_size=2"]
+    module_args = args[args.index("-m") + 1:]
+    proc = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
+                           f"--master-port={_port()}", "--master-addr=127.0.0.1", "-m", *module_args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    pp1, pp2 = step_losses(tmp_path / "pp1"), step_losses(tmp_path / "pp2")
+    assert len(pp2) == len(pp1) == ITERS
+    for ours, ref in zip(pp2, pp1):
+        assert abs(ours - ref) <= 1e-5 * abs(ref), (pp2, pp1)

@@ -44,12 +44,14 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.
 
 
 def schedule_context(device: torch.device):
-    """The CPU shim megatron's schedules need (compat module); nothing on CUDA."""
+    """The CPU shims megatron's schedules need (compat module); nothing on CUDA."""
+    stack = contextlib.ExitStack()
     if device.type == "cpu":
-        from gemma3_runtime.compat.megatron_cpu import cpu_pipeline_schedules
+        from gemma3_runtime.compat.megatron_cpu import cpu_pipeline_schedules, cuda_synchronize_is_noop
 
-        return cpu_pipeline_schedules()
-    return contextlib.nullcontext()
+        stack.enter_context(cpu_pipeline_schedules())
+        stack.enter_context(cuda_synchronize_is_noop())  # p2p (PP > 1) waits on the device after send/recv
+    return stack
 
 
 def run_forward_backward(models: list, microbatches: Iterator, num_microbatches: int, seq_length: int,
