@@ -109,10 +109,16 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
                       str(out), "--device", "cpu", *extra)
         assert result.returncode == 0, result.stderr[-3000:]
 
+    from gemma3_runtime.bridge.megatron_io import load_megatron_model
+
     models, config, _, _ = load_peft_model(run, device="cpu")
     ids = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(20)[None].expand(2, 20)
     with torch.no_grad():
-        adapted = models[0](input_ids=ids, position_ids=torch.arange(20)[None].expand(2, 20))
+        adapted = models[0](input_ids=ids, position_ids=pos)
+        # what `generate` and other readers of Megatron checkpoints get for a PEFT run: the merged model
+        merged_megatron = load_megatron_model(run, device="cpu")[0][0](input_ids=ids, position_ids=pos)
+    assert (merged_megatron - adapted).abs().max() < 1e-5
     merged = _hf_logits(merged_hf, ids)
     via_adapter = _hf_logits(base_hf, ids, adapter_dir)
     base = _hf_logits(base_hf, ids)

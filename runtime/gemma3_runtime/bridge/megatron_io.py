@@ -73,6 +73,10 @@ def load_megatron_model(path: str | Path, tp: int = 1, pp: int = 1, device: str 
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
     resolved = resolve_checkpoint(path)
+    if resolved.run_config.get("peft") is not None:  # adapter-only LoRA/DoRA run: its base + adapters, merged
+        from gemma3_runtime.peft.checkpoint import load_merged_peft_model
+
+        return load_merged_peft_model(resolved.iter_dir, tp=tp, pp=pp, device=device)
     config = checkpoint_config(resolved)
     provider = Gemma3ModelProvider.from_config(
         config, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, device=device,
