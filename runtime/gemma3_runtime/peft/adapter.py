@@ -20,6 +20,10 @@ from typing import Literal, Optional
 
 import torch
 import torch.distributed as dist
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+)
 from torch import nn
 
 from gemma3_runtime.peft.config import PeftConfig
@@ -127,11 +131,6 @@ class LowRankAdapter(nn.Module):
 
     def low_rank_update(self, x: torch.Tensor) -> torch.Tensor:
         """`s * B A drop(x)` for this rank's output slice, with the TP reductions that make it exact."""
-        from megatron.core.tensor_parallel.mappings import (
-            copy_to_tensor_model_parallel_region,
-            reduce_from_tensor_model_parallel_region,
-        )
-
         h = self.linear_in(self.dropout(x))
         if self.tp_size > 1:
             if self.parallel_mode == "column":
