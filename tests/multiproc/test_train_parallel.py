@@ -74,3 +74,25 @@ def test_pp2_finetune_matches_pp1(tmp_path):
     assert len(pp2) == len(pp1) == ITERS
     for ours, ref in zip(pp2, pp1):
         assert abs(ours - ref) <= 1e-5 * abs(ref), (pp2, pp1)
+
+
+def test_checkpoint_saved_at_tp1_resumes_at_tp2(tmp_path):
+    """Weights AND Adam state saved by one process reshard onto TP=2: the continuation equals TP=1's."""
+    import shutil
+
+    tp1, tp2 = tmp_path / "tp1", tmp_path / "tp2"
+    first = run_subprocess(run_cli_args(tp1, 4, ["train.exit_interval=2"]))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    shutil.copytree(tp1, tp2)
+    rest = run_subprocess(run_cli_args(tp1, 4, []))
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
+    args = run_cli_args(tp2, 4, ["parallelism.tensor_model_parallel_size=2"])
+    module_args = args[args.index("-m") + 1:]
+    proc = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
+                           f"--master-port={_port()}", "--master-addr=127.0.0.1", "-m", *module_args], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "resumed at iteration 2" in proc.stdout
+    ref, ours = step_losses(tp1), step_losses(tp2)
+    assert ours[:2] == ref[:2] and len(ours) == 4
+    for a, b in zip(ours[2:], ref[2:]):
+        assert abs(a - b) <= 1e-5 * abs(b), (ours, ref)
