@@ -110,6 +110,21 @@ def _pump(proc: subprocess.Popen, redact: _Redactor, tail: bytearray | None = No
 TAIL_BYTES = 65536
 
 
+def _answers(args: list[str]) -> list[str]:
+    """A generate step's answers from its `--output` JSONL (prompt, text): the part of the summary people read."""
+    if not args or args[0] != "generate" or "--output" not in args:
+        return []
+    out: list[str] = []
+    try:
+        with open(args[args.index("--output") + 1], encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                out.append(f"{rec.get('prompt', '')!r} -> {str(rec.get('text', '')).strip()!r}")
+    except (OSError, ValueError, IndexError):
+        return []
+    return out[:10]
+
+
 def highlights(output: str) -> list[str]:
     """What a step said that a person wants in the job summary: the runtime's `== summary ==` block (loss and task
     accuracy before/after, checkpoint) and generated answers (`--- [i] 'prompt'` + text)."""
@@ -209,7 +224,7 @@ def run_job(run_dir: Path) -> int:
         child.clear()
         secs = round(time.time() - t0, 1)
         print(f"jobwrap: step {name}: exit {rc} after {secs}s", flush=True)
-        said = highlights(tail.decode(errors="replace"))
+        said = highlights(tail.decode(errors="replace")) + _answers(step["args"])
         update_record(run_dir, lambda rec: rec.setdefault("steps", []).append(
             {"name": name, "exit_code": rc, "seconds": secs, "attempt": attempt, "ended_at": now(), "highlights": said}))
         if rc != 0:

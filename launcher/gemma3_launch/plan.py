@@ -231,7 +231,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         warnings.append(msg)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
-    steps, inputs, outputs = _steps(_with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc)
+    steps, inputs, outputs = _steps(_with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
     if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
@@ -335,7 +335,7 @@ def _data_overrides(spec: JobSpec) -> list[str]:
     return [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
 
 
-def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tuple[Step, ...], dict, dict]:
+def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str) -> tuple[tuple[Step, ...], dict, dict]:
     dev = ("--device", device)
     dtype = ("--torch-dtype", spec.torch_dtype) if spec.torch_dtype else ()
     ck = spec.checkpoint
@@ -349,7 +349,9 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int) -> tuple[tupl
         g = spec.generate
         assert g is not None
         src = ("--prompts-file", g.prompts_file) if g.prompts_file else ("--prompt", g.prompt)
-        return Step(name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *dev))
+        out = ("--output", posixpath.join(run_dir, f"{name}.jsonl"))  # the answers, for the record and the summary
+        return Step(name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens),
+                           *out, *dev))  # fmt: skip
 
     if spec.kind == "import":
         steps.append(Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", ck.dir, *dtype, *dev)))

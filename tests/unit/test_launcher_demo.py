@@ -37,8 +37,10 @@ def test_demo_pipeline_learns_the_task(real_270m_dir, tmp_path):
     before, after = float(match.group(1)), float(match.group(2))
     print(f"demo (small): held-out task accuracy {before:.1f}% -> {after:.1f}%")
     assert after > before, f"the finetuned model does not answer better: {before}% -> {after}%"
-    assert any(l.startswith("--- [0]") for l in steps["generate_before"]["highlights"])
-    assert any(l.startswith("--- [0]") for l in steps["generate_after"]["highlights"])
+    prompt = "'Wordcode: river apple stone ->' -> "
+    assert any(l.startswith(prompt) for l in steps["generate_before"]["highlights"])
+    after = next(l for l in steps["generate_after"]["highlights"] if l.startswith(prompt))
+    print(f"demo (small): after finetuning {after}")
     hf = Path(rec["outputs"]["hf_path"])
     hf = hf if hf.is_absolute() else tmp_path / hf
     assert (hf / "config.json").exists() and list(hf.glob("*.safetensors"))

@@ -79,3 +79,12 @@ def test_registry_lookup_by_prefix_and_rebuild(tmp_path):
     fresh = Registry(tmp_path / "index.sqlite")
     assert fresh.all() == [] and fresh.rebuild([str(runs)]) == 3
     assert {r["job_id"] for r in fresh.all()} == {"alpha-1", "alpha-2", "beta-1"}
+
+
+def test_generate_answers_come_from_the_steps_output_file(tmp_path):
+    from gemma3_launch.jobwrap import _answers
+
+    out = tmp_path / "generate_after.jsonl"
+    out.write_text(json.dumps({"prompt": "Wordcode: a b ->", "text": " b-ka a-ka\n", "tokens": 5}) + "\n")
+    assert _answers(["generate", "--prompt", "x", "--output", str(out)]) == ["'Wordcode: a b ->' -> 'b-ka a-ka'"]
+    assert _answers(["convert", "import"]) == [] and _answers(["generate", "--output", str(tmp_path / "no")]) == []
