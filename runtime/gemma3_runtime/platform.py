@@ -76,7 +76,7 @@ def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from .compat.megatron_cpu import check_megatron_version, cpu_rng_tracker, cuda_current_device_is_cpu
+    from .compat.megatron_cpu import check_megatron_version, cpu_process, cpu_rng_tracker
 
     check_megatron_version()
     if not isinstance(device, torch.device):
@@ -104,8 +104,8 @@ def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                                  distributed_timeout_minutes=timeout_minutes)
     if not torch.cuda.is_available() and not _shims_entered:
-        # without CUDA, megatron's torch.cuda.current_device() can only raise; also needed in backward passes
-        _cpu_shims.enter_context(cuda_current_device_is_cpu())
+        # without CUDA these megatron calls can only raise; forward and backward passes reach them
+        _cpu_shims.enter_context(cpu_process())
         _shims_entered = True
     if fresh:
         # Same CPU seed on every rank: megatron's CPU initialisation draws full weights from it, sliced per TP rank.

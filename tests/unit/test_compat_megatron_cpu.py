@@ -78,3 +78,30 @@ def test_kv_head_all_gather_needs_current_device_shim(run_torchrun):
     """TP=2 with one kv head: megatron all-gathers the fused QKV, allocating on torch.cuda.current_device()."""
     proc = run_torchrun("multiproc.compat_checks:all_gather_needs_current_device", nproc=2)
     assert proc.stdout.count("without shim: raised") == 2 and proc.stdout.count("with shim: gathered") == 2
+
+
+@needs_no_cuda
+def test_full_activation_recompute_needs_cuda_rng_state_shim():
+    """megatron's checkpoint saves the CUDA RNG state (raises here); with the shim a recomputed backward is exact."""
+    from megatron.core import tensor_parallel
+
+    from model_helpers import build_model, tiny_config
+
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA"):
+        _pristine_megatron_random()._get_cuda_rng_state()
+    build_model(tiny_config(num_layers=1, vocab=128))  # platform: process group + CPU RNG tracker
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    with compat.cuda_rng_state_is_noop():
+        tensor_parallel.checkpoint(layer, False, x).sum().backward()
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(2, 4))
+
+
+def _pristine_megatron_random():
+    """A fresh copy of megatron.core.tensor_parallel.random (the imported one may be shimmed by the platform)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("megatron.core.tensor_parallel.random")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -92,3 +92,19 @@ def test_loss_is_fp32_per_token_and_never_sees_padded_vocab():
     assert torch.all(loss[1, -3:] == 0)
     loss.sum().backward()
     assert model.embedding.word_embeddings.weight.grad is not None
+
+
+@pytest.mark.parametrize("recompute", [dict(recompute_granularity="full", recompute_method="uniform",
+                                            recompute_num_layers=1),
+                                       dict(recompute_granularity="selective")])
+def test_activation_recompute_gives_the_same_gradients(recompute):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    plain = build_model(cfg).train()
+    again = build_model(cfg, **recompute).train()
+    again.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
+    for model in (plain, again):
+        model(input_ids=ids, labels=torch.roll(ids, -1, 1)).mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), again.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -7,6 +7,9 @@ Only the CUDA hard-codings that our code paths actually reach are handled, each 
   (the all-gather used when kv heads < TP ranks, megatron DDP buffers). Without CUDA that call can only raise, so
   answering "cpu" changes nothing that could have worked. It is needed in backward passes too, so the platform
   layer enters it for the life of a CPU process group; tests enter it in a `with`.
+- `cuda_rng_state_is_noop()`: megatron's activation checkpoint (full recompute) saves and restores the CUDA RNG
+  state next to the CPU one and the tracker's; without CUDA there is none (the CPU state is still restored). Needed
+  in forward and backward, so the platform layer enters it with the current_device shim.
 - `cuda_synchronize_is_noop()`: dist_checkpointing's writer calls `torch.cuda.synchronize()` (save only).
 - `tensor_cuda_is_identity()`: tied embeddings with PP > 1 move the last stage's copy with `.cuda()` before the
   all-reduce that syncs it with the first stage (model construction only).
@@ -100,6 +103,28 @@ def cuda_current_device_is_cpu() -> Iterator[None]:
         yield
     finally:
         torch.cuda.current_device = original  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def cuda_rng_state_is_noop() -> Iterator[None]:
+    """megatron.core.tensor_parallel.random's CUDA RNG get/set do nothing inside the block."""
+    _require_no_cuda("cuda_rng_state_is_noop")
+    from megatron.core.tensor_parallel import random as mrandom
+
+    original = mrandom._get_cuda_rng_state, mrandom._set_cuda_rng_state
+    mrandom._get_cuda_rng_state = lambda *a, **k: None
+    mrandom._set_cuda_rng_state = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        mrandom._get_cuda_rng_state, mrandom._set_cuda_rng_state = original
+
+
+@contextlib.contextmanager
+def cpu_process() -> Iterator[None]:
+    """The shims a CPU process needs for its whole life (forward AND backward passes reach them)."""
+    with cuda_current_device_is_cpu(), cuda_rng_state_is_noop():
+        yield
 
 
 @contextlib.contextmanager
