@@ -111,8 +111,8 @@ def refresh(job_id: str) -> str:
     """Ask the backend for the job's state, record a change in job.json and the index, return it."""
     registry = Registry()
     row = registry.get(job_id)
-    if row is None:
-        raise KeyError(job_id)
+    if row is None:  # the index was removed meanwhile (it is only a cache)
+        return "UNKNOWN"
     rec = read_record(row["run_dir"])
     if rec is None:
         return row.get("state") or "UNKNOWN"
