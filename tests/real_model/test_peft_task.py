@@ -2,7 +2,8 @@
 know: held-out task accuracy (greedy answers to 50 held-out prompts, fixed seed) must rise by >= 30 points.
 
 CPU, fp32, the real training loop (`gemma3_270m_finetune_config(peft="lora")`), 8 steps of 4 packed sequences of
-128 tokens at LR 3e-3 (measured while building this: 0% -> 88% after 12 steps, 0% -> 80% after 10).
+128 tokens at LR 3e-3 (measured while building this: 0% -> 60% after 8 steps, 80% after 10, 88% after 12;
+held-out eval loss 5.00 -> 0.24 after 8).
 """
 
 from __future__ import annotations
