@@ -143,3 +143,26 @@ def test_tensor_parallel_generation_under_torchrun_equals_tp1(checkpoints, tmp_p
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [json.loads(line)["tokens"] for line in out.read_text().splitlines()] == expected
     assert proc.stdout.count("--- [") == 2  # rank 0 prints, rank 1 does not
+
+
+def test_python_api_streams_and_samples(checkpoints, tmp_path):
+    """`generate(model, tokenizer, prompts, ...)`: the text of the tokens, streamed for one prompt; sampling is
+    reproducible with a seed, and top_k=1 sampling is greedy."""
+    from transformers import AutoTokenizer
+
+    from gemma3_runtime.generate import generate
+
+    base_dir, _, adapted, _ = checkpoints
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir / "iter_0000000" / "tokenizer"))
+    pieces: list[str] = []
+    result = generate(adapted, tokenizer, "w11 w12 w13", 8, stream=pieces.append)
+    assert result.output.tokens == greedy(adapted, PROMPTS[:1])
+    assert result.texts == [tokenizer.decode(result.output.tokens[0])] and "".join(pieces) == result.texts[0] + "\n"
+    batch = generate(adapted, tokenizer, ["w11 w12 w13", "w40 w41 w42 w43 w44 w45"], 8)
+    assert batch.output.tokens == greedy(adapted, PROMPTS)
+
+    def sample(seed, **kw):
+        return generate(adapted, tokenizer, ["w11 w12 w13"], 12, temperature=1.5, seed=seed, **kw).output.tokens
+
+    assert sample(5) == sample(5) and sample(5) != sample(6)
+    assert sample(5, top_k=1) == greedy(adapted, PROMPTS[:1], 12)

@@ -161,9 +161,8 @@ def run_batches(engine, sources, prompts: list[str], encoded: list[list[int]], a
     for first in range(0, len(prompts), args.batch_size):
         batch_ids = encoded[first:first + args.batch_size]
         streamer = TextStream(tokenizer, hidden_ids=stops) if single and rank0 else None
-        on_token = (lambda _s, toks: toks[0] is not None and streamer.push(toks[0])) if streamer else None
         out = engine.generate(batch_ids, args.max_new_tokens, stop_ids=stops, sampling=sampling,
-                              pad_id=sources.pad_id, on_token=on_token)
+                              pad_id=sources.pad_id, on_token=streamer.on_token if streamer else None)
         if streamer is not None:
             streamer.close()
         for row, tokens in enumerate(out.tokens):

@@ -61,13 +61,12 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str
     stops = tuple(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    on_token = None
     streamer = None
     if stream and len(prompt_list) == 1:
         streamer = TextStream(tokenizer, write=None if stream is True else stream, hidden_ids=stops)
-        on_token = lambda _step, toks: toks[0] is not None and streamer.push(toks[0])  # noqa: E731
     output = engine_for(model, cuda_graphs, compile_step).generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling,
-                                                     pad_id=pad_id, on_token=on_token)
+                                                     pad_id=pad_id,
+                                                     on_token=streamer.on_token if streamer else None)
     if streamer is not None:
         streamer.close()
     texts = [tokenizer.decode([t for t in row if t not in stops], skip_special_tokens=True) for row in output.tokens]

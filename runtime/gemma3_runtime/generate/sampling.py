@@ -41,8 +41,18 @@ class SamplingParams:
         if self.greedy:
             return None
         gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed if self.seed is not None else torch.seed())
+        gen.manual_seed(self.seed if self.seed is not None else shared_random_seed(device))
         return gen
+
+
+def shared_random_seed(device: torch.device) -> int:
+    """A fresh seed, the SAME on every rank: tensor-parallel ranks must draw the same token or they diverge."""
+    import torch.distributed as dist
+
+    seed = torch.tensor([torch.seed() % (2**62)], dtype=torch.long, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(seed, src=0)
+    return int(seed.item())
 
 
 def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

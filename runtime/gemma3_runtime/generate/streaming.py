@@ -29,6 +29,11 @@ class TextStream:
             return
         self._emit(text)
 
+    def on_token(self, _step: int, tokens: list[int | None]) -> None:
+        """The engine's per-step callback for a batch of one."""
+        if tokens[0] is not None:
+            self.push(tokens[0])
+
     def close(self) -> None:
         self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         self.write("\n")
