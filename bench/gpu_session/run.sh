@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for the GPU checks the CI machine cannot run (issues 3, 5, 6, 8). Run from the repo root on the
+# device machine with `.whl` (megatron-core + pydantic cp312 wheels) and `.gpu_assets` (the Gemma 3 tokenizer) carried.
+# Every part has its own time limit and logs under $OUT; a failing part does not stop the others.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/runtime:$PWD/launcher:$PWD/tests PYTHONUNBUFFERED=1
+mkdir -p /tmp/bin
+printf '#!/bin/sh\nexec python3 -m gemma3_runtime.cli.main "$@"\n' > /tmp/bin/gemma3-runtime
+printf '#!/bin/sh\nexec python3 -m gemma3_launch.cli "$@"\n' > /tmp/bin/gemma3-launch
+chmod +x /tmp/bin/*; export PATH=/tmp/bin:$PATH
+nvidia-smi -L | tee "$OUT/cards.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/cards.txt"
+part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
+for p in ${PARTS:-gputests gen lora1b}; do case $p in
+  gputests) part gputests 300 python3 -m pytest tests/gpu -m gpu -q -x -s -p no:cacheprovider ;;
+  gen) part gen 240 python3 bench/generate.py --device cuda --model 1b --json "$OUT/generate.json" ;;
+  lora1b)
+    export GPU_CHECK_MODEL=/tmp/random-1b GPU_CHECK_OUT=/tmp/gpu-check
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from convert import write_random_hf_checkpoint as w; from pathlib import Path; w('1b', Path('/tmp/random-1b'))" && cp .gpu_assets/tokenizer/* /tmp/random-1b/
+    TAIL=25 part lora1b 300 gemma3-launch submit bench/gpu_session/lora_1b_local.yaml --cluster local --follow
+    cp /tmp/gpu-check/runs/*/job.json "$OUT/lora1b_job.json" 2>/dev/null ;;
+  dp2)
+    TAIL=12 part dp2 280 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
+esac; done
+cat "$OUT/summary.txt"
