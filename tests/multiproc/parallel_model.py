@@ -57,7 +57,7 @@ def check_tied_embedding_sync(model) -> None:
 
 
 def check_parity(tp: int, pp: int, ckpt: str, ids: str, ref: str, save_to: str = "", kernel: str = "sdpa",
-                 sp: bool = False, tol: float = 1e-5) -> None:
+                 sp: bool = False, grads: str = "", tol: float = 1e-5) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
@@ -83,8 +83,41 @@ def check_parity(tp: int, pp: int, ckpt: str, ids: str, ref: str, save_to: str =
     if loss is not None:
         loss.mean().backward()
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        if grads and pp == 1:
+            compare_tp_grads(model, torch.load(grads), tp)
     if save_to:
         with cpu_checkpoint_io():
             dist_checkpointing.save(model.sharded_state_dict(), save_to)
     dist.barrier()
     assert ps.get_tensor_model_parallel_world_size() == tp
+
+
+def _tp_slice(name: str, full: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
+    """This rank's shard of a TP=1 tensor, by megatron's layout rules (docs/CONTRACTS.md)."""
+    if name.endswith("linear_fc1.weight"):  # rank i holds cat(gate_i, up_i)
+        gate, up = full.chunk(2, dim=0)
+        return torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]])
+    if name.endswith(("linear_qkv.weight", "word_embeddings.weight")):
+        return full.chunk(tp, dim=0)[rank]
+    if name.endswith(("linear_proj.weight", "linear_fc2.weight")):
+        return full.chunk(tp, dim=1)[rank]
+    return full
+
+
+def compare_tp_grads(model, reference: dict, tp: int) -> None:
+    """Sharded and replicated gradients equal TP=1's. Partial ones are summed over TP first, as megatron's
+    finalize_model_grads does: q/k norms (heads split over ranks) and, with sequence parallel, every param marked
+    `sequence_parallel` (norms over a sequence shard) - so this also checks our norms carry that mark."""
+    from megatron.core import parallel_state as ps
+
+    rank, group = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_group()
+    worst = 0.0
+    for name, p in model.named_parameters():
+        grad = p.grad
+        if "q_layernorm" in name or "k_layernorm" in name or getattr(p, "sequence_parallel", False):
+            grad = grad.clone()
+            dist.all_reduce(grad, group=group)
+        expected = _tp_slice(name, reference[name], rank, tp)
+        worst = max(worst, (grad - expected).abs().max().item())
+        assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name
+    print(f"[rank {dist.get_rank()}] tp={tp} max |grad diff| vs TP1 = {worst:.3e}", flush=True)
