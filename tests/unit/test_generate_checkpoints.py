@@ -157,7 +157,7 @@ def test_python_api_streams_and_samples(checkpoints, tmp_path):
     pieces: list[str] = []
     result = generate(adapted, tokenizer, "w11 w12 w13", 8, stream=pieces.append)
     assert result.output.tokens == greedy(adapted, PROMPTS[:1])
-    assert result.texts == [tokenizer.decode(result.output.tokens[0])] and "".join(pieces) == result.texts[0] + "\n"
+    assert result.texts == [tokenizer.decode(result.output.tokens[0], skip_special_tokens=True)] and "".join(pieces) == result.texts[0] + "\n"
     batch = generate(adapted, tokenizer, ["w11 w12 w13", "w40 w41 w42 w43 w44 w45"], 8)
     assert batch.output.tokens == greedy(adapted, PROMPTS)
 
