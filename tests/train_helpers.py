@@ -31,6 +31,8 @@ def tiny_pretrain_cfg(save: Path, train_iters: int = 4, gbs: int = 4, seq: int =
 
 def runtime_env() -> dict[str, str]:
     parts = [str(REPO / "runtime"), str(REPO / "launcher"), str(REPO / "tests")]
+    if os.environ.get("PYTHONPATH"):  # e.g. the GPU machine's megatron-core, installed with --target
+        parts.append(os.environ["PYTHONPATH"])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(parts), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
             "PYTHONUNBUFFERED": "1"}
 

@@ -16,14 +16,14 @@ part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
 for p in ${PARTS:-gputests gen lora1b}; do case $p in
-  gputests) TAIL=20 part gputests 300 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -q -s -p no:cacheprovider ;;
+  gputests) TAIL=20 part gputests 150 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -q -s -p no:cacheprovider ;;
   gen) TAIL=30 part gen 260 python3 bench/generate.py --device cuda --model 1b --json "$OUT/generate.json" ;;
   lora1b)
     export GPU_CHECK_MODEL=/tmp/random-1b GPU_CHECK_OUT=/tmp/gpu-check
     python3 -c "import sys; sys.path.insert(0, 'bench'); from convert import write_random_hf_checkpoint as w; from pathlib import Path; w('1b', Path('/tmp/random-1b'))" && cp .gpu_assets/tokenizer/* /tmp/random-1b/
-    TAIL=25 part lora1b 300 gemma3-launch submit bench/gpu_session/lora_1b_local.yaml --cluster local --follow
+    TAIL=25 part lora1b 230 gemma3-launch submit bench/gpu_session/lora_1b_local.yaml --cluster local --follow
     cp /tmp/gpu-check/runs/*/job.json "$OUT/lora1b_job.json" 2>/dev/null ;;
   dp2)
-    TAIL=12 part dp2 280 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
+    TAIL=12 part dp2 200 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
 esac; done
 cat "$OUT/summary.txt"

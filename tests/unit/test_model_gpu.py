@@ -44,6 +44,15 @@ def test_kernels_agree_bf16_long_sequence():
         model.load_state_dict(state)
         with torch.no_grad():
             outs[kernel] = model(input_ids=ids).float()
+    # Random tiny weights give near-tied logits (median top-2 margin ~0.035, measured), so bf16 rounding flips some
+    # argmaxes (98.5% agreement between eager and sdpa on CPU too): compare values, and argmax only where the
+    # reference's top-2 margin is clear of bf16 noise.
+    ref = outs["eager"]
+    top2 = ref.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 0.05
     for kernel in ("sdpa", "flex", "auto"):
-        agree = (outs[kernel].argmax(-1) == outs["eager"].argmax(-1)).float().mean()
-        assert agree >= 0.99, (kernel, agree)
+        diff = (outs[kernel] - ref).abs().max().item()
+        agree = (outs[kernel].argmax(-1) == ref.argmax(-1))[clear].float().mean().item()
+        print(f"{kernel}: max |diff| vs eager {diff:.4f}, argmax agreement where margin > 0.05: {agree:.4f}")
+        assert diff <= 0.05, (kernel, diff)
+        assert agree >= 0.995, (kernel, agree)

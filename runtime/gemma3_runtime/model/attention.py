@@ -104,7 +104,9 @@ def _flex_attention(q, k, v, block_mask, scale):
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    if q.device.type == "cuda":
+    # Compiled only for half precision: torch 2.11's inductor has no fp32 flex-decoding kernel choice when TF32 is
+    # off (seen on an H200: NoValidChoicesError for sq=40), so fp32 runs the eager reference (correct, slower).
+    if q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16):
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
