@@ -129,9 +129,12 @@ class MegatronAdam:
         return float(norm) if norm is not None else float("nan")
 
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        # "fully_reshardable": canonical per-parameter state, so a checkpoint loads at another TP/PP/DP. megatron-core
+        # 0.16.1's default "fully_sharded_model_space" builds flattened ShardedTensors that its own validation rejects
+        # (seen on an H200: "ShardedTensor.flattened_range is not supported").
         return self.optimizer.sharded_state_dict(
             model_sharded_state_dict, is_loading=is_loading,
-            metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"})
+            metadata={"distrib_optim_sharding_type": "fully_reshardable"})
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
