@@ -128,7 +128,32 @@ class MegatronAdam:
         _ok, norm, _zeros = self.optimizer.step()
         return float(norm) if norm is not None else float("nan")
 
+    def _ensure_step_state(self) -> None:
+        """Give every Adam parameter state a 'step' before a load.
+
+        WHY: without TransformerEngine/apex, megatron-core 0.16.1's DistributedOptimizer.state_dict() reads 'step'
+        from every torch-AdamW parameter state, but torch creates that state only on the first step, so resuming
+        (which builds the load request before any step) asserted `len(steps) == 1` on an H200. The values written
+        here are what torch's first step would start from and are overwritten by the checkpoint.
+        """
+        for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = getattr(chained, "optimizer", None)
+            if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
+                continue
+            for group in inner.param_groups:
+                on_device = bool(group.get("fused") or group.get("capturable"))
+                for param in group["params"]:
+                    state = inner.state[param]
+                    if "exp_avg" not in state:
+                        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    if "step" not in state:
+                        state["step"] = torch.zeros((), dtype=torch.float32,
+                                                    device=param.device if on_device else "cpu")
+
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        if is_loading:
+            self._ensure_step_state()
         # "fully_reshardable": canonical per-parameter state, so a checkpoint loads at another TP/PP/DP. megatron-core
         # 0.16.1's default "fully_sharded_model_space" builds flattened ShardedTensors that its own validation rejects
         # (seen on an H200: "ShardedTensor.flattened_range is not supported").
