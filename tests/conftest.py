@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +21,6 @@ TESTS = REPO / "tests"
 LONG_INPUT_TOKENS = 1200
 
 
-def _pythonpath() -> str:
-    parts = [str(REPO / "runtime"), str(REPO / "launcher"), str(TESTS)]
-    if os.environ.get("PYTHONPATH"):
-        parts.append(os.environ["PYTHONPATH"])
-    return os.pathsep.join(parts)
 
 
 if str(TESTS) not in sys.path:  # tests import shared helpers (model_helpers, ...) by module name
@@ -60,10 +54,7 @@ def long_input_ids(real_270m_dir):
     return torch.tensor([ids], dtype=torch.long)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from procs import free_port as _free_port, pythonpath as _pythonpath  # noqa: E402
 
 
 def torchrun(target: str, nproc: int = 2, kwargs: dict | None = None, timeout: int = 600,
@@ -96,3 +87,8 @@ def pytest_sessionstart(session):
     dupes = sorted(n for n, c in names.items() if c > 1)
     if dupes:
         raise pytest.UsageError(f"test module basenames must be unique across tests/: {', '.join(dupes)}")
+    # several conftest.py exist, so `from conftest import x` imports whichever pytest loaded first: use a module
+    importers = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("*.py")
+                       if p.name != "conftest.py" and "from conftest import" in p.read_text())
+    if importers:
+        raise pytest.UsageError(f"import shared test helpers from a module, not from conftest: {', '.join(importers)}")

@@ -125,7 +125,7 @@ def test_tensor_parallel_generation_under_torchrun_equals_tp1(checkpoints, tmp_p
     import subprocess
     import sys
 
-    from conftest import _free_port, _pythonpath
+    from procs import free_port as _free_port, pythonpath as _pythonpath
 
     base_dir, _, _, _ = checkpoints
     from gemma3_runtime.generate.loading import build_model as load, resolve_sources
