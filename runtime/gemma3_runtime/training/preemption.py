@@ -34,6 +34,12 @@ class PreemptionWatcher:
         if self.received is None:
             self.received = signal.Signals(signum).name
             log.warning("received %s: finishing this step, then saving and exiting for requeue", self.received)
+            # From now on the run is going to save and exit: ignore further preemption signals. SIG_IGN is inherited
+            # by the processes the save spawns (megatron's checkpoint writer and its results-queue manager start
+            # with default dispositions otherwise), and SLURM delivers a step signal to EVERY process of the step -
+            # in one CI run a just-spawned queue manager died mid-save right after a repeated USR2 (the likely cause).
+            for watched in self._previous:
+                signal.signal(watched, signal.SIG_IGN)
 
     def agreed_stop(self) -> bool:
         """True on every rank when any rank has received a preemption signal (collective)."""
