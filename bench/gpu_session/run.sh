@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the GPU checks the CI machine cannot run (issues 3, 5, 6, 8). Run from the repo root on the
-# device machine with `.whl` (megatron-core + pydantic cp312 wheels) and `.gpu_assets` (the Gemma 3 tokenizer) carried.
+# device machine with `.whl` (megatron-core + pydantic cp312 wheels) and `.gpu_assets` (the Gemma 3 tokenizer) carried;
+# bench/gpu_session/prepare.sh makes both here.
 # Every part has its own time limit and logs under $OUT; a failing part does not stop the others.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

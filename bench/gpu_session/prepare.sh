@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run HERE (not on the GPU machine) before a device call: the GPU image has no megatron-core and no pydantic, and no
+# network, so their cp312 wheels travel in .whl/, and the real Gemma 3 tokenizer (from the cached 270M) in .gpu_assets/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl \
+  megatron-core==0.16.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+mkdir -p .gpu_assets/tokenizer
+src=$(.venv/bin/python -c "from gemma3_runtime.assets import gemma3_270m_hf_dir; print(gemma3_270m_hf_dir())")
+cp "$src"/tokenizer*.json .gpu_assets/tokenizer/
+echo "ready: carry [\".whl\", \".gpu_assets\"] and run: PARTS='gputests gen lora1b dp2' bash bench/gpu_session/run.sh"
