@@ -24,6 +24,9 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
     python3 -c "import sys; sys.path.insert(0, 'bench'); from convert import write_random_hf_checkpoint as w; from pathlib import Path; w('1b', Path('/tmp/random-1b'))" && cp .gpu_assets/tokenizer/* /tmp/random-1b/
     TAIL=25 part lora1b 230 gemma3-launch submit bench/gpu_session/lora_1b_local.yaml --cluster local --follow
     cp /tmp/gpu-check/runs/*/job.json "$OUT/lora1b_job.json" 2>/dev/null ;;
+  profile)  # where a step's device time goes, at the best-known batch (no baseline: these are not results)
+    TAIL=4 part profile 300 python3 bench/train_throughput.py --hf none --ours ${PROFILE_VARIANTS:-fast-mbs4-ga4,lora-fast-mbs4} \
+      --profile ${PROFILE_VARIANTS:-fast-mbs4-ga4,lora-fast-mbs4} --steps 3 --warmup 2 --json "$OUT/profile.json" ;;
   dp2)
     TAIL=12 part dp2 200 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
 esac; done
