@@ -17,7 +17,7 @@ part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
 for p in ${PARTS:-gputests gen lora1b}; do case $p in
-  gputests) TAIL=20 part gputests 150 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -q -s -p no:cacheprovider ;;
+  gputests) TAIL=30 part gputests 420 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -p no:cacheprovider --tb=short -rA --durations=0 ;;
   gen) TAIL=30 part gen 260 python3 bench/generate.py --device cuda --model 1b --json "$OUT/generate.json" ;;
   lora1b)
     export GPU_CHECK_MODEL=/tmp/random-1b GPU_CHECK_OUT=/tmp/gpu-check

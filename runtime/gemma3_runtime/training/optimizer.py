@@ -162,7 +162,36 @@ class MegatronAdam:
             metadata={"distrib_optim_sharding_type": "fully_reshardable"})
 
     def load_state_dict(self, state: dict) -> None:
+        for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            _skip_step_in_state_copy(chained)
         self.optimizer.load_state_dict(state)
+
+
+def _skip_step_in_state_copy(optimizer: Any) -> None:
+    """Let a DistributedOptimizer copy loaded per-parameter states that carry no 'step'.
+
+    WHY: without TransformerEngine/apex, megatron-core 0.16.1 restores Adam's 'step' from the param groups into
+    every torch-AdamW state, then `load_parameter_state_from_fully_reshardable` hands `_set_main_param_and_optimizer_
+    states` the per-parameter tensors without 'step' (it skips it on purpose) and that copies every key of the
+    destination state: KeyError 'step' (seen on an H200). Copy what was loaded; 'step' is already in place.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    if not isinstance(optimizer, DistributedOptimizer) or getattr(optimizer, "_gemma3_step_fix", False):
+        return
+    original = optimizer._set_main_param_and_optimizer_states
+
+    def set_states(model_param: Any, tensors: dict) -> None:
+        if optimizer.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8 or "step" in tensors:
+            return original(model_param, tensors)
+        group_index, group_order = optimizer.model_param_group_index_map[model_param]
+        main_param = optimizer.optimizer.param_groups[group_index]["params"][group_order]
+        state = optimizer.optimizer.state[main_param]
+        for key, value in tensors.items():
+            (main_param if key == "param" else state[key]).copy_(value)
+
+    optimizer._set_main_param_and_optimizer_states = set_states
+    optimizer._gemma3_step_fix = True
 
 
 def build_optimizer(model_chunks: list, cfg: Any, device: torch.device, bf16: bool) -> TrainOptimizer:
