@@ -1,5 +1,9 @@
 """save_checkpoint / load_checkpoint with real megatron dist_checkpointing on CPU, and the commit protocol."""
 
+import logging
+import os
+import time
+
 import pytest
 import torch
 
@@ -71,3 +75,40 @@ def test_resave_same_iteration_replaces_it(tmp_path, process_group):
     assert torch.equal(loaded["w"], torch.full((4,), 2.0))
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
         "iter_0000003", TRACKER_FILE, "run_config.yaml"]
+
+
+def _leftover(path, age_s):
+    """A temp iteration dir with a shard file, last written `age_s` seconds ago."""
+    path.mkdir()
+    (path / "__0_0.distcp").write_bytes(b"partial")
+    stamp = time.time() - age_s
+    for p in (path / "__0_0.distcp", path):
+        os.utime(p, (stamp, stamp))
+    return path
+
+
+def test_next_save_removes_stale_temp_dirs_of_an_earlier_process(tmp_path, process_group, caplog):
+    save = tmp_path / "ck"
+    ckpt_io.save_checkpoint(save, 2, _sharded({"w": torch.full((4,), 2.0)}), {"model": {}})
+    # an earlier process (any pid, even ours: containers restart with the same pids) killed while writing iter 4,
+    # and one killed after its re-save of iter 2 was in place but before the old copy was deleted
+    stale = [_leftover(save / "iter_0000004.tmp-999999", 3600),
+             _leftover(save / f"iter_0000006.tmp-{os.getpid()}", 3600),
+             _leftover(save / ".iter_0000002.old-999999", 3600)]
+    # kept: written after this process started (its writer may still be busy), and the only copy of an iteration
+    fresh = _leftover(save / "iter_0000008.tmp-999998", 0)
+    only_copy = _leftover(save / ".iter_0000001.old-999999", 3600)
+
+    with caplog.at_level(logging.INFO, logger="gemma3_runtime.checkpoint.io"):
+        ckpt_io.save_checkpoint(save, 4, _sharded({"w": torch.full((4,), 4.0)}), {"model": {}})
+    removals = [r.getMessage() for r in caplog.records if "removed stale temporary" in r.getMessage()]
+    assert len(removals) == 3 and all(any(p.name in m for m in removals) for p in stale)
+    assert any("kept" in r.getMessage() and only_copy.name in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in save.iterdir()) == sorted(
+        [only_copy.name, "iter_0000002", "iter_0000004", fresh.name, TRACKER_FILE, "run_config.yaml"])
+
+    # both committed iterations still load; the save dir resolves to the new one
+    assert resolve_checkpoint(save).iteration == 4
+    for source, value in ((save, 4.0), (save / "iter_0000002", 2.0)):
+        loaded = ckpt_io.load_checkpoint(source, _sharded({"w": torch.zeros(4)}))
+        assert torch.equal(loaded["w"], torch.full((4,), value))

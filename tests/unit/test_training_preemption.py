@@ -1,7 +1,8 @@
 """Preemption and crashes with real `gemma3-runtime run` processes (tiny model, CPU):
 - SIGTERM mid-run: the step finishes, a checkpoint is committed, the exit code is REQUEUE_EXIT_CODE, and the next
   start resumes to the same final weights (and per-step losses) as an uninterrupted run;
-- SIGKILL while a checkpoint is being written: the previous checkpoint stays the committed one and resumes exactly.
+- SIGKILL while a checkpoint is being written: the previous checkpoint stays the committed one and resumes exactly,
+  and the resumed run's first save removes the killed writer's temp dir.
 """
 
 import os
@@ -88,9 +89,15 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path, refere
     assert read_tracker(save) == 2
     assert resolve_checkpoint(save).iter_dir.name == "iter_0000002"
     assert not (save / "iter_0000004").exists()
+    leftovers = [p.name for p in save.iterdir() if ".tmp-" in p.name and p.is_dir()]
+    assert leftovers and all(name.startswith("iter_0000004.tmp-") for name in leftovers)
 
+    time.sleep(0.1)  # the process start time is known to a clock tick (10 ms); a temp dir written after it is kept
     resumed = run_subprocess(run_cli_args(save, ITERS, EXTRA))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed at iteration 2" in resumed.stdout
+    output = resumed.stdout + resumed.stderr
+    assert all(f"removed stale temporary checkpoint directory {save / name}" in output for name in leftovers), output
+    assert [p.name for p in save.iterdir() if ".tmp-" in p.name and p.is_dir()] == []
     assert step_losses(save) == step_losses(reference)
     assert_same_tensors(checkpoint_tensors(save), checkpoint_tensors(reference))

@@ -3,7 +3,8 @@
 Commit protocol (docs/CONTRACTS.md): everything of an iteration goes into `iter_NNNNNNN.tmp-<pid>` first; when
 complete it is renamed to `iter_NNNNNNN`; the save dir's `run_config.yaml` copy is replaced next; the tracker file is
 written to a temporary name and renamed into place LAST. Readers follow only the tracker, so a crash at any point
-leaves the previous checkpoint as the visible one.
+leaves the previous checkpoint as the visible one. A process killed mid-write leaves its `iter_NNNNNNN.tmp-<pid>`
+behind; the next save into the same directory removes such leftovers first (`remove_stale_temp_dirs`).
 
 Callers own the sharded state dict (model, and later optimizer / RNG / train state): this module only writes and
 reads it, plus the small files around it (`extra_files`: name -> bytes, written into the iteration directory).
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -44,6 +47,12 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+
+
+#: `iter_NNNNNNN.tmp-<pid>`: an iteration being written (save_checkpoint); `.iter_NNNNNNN.old-<pid>`: the previous
+#: copy of an iteration that is being re-saved, moved aside until the new one is in place.
+_TEMP_DIR_RE = re.compile(r"^(iter_\d{7})\.tmp-(\d+)$")
+_OLD_DIR_RE = re.compile(r"^\.(iter_\d{7})\.old-(\d+)$")
 
 
 def _dist() -> tuple[int, int]:
@@ -94,6 +103,78 @@ def copy_tokenizer(src_dir: Path, dest_dir: Path) -> list[str]:
     return copied
 
 
+def _process_start_time() -> float:
+    """Wall-clock time this process was created. From /proc (clock ticks since boot, 10 ms) against the current
+    time since boot, because psutil's create_time adds the boot time that /proc/stat gives in whole seconds, up to
+    1 s early: a temp dir its predecessor wrote just before a quick restart would then look like this run's own."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 (starttime); fields[0] is field 3
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
+        return psutil.Process().create_time()
+
+
+def _last_written(path: Path) -> float:
+    """Newest mtime of `path` and its direct entries: torch_dist writes its shard files straight into the iteration
+    dir, so a writer that is still busy keeps bumping one of these (the dir's own mtime moves only when an entry is
+    created, not while a large shard file is being filled)."""
+    newest = path.stat().st_mtime
+    for entry in path.iterdir():
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            pass
+    return newest
+
+
+def remove_stale_temp_dirs(save_dir: str | Path) -> list[Path]:
+    """Remove temporary iteration directories that an earlier, killed process left in `save_dir`; returns them.
+
+    Called by `save_checkpoint` on the writing rank (0) before it creates its own temp dir: a SIGKILL (node loss,
+    OOM killer, a preempting scheduler that does not wait) mid-write leaves `iter_NNNNNNN.tmp-<pid>` behind, as big as
+    a whole checkpoint, and nothing else ever looks at it again (readers follow only the tracker).
+
+    A temp dir counts as stale when nothing in it was written since this process started, i.e. it belongs to an
+    earlier run, whose writer is gone. The pid in the name is not the test: pids are per host and per container, so
+    after a container restart the trainer often gets the very pid of its killed predecessor, and another node's pid
+    means nothing here (shared filesystems). Committed `iter_NNNNNNN` directories never match the patterns.
+
+    `.iter_NNNNNNN.old-<pid>` (a re-save killed between its two renames) is the previous copy of that iteration: it
+    is removed only when `iter_NNNNNNN` exists (the new copy made it into place); otherwise it may be the only copy of
+    what the tracker names, so it is kept (with a warning) for a person to rename back.
+    """
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    started = _process_start_time()
+    removed: list[Path] = []
+    entries = sorted(save_dir.iterdir(), key=lambda p: (not p.name.startswith("."), p.name))  # `.old-` first
+    for entry in entries:
+        match = _OLD_DIR_RE.match(entry.name) or _TEMP_DIR_RE.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            written = _last_written(entry)
+        except FileNotFoundError:
+            continue
+        if written >= started:  # written since this process started: its writer may still be running
+            continue
+        final = save_dir / match.group(1)
+        if entry.name.startswith(".") and not final.exists():
+            log.warning("kept %s: a re-save of %s was killed between its renames and this is the only copy of it "
+                        "(rename it back to %s to use it)", entry, final.name, final.name)
+            continue
+        age = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written))
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        log.info("removed stale temporary checkpoint directory %s (left by pid %s of an earlier run, last written %s)",
+                 entry, match.group(2), age)
+    return removed
+
+
 def _save_strategy(writer_processes: int | None):
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
@@ -125,6 +206,7 @@ def save_checkpoint(
     tmp = save_dir / _broadcast(f"{final.name}.tmp-{os.getpid()}")
     if rank == 0:
         save_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(save_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     _barrier()
