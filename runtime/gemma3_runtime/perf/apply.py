@@ -22,11 +22,23 @@ def resolve_compile(perf: PerfConfig, device: torch.device) -> str:
     return perf.compile
 
 
-def provider_fields(perf: PerfConfig, tp: int = 1) -> dict[str, Any]:
-    """Gemma3ModelProvider fields: `attention_kernel` and the `transformer_overrides` entries of the fast paths."""
+def provider_fields(perf: PerfConfig, tp: int = 1, device: torch.device | None = None) -> dict[str, Any]:
+    """Gemma3ModelProvider fields: `attention_kernel` and the `transformer_overrides` entries of the fast paths.
+
+    `device` is needed only for gradient-accumulation fusion (CUDA-only, probed here, before the model is built:
+    megatron's linears refuse the flag unless the kernel is installed); without it that switch stays off.
+    """
     perf.validate()
-    return {"attention_kernel": perf.attention,
-            "transformer_overrides": {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1)}}
+    overrides: dict[str, Any] = {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1)}
+    if perf.grad_accum_fusion and device is not None and device.type == "cuda":
+        from .grad_fusion import install
+
+        try:
+            if install(device):
+                overrides["gradient_accumulation_fusion"] = True
+        except Exception as exc:  # a lever that cannot be installed is logged, never fatal
+            log.warning("grad-accum fusion off: %r", exc)
+    return {"attention_kernel": perf.attention, "transformer_overrides": overrides}
 
 
 def ddp_fields(perf: PerfConfig, data_parallel_size: int) -> dict[str, Any]:

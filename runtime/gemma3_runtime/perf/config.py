@@ -28,6 +28,10 @@ class PerfConfig:
     #: overlap the DP gradient reduce-scatter with the backward pass (megatron DDP; only matters for DP > 1).
     #: Off by default: not yet measured on two GPUs (docs/PERFORMANCE.md).
     overlap_grad_reduce: bool = False
+    #: weight-gradient GEMMs accumulate straight into megatron's fp32 main_grad (megatron's
+    #: gradient_accumulation_fusion with a torch shim for apex's kernel, perf/grad_fusion.py). CUDA only, and only
+    #: after a runtime probe; off elsewhere. Off by default until measured on a GPU (docs/PERFORMANCE.md).
+    grad_accum_fusion: bool = False
 
     def validate(self) -> "PerfConfig":
         if self.attention not in ATTENTION_CHOICES:
@@ -40,4 +44,4 @@ class PerfConfig:
     def plain(cls) -> "PerfConfig":
         """Every fast path off: the reference configuration the benchmark compares against."""
         return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False,
-                   overlap_grad_reduce=False)
+                   overlap_grad_reduce=False, grad_accum_fusion=False)

@@ -178,7 +178,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
     from gemma3_runtime.perf.config import PerfConfig
 
     perf = getattr(cfg, "perf", None) or PerfConfig()
-    perf_fields = perf_apply.provider_fields(perf, tp)
+    perf_fields = perf_apply.provider_fields(perf, tp, device)
     provider = Gemma3ModelProvider.from_config(
         cfg.model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         sequence_parallel=cfg.parallelism.sequence_parallel,

@@ -1,0 +1,129 @@
+"""Gradient-accumulation fusion (perf/grad_fusion.py) is the same function as megatron's unfused path.
+
+On CPU the shim runs its "reference" accumulation (the same main_grad += grad_output^T @ input that the CUDA
+`addmm(out_dtype=fp32)` forms do, probed on the GPU at install time); megatron's own fused backward and its
+`grad_added_to_main_grad` interplay with DDP are exercised for real: main_grad after two micro-batches of
+backward equals the unfused model's (bf16-grad + DDP add) main_grad, eagerly and with the layers compiled
+(aot_eager), and the fused linears are kept out of the compiled graphs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model_helpers import tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def fusion(monkeypatch):
+    """Install the shim in "reference" mode and restore megatron's module state afterwards. megatron's fused
+    backward allocates its dummy weight gradient on `torch.cuda.current_device()`; on CPU that is redirected."""
+    import megatron.core.tensor_parallel.layers as layers
+
+    from gemma3_runtime.perf import grad_fusion
+
+    for name in ("_grad_accum_fusion_available", "linear_with_grad_accumulation_and_async_allreduce"):
+        monkeypatch.setattr(layers, name, getattr(layers, name))
+    monkeypatch.setattr(layers, "fused_weight_gradient_mlp_cuda", getattr(layers, "fused_weight_gradient_mlp_cuda",
+                                                                          None), raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    assert grad_fusion.install(torch.device("cpu"), mode="reference")
+    assert grad_fusion.status()["mode"] == "reference"
+    return grad_fusion
+
+
+def _build(fused: bool):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from gemma3_runtime.model.provider import Gemma3ModelProvider
+
+    prov = Gemma3ModelProvider.from_config(
+        tiny_config(vocab=300), device="cpu", attention_kernel="sdpa", seed=7,
+        transformer_overrides={"gemma3_fused_linear_ce": True, "gradient_accumulation_fusion": fused})
+    torch.manual_seed(7)
+    model = prov.provide_distributed_model(wrap_with_ddp=False)[0]
+    assert model.config.gradient_accumulation_fusion is fused
+    ddp = DistributedDataParallel(config=model.config, module=model,
+                                  ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True))
+    return ddp
+
+
+def _main_grads(ddp, batches) -> dict[str, torch.Tensor]:
+    ddp.zero_grad_buffer()
+    for ids in batches:  # two micro-batches: the second accumulates onto the first
+        loss = ddp(input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids), labels=ids)
+        loss.mean().backward()
+    return {n: p.main_grad.detach().clone() for n, p in ddp.module.named_parameters() if p.requires_grad}
+
+
+def _rel(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def _batches():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(0, 300, (2, 20), generator=g) for _ in range(2)]
+
+
+def test_shim_math_matches_the_unfused_gemm() -> None:
+    from gemma3_runtime.perf.grad_fusion import TorchWgradAccum
+
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(40, 16, generator=g), torch.randn(40, 8, generator=g)
+    acc = torch.randn(8, 16, generator=g)
+    ref = acc + dy.t() @ x
+    TorchWgradAccum("reference").wgrad_gemm_accum_fp32(x.bfloat16(), dy.bfloat16(), acc)
+    assert _rel(acc, ref) < 2e-2  # bf16 operands
+    acc16 = torch.zeros(8, 16, dtype=torch.bfloat16)
+    TorchWgradAccum("reference").wgrad_gemm_accum_fp16(x.bfloat16(), dy.bfloat16(), acc16)
+    assert _rel(acc16.float(), dy.t() @ x) < 2e-2
+
+
+def test_fused_main_grad_equals_unfused(fusion) -> None:
+    plain, fused = _build(False), _build(True)
+    fused.module.load_state_dict(plain.module.state_dict())
+    batches = _batches()
+    ref, got = _main_grads(plain, batches), _main_grads(fused, batches)
+    assert ref.keys() == got.keys()
+    fused_linears = [n for n in got if n.endswith(("linear_qkv.weight", "linear_proj.weight",
+                                                   "linear_fc1.weight", "linear_fc2.weight"))]
+    assert fused_linears
+    for name in ref:
+        assert _rel(got[name], ref[name]) < 1e-5, name
+    params = dict(fused.module.named_parameters())
+    assert all(params[n].grad_added_to_main_grad for n in fused_linears)  # the DDP hook skipped their add
+    assert all(params[n].grad is None for n in got)
+
+
+def test_fused_with_compiled_layers(fusion) -> None:
+    from gemma3_runtime.perf.compile import compile_model
+
+    torch._dynamo.reset()
+    plain, fused = _build(False), _build(True)
+    fused.module.load_state_dict(plain.module.state_dict())
+    batches = _batches()
+    ref = _main_grads(plain, batches)
+    compile_model([fused], "layers", backend="aot_eager")
+    for _ in range(2):  # twice: the second step runs the cached graphs
+        got = _main_grads(fused, batches)
+        for name in ref:
+            assert _rel(got[name], ref[name]) < 1e-5, name
+    torch._dynamo.reset()
+
+
+def test_install_is_cuda_only_by_default() -> None:
+    from gemma3_runtime.perf import apply
+    from gemma3_runtime.perf.config import PerfConfig
+    from gemma3_runtime.perf.grad_fusion import install
+
+    assert install(torch.device("cpu")) is False
+    fields = apply.provider_fields(PerfConfig(grad_accum_fusion=True), 1, torch.device("cpu"))
+    assert "gradient_accumulation_fusion" not in fields["transformer_overrides"]
+    assert PerfConfig.plain().grad_accum_fusion is False
