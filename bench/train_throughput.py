@@ -47,6 +47,12 @@ PEAK_TFLOPS = 989.0
 # ---- our variants -------------------------------------------------------------------------------------------------
 # name -> (PerfConfig fields, extra: peft / mbs / micro-batches per step / recompute)
 PLAIN = dict(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, overlap_grad_reduce=False)
+FAST = dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True)
+#: `fast` + the issue-8 levers (each CUDA-only and self-probing; on CPU they switch themselves off)
+FAST2 = {**FAST, "grad_accum_fusion": True}
+#: LoRA's base weights are frozen, so gradient-accumulation fusion has nothing to fuse there (the adapters are
+#: nn.Linear): LoRA's fast2 is the step-level levers only
+LORA_FAST2 = dict(FAST)
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": dict(perf=PLAIN),
     "attn-auto": dict(perf={**PLAIN, "attention": "auto"}),
@@ -73,6 +79,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
                       peft="lora"),
     "lora-fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
                            peft="lora", mbs=4),
+    # LoRA at micro-batch 4 with 4 micro-batches per optimizer step: amortises the per-step host work (optimizer,
+    # grad norm, ~364 small adapter tensors) that left the GPU idle 12% of the `lora-fast-mbs4` step
+    "lora-fast-mbs4-ga4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                               peft="lora", mbs=4, nmb=4),
+    # one new lever at a time on top of `fast-mbs4-ga4` (issue 8), then all of them (`fast2`)
+    "fast-gaf-mbs4-ga4": dict(perf={**FAST, "grad_accum_fusion": True}, mbs=4, nmb=4),
+    "fast2-mbs4-ga4": dict(perf=FAST2, mbs=4, nmb=4),
+    "fast2-mbs4-ga8": dict(perf=FAST2, mbs=4, nmb=8),
+    "lora-fast2-mbs4-ga4": dict(perf=LORA_FAST2, peft="lora", mbs=4, nmb=4),
 }
 HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)
     "eager": ("sdpa", None, None, False, False),
@@ -147,7 +162,7 @@ class OurRun:
         torch.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
-        fields = perf_apply.provider_fields(perf)
+        fields = perf_apply.provider_fields(perf, device=device)
         fields["transformer_overrides"] = {**fields["transformer_overrides"], "calculate_per_token_loss": True}
         provider = Gemma3ModelProvider.from_config(
             cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed, **fields)
@@ -272,6 +287,10 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
                    first_loss=round(first[0], 5), first_grad_norm=round(first[1], 5), loss=round(last[0], 5),
                    build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
+        from gemma3_runtime.perf.grad_fusion import status as gaf_status
+
+        rec["grad_accum_fusion"] = dict(active=bool(getattr(run.models[0].config, "gradient_accumulation_fusion",
+                                                            False)), **gaf_status())
         from torch._dynamo.utils import counters
 
         rec["graph_breaks"] = sum(counters["graph_break"].values())
@@ -524,7 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(sink), flush=True)
     by = {(r["impl"], r["variant"]): r for r in sink if "tok_s" in r}
     for ours_name, hf_name in (("fast", "compile"), ("fast", "eager"), ("lora-fast", "lora"),
-                               ("fast-ga8", "compile"), ("fast-mbs4-ga4", "compile"), ("lora-fast-mbs4", "lora")):
+                               ("fast-ga8", "compile"), ("fast-mbs4-ga4", "compile"), ("lora-fast-mbs4", "lora"),
+                               ("fast-gaf-mbs4-ga4", "compile"), ("fast2-mbs4-ga4", "compile"),
+                               ("fast2-mbs4-ga8", "compile"), ("lora-fast-mbs4-ga4", "lora"),
+                               ("lora-fast2-mbs4-ga4", "lora")):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]
             print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
