@@ -121,3 +121,45 @@ def compare_tp_grads(model, reference: dict, tp: int) -> None:
         worst = max(worst, (grad - expected).abs().max().item())
         assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name
     print(f"[rank {dist.get_rank()}] tp={tp} max |grad diff| vs TP1 = {worst:.3e}", flush=True)
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for `greedy_answers` on the tiny model: one id per byte (+4); pad 0, bos 1, eos 2. Decodes
+    to the ids themselves, so two runs' answers compare token for token."""
+
+    pad_token_id, bos_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [b + 4 for b in text.encode()]}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+GREEDY_PROMPTS = ["a", "hello there", "abc", "the quick brown fox"]  # 2 batches of 2, left padding in each
+
+
+def greedy_answers_of(model) -> list[str]:
+    from gemma3_runtime.training.task_eval import greedy_answers
+
+    return greedy_answers(model, ByteTokenizer(), GREEDY_PROMPTS, max_new_tokens=6, device=torch.device("cpu"),
+                          batch_size=2)
+
+
+def check_greedy_answers(tp: int, pp: int, ckpt: str, ref: str) -> None:
+    """Task-eval greedy decoding on a TP/PP-split model gives the TP1/PP1 answers on every rank."""
+    import json
+    from pathlib import Path
+
+    from megatron.core import dist_checkpointing
+
+    from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
+
+    model = build(tp, pp)
+    with cpu_checkpoint_io():
+        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt))
+    answers = greedy_answers_of(model)
+    expected = json.loads(Path(ref).read_text())
+    print(f"[rank {dist.get_rank()}] tp={tp} pp={pp} greedy answers {answers}", flush=True)
+    assert answers == expected, (answers, expected)
+    assert model.training  # greedy_answers puts the model back in training mode

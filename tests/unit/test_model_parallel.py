@@ -69,3 +69,24 @@ def test_parallel_logits_equal_tp1_pp1(reference, run_torchrun, tp, pp, sp, tmp_
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(saved)))
     with torch.no_grad():
         assert (model(input_ids=ids) - ref_logits).abs().max() <= 1e-5
+
+
+def test_task_eval_greedy_answers_under_pp2_equal_pp1(reference, run_torchrun, tmp_path):
+    """training/task_eval.py decodes stage by stage under PP (hidden states sent on, tokens broadcast back)."""
+    import json
+
+    from megatron.core import dist_checkpointing
+
+    from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
+    from multiproc.parallel_model import greedy_answers_of
+
+    root, _, _ = reference
+    model = build_model(tiny_config())
+    with cpu_checkpoint_io():
+        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(root / "ckpt")))
+    expected = greedy_answers_of(model)
+    assert any(answer for answer in expected)  # something is generated, not only an immediate eos
+    (tmp_path / "ref.json").write_text(json.dumps(expected))
+    proc = run_torchrun("multiproc.parallel_model:check_greedy_answers", nproc=2,
+                        kwargs=dict(tp=1, pp=2, ckpt=str(root / "ckpt"), ref=str(tmp_path / "ref.json")))
+    assert proc.stdout.count("greedy answers") == 2  # both stages return the answers

@@ -233,9 +233,6 @@ def train(cfg: ConfigContainer) -> TrainResult:
                               cfg.train.train_iters * gbs, valid_samples, cache_dir)
     train_index = EpochShuffledIndex(len(datasets.train), seed, datasets.shuffle)
     task_items = _task_items(cfg) if cfg.eval.task_accuracy else []
-    if task_items and pp > 1:
-        log.warning("eval.task_accuracy is not available with pipeline parallelism; skipped")
-        task_items = []
 
     # -- metrics -------------------------------------------------------------------------------------------------
     save_dir = cfg.checkpoint.save

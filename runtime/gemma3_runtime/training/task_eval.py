@@ -1,7 +1,11 @@
 """Task accuracy during training: greedy answers of the model to held-out prompts, scored by the dataset's scorer.
 
 Uses the model's own KV cache (prefill once, then one token per step), batched with left padding. Runs on every
-rank of the model-parallel group in lockstep (TP needs all ranks); not available with PP > 1.
+rank of the model-parallel group in lockstep (TP needs all ranks). With PP > 1 each forward goes stage by stage: a
+stage receives the previous stage's hidden states, runs its layers with its own KV cache (which holds only its layers)
+and sends its output on; the last stage picks the greedy token and broadcasts it over the pipeline group, so every
+rank feeds and decodes the same tokens and returns the same answers. Strictly one sequence batch at a time (no
+pipelining of batches): this is a small held-out eval, where simplicity beats the idle stages.
 """
 
 from __future__ import annotations
@@ -11,6 +15,33 @@ from typing import Any, Sequence
 import torch
 
 from gemma3_runtime.training.checkpointing import unwrap
+
+
+def _next_tokens(inner: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 cache: Any) -> torch.Tensor:
+    """One forward over all layers; returns the greedy next token [b] of each row, the same on every rank."""
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized() or ps.get_pipeline_model_parallel_world_size() == 1:
+        logits = inner(input_ids=ids, position_ids=positions, attention_mask=mask, kv_cache=cache)
+        return logits[:, -1].float().argmax(-1)
+    config = inner.config
+    dtype = getattr(config, "pipeline_dtype", None) or config.params_dtype
+    first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+    if not first:
+        seq = ids.shape[1] // ps.get_tensor_model_parallel_world_size() if config.sequence_parallel else ids.shape[1]
+        hidden = torch.empty(seq, ids.shape[0], config.hidden_size, dtype=dtype, device=ids.device)
+        torch.distributed.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank())
+        inner.set_input_tensor(hidden)
+    out = inner(input_ids=ids if first else None, position_ids=positions, attention_mask=mask, kv_cache=cache)
+    if last:
+        tokens = out[:, -1].float().argmax(-1)
+    else:
+        torch.distributed.send(out.to(dtype).contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
+        tokens = torch.empty(ids.shape[0], dtype=torch.long, device=ids.device)
+    torch.distributed.broadcast(tokens, src=ps.get_pipeline_model_parallel_last_rank(),
+                                group=ps.get_pipeline_model_parallel_group())
+    return tokens
 
 
 @torch.no_grad()
@@ -36,8 +67,7 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = KVCache(max_length=width + max_new_tokens)
-            logits = inner(input_ids=ids, position_ids=positions, attention_mask=mask, kv_cache=cache)
-            next_token = logits[:, -1].float().argmax(-1)
+            next_token = _next_tokens(inner, ids, positions, mask, cache)
             generated = [[] for _ in chunk]
             done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
             last_pos = positions[:, -1]
@@ -52,9 +82,7 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 last_pos = last_pos + 1
-                logits = inner(input_ids=next_token[:, None], position_ids=last_pos[:, None], attention_mask=mask,
-                               kv_cache=cache)
-                next_token = logits[:, -1].float().argmax(-1)
+                next_token = _next_tokens(inner, next_token[:, None], last_pos[:, None], mask, cache)
             answers.extend(tokenizer.decode(g, skip_special_tokens=True) for g in generated)
     finally:
         inner.train(was_training)
