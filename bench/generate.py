@@ -114,7 +114,9 @@ def measure_ours(model, ids: list[int], ttft_ids: list[int], new_tokens: int, re
     ttft_long = [engine.generate([ttft_ids], 1).time_to_first_token_s for _ in range(repeats)]
     return {"decode_tok_s": statistics.median(decode), "ttft_s": statistics.median(ttft),
             "ttft_long_s": statistics.median(ttft_long), "setup_s": setup_s, "tokens": first.tokens[0],
-            "compiled": bool(engine._session and engine._session.compiled)}
+            # from the decoding runs themselves: the long-prompt TTFT calls above (1 new token) replace the session
+            # with a prefill-only one, which is why reading engine._session here used to report compiled=false
+            **{k: bool(v) for k, v in runs[-1].decode_path.items()}}
 
 
 def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **kwargs) -> tuple[float, list[int]]:

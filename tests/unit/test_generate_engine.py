@@ -123,3 +123,54 @@ def test_compiled_step_equals_eager_step():
     compiled = compiled_engine.generate(prompts, 8)
     assert compiled_engine._session.compiled
     assert compiled.tokens == eager.tokens
+
+
+def test_read_ahead_stopping_discards_the_extra_step(tiny):
+    """Reading tokens one step behind (the CUDA loop) learns of a stop one step late: the step already enqueued
+    must be discarded - tokens, finish reasons, streamed callbacks and decode_steps exactly as the synchronous loop
+    gives them. Row 0 stops before row 1; then both rows stop (the loop must still end early)."""
+    from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import Engine
+
+    cfg, model = tiny
+    prompts = [[2, 17, 99, 5], [2, 8, 300]]
+    sync = Engine(decoder_for(model))
+    assert not sync.read_ahead  # CPU default
+    free = sync.generate(prompts, 10, stop_ids=())
+    stop0 = free.tokens[0][2]
+    stop1 = free.tokens[1][6]
+    cases = [[stop0], [stop0, stop1]]
+    for stops in cases:
+        results = []
+        for ahead in (False, True):
+            engine = Engine(decoder_for(model))
+            engine.read_ahead = ahead
+            streamed: list[tuple[int, list]] = []
+            out = engine.generate(prompts, 10, stop_ids=stops,
+                                  on_token=lambda step, toks: streamed.append((step, list(toks))))
+            assert out.decode_path["read_ahead"] is ahead
+            results.append((out.tokens, out.finish_reasons, out.decode_steps, streamed))
+        assert results[1] == results[0], f"stops {stops}"
+        tokens, reasons, steps, streamed = results[0]
+        first0 = free.tokens[0].index(stop0)
+        assert tokens[0] == free.tokens[0][: first0 + 1] and reasons[0] == "stop"
+        assert all(toks[0] is None for step, toks in streamed if step > first0)
+        assert len(streamed) == max(len(t) for t in tokens) == steps + 1
+
+
+def test_selection_inside_the_step_equals_selection_outside(tiny):
+    """Greedy argmax inside the step (written into the next step's input) gives the tokens of the previous
+    logits-only step + separate argmax, batched and with read-ahead."""
+    from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import Engine
+
+    cfg, model = tiny
+    prompts = [[2, 17, 99], [2, 8, 300, 41, 5, 6]]
+    outs = []
+    for inside in (False, True):
+        engine = Engine(decoder_for(model))
+        engine.select_in_step, engine.read_ahead = inside, inside
+        out = engine.generate(prompts, 9)
+        assert out.decode_path["selection_in_step"] is inside
+        outs.append(out.tokens)
+    assert outs[0] == outs[1]

@@ -1,20 +1,31 @@
 """The generation loop: one prefill forward over the prompts, then one token per step from the static KV cache.
 
 The decode step reads only static buffers (last tokens, the column counter t, row starts) and the cache, and
-advances t itself, so on CUDA it is captured once as a graph and each token costs one replay, one argmax/sampling
-and one device->host read of the new tokens (needed anyway for streaming and per-row stopping). Sessions (cache +
-graph) are kept for the last (batch, columns) shape, so repeated calls of the same shape pay capture once.
+advances t itself, so on CUDA it is captured once as a graph. Sessions (cache + graph) are kept for the last
+(batch, columns) shape, so repeated calls of the same shape pay capture once.
 
 A graph removes launch overhead but not kernel count: eager, a decode step is ~85 small kernels per layer
 (norms in fp32, RoPE, casts), which alone would cap the 1B near 250 tokens/s. So on CUDA the step is first
 compiled with torch.compile (inductor fuses the elementwise chains; matmuls stay cuBLAS) and the COMPILED step is
 what the graph captures. If compilation fails the engine logs why and captures the eager step instead.
+
+Keeping the GPU busy between tokens (CUDA): at ~2 ms per token, the host work between two replays (selection
+launches, a blocking device->host read, Python bookkeeping, copying the tokens back in) was ~15% of the time, with
+the GPU idle. So (1) the greedy choice is part of the captured step, which writes the chosen token straight into
+its own input buffer `tokens`: the next replay needs nothing from the host; sampling (temperature / top-k / top-p
+with a private generator) runs as a few device ops after the replay and writes the same buffer; (2) the host reads
+tokens one step behind: each step's tokens are copied into pinned memory with non_blocking=True and an event is
+recorded, and the NEXT step is enqueued before the host waits on that event. The host therefore learns that a row
+hit its stop token one step late; the one extra step then computed is discarded (never emitted, never returned),
+so outputs and streaming are exactly those of the synchronous loop. On CPU everything is synchronous anyway and an
+extra step costs a whole forward, so the CPU reads each token right away (same loop, no read-ahead).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -44,6 +55,8 @@ class GenerationOutput:
     decode_s: float                             # after the first token
     decode_steps: int
     timings: dict[str, float] = field(default_factory=dict)
+    # how the decode steps ran: cuda_graph, compiled, selection_in_step (greedy argmax inside the step), read_ahead
+    decode_path: dict[str, bool] = field(default_factory=dict)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -65,7 +78,8 @@ def check_lengths(prompt_lengths: Sequence[int], max_new_tokens: int, max_positi
 class _Session:
     """Cache and static decode buffers for one (batch, columns) shape; optionally a captured decode graph."""
 
-    def __init__(self, decoder: Decoder, batch: int, columns: int, cuda_graph: bool, compile_step: bool = False) -> None:
+    def __init__(self, decoder: Decoder, batch: int, columns: int, cuda_graph: bool, compile_step: bool = False,
+                 select_in_step: bool = True) -> None:
         info = decoder.info
         self.decoder = decoder
         self.spec = CacheSpec(batch=batch, columns=columns, window=info.window, sliding=info.sliding,
@@ -79,10 +93,19 @@ class _Session:
         self.for_decoding = True
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_logits: torch.Tensor | None = None
-        self.compiled = compile_step
-        self._run_step = torch.compile(self._step, dynamic=False) if compile_step else self._step
+        self.compiled = self._compile_requested = compile_step
+        # True: the step itself writes argmax(logits) into `tokens` (greedy needs no work between steps)
+        self.select_in_step = select_in_step
+        self._run_step = self._compile(self._entry()) if compile_step else self._entry()
         if cuda_graph:
             self._capture()
+
+    def _entry(self) -> Callable[[], torch.Tensor]:
+        return self._step_and_select if self.select_in_step else self._step
+
+    @staticmethod
+    def _compile(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return torch.compile(fn, dynamic=False)
 
     # ---- the two forwards --------------------------------------------------------------------------------------
     def prefill(self, batch: PromptBatch) -> torch.Tensor:
@@ -122,16 +145,55 @@ class _Session:
         t.add_(1)
         return logits
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens.view(-1, 1))
+    def _step_and_select(self) -> torch.Tensor:
+        """`_step`, then the greedy token written into `self.tokens` (the next step's input) -> logits.
+        Same argmax as `select_next_tokens` (first maximal index); sampling overwrites `tokens` afterwards."""
+        logits = self._step()
+        self.tokens.copy_(torch.argmax(logits, dim=-1).view(-1, 1))
+        return logits
+
+    def _forward(self) -> torch.Tensor:
         if self.graph is None:
             return self._run_step()
         self.graph.replay()
         return self.graph_logits
 
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode the given tokens [b] -> logits [b, V] (tests and callers that choose tokens themselves)."""
+        self.tokens.copy_(tokens.view(-1, 1))
+        return self._forward()
+
+    def advance(self, sampling: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+        """Decode `self.tokens` and leave the NEXT tokens in it, all on the device (no host sync) -> `tokens` [b].
+
+        Greedy with the selection in the step: nothing but the replay. Otherwise the choice is made here from the
+        step's logits and copied into `tokens` (still device work only)."""
+        logits = self._forward()
+        if not (sampling.greedy and self.select_in_step):
+            self.tokens.copy_(select_next_tokens(logits, sampling, generator).view(-1, 1))
+        return self.tokens.view(-1)
+
     def _capture(self) -> None:
+        """Capture the step (selection included); if that fails for any reason, log why and capture the previous
+        step (logits only, selection outside the graph) so generation never breaks on a capture problem."""
+        try:
+            self._capture_entry()
+            return
+        except Exception as exc:  # noqa: BLE001 - any capture/compile failure: fall back to the logits-only step
+            if not self.select_in_step:
+                raise
+            log.warning("capturing the decode step with token selection failed (%s: %s); capturing the "
+                        "logits-only step (selection outside the graph)",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        torch.cuda.synchronize()
+        self.graph, self.graph_logits, self.select_in_step = None, None, False
+        self.compiled = self._compile_requested
+        self._run_step = self._compile(self._entry()) if self.compiled else self._entry()
+        self._capture_entry()
+
+    def _capture_entry(self) -> None:
         """Warm up on a side stream (allocator, lazy inits), then capture one decode step. Runs before any prefill,
-        so the garbage it writes into the cache is overwritten or masked."""
+        so the garbage it writes into the cache (and `tokens`) is overwritten or masked."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -142,15 +204,48 @@ class _Session:
                 if not self.compiled:
                     raise
                 log.warning("torch.compile of the decode step failed (%s: %s); capturing the eager step",
-                            type(exc).__name__, str(exc).splitlines()[0][:200])
-                self.compiled, self._run_step = False, self._step
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.compiled, self._run_step = False, self._entry()
                 for _ in range(2):
-                    self._step()
+                    self._run_step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.graph_logits = self._run_step()
         self.graph = graph
+
+
+class _TokenReader:
+    """Device tokens -> host lists, in order. CUDA: each `push` enqueues a non-blocking copy into one of two pinned
+    buffers and records an event, `pop` waits only for the oldest push, so the host can enqueue the next step
+    before waiting for this one (at most two pushes are outstanding). Elsewhere: read at once (synchronous)."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pending: deque = deque()
+        if self.cuda:
+            self.buffers = [torch.empty(batch, dtype=torch.long, pin_memory=True) for _ in range(2)]
+            self.events = [torch.cuda.Event() for _ in range(2)]
+            self.pushed = 0
+
+    def push(self, tokens: torch.Tensor) -> None:
+        if not self.cuda:
+            self.pending.append(tokens.tolist())
+            return
+        if len(self.pending) >= 2:
+            raise RuntimeError("token reader: more than two reads outstanding")
+        slot = self.pushed % 2
+        self.buffers[slot].copy_(tokens, non_blocking=True)
+        self.events[slot].record()
+        self.pending.append(slot)
+        self.pushed += 1
+
+    def pop(self) -> list[int]:
+        item = self.pending.popleft()
+        if not self.cuda:
+            return item
+        self.events[item].synchronize()
+        return self.buffers[item].tolist()
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
@@ -176,6 +271,10 @@ class Engine:
         # on CPU compiling costs minutes of start-up for a few percent; on CUDA it is what makes decode fast
         self.compile_step = on_cuda if compile_step is None else compile_step
         self.column_multiple = column_multiple
+        # read tokens one step behind (CUDA: the next step is enqueued before waiting for this one's tokens);
+        # on CPU it would only compute a discarded step at every stop. Tests switch it on to check the CPU logic.
+        self.read_ahead = on_cuda
+        self.select_in_step = True  # greedy argmax inside the (captured) step; False: the previous, separate choice
         self._session: _Session | None = None
 
     def _session_for(self, batch: int, columns: int, decoding: bool = True) -> _Session:
@@ -185,7 +284,8 @@ class Engine:
             self._session = None  # free the old cache first
             if self.compile_step and decoding:
                 _raise_recompile_limit()
-            s = _Session(self.decoder, batch, columns, self.cuda_graphs and decoding, self.compile_step and decoding)
+            s = _Session(self.decoder, batch, columns, self.cuda_graphs and decoding, self.compile_step and decoding,
+                         select_in_step=self.select_in_step)
             s.for_decoding = decoding
             self._session = s
         return s
@@ -211,13 +311,24 @@ class Engine:
         reasons = ["length"] * rows
         done = [False] * rows
 
+        reader = _TokenReader(rows, info.device)
+        ahead = self.read_ahead
         start = time.perf_counter()
         logits = session.prefill(batch)
+        first = select_next_tokens(logits, sampling, generator)
+        reader.push(first)
+        if max_new_tokens > 1:
+            session.tokens.copy_(first.view(-1, 1))
+        launched = 1  # tokens whose computation is enqueued (the prefill gave the first)
         first_token_at = start
         steps = 0
         for step in range(max_new_tokens):
-            next_tokens = select_next_tokens(logits, sampling, generator)
-            host = next_tokens.tolist()  # the one host sync per token
+            if ahead and step >= 1 and launched < max_new_tokens:
+                # enqueue the step after this one before waiting for this one's tokens; if this read shows every
+                # row stopped, that step's tokens are never read
+                reader.push(session.advance(sampling, generator))
+                launched += 1
+            host = reader.pop()  # tokens of `step`
             if step == 0:
                 first_token_at = time.perf_counter()
             emitted: list[int | None] = []
@@ -233,9 +344,14 @@ class Engine:
                 on_token(step, emitted)
             if all(done) or step == max_new_tokens - 1:
                 break
-            logits = session.step(next_tokens)
+            if launched == step + 1:  # no read-ahead (or the first step: TTFT waits for no extra launch)
+                reader.push(session.advance(sampling, generator))
+                launched += 1
             steps += 1
         end = time.perf_counter()
         return GenerationOutput(tokens=out, finish_reasons=reasons, prompt_lengths=list(batch.lengths),
                                 time_to_first_token_s=first_token_at - start, decode_s=end - first_token_at,
-                                decode_steps=steps, timings={"session_setup_s": setup_s})
+                                decode_steps=steps, timings={"session_setup_s": setup_s},
+                                decode_path={"cuda_graph": session.graph is not None, "compiled": session.compiled,
+                                             "selection_in_step": session.select_in_step and sampling.greedy,
+                                             "read_ahead": ahead})
