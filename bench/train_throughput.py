@@ -49,10 +49,10 @@ PEAK_TFLOPS = 989.0
 PLAIN = dict(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, overlap_grad_reduce=False)
 FAST = dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True)
 #: `fast` + the issue-8 levers (each CUDA-only and self-probing; on CPU they switch themselves off)
-FAST2 = {**FAST, "grad_accum_fusion": True}
+FAST2 = {**FAST, "grad_accum_fusion": True, "fused_geglu": True}
 #: LoRA's base weights are frozen, so gradient-accumulation fusion has nothing to fuse there (the adapters are
-#: nn.Linear): LoRA's fast2 is the step-level levers only
-LORA_FAST2 = dict(FAST)
+#: nn.Linear): LoRA's fast2 is the fused GeGLU (+ micro-batches per step in its variant)
+LORA_FAST2 = {**FAST, "fused_geglu": True}
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": dict(perf=PLAIN),
     "attn-auto": dict(perf={**PLAIN, "attention": "auto"}),
@@ -85,6 +85,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                peft="lora", mbs=4, nmb=4),
     # one new lever at a time on top of `fast-mbs4-ga4` (issue 8), then all of them (`fast2`)
     "fast-gaf-mbs4-ga4": dict(perf={**FAST, "grad_accum_fusion": True}, mbs=4, nmb=4),
+    "fast-geglu-mbs4-ga4": dict(perf={**FAST, "fused_geglu": True}, mbs=4, nmb=4),
     "fast2-mbs4-ga4": dict(perf=FAST2, mbs=4, nmb=4),
     "fast2-mbs4-ga8": dict(perf=FAST2, mbs=4, nmb=8),
     "lora-fast2-mbs4-ga4": dict(perf=LORA_FAST2, peft="lora", mbs=4, nmb=4),
@@ -544,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r["impl"], r["variant"]): r for r in sink if "tok_s" in r}
     for ours_name, hf_name in (("fast", "compile"), ("fast", "eager"), ("lora-fast", "lora"),
                                ("fast-ga8", "compile"), ("fast-mbs4-ga4", "compile"), ("lora-fast-mbs4", "lora"),
-                               ("fast-gaf-mbs4-ga4", "compile"), ("fast2-mbs4-ga4", "compile"),
+                               ("fast-gaf-mbs4-ga4", "compile"), ("fast-geglu-mbs4-ga4", "compile"),
+                               ("fast2-mbs4-ga4", "compile"),
                                ("fast2-mbs4-ga8", "compile"), ("lora-fast-mbs4-ga4", "lora"),
                                ("lora-fast2-mbs4-ga4", "lora")):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:

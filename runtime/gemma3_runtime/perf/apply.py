@@ -54,6 +54,13 @@ def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_len
 
     if seq_length:
         prebuild_masks(models, seq_length, device)
+    if perf.fused_geglu and device.type == "cuda":
+        from .geglu import use_fused_geglu
+
+        try:
+            use_fused_geglu(models)
+        except Exception as exc:  # a lever that cannot be installed is logged, never fatal
+            log.warning("fused GeGLU off: %r", exc)
     return compile_model(models, resolve_compile(perf, device))
 
 

@@ -32,6 +32,9 @@ class PerfConfig:
     #: gradient_accumulation_fusion with a torch shim for apex's kernel, perf/grad_fusion.py). CUDA only, and only
     #: after a runtime probe; off elsewhere. Off by default until measured on a GPU (docs/PERFORMANCE.md).
     grad_accum_fusion: bool = False
+    #: GeGLU as one opaque op with a one-kernel backward that keeps its output instead of recomputing it
+    #: (perf/geglu.py; +tokens x ffn bf16 activation memory per layer). CUDA only; off until measured.
+    fused_geglu: bool = False
 
     def validate(self) -> "PerfConfig":
         if self.attention not in ATTENTION_CHOICES:
@@ -44,4 +47,5 @@ class PerfConfig:
     def plain(cls) -> "PerfConfig":
         """Every fast path off: the reference configuration the benchmark compares against."""
         return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False,
-                   overlap_grad_reduce=False, grad_accum_fusion=False)
+                   overlap_grad_reduce=False, grad_accum_fusion=False,
+                   fused_geglu=False)
