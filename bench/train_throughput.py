@@ -256,6 +256,9 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
     saved_env = {k: os.environ.get(k) for k in spec.get("env", {})}
     os.environ.update(spec.get("env", {}))
     try:
+        from gemma3_runtime.perf.grad_fusion import reset_counters
+
+        reset_counters()
         run = OurRun(cfg, perf, device, seq, mbs, nmb, peft)
         g = torch.Generator().manual_seed(0)
         data = [run.batches(torch.randint(0, cfg.vocab_size, (nmb * mbs, seq + 1), generator=g)) for _ in range(2)]

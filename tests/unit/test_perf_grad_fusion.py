@@ -4,7 +4,7 @@ On CPU the shim runs its "reference" accumulation (the same main_grad += grad_ou
 `addmm(out_dtype=fp32)` forms do, probed on the GPU at install time); megatron's own fused backward and its
 `grad_added_to_main_grad` interplay with DDP are exercised for real: main_grad after two micro-batches of
 backward equals the unfused model's (bf16-grad + DDP add) main_grad, eagerly and with the layers compiled
-(aot_eager), and the fused linears are kept out of the compiled graphs.
+(aot_eager) without graph breaks, the accumulation op running at every backward.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def fusion(monkeypatch):
     monkeypatch.setattr(layers, "fused_weight_gradient_mlp_cuda", getattr(layers, "fused_weight_gradient_mlp_cuda",
                                                                           None), raising=False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    monkeypatch.setitem(grad_fusion._SHIM, "shim", None)
     assert grad_fusion.install(torch.device("cpu"), mode="reference")
     assert grad_fusion.status()["mode"] == "reference"
+    grad_fusion.reset_counters()
     return grad_fusion
 
 
@@ -100,12 +102,18 @@ def test_fused_main_grad_equals_unfused(fusion) -> None:
     params = dict(fused.module.named_parameters())
     assert all(params[n].grad_added_to_main_grad for n in fused_linears)  # the DDP hook skipped their add
     assert all(params[n].grad is None for n in got)
+    n_layers = tiny_config(vocab=300).num_layers
+    assert fusion.status()["fused_calls"] == 2 * 4 * n_layers  # 2 micro-batches x 4 linears x layers
+    assert fusion.status()["unfused_calls"] == 0
 
 
 def test_fused_with_compiled_layers(fusion) -> None:
+    from torch._dynamo.utils import counters
+
     from gemma3_runtime.perf.compile import compile_model
 
     torch._dynamo.reset()
+    counters.clear()
     plain, fused = _build(False), _build(True)
     fused.module.load_state_dict(plain.module.state_dict())
     batches = _batches()
@@ -115,6 +123,10 @@ def test_fused_with_compiled_layers(fusion) -> None:
         got = _main_grads(fused, batches)
         for name in ref:
             assert _rel(got[name], ref[name]) < 1e-5, name
+    n_layers = tiny_config(vocab=300).num_layers
+    assert fusion.status()["fused_calls"] == 2 * 2 * 4 * n_layers  # the op runs at every backward, not at trace
+    assert fusion.status()["unfused_calls"] == 0
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     torch._dynamo.reset()
 
 

@@ -16,9 +16,14 @@ fp32 accumulation forms works; otherwise it logs why and the run keeps the unfus
 extra fp32 pass; still no separate bf16 gradient tensor).
 
 Under torch.compile of the layers, megatron's fused backward mutates Python attributes (`weight.main_grad`,
-`weight.grad_added_to_main_grad`) that a traced backward graph would only set once at trace time, so the fused
-linear call is kept out of the graph (`torch.compiler.disable`): each fused linear is a graph break, in exchange for
-no separate gradient add. Whether that trade pays is what the `fast2-*` / `fast-gaf-*` bench variants measure.
+`weight.grad_added_to_main_grad`) that a traced backward graph would only set once at trace time. So the plain case
+(TP 1, no sequence parallel, no bias, no deferred wgrad - every Gemma 3 linear at TP 1) uses our own linear function
+(`_FusedWgradLinear`) whose backward calls the opaque op `gemma3::wgrad_accum(input, grad_output, weight)`: it runs
+at every backward (never only at trace time), accumulates into `weight.main_grad`, sets
+`weight.grad_added_to_main_grad` and returns an uninitialised dummy gradient (megatron's own trick, so the DDP hook
+fires and skips its add). If `weight` carries no `main_grad` at run time it returns the real bf16 gradient instead
+(the unfused path, counted in `status()["unfused_calls"]`). Every other case goes to megatron's fused function,
+kept out of compiled graphs (`torch.compiler.disable`, a graph break per call).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 
 log = logging.getLogger("gemma3_runtime.perf")
 
-_STATE: dict[str, object] = {"installed": False, "mode": None, "reason": None}
+_STATE: dict[str, object] = {"installed": False, "mode": None, "reason": None, "fused_calls": 0, "unfused_calls": 0}
 
 
 def _probe(device: torch.device, mode: str) -> bool:
@@ -86,6 +91,52 @@ class TorchWgradAccum:
         main_grad.addmm_(grad_output.t().to(main_grad.dtype), total_input.to(main_grad.dtype))
 
 
+@torch.library.custom_op("gemma3::wgrad_accum", mutates_args=())
+def wgrad_accum(total_input: torch.Tensor, grad_output: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """weight.main_grad += grad_output^T @ total_input (2-D operands); returns the tensor autograd hands to the
+    weight: a dummy (DDP's hook skips it: `grad_added_to_main_grad`) or, without main_grad, the real gradient.
+
+    Declared functional on purpose: its effect is on megatron's grad buffer, which no graph reads; its output is
+    the weight's gradient, so it is never dropped or recomputed."""
+    main_grad = getattr(weight, "main_grad", None)
+    shim = _SHIM.get("shim")
+    if main_grad is None or shim is None or not hasattr(weight, "grad_added_to_main_grad"):
+        _STATE["unfused_calls"] = int(_STATE["unfused_calls"]) + 1
+        return grad_output.t().matmul(total_input).to(weight.dtype)
+    if main_grad.dtype == torch.float32:
+        shim.wgrad_gemm_accum_fp32(total_input, grad_output, main_grad)
+    else:
+        shim.wgrad_gemm_accum_fp16(total_input, grad_output, main_grad)
+    weight.grad_added_to_main_grad = True
+    _STATE["fused_calls"] = int(_STATE["fused_calls"]) + 1
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+@wgrad_accum.register_fake
+def _(total_input: torch.Tensor, grad_output: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+_SHIM: dict[str, Optional[TorchWgradAccum]] = {"shim": None}
+
+
+class _FusedWgradLinear(torch.autograd.Function):
+    """y = x W^T; the backward's weight gradient goes through `gemma3::wgrad_accum` (see module doc)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return torch.matmul(x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_input = grad_output.matmul(weight)
+        x2 = x.reshape(-1, x.shape[-1])
+        g2 = grad_output.reshape(-1, grad_output.shape[-1])
+        return grad_input, torch.ops.gemma3.wgrad_accum(x2.contiguous(), g2.contiguous(), weight)
+
+
 def _graph_safe_linear(original):
     """megatron's linear function, with its fused-accumulation calls kept out of torch.compile graphs (see module doc).
     Calls without fusion are traced as before (no graph break)."""
@@ -95,10 +146,15 @@ def _graph_safe_linear(original):
         return original(*args, **kwargs)
 
     @functools.wraps(original)
-    def linear(input, weight, bias, gradient_accumulation_fusion, *args, **kwargs):
+    def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad=False, sequence_parallel=False,
+               grad_output_buffer=None, wgrad_deferral_limit=0, *args, **kwargs):
+        rest = (allreduce_dgrad, sequence_parallel, grad_output_buffer, wgrad_deferral_limit, *args)
         if gradient_accumulation_fusion:
-            return fused(input, weight, bias, gradient_accumulation_fusion, *args, **kwargs)
-        return original(input, weight, bias, gradient_accumulation_fusion, *args, **kwargs)
+            if (bias is None and not allreduce_dgrad and not sequence_parallel and grad_output_buffer is None
+                    and not args and not kwargs.get("async_grad_allreduce")):
+                return _FusedWgradLinear.apply(input, weight)
+            return fused(input, weight, bias, gradient_accumulation_fusion, *rest, **kwargs)
+        return original(input, weight, bias, gradient_accumulation_fusion, *rest, **kwargs)
 
     linear.__wrapped_original__ = original  # type: ignore[attr-defined]
     linear.warned = getattr(original, "warned", False)  # type: ignore[attr-defined]
@@ -129,7 +185,7 @@ def install(device: torch.device, mode: Optional[str] = None) -> bool:
             log.warning("grad-accum fusion off: neither addmm(out_dtype=fp32, out=acc) nor mm(out_dtype=fp32) "
                         "works here; keeping the bf16 grad + DDP add path")
             return False
-    layers.fused_weight_gradient_mlp_cuda = TorchWgradAccum(mode)
+    layers.fused_weight_gradient_mlp_cuda = _SHIM["shim"] = TorchWgradAccum(mode)
     layers._grad_accum_fusion_available = True
     _wrap_linear(layers)
     _STATE.update(installed=True, mode=mode, reason=None)
@@ -144,5 +200,10 @@ def _wrap_linear(layers) -> None:
 
 
 def status() -> dict:
-    """What install() decided last: installed, mode ("addmm_out" / "mm_add" / "reference" / "apex"), reason."""
+    """What install() decided last: installed, mode ("addmm_out" / "mm_add" / "reference" / "apex"), reason; and
+    how many in-graph weight gradients were accumulated fused / fell back to the unfused gradient."""
     return dict(_STATE)
+
+
+def reset_counters() -> None:
+    _STATE.update(fused_calls=0, unfused_calls=0)
