@@ -172,6 +172,7 @@ def install(device: torch.device, mode: Optional[str] = None) -> bool:
     if getattr(layers, "_grad_accum_fusion_available", False) and not isinstance(
             getattr(layers, "fused_weight_gradient_mlp_cuda", None), TorchWgradAccum):
         _STATE.update(installed=True, mode="apex", reason=None)
+        _SHIM["shim"] = layers.fused_weight_gradient_mlp_cuda  # same two functions; used by gemma3::wgrad_accum
         _wrap_linear(layers)
         return True
     if mode is None:
