@@ -92,6 +92,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # larger micro-batches (same 65k / 131k tokens per step): fewer per-micro-batch host syncs and launches
     "fast2-mbs8-ga2": dict(perf=FAST2, mbs=8, nmb=2),
     "lora-fast2-mbs8-ga2": dict(perf=LORA_FAST2, peft="lora", mbs=8, nmb=2),
+    "lora-fast2-mbs4-ga8": dict(perf=LORA_FAST2, peft="lora", mbs=4, nmb=8),
 }
 HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)
     "eager": ("sdpa", None, None, False, False),
@@ -555,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("fast2-mbs4-ga4", "compile"),
                                ("fast2-mbs4-ga8", "compile"), ("lora-fast-mbs4-ga4", "lora"),
                                ("lora-fast2-mbs4-ga4", "lora"), ("fast2-mbs8-ga2", "compile"),
-                               ("lora-fast2-mbs8-ga2", "lora")):
+                               ("lora-fast2-mbs8-ga2", "lora"), ("lora-fast2-mbs4-ga8", "lora")):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]
             print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
