@@ -139,3 +139,40 @@ def test_install_is_cuda_only_by_default() -> None:
     fields = apply.provider_fields(PerfConfig(grad_accum_fusion=True), 1, torch.device("cpu"))
     assert "gradient_accumulation_fusion" not in fields["transformer_overrides"]
     assert PerfConfig.plain().grad_accum_fusion is False
+
+
+def _train_losses(fused: bool, steps: int = 3) -> list[tuple[float, float]]:
+    """The training loop's step (megatron schedule, DDP finalize, optimizer) for a few steps of 2 micro-batches."""
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+    from gemma3_runtime.training.config import OptimizerConfig
+    from gemma3_runtime.training.optimizer import build_optimizer
+    from gemma3_runtime.training.step import run_forward_backward
+
+    ddp = _build(fused)
+    ddp.module.config.finalize_model_grads_func = finalize_model_grads
+    ddp.module.config.no_sync_func = ddp.no_sync
+    opt = build_optimizer([ddp], OptimizerConfig(lr=1e-3, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0),
+                          torch.device("cpu"), False)
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for _ in range(steps):
+        ddp.zero_grad_buffer()
+        batches = []
+        for _ in range(2):
+            ids = torch.randint(0, 300, (2, 17), generator=g)
+            batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(2, 16),
+                            "position_ids": torch.arange(16).expand(2, 16)})
+        loss_sum, count = run_forward_backward([ddp], iter(batches), 2, 16, 2, torch.device("cpu"), forward_only=False)
+        out.append((loss_sum / count, float(opt.step(1e-3))))
+    return out
+
+
+def test_fused_training_steps_equal_unfused(fusion) -> None:
+    """Through the schedule, DDP's finalize and the optimizer: same losses and grad norms for three steps."""
+    torch.manual_seed(0)
+    ref = _train_losses(False)
+    got = _train_losses(True)
+    for (la, na), (lb, nb) in zip(ref, got):
+        assert abs(la - lb) <= 1e-5 * abs(la) and abs(na - nb) <= 1e-5 * abs(na), (ref, got)
+    assert fusion.status()["fused_calls"] == 3 * 2 * 4 * tiny_config(vocab=300).num_layers
