@@ -176,3 +176,20 @@ def test_fused_training_steps_equal_unfused(fusion) -> None:
     for (la, na), (lb, nb) in zip(ref, got):
         assert abs(la - lb) <= 1e-5 * abs(la) and abs(na - nb) <= 1e-5 * abs(na), (ref, got)
     assert fusion.status()["fused_calls"] == 3 * 2 * 4 * tiny_config(vocab=300).num_layers
+
+
+def test_runtime_failure_falls_back_to_the_real_gradient(fusion, monkeypatch) -> None:
+    """A GEMM form that fails at run time (not seen by the install probe) switches fusion off, never crashes."""
+    plain, fused = _build(False), _build(True)
+    fused.module.load_state_dict(plain.module.state_dict())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out_dtype not supported for this layout")
+
+    monkeypatch.setattr(fusion._SHIM["shim"], "wgrad_gemm_accum_fp32", broken)
+    batches = _batches()
+    ref, got = _main_grads(plain, batches), _main_grads(fused, batches)
+    for name in ref:
+        assert _rel(got[name], ref[name]) < 1e-5, name
+    assert fusion.status()["fused_calls"] == 0 and fusion.status()["unfused_calls"] > 0
+    assert "runtime error" in fusion.status()["reason"]

@@ -103,10 +103,18 @@ def wgrad_accum(total_input: torch.Tensor, grad_output: torch.Tensor, weight: to
     if main_grad is None or shim is None or not hasattr(weight, "grad_added_to_main_grad"):
         _STATE["unfused_calls"] = int(_STATE["unfused_calls"]) + 1
         return grad_output.t().matmul(total_input).to(weight.dtype)
-    if main_grad.dtype == torch.float32:
-        shim.wgrad_gemm_accum_fp32(total_input, grad_output, main_grad)
-    else:
-        shim.wgrad_gemm_accum_fp16(total_input, grad_output, main_grad)
+    try:
+        if main_grad.dtype == torch.float32:
+            shim.wgrad_gemm_accum_fp32(total_input, grad_output, main_grad)
+        else:
+            shim.wgrad_gemm_accum_fp16(total_input, grad_output, main_grad)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # (argument checks fail before any write)
+        # a shape/layout the install probe did not cover: stop fusing, keep training on the unfused gradient
+        log.warning("grad-accum fusion off from here on: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)
+        _SHIM["shim"] = None
+        _STATE.update(reason=f"runtime error: {exc!r}"[:300])
+        _STATE["unfused_calls"] = int(_STATE["unfused_calls"]) + 1
+        return grad_output.t().matmul(total_input).to(weight.dtype)
     weight.grad_added_to_main_grad = True
     _STATE["fused_calls"] = int(_STATE["fused_calls"]) + 1
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
