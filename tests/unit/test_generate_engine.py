@@ -174,3 +174,39 @@ def test_selection_inside_the_step_equals_selection_outside(tiny):
         assert out.decode_path["selection_in_step"] is inside
         outs.append(out.tokens)
     assert outs[0] == outs[1]
+
+
+def test_read_ahead_through_the_double_buffered_reader(tiny, monkeypatch):
+    """The CUDA reader's bookkeeping (two pinned slots, one event each, at most two reads outstanding) driven on
+    CPU with stand-in events: same tokens and stops as the synchronous loop."""
+    from gemma3_runtime.generate import engine as engine_mod
+    from gemma3_runtime.generate.api import decoder_for
+
+    class _Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class _CpuAsPinned(engine_mod._TokenReader):
+        def __init__(self, batch, device):
+            super().__init__(batch, device)
+            self.cuda, self.pushed = True, 0
+            self.buffers = [torch.full((batch,), -1, dtype=torch.long) for _ in range(2)]
+            self.events = [_Event(), _Event()]
+
+    cfg, model = tiny
+    prompts = [[2, 17, 99, 5], [2, 8, 300]]
+    free = engine_mod.Engine(decoder_for(model)).generate(prompts, 10, stop_ids=())
+    stops = [free.tokens[0][1], free.tokens[1][5]]
+    expected = engine_mod.Engine(decoder_for(model)).generate(prompts, 10, stop_ids=stops)
+    monkeypatch.setattr(engine_mod, "_TokenReader", _CpuAsPinned)
+    engine = engine_mod.Engine(decoder_for(model))
+    engine.read_ahead = True
+    for new_tokens in (10, 2, 1):
+        got = engine.generate(prompts, new_tokens, stop_ids=stops)
+        want = expected if new_tokens == 10 else engine_mod.Engine(decoder_for(model)).generate(
+            prompts, new_tokens, stop_ids=stops)
+        assert (got.tokens, got.finish_reasons, got.decode_steps) == (want.tokens, want.finish_reasons,
+                                                                      want.decode_steps)

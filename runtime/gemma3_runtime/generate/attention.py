@@ -23,9 +23,9 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                                           enable_gqa=key.size(1) != heads)
 
 
-def step_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, mask: torch.Tensor,
+def step_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, mask: torch.Tensor | None,
                    scale: float) -> torch.Tensor:
-    """query [b, H, 1, d], caches [b, G, slots, d], mask [b, 1, 1, slots] bool -> [b, H, 1, d]."""
+    """query [b, H, 1, d], caches [b, G, slots, d], mask [b, 1, 1, slots] bool or None (all visible) -> [b, H, 1, d]."""
     b, heads, _, d = query.shape
     grouped = query.reshape(b, key_cache.size(1), heads // key_cache.size(1), d)
     out = F.scaled_dot_product_attention(grouped, key_cache, value_cache, attn_mask=mask, scale=scale)

@@ -96,6 +96,11 @@ class _Session:
         self.compiled = self._compile_requested = compile_step
         # True: the step itself writes argmax(logits) into `tokens` (greedy needs no work between steps)
         self.select_in_step = select_in_step
+        # CPU, eager: shapes may change from step to step, so attention reads only the columns written so far and
+        # needs no mask when no row is padded (see _step); a host copy of the column counter gives the widths
+        self.trim = info.device.type == "cpu" and not compile_step and not cuda_graph
+        self._host_column = 0
+        self._unpadded = False
         self._run_step = self._compile(self._entry()) if compile_step else self._entry()
         if cuda_graph:
             self._capture()
@@ -125,10 +130,15 @@ class _Session:
             hidden = dec.finish_layer(layer, hidden, prompt_attention(q, k, v, mask, info.softmax_scale))
         self.starts.copy_(starts)
         self.column.fill_(width)
+        self._host_column = width
+        self._unpadded = not bool(batch.starts.any())
         return dec.logits(hidden)
 
     def _step(self) -> torch.Tensor:
-        """Decode the tokens in `self.tokens` at column `self.column`; advances the column. Static shapes only."""
+        """Decode the tokens in `self.tokens` at column `self.column`; advances the column. Static shapes only
+        (what compile and graph capture need); on CPU eager, trimmed to the written columns instead."""
+        if self.trim:
+            return self._trimmed_step()
         dec, info, t = self.decoder, self.decoder.info, self.column
         positions = (t - self.starts).clamp_min(0).view(-1, 1)
         global_mask, sliding_mask = step_masks(t, self.starts, self.spec)
@@ -143,6 +153,35 @@ class _Session:
             hidden = dec.finish_layer(layer, hidden, attn)
         logits = dec.logits(hidden)
         t.add_(1)
+        return logits
+
+    def _trimmed_step(self) -> torch.Tensor:
+        """`_step` for CPU eager, where nothing needs static shapes: a global layer attends over columns 0..t only
+        (not all S preallocated ones), a sliding layer over the ring slots written so far (slot = column while
+        t < ring), and with no padded row every such key is visible, so SDPA runs without a mask (its fast path)
+        and the per-step masks are not even built. Same keys, same result; fewer columns, less work per layer."""
+        dec, info, t = self.decoder, self.decoder.info, self.column
+        written = self._host_column + 1  # including this step's column
+        widths = {False: written, True: min(written, self.spec.ring)}
+        positions = (t - self.starts).clamp_min(0).view(-1, 1)
+        if self._unpadded:
+            masks = {False: None, True: None}
+        else:
+            global_mask, sliding_mask = step_masks(t, self.starts, self.spec)
+            masks = {False: global_mask[..., :widths[False]], True: sliding_mask[..., :widths[True]]}
+        slots = dict(zip((False, True), step_slots(t, self.spec)))
+        hidden = dec.embed(self.tokens)
+        rotary = dec.rotary(positions)
+        for layer, sliding in enumerate(info.sliding):
+            q, k, v = dec.qkv(layer, hidden, rotary)
+            self.cache.write_step(layer, k, v, slots[sliding])
+            width = widths[sliding]
+            attn = step_attention(q, self.cache.keys[layer][:, :, :width], self.cache.values[layer][:, :, :width],
+                                  masks[sliding], info.softmax_scale)
+            hidden = dec.finish_layer(layer, hidden, attn)
+        logits = dec.logits(hidden)
+        t.add_(1)
+        self._host_column += 1
         return logits
 
     def _step_and_select(self) -> torch.Tensor:
@@ -185,7 +224,10 @@ class _Session:
             log.warning("capturing the decode step with token selection failed (%s: %s); capturing the "
                         "logits-only step (selection outside the graph)",
                         type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-        torch.cuda.synchronize()
+        try:
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001 - a failed capture may leave an error to report here; the retry decides
+            pass
         self.graph, self.graph_logits, self.select_in_step = None, None, False
         self.compiled = self._compile_requested
         self._run_step = self._compile(self._entry()) if self.compiled else self._entry()
