@@ -81,6 +81,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            peft="lora", mbs=4),
     # LoRA at micro-batch 4 with 4 micro-batches per optimizer step: amortises the per-step host work (optimizer,
     # grad norm, ~364 small adapter tensors) that left the GPU idle 12% of the `lora-fast-mbs4` step
+    # LoRA's `base + s B A x` as separate kernels (before peft/adapter.py's one-addmm form), to measure that lever
+    "lora-fast-mbs4-ga4-addsep": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers",
+                                                fused_adam=True), peft="lora", mbs=4, nmb=4, fuse_lora_add=False),
+    "lora-fast-mbs4-ga8": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+                               peft="lora", mbs=4, nmb=8),
     "lora-fast-mbs4-ga4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
                                peft="lora", mbs=4, nmb=4),
     # one new lever at a time on top of `fast-mbs4-ga4` (issue 8), then all of them (`fast2`)
@@ -252,6 +257,9 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
     mbs = spec.get("mbs", mbs)
     nmb = spec.get("nmb", 1)
     peft = spec.get("peft")
+    from gemma3_runtime.peft import adapter as peft_adapter
+
+    peft_adapter.fuse_lora_add = spec.get("fuse_lora_add", True)  # every variant sets it: no leak between variants
     free_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -295,6 +303,8 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
                    first_loss=round(first[0], 5), first_grad_norm=round(first[1], 5), loss=round(last[0], 5),
                    build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
+        if peft:
+            rec["fuse_lora_add"] = peft_adapter.fuse_lora_add
         from gemma3_runtime.perf.grad_fusion import status as gaf_status
 
         rec["grad_accum_fusion"] = dict(active=bool(getattr(run.models[0].config, "gradient_accumulation_fusion",
@@ -555,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                                ("fast-gaf-mbs4-ga4", "compile"), ("fast-geglu-mbs4-ga4", "compile"),
                                ("fast2-mbs4-ga4", "compile"),
                                ("fast2-mbs4-ga8", "compile"), ("lora-fast-mbs4-ga4", "lora"),
-                               ("lora-fast2-mbs4-ga4", "lora"), ("fast2-mbs8-ga2", "compile"),
+                               ("lora-fast2-mbs4-ga4", "lora"), ("lora-fast-mbs4-ga4-addsep", "lora"),
+                               ("lora-fast-mbs4-ga8", "lora"), ("fast2-mbs8-ga2", "compile"),
                                ("lora-fast2-mbs8-ga2", "lora"), ("lora-fast2-mbs4-ga8", "lora")):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]

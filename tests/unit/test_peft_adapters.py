@@ -125,6 +125,32 @@ def test_lora_update_is_scaled_low_rank_product_before_the_post_norm(tp1):
     torch.testing.assert_close(fc2(x)[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_lora_add_is_the_unfused_function_with_the_same_gradients(tp1, monkeypatch):
+    """LowRankAdapter's one-addmm form (the speed path) against `base + s * B A x` written out: outputs and the
+    gradients of x, A and B agree."""
+    from gemma3_runtime.peft import adapter as adapter_module
+    from gemma3_runtime.peft import apply_peft
+
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(adapter_module, "fuse_lora_add", fused)
+        torch.manual_seed(0)
+        model = Block()
+        apply_peft(model, PeftConfig(kind="lora", rank=3, alpha=12))
+        _randomise_adapters(model)
+        x = _x().requires_grad_(True)
+        out = model(x)
+        out.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[fused] = (out.detach(), x.grad.clone(), grads)
+    (out_f, gx_f, g_f), (out_u, gx_u, g_u) = results[True], results[False]
+    torch.testing.assert_close(out_f, out_u, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_f, gx_u, rtol=1e-5, atol=1e-5)
+    assert sorted(g_f) == sorted(g_u) and any(".adapter." in n for n in g_f)
+    for name in g_f:
+        torch.testing.assert_close(g_f[name], g_u[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("kind", ["lora", "dora"])
 def test_merge_is_exact_and_restores_plain_linears(tp1, kind):
     from megatron.core.tensor_parallel import ColumnParallelLinear
