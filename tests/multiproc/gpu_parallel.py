@@ -26,3 +26,32 @@ def bf16_logits(tp: int, ckpt: str, ids: str, out: str, layers: int, hidden: int
     if dist.get_rank() == 0:
         torch.save(logits.float().cpu(), out)
     dist.barrier()
+
+
+def write_reference(root: str, layers: int, hidden: int, vocab: int, window: int) -> None:
+    """On the CPU (one gloo rank): a random model with random norms, its TP=1 fp32 checkpoint, an input and the fp32
+    logits. A subprocess, so the test process never initialises megatron's parallel state next to CUDA."""
+    from pathlib import Path
+
+    from megatron.core import dist_checkpointing
+
+    from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
+    from model_helpers import build_model, tiny_config
+
+    cfg = tiny_config(num_layers=layers, hidden=hidden, vocab=vocab, window=window)
+    torch.manual_seed(5)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    ids = torch.randint(0, cfg.vocab_size, (2, 200), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(input_ids=ids).float()
+    out = Path(root)
+    (out / "ckpt").mkdir(parents=True)
+    with cpu_checkpoint_io():
+        dist_checkpointing.save(model.sharded_state_dict(), str(out / "ckpt"))
+    torch.save(ids, out / "ids.pt")
+    torch.save(logits, out / "ref.pt")
+    dist.barrier()
