@@ -13,7 +13,7 @@ import torch
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from gemma3_runtime.generate.decoder import DecoderInfo
-from gemma3_runtime.model.rope import apply_rotary
+from gemma3_runtime.model.rope import rotate_half
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,15 +55,18 @@ class MegatronGemma3Decoder:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model._scaled_embedding(input_ids, None)  # [s, b, D]; RoPE, not learned positions
 
-    def rotary(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.model.rotary_pos_emb(positions)  # [2, s, b, 1, d] fp32 (local, global)
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(cos, sin in fp32, cos, sin in the activation dtype), each [2, s, b, 1, d] (local, global): computed ONCE
+        per forward as `apply_rotary` computes them - which would redo both for q and k of every layer."""
+        angles = self.model.rotary_pos_emb(positions)  # [2, s, b, 1, d] fp32
+        cos, sin = angles.cos(), angles.sin()
+        return cos, sin, cos.to(self.info.dtype), sin.to(self.info.dtype)
 
-    def qkv(self, layer: int, hidden: torch.Tensor, rotary: torch.Tensor):
+    def qkv(self, layer: int, hidden: torch.Tensor, rotary: tuple[torch.Tensor, ...]):
         block = self.layers[layer]
         attn = block.self_attention
         query, key, value = attn.get_query_key_value_tensors(block.input_layernorm(hidden))  # [s, b, heads, d]
-        angles = rotary[attn.rope_index]
-        query, key = apply_rotary(query, angles), apply_rotary(key, angles)
+        query, key = _rotate(query, rotary, attn.rope_index), _rotate(key, rotary, attn.rope_index)
         return query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
 
     def finish_layer(self, layer: int, hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -83,3 +86,11 @@ class MegatronGemma3Decoder:
         if self.tp.size() > 1:
             logits = gather_from_tensor_model_parallel_region(logits, group=self.tp)
         return logits[0, :, : self.info.vocab_size]
+
+
+def _rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
+    """`apply_rotary(x, angles[index])` with the precomputed cos/sin: fp32 values cast to x's dtype, as it does."""
+    cos32, sin32, cos, sin = rotary
+    if x.dtype != cos.dtype:
+        cos, sin = cos32.to(x.dtype), sin32.to(x.dtype)
+    return x * cos[index] + rotate_half(x) * sin[index]
