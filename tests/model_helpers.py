@@ -75,3 +75,14 @@ def build_model(cfg: Gemma3Config, **provider_fields):
 
     provider = Gemma3ModelProvider.from_config(cfg, device="cpu", **provider_fields)
     return provider.provide_distributed_model(wrap_with_ddp=False)[0].eval()
+
+
+def build_model_with_random_norms(cfg: Gemma3Config, seed: int, std: float = 0.3):
+    """`build_model` with its norm weights random too (fresh ones are zeros - (1+w) - and would hide layout bugs)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, std)
+    return model

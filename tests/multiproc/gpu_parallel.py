@@ -36,15 +36,10 @@ def write_reference(root: str, layers: int, hidden: int, vocab: int, window: int
     from megatron.core import dist_checkpointing
 
     from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
-    from model_helpers import build_model, tiny_config
+    from model_helpers import build_model_with_random_norms, tiny_config
 
     cfg = tiny_config(num_layers=layers, hidden=hidden, vocab=vocab, window=window)
-    torch.manual_seed(5)
-    model = build_model(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.3)
+    model = build_model_with_random_norms(cfg, seed=5)
     ids = torch.randint(0, cfg.vocab_size, (2, 200), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = model(input_ids=ids).float()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import build_model, tiny_config
+from model_helpers import build_model, build_model_with_random_norms, tiny_config
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +28,7 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp1")
     cfg = tiny_config()
     assert cfg.num_kv_heads < 2 and len(cfg.global_layers) >= 2
-    torch.manual_seed(11)
-    model = build_model(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0, 0.3)
+    model = build_model_with_random_norms(cfg, seed=11)
     ids = torch.randint(0, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         logits = model(input_ids=ids)
