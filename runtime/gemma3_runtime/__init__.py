@@ -5,6 +5,8 @@ Exports are lazy so that torch-free submodules can be imported without pulling t
 
 __version__ = "0.1.0"
 
+from gemma3_runtime._lazy import lazy_getattr
+
 _LAZY = {
     "AutoBridge": ("gemma3_runtime.bridge.auto_bridge", "AutoBridge"),
     "Gemma3Config": ("gemma3_runtime.model.config", "Gemma3Config"),
@@ -12,13 +14,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'gemma3_runtime' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

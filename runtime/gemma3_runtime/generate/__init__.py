@@ -7,6 +7,8 @@ HF reference or a Megatron checkpoint for the CLI (`gemma3-runtime generate`).
 
 from __future__ import annotations
 
+from gemma3_runtime._lazy import lazy_getattr
+
 _LAZY = {
     "generate": ("gemma3_runtime.generate.api", "generate"),
     "Generation": ("gemma3_runtime.generate.api", "Generation"),
@@ -15,13 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'gemma3_runtime.generate' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

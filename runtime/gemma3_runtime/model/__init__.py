@@ -2,6 +2,8 @@
 
 from .config import Gemma3Config, Gemma3ConfigError  # noqa: F401  (torch-free)
 
+from gemma3_runtime._lazy import lazy_getattr
+
 _LAZY = {
     "Gemma3ModelProvider": ("gemma3_runtime.model.provider", "Gemma3ModelProvider"),
     "Gemma3Model": ("gemma3_runtime.model.gemma3_model", "Gemma3Model"),
@@ -9,13 +11,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'gemma3_runtime.model' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["Gemma3Config", "Gemma3ConfigError", *_LAZY]
