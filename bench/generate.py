@@ -99,11 +99,11 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 # ---- measurements -------------------------------------------------------------------------------------------------
 def measure_ours(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device,
-                 cuda_graphs: bool, compile_step: bool) -> dict[str, Any]:
+                 cuda_graphs: bool, compile_step: bool, tune_kernels: bool = False) -> dict[str, Any]:
     from gemma3_runtime.generate.engine import Engine
     from gemma3_runtime.generate.api import decoder_for
 
-    engine = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step)
+    engine = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step, tune_kernels=tune_kernels)
     t0 = time.perf_counter()
     first = engine.generate([ids], new_tokens)  # session: cache, compile, capture
     setup_s = time.perf_counter() - t0
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         configs += [
             ("ours: compiled step + CUDA graph",
              lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True)),
+            ("ours: same, --tune-kernels",
+             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True, True)),
             ("ours: eager step + CUDA graph",
              lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, False)),
             ("ours: eager, no graph",

@@ -54,6 +54,7 @@ def test_hf_directory_of_another_architecture(capsys, tmp_path):
     (["--top-p", "2"], "--top-p"),
     (["--pp", "2"], "--pp"),
     (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file"),
+    (["--tune-kernels", "--no-compile"], "--tune-kernels"),
 ])
 def test_bad_flags(capsys, tmp_path, argv, needle):
     (tmp_path / "config.json").write_text("{}")

@@ -103,3 +103,19 @@ def test_ring_slots_hold_exactly_the_window_after_every_step(columns, window):
             seen = set(ring[slide[row, 0, 0]].tolist())
             assert seen == {c for c in range(max(start, t - window + 1), t + 1)}, (t, row)
             assert set(torch.nonzero(glob[row, 0, 0]).flatten().tolist()) == set(range(start, t + 1))
+
+
+@pytest.mark.parametrize("heads, groups", [(4, 1), (4, 2), (2, 2)])
+def test_matmul_step_attention_equals_sdpa(heads, groups):
+    """The compiled decode step's attention (matmul + masked fp32 softmax) computes what SDPA does, masked slots
+    (padding, unwritten ring slots) included."""
+    from gemma3_runtime.generate.attention import step_attention, step_attention_matmul
+
+    torch.manual_seed(0)
+    b, slots, d = 3, 7, 16
+    q = torch.randn(b, heads, 1, d)
+    k, v = torch.randn(b, groups, slots, d), torch.randn(b, groups, slots, d)
+    mask = torch.rand(b, 1, 1, slots) > 0.4
+    mask[..., 0] = True  # a query always sees at least itself
+    for m in (mask, None):
+        torch.testing.assert_close(step_attention_matmul(q, k, v, m, 0.3), step_attention(q, k, v, m, 0.3))

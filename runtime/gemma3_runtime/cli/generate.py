@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
           help="capture the decode step as a CUDA graph (default: on with CUDA)")
     parser.add_argument("--compile", dest="compile_step", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decode step (default: on with CUDA; minutes of start-up on CPU)")
+    _flag(parser, "tune_kernels", action="store_true",
+          help="tune the compiled decode step's kernels (about a minute more start-up, ~10%% faster decode)")
     parser.add_argument("--output", default=None, help="also write JSONL results (prompt, text, tokens) here")
     return parser
 
@@ -101,6 +103,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserInputError(f"--tp: got {args.tp}, expected an integer >= 1")
     if args.cuda_graphs and args.device == "cpu":
         raise UserInputError("--cuda-graphs: needs --device cuda")
+    if args.tune_kernels and args.compile_step is False:
+        raise UserInputError("--tune-kernels: tunes the compiled decode step; it cannot go with --no-compile")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError(str(exc)) from None
 
     model = build_model(sources, device, args.dtype, args.tp)
-    engine = engine_for(model, args.cuda_graphs, args.compile_step)
+    engine = engine_for(model, args.cuda_graphs, args.compile_step, args.tune_kernels)
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     log = logging.getLogger("gemma3_runtime.generate")
     if rank0:

@@ -38,12 +38,15 @@ def decoder_for(model: torch.nn.Module):
     return MegatronGemma3Decoder(model)
 
 
-def engine_for(model: torch.nn.Module, cuda_graphs: bool | None = None, compile_step: bool | None = None) -> Engine:
-    """The model's engine (created once; a different cuda_graphs / compile choice creates a new one)."""
+def engine_for(model: torch.nn.Module, cuda_graphs: bool | None = None, compile_step: bool | None = None,
+               tune_kernels: bool = False) -> Engine:
+    """The model's engine (created once; a different cuda_graphs / compile / tuning choice creates a new one)."""
     engine = _ENGINES.get(model)
     if (engine is None or (cuda_graphs is not None and engine.cuda_graphs != cuda_graphs)
-            or (compile_step is not None and engine.compile_step != compile_step)):
-        engine = _ENGINES[model] = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step)
+            or (compile_step is not None and engine.compile_step != compile_step)
+            or engine.tune_kernels != tune_kernels):
+        engine = _ENGINES[model] = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step,
+                                          tune_kernels=tune_kernels)
     return engine
 
 
@@ -51,7 +54,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              apply_chat_template: bool = False, stop_ids: Sequence[int] | None = None, pad_id: int | None = None,
              stream: bool | Callable[[str], Any] = False, cuda_graphs: bool | None = None,
-             compile_step: bool | None = None) -> Generation:
+             compile_step: bool | None = None, tune_kernels: bool = False) -> Generation:
     """Greedy by default (temperature 0). `stream=True` prints a single prompt's text to stdout as it comes;
     a callable receives the text pieces instead. Stops per row on eos / <end_of_turn> (or `stop_ids`)."""
     single = isinstance(prompts, str)
@@ -64,9 +67,9 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str
     streamer = None
     if stream and len(prompt_list) == 1:
         streamer = TextStream(tokenizer, write=None if stream is True else stream, hidden_ids=stops)
-    output = engine_for(model, cuda_graphs, compile_step).generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling,
-                                                     pad_id=pad_id,
-                                                     on_token=streamer.on_token if streamer else None)
+    engine = engine_for(model, cuda_graphs, compile_step, tune_kernels)
+    output = engine.generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling, pad_id=pad_id,
+                             on_token=streamer.on_token if streamer else None)
     if streamer is not None:
         streamer.close()
     texts = [tokenizer.decode([t for t in row if t not in stops], skip_special_tokens=True) for row in output.tokens]

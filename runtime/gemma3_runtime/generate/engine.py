@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 from gemma3_runtime.errors import UserInputError
-from gemma3_runtime.generate.attention import prompt_attention, step_attention
+from gemma3_runtime.generate.attention import prompt_attention, step_attention, step_attention_matmul
 from gemma3_runtime.generate.decoder import Decoder
 from gemma3_runtime.generate.kv_cache import CacheSpec, StaticKVCache, prompt_masks, step_masks, step_slots
 from gemma3_runtime.generate.prompts import PromptBatch, left_pad
@@ -79,9 +79,10 @@ class _Session:
     """Cache and static decode buffers for one (batch, columns) shape; optionally a captured decode graph."""
 
     def __init__(self, decoder: Decoder, batch: int, columns: int, cuda_graph: bool, compile_step: bool = False,
-                 select_in_step: bool = True) -> None:
+                 select_in_step: bool = True, tune_kernels: bool = False) -> None:
         info = decoder.info
         self.decoder = decoder
+        self.tune_kernels = tune_kernels
         self.spec = CacheSpec(batch=batch, columns=columns, window=info.window, sliding=info.sliding,
                               kv_heads=info.num_kv_heads, head_dim=info.head_dim, dtype=info.dtype,
                               device=info.device)
@@ -108,9 +109,11 @@ class _Session:
     def _entry(self) -> Callable[[], torch.Tensor]:
         return self._step_and_select if self.select_in_step else self._step
 
-    @staticmethod
-    def _compile(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        return torch.compile(fn, dynamic=False)
+    def _compile(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """tune_kernels: inductor's coordinate-descent tuning of every generated kernel (block sizes, warps) -
+        ~1 minute more start-up, ~10% faster decode for the 1B on an H200 (docs/PERFORMANCE.md)."""
+        options = {"coordinate_descent_tuning": True} if self.tune_kernels else None
+        return torch.compile(fn, dynamic=False, options=options)
 
     # ---- the two forwards --------------------------------------------------------------------------------------
     def prefill(self, batch: PromptBatch) -> torch.Tensor:
@@ -145,11 +148,12 @@ class _Session:
         global_slot, sliding_slot = step_slots(t, self.spec)
         hidden = dec.embed(self.tokens)
         rotary = dec.rotary(positions)
+        attend = step_attention_matmul if self.compiled else step_attention  # see generate/attention.py
         for layer, sliding in enumerate(info.sliding):
             q, k, v = dec.qkv(layer, hidden, rotary)
             self.cache.write_step(layer, k, v, sliding_slot if sliding else global_slot)
-            attn = step_attention(q, self.cache.keys[layer], self.cache.values[layer],
-                                  sliding_mask if sliding else global_mask, info.softmax_scale)
+            attn = attend(q, self.cache.keys[layer], self.cache.values[layer],
+                          sliding_mask if sliding else global_mask, info.softmax_scale)
             hidden = dec.finish_layer(layer, hidden, attn)
         logits = dec.logits(hidden)
         t.add_(1)
@@ -304,8 +308,9 @@ class Engine:
     """Generates from token ids with a `Decoder`. Not thread-safe; one engine per model."""
 
     def __init__(self, decoder: Decoder, cuda_graphs: bool | None = None, compile_step: bool | None = None,
-                 column_multiple: int = 128) -> None:
+                 column_multiple: int = 128, tune_kernels: bool = False) -> None:
         self.decoder = decoder
+        self.tune_kernels = tune_kernels  # see _Session._compile
         on_cuda = decoder.info.device.type == "cuda"
         if cuda_graphs and not on_cuda:
             raise UserInputError("--cuda-graphs: needs --device cuda")
@@ -327,7 +332,7 @@ class Engine:
             if self.compile_step and decoding:
                 _raise_recompile_limit()
             s = _Session(self.decoder, batch, columns, self.cuda_graphs and decoding, self.compile_step and decoding,
-                         select_in_step=self.select_in_step)
+                         select_in_step=self.select_in_step, tune_kernels=self.tune_kernels)
             s.for_decoding = decoding
             self._session = s
         return s
