@@ -95,6 +95,33 @@ def test_engine_drives_transformers_model_like_its_generate():
     assert out.tokens[0] == ref[0, len(prompt):].tolist()
 
 
+def test_plain_linear_path_equals_the_megatron_modules(tiny):
+    """The decoder's F.linear path for plain TP=1 layers computes exactly what megatron's modules compute (prefill
+    and decode logits of a left-padded batch); a PEFT-adapted layer is never taken for plain."""
+    from gemma3_runtime.generate.engine import Engine
+    from gemma3_runtime.generate.megatron_decoder import MegatronGemma3Decoder
+    from gemma3_runtime.peft.apply import apply_peft
+    from gemma3_runtime.peft.config import PeftConfig
+
+    _, model = tiny
+    plain, modules = MegatronGemma3Decoder(model), MegatronGemma3Decoder(model)
+    assert all(plain.plain)
+    modules.plain = [False] * len(modules.plain)
+    prompts = [[2, 17, 99], [2, 8, 300, 41, 5, 6, 7]]
+    runs = [Engine(d, compile_step=False).generate(prompts, 6, stop_ids=()) for d in (plain, modules)]
+    assert runs[0].tokens == runs[1].tokens
+    session_logits = []
+    for d in (plain, modules):
+        engine = Engine(d, compile_step=False)
+        engine.generate(prompts, 3, stop_ids=())
+        session_logits.append(engine._session.step(torch.tensor([5, 9])))
+    torch.testing.assert_close(session_logits[0], session_logits[1], rtol=0, atol=0)
+
+    adapted = build_model(tiny_config(num_layers=2, window=WINDOW))
+    apply_peft(adapted, PeftConfig(kind="lora", rank=4, alpha=8, targets=["linear_proj"]))
+    assert MegatronGemma3Decoder(adapted).plain == [False, False]
+
+
 def test_context_overflow_is_user_error(tiny):
     from gemma3_runtime.errors import UserInputError
     from gemma3_runtime.generate.api import engine_for
