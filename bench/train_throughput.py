@@ -233,7 +233,7 @@ def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) 
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True, with_stack=True) as prof:
         t = time.time()
         run.step(batches)
         torch.cuda.synchronize()
@@ -243,10 +243,24 @@ def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) 
     busy_us = sum(getattr(e, key) for e in avgs if getattr(e, "device_type", None) is not None
                   and str(e.device_type).endswith("CUDA"))
     text = avgs.table(sort_by=key, row_limit=45, max_name_column_width=70)
+    text += "\n" + _copies_by_origin(prof, key)
     if out_dir is not None:
         (out_dir / f"profile_{name}.txt").write_text(text)
     print(text[:6000], flush=True)
     return dict(profile_wall_s=round(wall, 4), profile_device_busy_s=round(busy_us / 1e6, 4))
+
+
+def _copies_by_origin(prof, key: str, top: int = 12) -> str:
+    """aten::copy_ calls grouped by input shapes and Python stack, largest device time first: where the step's
+    device-to-device copies come from (they have no name of their own in the kernel table)."""
+    rows = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=6) if e.key == "aten::copy_"]
+    rows.sort(key=lambda e: -getattr(e, key.replace("self_", "")) if hasattr(e, key.replace("self_", "")) else 0)
+    lines = ["aten::copy_ by shapes and stack (device us total, calls):"]
+    for e in rows[:top]:
+        total = getattr(e, key.replace("self_", ""), 0)
+        lines.append(f"{total:10.0f} us {e.count:5d} calls shapes={e.input_shapes}")
+        lines += [f"        {frame}" for frame in (e.stack or [])[:6]]
+    return "\n".join(lines) + "\n"
 
 
 def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs: int, steps: int, warmup: int,

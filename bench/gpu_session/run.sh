@@ -18,7 +18,8 @@ part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
 for p in ${PARTS:-gputests gen lora1b}; do case $p in
   gputests) TAIL=30 part gputests 420 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -p no:cacheprovider --tb=short -rA --durations=0 ;;
-  gen) TAIL=30 part gen 260 python3 bench/generate.py --device cuda --model 1b --json "$OUT/generate.json" ;;
+  gen) TAIL=30 part gen ${GEN_LIMIT:-330} python3 bench/generate.py --device cuda --model 1b --skip "${GEN_SKIP:-}" \
+      --json "$OUT/generate.json" ;;
   lora1b)
     export GPU_CHECK_MODEL=/tmp/random-1b GPU_CHECK_OUT=/tmp/gpu-check
     python3 -c "import sys; sys.path.insert(0, 'bench'); from convert import write_random_hf_checkpoint as w; from pathlib import Path; w('1b', Path('/tmp/random-1b'))" && cp .gpu_assets/tokenizer/* /tmp/random-1b/
@@ -32,8 +33,9 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
       --variants ${DECODE_VARIANTS:-base,math_attn,cdt,math_attn+cdt,autotune} --json "$OUT/decode_variants.json" ;;
   tplogits) TAIL=12 part tplogits 150 python3 -m pytest tests/gpu/test_tp_logits_gpu.py -m gpu -p no:cacheprovider --tb=short -rA -s ;;
   train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_OURS; names in the bench)
-    TAIL=14 part train 360 python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
-      --ours ${TRAIN_OURS:-fast-mbs4-ga4,lora-fast-mbs4-ga4} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" ;;
+    TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
+      --ours ${TRAIN_OURS:-fast-mbs4-ga4,lora-fast-mbs4-ga4} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
+      --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --profile "${TRAIN_PROFILE:-}" ;;
   dp2)
     TAIL=12 part dp2 200 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
 esac; done
