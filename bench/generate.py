@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-prompt-len", type=int, default=None, help="default: 1024 on CUDA, 512 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--skip", default="", help="comma-separated configuration names to skip")
+    parser.add_argument("--skip", default="", help="'|'-separated configuration names to skip (names contain commas)")
     parser.add_argument("--json", default=None, help="write all results here")
     args = parser.parse_args(argv)
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     hf, ours, tokenizer, description = build_models(args, device, dtype)
     vocab = hf.config.vocab_size
     ids, ttft_ids = prompt_ids(tokenizer, args.prompt_len, vocab), prompt_ids(tokenizer, ttft_len, vocab)
-    skip = set(filter(None, args.skip.split(",")))
+    skip = set(filter(None, (name.strip() for name in args.skip.split("|"))))
     configs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     if on_gpu:
         configs += [
@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   False)),
             ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
         ]
+    unknown = skip - {name for name, _ in configs}
+    if unknown:
+        parser.error(f"--skip: unknown configuration(s) {sorted(unknown)}; known: {[name for name, _ in configs]}")
     results = [guarded(name, fn) for name, fn in configs if name not in skip]
 
     reference = next((r.get("tokens") for r in results if r["name"].startswith("HF") and "tokens" in r), None)
