@@ -157,6 +157,19 @@ def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def merge_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's records from several rounds -> the first, with each timing replaced by its median over
+    the rounds and the per-round values kept (`rounds`). A round that failed fails the configuration."""
+    failed = next((r for r in records if "error" in r), None)
+    if failed is not None or len(records) == 1:
+        return failed or records[0]
+    merged = dict(records[0])
+    for key in ("decode_tok_s", "ttft_s", "ttft_long_s", "setup_s"):
+        merged[key] = statistics.median(r[key] for r in records)
+    merged["rounds"] = {key: [r[key] for r in records] for key in ("decode_tok_s", "ttft_s", "ttft_long_s")}
+    return merged
+
+
 # ---- main -----------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
@@ -171,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-prompt-len", type=int, default=None, help="default: 1024 on CUDA, 512 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure all configurations this many times in alternation and report the medians "
+                             "(a shared CPU's load drifts over minutes: alternating exposes every configuration to "
+                             "it alike)")
     parser.add_argument("--skip", default="", help="'|'-separated configuration names to skip (names contain commas)")
     parser.add_argument("--json", default=None, help="write all results here")
     args = parser.parse_args(argv)
@@ -225,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = skip - {name for name, _ in configs}
     if unknown:
         parser.error(f"--skip: unknown configuration(s) {sorted(unknown)}; known: {[name for name, _ in configs]}")
-    results = [guarded(name, fn) for name, fn in configs if name not in skip]
+    chosen = [(name, fn) for name, fn in configs if name not in skip]
+    per_round = [[guarded(name, fn) for name, fn in chosen] for _ in range(args.rounds)]
+    results = [merge_rounds([round_[i] for round_ in per_round]) for i in range(len(chosen))]
 
     reference = next((r.get("tokens") for r in results if r["name"].startswith("HF") and "tokens" in r), None)
     for r in results:
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"device": card, "device_type": device.type, "model": description, "dtype": str(dtype),
             "batch": 1, "prompt_len": len(ids), "new_tokens": new_tokens, "ttft_long_prompt_len": len(ttft_ids),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "rounds": args.rounds,
             "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
     print(f"\n{description}, {dtype}, batch 1, prompt {len(ids)}, {new_tokens} new tokens, on {card}")
     header = f"{'configuration':44s} {'decode tok/s':>12s} {'TTFT ms':>9s} {f'TTFT@{len(ttft_ids)} ms':>13s} " \
@@ -249,6 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {1e3 * r['ttft_long_s']:13.1f} "
               f"{r['setup_s']:8.1f} {r.get('greedy_tokens_equal_to_hf', '-'):>8}")
+    hf_dynamic = next((r for r in results if r["name"] == "HF generate, dynamic cache" and "rounds" in r), None)
+    for r in results:
+        if hf_dynamic is not None and "rounds" in r and r is not hf_dynamic:
+            ratios = [a / b for a, b in zip(r["rounds"]["decode_tok_s"], hf_dynamic["rounds"]["decode_tok_s"])]
+            ttft = [b / a for a, b in zip(r["rounds"]["ttft_s"], hf_dynamic["rounds"]["ttft_s"])]
+            r["decode_vs_hf_per_round"], r["ttft_speed_vs_hf_per_round"] = ratios, ttft
+            print(f"{r['name']}: decode speed / HF's per round {[round(x, 3) for x in ratios]} "
+                  f"(median {statistics.median(ratios):.3f}); TTFT speed / HF's {[round(x, 3) for x in ttft]} "
+                  f"(median {statistics.median(ttft):.3f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

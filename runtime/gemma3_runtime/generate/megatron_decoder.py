@@ -43,6 +43,9 @@ class MegatronGemma3Decoder:
         self.tp = model.pg_collection.tp
         # per layer: may its linears run as plain F.linear calls? (see _plain_mlp)
         self.plain = [_is_plain(block, self.tp.size()) for block in self.layers]
+        # CPU: the fused QKV and gate|up GEMMs run slower than their parts (MKL, 2 cores: 12% for fc1 at 128 rows),
+        # so plain layers multiply by row slices of the fused weights there (views, no copies); GPUs keep the fusion
+        self.split_fused = model.embedding.word_embeddings.weight.device.type == "cpu"
         weight = model.embedding.word_embeddings.weight
         self.info = DecoderInfo(
             sliding=sliding,
@@ -72,7 +75,7 @@ class MegatronGemma3Decoder:
         attn = block.self_attention
         normed = block.input_layernorm(hidden)
         if self.plain[layer]:
-            query, key, value = _plain_qkv(attn, normed)
+            query, key, value = _plain_qkv(attn, normed, self.split_fused)
         else:
             query, key, value = attn.get_query_key_value_tensors(normed)  # [s, b, heads, d]
         query, key = _rotate(query, rotary, attn.rope_index), _rotate(key, rotary, attn.rope_index)
@@ -85,7 +88,7 @@ class MegatronGemma3Decoder:
         if self.plain[layer]:
             proj = block.self_attention.linear_proj
             hidden = hidden + proj.post_layernorm(F.linear(context, proj.weight))
-            return hidden + _plain_mlp(block.mlp, block.pre_mlp_layernorm(hidden))
+            return hidden + _plain_mlp(block.mlp, block.pre_mlp_layernorm(hidden), self.split_fused)
         out, bias = block.self_attention.linear_proj(context)
         hidden = hidden + (out if bias is None else out + bias)
         out, bias = block.mlp(block.pre_mlp_layernorm(hidden))
@@ -113,14 +116,19 @@ def _is_plain(block: torch.nn.Module, tp_size: int) -> bool:
             and all(m.bias is None for m in (proj, mlp.linear_fc1, mlp.linear_fc2)))
 
 
-def _plain_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _plain_qkv(attn: torch.nn.Module, x: torch.Tensor, split: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """megatron's `get_query_key_value_tensors` at TP=1 without its linear wrapper (see `_plain_mlp`): fused QKV,
-    per kv group [q heads of the group | k | v], q/k norms -> [s, b, heads, d] each."""
+    per kv group [q heads of the group | k | v], q/k norms -> [s, b, heads, d] each. `split` (one kv group only,
+    where each part is a contiguous row block): three GEMMs on row slices of the fused weight."""
     groups, head_dim = attn.num_query_groups_per_partition, attn.hidden_size_per_attention_head
     per_group = attn.num_attention_heads_per_partition // groups
-    mixed = F.linear(x, attn.linear_qkv.weight)
-    mixed = mixed.view(*mixed.shape[:-1], groups, (per_group + 2) * head_dim)
-    query, key, value = torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
+    weight, sizes = attn.linear_qkv.weight, [per_group * head_dim, head_dim, head_dim]
+    if split and groups == 1:
+        query, key, value = (F.linear(x, w).unsqueeze(-2) for w in torch.split(weight, sizes))
+    else:
+        mixed = F.linear(x, weight)
+        mixed = mixed.view(*mixed.shape[:-1], groups, (per_group + 2) * head_dim)
+        query, key, value = torch.split(mixed, sizes, dim=3)
     query = query.reshape(query.size(0), query.size(1), -1, head_dim)
     if attn.q_layernorm is not None:
         query = attn.q_layernorm(query)
@@ -129,11 +137,14 @@ def _plain_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     return query, key, value
 
 
-def _plain_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _plain_mlp(mlp: torch.nn.Module, x: torch.Tensor, split: bool) -> torch.Tensor:
     """megatron's MLP forward for `_is_plain` layers, as plain F.linear calls: the same ops without megatron's
     per-linear autograd-function and TP-region wrappers, which cost ~90 us per row-parallel call on a CPU - ~4% of
     the 270M's decode step there (torch.compile traces through either form, so CUDA gains nothing)."""
-    gate, up = torch.chunk(F.linear(x, mlp.linear_fc1.weight), 2, dim=-1)
+    if split:  # [gate; up] rows: two GEMMs on the halves (see MegatronGemma3Decoder.split_fused)
+        gate, up = (F.linear(x, w) for w in torch.chunk(mlp.linear_fc1.weight, 2, dim=0))
+    else:
+        gate, up = torch.chunk(F.linear(x, mlp.linear_fc1.weight), 2, dim=-1)
     fc2 = mlp.linear_fc2
     return fc2.post_layernorm(F.linear(gelu_tanh(gate) * up, fc2.weight))
 
