@@ -95,3 +95,34 @@ def test_switch_is_cuda_only() -> None:
     apply.prepare_models([model], PerfConfig(fused_geglu=True, compile="none"), torch.device("cpu"))
     assert not any(type(m).__name__.startswith("FusedGeGLU") for m in model.modules())
     assert PerfConfig.plain().fused_geglu is False
+
+
+_TRITON_CHECK = """
+import torch
+from gemma3_runtime.perf import geglu_triton
+from gemma3_runtime.perf.geglu import _geglu_backward_math
+device = "cuda" if torch.cuda.is_available() else "cpu"
+assert geglu_triton.available(torch.empty(0, device=device))
+g = torch.Generator().manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+    x = (torch.randn(5, 3, 2 * 1100, generator=g) * 2).to(device, dtype)   # width not a multiple of the block
+    dy = torch.randn(5, 3, 1100, generator=g).to(device, dtype)
+    got, want = geglu_triton.geglu_backward(x, dy).double(), _geglu_backward_math(x, dy).double()
+    rel = float((got - want).norm() / want.norm())
+    assert rel < tol, (dtype, rel)
+print("ok")
+"""
+
+
+def test_triton_backward_kernel_matches_the_formula() -> None:
+    """The hand-written Triton GeGLU backward equals the torch formula (fp32 and bf16, a ragged last block): on a
+    GPU directly, on CPU through the Triton interpreter in a subprocess (it must be on before triton imports)."""
+    import os
+    import subprocess
+
+    pytest.importorskip("triton", reason="needs triton (ships with CUDA builds of torch)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

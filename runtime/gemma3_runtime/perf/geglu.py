@@ -1,4 +1,5 @@
 """GeGLU (tanh-GELU(gate) * up) as one forward and ONE backward kernel, with its output kept for fc2's backward.
+(The backward is a hand-written Triton kernel where Triton runs: see perf/geglu_triton.py for why.)
 
 WHY: inside the compiled decoder layer, inductor's partitioner keeps the fc1 output [tokens, 2I] for the backward
 and recomputes the GeGLU output h [tokens, I] there (fc2's weight gradient needs it), so the backward runs two
@@ -80,9 +81,22 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
+_TRITON_FAILED: list[str] = []
+
+
 @torch.library.custom_op("gemma3::geglu_backward", mutates_args=())
 def geglu_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """The gradient of `geglu` w.r.t. x in one pass over x and grad."""
+    """The gradient of `geglu` w.r.t. x in one pass over x and grad: the Triton kernel where it can run
+    (perf/geglu_triton.py), else the compiled formula; a failing kernel is logged once and not tried again."""
+    from . import geglu_triton
+
+    if not _TRITON_FAILED and geglu_triton.available(x):
+        try:
+            return geglu_triton.geglu_backward(x, grad)
+        except Exception as exc:  # the lever must never take the run down
+            _TRITON_FAILED.append(str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+            log.warning("fused GeGLU: the Triton backward kernel failed (%s); using the compiled formula",
+                        _TRITON_FAILED[0])
     return _run("bwd", _geglu_backward_math, x.contiguous(), grad.contiguous())
 
 
