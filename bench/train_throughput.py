@@ -53,6 +53,15 @@ FAST2 = {**FAST, "grad_accum_fusion": True, "fused_geglu": True}
 #: LoRA's base weights are frozen, so gradient-accumulation fusion has nothing to fuse there (the adapters are
 #: nn.Linear): LoRA's fast2 is the fused GeGLU (+ micro-batches per step in its variant)
 LORA_FAST2 = {**FAST, "fused_geglu": True}
+def perf_of(spec: dict[str, Any]):
+    """The variant's PerfConfig. Levers a variant does not name are OFF, whatever PerfConfig's defaults are now
+    (grad_accum_fusion and fused_geglu became defaults in session 3): a variant's name keeps meaning what it
+    measured."""
+    from gemma3_runtime.perf.config import PerfConfig
+
+    return PerfConfig(**{"grad_accum_fusion": False, "fused_geglu": False, **spec["perf"]})
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": dict(perf=PLAIN),
     "attn-auto": dict(perf={**PLAIN, "attention": "auto"}),
@@ -265,9 +274,7 @@ def _copies_by_origin(prof, key: str, top: int = 12) -> str:
 
 def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs: int, steps: int, warmup: int,
                  flops_fn: Callable, sink: list, profile: bool = False) -> dict | None:
-    from gemma3_runtime.perf.config import PerfConfig
-
-    perf = PerfConfig(**spec["perf"])
+    perf = perf_of(spec)
     mbs = spec.get("mbs", mbs)
     nmb = spec.get("nmb", 1)
     peft = spec.get("peft")
@@ -412,7 +419,6 @@ def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, pe
            workdir: Path) -> None:
     """HF Gemma3ForCausalLM (fp32 master, bf16 autocast, AdamW) vs ours (bridge-imported weights, bf16 params +
     fp32 main, megatron AdamW): per-step loss, no weight decay and no clipping on either side."""
-    from gemma3_runtime.perf.config import PerfConfig
     from transformers import Gemma3ForCausalLM
 
     lr = 1e-4
@@ -438,7 +444,7 @@ def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, pe
     del hf, opt, out
     free_memory()
     spec = VARIANTS[perf_name]
-    run = OurRun(cfg, PerfConfig(**spec["perf"]), device, seq, mbs, 1, None, lr=lr, weight_decay=0.0, clip_grad=0.0,
+    run = OurRun(cfg, perf_of(spec), device, seq, mbs, 1, None, lr=lr, weight_decay=0.0, clip_grad=0.0,
                  load_hf=str(hf_dir))
     ours = []
     for x in data:
