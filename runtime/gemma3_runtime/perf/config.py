@@ -30,8 +30,9 @@ class PerfConfig:
     overlap_grad_reduce: bool = False
     #: weight-gradient GEMMs accumulate straight into megatron's fp32 main_grad (megatron's
     #: gradient_accumulation_fusion with a torch shim for apex's kernel, perf/grad_fusion.py). CUDA only, and only
-    #: after a runtime probe; off elsewhere. +0.7% on an H200 (docs/PERFORMANCE.md).
-    grad_accum_fusion: bool = True
+    #: after a runtime probe; off elsewhere. +0.7% on an H200 (docs/PERFORMANCE.md), measured on one GPU only: off by
+    #: default until the multi-GPU tests (distributed optimizer, TP=2) have run with it.
+    grad_accum_fusion: bool = False
     #: GeGLU as one opaque op whose backward is one Triton kernel and which keeps its output instead of
     #: recomputing it (perf/geglu.py, perf/geglu_triton.py). CUDA only. +3.8% full-parameter, +3.7% LoRA on an H200.
     fused_geglu: bool = True
