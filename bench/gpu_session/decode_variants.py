@@ -5,9 +5,9 @@ variant's. An exploration tool: variants are applied by patching, and a variant 
     python3 bench/gpu_session/decode_variants.py [--variants base,math_attn,cdt] [--tokens 256]
 
 Variants:
-  base       the runtime as it is
-  math_attn  decode attention as matmul + masked fp32 softmax + matmul (inductor fuses the softmax), not SDPA
-  cdt        inductor coordinate-descent tuning of the generated kernels
+  base       the runtime as it is (since session 3: attention as matmul + masked fp32 softmax + matmul)
+  sdpa_attn  the compiled step's attention through SDPA, as before session 3
+  cdt        inductor coordinate-descent tuning of the generated kernels (what --tune-kernels switches on)
   autotune   torch.compile mode="max-autotune-no-cudagraphs" (Triton GEMM/GEMV candidates are benchmarked)
 Combine with '+', e.g. math_attn+cdt.
 """
@@ -23,19 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def math_step_attention(query, key_cache, value_cache, mask, scale):
-    b, heads, _, d = query.shape
-    grouped = query.reshape(b, key_cache.size(1), heads // key_cache.size(1), d)
-    scores = torch.matmul(grouped, key_cache.transpose(-1, -2)).float() * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(value_cache.dtype)
-    return torch.matmul(probs, value_cache).reshape(b, heads, 1, d)
 
 
 @contextlib.contextmanager
@@ -45,19 +34,19 @@ def variant(name: str):
     from gemma3_runtime.generate import engine as engine_mod
 
     parts = set(name.split("+"))
-    saved_attention, saved_compile = engine_mod.step_attention, engine_mod._Session.__dict__["_compile"]
+    saved_attention, saved_compile = engine_mod.step_attention_matmul, engine_mod._Session.__dict__["_compile"]
     saved_cdt = inductor_config.coordinate_descent_tuning
-    if "math_attn" in parts:
-        engine_mod.step_attention = math_step_attention
+    if "sdpa_attn" in parts:
+        engine_mod.step_attention_matmul = engine_mod.step_attention
     if "cdt" in parts:
         inductor_config.coordinate_descent_tuning = True
     if "autotune" in parts:
-        engine_mod._Session._compile = staticmethod(
-            lambda fn: torch.compile(fn, dynamic=False, mode="max-autotune-no-cudagraphs"))
+        engine_mod._Session._compile = lambda self, fn: torch.compile(fn, dynamic=False,
+                                                                       mode="max-autotune-no-cudagraphs")
     try:
         yield
     finally:
-        engine_mod.step_attention, engine_mod._Session._compile = saved_attention, saved_compile
+        engine_mod.step_attention_matmul, engine_mod._Session._compile = saved_attention, saved_compile
         inductor_config.coordinate_descent_tuning = saved_cdt
         torch._dynamo.reset()
 
@@ -65,7 +54,7 @@ def variant(name: str):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="1b")
-    ap.add_argument("--variants", default="base,math_attn,cdt,math_attn+cdt,autotune")
+    ap.add_argument("--variants", default="base,sdpa_attn,cdt")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)

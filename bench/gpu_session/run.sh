@@ -31,7 +31,7 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   kerneltests) TAIL=8 part kerneltests 120 python3 -m pytest tests/unit/test_perf_geglu.py -p no:cacheprovider --tb=short -rA ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
-      --variants ${DECODE_VARIANTS:-base,math_attn,cdt,math_attn+cdt,autotune} --json "$OUT/decode_variants.json" ;;
+      --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;
   tplogits) TAIL=12 part tplogits 150 python3 -m pytest tests/gpu/test_tp_logits_gpu.py -m gpu -p no:cacheprovider --tb=short -rA -s ;;
   train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_OURS; names in the bench)
     TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
