@@ -4,7 +4,8 @@ It calls the model's own submodules - input norm, `get_query_key_value_tensors` 
 < TP handled by megatron), the model's dual RoPE, `linear_proj` with its post-norm, pre-MLP norm, MLP with its
 post-norm, final norm, tied output layer - so weights, TP communication and PEFT adapters (which wrap those
 linears) are exactly the model's; only attention over the cache is the engine's. Hidden states stay megatron's
-[s, b, D].
+[s, b, D]. Layers whose linears are exactly our spec's at TP=1 (no adapter, no bias) run the same weights through
+plain `F.linear` calls instead (`_is_plain`): the module wrappers are pure Python overhead there.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ class MegatronGemma3Decoder:
         self.tp = model.pg_collection.tp
         # per layer: may its linears run as plain F.linear calls? (see _plain_mlp)
         self.plain = [_is_plain(block, self.tp.size()) for block in self.layers]
+        weight = model.embedding.word_embeddings.weight
         # CPU: the fused QKV and gate|up GEMMs run slower than their parts (MKL, 2 cores: 12% for fc1 at 128 rows),
         # so plain layers multiply by row slices of the fused weights there (views, no copies); GPUs keep the fusion
-        self.split_fused = model.embedding.word_embeddings.weight.device.type == "cpu"
-        weight = model.embedding.word_embeddings.weight
+        self.split_fused = weight.device.type == "cpu"
         self.info = DecoderInfo(
             sliding=sliding,
             window=int(tconfig.gemma3_sliding_window),
@@ -140,7 +141,7 @@ def _plain_qkv(attn: torch.nn.Module, x: torch.Tensor, split: bool) -> tuple[tor
 def _plain_mlp(mlp: torch.nn.Module, x: torch.Tensor, split: bool) -> torch.Tensor:
     """megatron's MLP forward for `_is_plain` layers, as plain F.linear calls: the same ops without megatron's
     per-linear autograd-function and TP-region wrappers, which cost ~90 us per row-parallel call on a CPU - ~4% of
-    the 270M's decode step there (torch.compile traces through either form, so CUDA gains nothing)."""
+    the 270M's decode step there (on CUDA the compiled, graph-captured step pays no per-call Python either way)."""
     if split:  # [gate; up] rows: two GEMMs on the halves (see MegatronGemma3Decoder.split_fused)
         gate, up = (F.linear(x, w) for w in torch.chunk(mlp.linear_fc1.weight, 2, dim=0))
     else:
