@@ -224,6 +224,11 @@ def run_job(run_dir: Path) -> int:
         child.clear()
         secs = round(time.time() - t0, 1)
         print(f"jobwrap: step {name}: exit {rc} after {secs}s", flush=True)
+        if rc not in (0, REQUEUE_EXIT_CODE) and step["nnodes"] * step["nproc_per_node"] > 1 \
+                and _every_rank_asked_for_requeue(run_dir, step):
+            print(f"jobwrap: step {name}: every worker saved and exited {REQUEUE_EXIT_CODE}; exit {rc} came from "
+                  "srun stopping the slower nodes: treated as a requeue request", flush=True)
+            rc = REQUEUE_EXIT_CODE
         said = highlights(tail.decode(errors="replace")) + _answers(step["args"])
         update_record(run_dir, lambda rec: rec.setdefault("steps", []).append(
             {"name": name, "exit_code": rc, "seconds": secs, "attempt": attempt, "ended_at": now(), "highlights": said}))
@@ -316,7 +321,7 @@ def run_node(run_dir: Path, index: int) -> int:
     rank = _node_rank()
     if rank == "0":
         _record_runtime_facts(run_dir)
-    exit_dir = run_dir / "exit" / f"{step['name']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    exit_dir = _exit_dir(run_dir, step)
     exit_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **{RANK_EXIT_DIR_ENV: str(exit_dir)})
     if world == 1:
@@ -350,10 +355,29 @@ def run_node(run_dir: Path, index: int) -> int:
     rc = proc.wait()
     if rc != 0 and world > 1:
         codes = [read_json(p) for p in exit_dir.glob("rank-*.json")]
-        mine = [c["exit_code"] for c in codes if c and str(c.get("node_rank")) == rank]
-        if mine and REQUEUE_EXIT_CODE in mine and set(mine) <= {0, REQUEUE_EXIT_CODE}:
+        if _asked_for_requeue([c["exit_code"] for c in codes if c and str(c.get("node_rank")) == rank]):
             rc = REQUEUE_EXIT_CODE
     return rc
+
+
+def _exit_dir(run_dir: Path, step: dict) -> Path:
+    """Where the workers of this attempt of `step` record their exit codes (`rank-<RANK>.json`)."""
+    return run_dir / "exit" / f"{step['name']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def _asked_for_requeue(codes: list[int]) -> bool:
+    """The workers saved a checkpoint and asked for a requeue: some exited REQUEUE_EXIT_CODE, none failed."""
+    return bool(codes) and REQUEUE_EXIT_CODE in codes and set(codes) <= {0, REQUEUE_EXIT_CODE}
+
+
+def _every_rank_asked_for_requeue(run_dir: Path, step: dict) -> bool:
+    """All `world` workers of the step recorded exits and they ask for a requeue. Needed at the job level because
+    srun runs with --kill-on-bad-exit: the first node to return 199 makes srun terminate the others, whose node
+    wrappers then exit 143 although their workers had saved and exited 199 too - and srun reports that 143."""
+    world = step["nnodes"] * step["nproc_per_node"]
+    codes = [read_json(p) for p in _exit_dir(run_dir, step).glob("rank-*.json")]
+    exits = [c["exit_code"] for c in codes if c]
+    return len(exits) == world and _asked_for_requeue(exits)
 
 
 def _record_runtime_facts(run_dir: Path) -> None:

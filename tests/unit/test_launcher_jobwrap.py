@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma3_launch.jobwrap import RANK_EXIT_DIR_ENV, _children, highlights
+from gemma3_launch.contract import REQUEUE_EXIT_CODE
+from gemma3_launch.jobwrap import RANK_EXIT_DIR_ENV, _children, _every_rank_asked_for_requeue, _exit_dir, highlights
 from gemma3_launch.record import add_state, read_record, update_record, write_json_atomic
 from gemma3_launch.registry import Registry
 
@@ -26,6 +27,24 @@ def test_rank_wrapper_records_the_workers_exit_code(tmp_path):
     assert res.returncode == 2
     rec = json.loads((tmp_path / "rank-3.json").read_text())
     assert (rec["exit_code"], rec["rank"], rec["world_size"], rec["node_rank"]) == (2, "3", "4", "1")
+
+
+@pytest.mark.parametrize("codes, requeue", [
+    ({0: REQUEUE_EXIT_CODE, 1: REQUEUE_EXIT_CODE}, True),   # both saved; srun stopped the slower node (exit 143)
+    ({0: 0, 1: REQUEUE_EXIT_CODE}, True),
+    ({1: REQUEUE_EXIT_CODE}, False),                        # rank 0 never recorded an exit: it did not finish
+    ({0: 1, 1: REQUEUE_EXIT_CODE}, False),                  # a worker failed: a failure, not a requeue
+    ({0: 0, 1: 0}, False),
+])
+def test_job_level_requeue_needs_every_rank_to_have_asked(tmp_path, monkeypatch, codes, requeue):
+    """A 2-node step whose srun ended non-zero is a requeue only when all workers recorded {0, 199} with a 199."""
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    step = {"name": "train", "nnodes": 2, "nproc_per_node": 1}
+    exit_dir = _exit_dir(tmp_path, step)
+    exit_dir.mkdir(parents=True)
+    for rank, code in codes.items():
+        write_json_atomic(exit_dir / f"rank-{rank}.json", {"rank": str(rank), "exit_code": code})
+    assert _every_rank_asked_for_requeue(tmp_path, step) is requeue
 
 
 def test_children_finds_direct_children_only():
