@@ -133,7 +133,8 @@ def _wait_forgotten(slurm_id: str, timeout: float = 150) -> None:
 
 
 def test_status_after_min_job_age_with_slurmdbd(slurm):
-    job = JOBS.get("import") or pytest.skip("needs the import job")
+    job = JOBS.get("import") or pytest.skip(
+        "needs the job submitted by test_import_real_270m_through_sbatch_and_srun in this session (deselected?)")
     _wait_forgotten(job["slurm_id"])  # finished longer ago than MinJobAge: squeue and scontrol no longer know it
     assert slurm.status(job["job_id"]) == "COMPLETED"  # from the job's own terminal-state file
     state_file = job["run_dir"] / "state.json"

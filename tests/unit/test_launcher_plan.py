@@ -134,7 +134,8 @@ def test_jobspecs_cover_every_kind_for_1b():
 
 
 def test_known_recipes_match_the_runtime():
-    recipes = pytest.importorskip("gemma3_runtime.training.recipes")
+    recipes = pytest.importorskip("gemma3_runtime.training.recipes",
+                                  reason="needs the runtime package (pip install -e '.[runtime]')")
     assert {f"{r}_config" for r in KNOWN_RECIPES} == set(recipes.RECIPES)
 
 
