@@ -224,8 +224,7 @@ def run_job(run_dir: Path) -> int:
         child.clear()
         secs = round(time.time() - t0, 1)
         print(f"jobwrap: step {name}: exit {rc} after {secs}s", flush=True)
-        if rc not in (0, REQUEUE_EXIT_CODE) and step["nnodes"] * step["nproc_per_node"] > 1 \
-                and _every_rank_asked_for_requeue(run_dir, step):
+        if rc not in (0, REQUEUE_EXIT_CODE) and _every_rank_asked_for_requeue(run_dir, step):
             print(f"jobwrap: step {name}: every worker saved and exited {REQUEUE_EXIT_CODE}; exit {rc} came from "
                   "srun stopping the slower nodes: treated as a requeue request", flush=True)
             rc = REQUEUE_EXIT_CODE
@@ -354,8 +353,7 @@ def run_node(run_dir: Path, index: int) -> int:
         signal.signal(sig, forward)
     rc = proc.wait()
     if rc != 0 and world > 1:
-        codes = [read_json(p) for p in exit_dir.glob("rank-*.json")]
-        if _asked_for_requeue([c["exit_code"] for c in codes if c and str(c.get("node_rank")) == rank]):
+        if _asked_for_requeue([c["exit_code"] for c in _rank_records(exit_dir) if str(c.get("node_rank")) == rank]):
             rc = REQUEUE_EXIT_CODE
     return rc
 
@@ -365,19 +363,22 @@ def _exit_dir(run_dir: Path, step: dict) -> Path:
     return run_dir / "exit" / f"{step['name']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
 
+def _rank_records(exit_dir: Path) -> list[dict]:
+    """The exit records the step's workers wrote so far (unreadable ones skipped)."""
+    return [c for c in (read_json(p) for p in exit_dir.glob("rank-*.json")) if c]
+
+
 def _asked_for_requeue(codes: list[int]) -> bool:
     """The workers saved a checkpoint and asked for a requeue: some exited REQUEUE_EXIT_CODE, none failed."""
     return bool(codes) and REQUEUE_EXIT_CODE in codes and set(codes) <= {0, REQUEUE_EXIT_CODE}
 
 
 def _every_rank_asked_for_requeue(run_dir: Path, step: dict) -> bool:
-    """All `world` workers of the step recorded exits and they ask for a requeue. Needed at the job level because
+    """All workers of the step recorded exits and they ask for a requeue (a single-process step has no records). Needed at the job level because
     srun runs with --kill-on-bad-exit: the first node to return 199 makes srun terminate the others, whose node
     wrappers then exit 143 although their workers had saved and exited 199 too - and srun reports that 143."""
-    world = step["nnodes"] * step["nproc_per_node"]
-    codes = [read_json(p) for p in _exit_dir(run_dir, step).glob("rank-*.json")]
-    exits = [c["exit_code"] for c in codes if c]
-    return len(exits) == world and _asked_for_requeue(exits)
+    exits = [c["exit_code"] for c in _rank_records(_exit_dir(run_dir, step))]
+    return len(exits) == step["nnodes"] * step["nproc_per_node"] and _asked_for_requeue(exits)
 
 
 def _record_runtime_facts(run_dir: Path) -> None:
