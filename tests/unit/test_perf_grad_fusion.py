@@ -143,14 +143,12 @@ def test_install_is_cuda_only_by_default() -> None:
 
 def _train_losses(fused: bool, steps: int = 3) -> list[tuple[float, float]]:
     """The training loop's step (megatron schedule, DDP finalize, optimizer) for a few steps of 2 micro-batches."""
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-
     from gemma3_runtime.training.config import OptimizerConfig
     from gemma3_runtime.training.optimizer import build_optimizer
-    from gemma3_runtime.training.step import run_forward_backward
+    from gemma3_runtime.training.step import finalize_grads, run_forward_backward
 
     ddp = _build(fused)
-    ddp.module.config.finalize_model_grads_func = finalize_model_grads
+    ddp.module.config.finalize_model_grads_func = finalize_grads
     ddp.module.config.no_sync_func = ddp.no_sync
     opt = build_optimizer([ddp], OptimizerConfig(lr=1e-3, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0),
                           torch.device("cpu"), False)
@@ -163,7 +161,8 @@ def _train_losses(fused: bool, steps: int = 3) -> list[tuple[float, float]]:
             ids = torch.randint(0, 300, (2, 17), generator=g)
             batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(2, 16),
                             "position_ids": torch.arange(16).expand(2, 16)})
-        loss_sum, count = run_forward_backward([ddp], iter(batches), 2, 16, 2, torch.device("cpu"), forward_only=False)
+        loss_sum, count = run_forward_backward([ddp], iter(batches), 2, 16, 2, torch.device("cpu"),
+                                               forward_only=False).tolist()
         out.append((loss_sum / count, float(opt.step(1e-3))))
     return out
 

@@ -29,7 +29,8 @@ def provider_fields(perf: PerfConfig, tp: int = 1, device: torch.device | None =
     megatron's linears refuse the flag unless the kernel is installed); without it that switch stays off.
     """
     perf.validate()
-    overrides: dict[str, Any] = {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1)}
+    overrides: dict[str, Any] = {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1),
+                                 "gemma3_ce_kernel": perf.ce_kernel}
     if perf.grad_accum_fusion and device is not None and device.type == "cuda":
         from .grad_fusion import install
 
@@ -61,14 +62,42 @@ def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_len
             use_fused_geglu(models)
         except Exception as exc:  # a lever that cannot be installed is logged, never fatal
             log.warning("fused GeGLU off: %r", exc)
+    if perf.lora_triton_add and device.type == "cuda":
+        use_lora_triton_add(models)
     return compile_model(models, resolve_compile(perf, device))
 
 
+def use_lora_triton_add(models: list) -> int:
+    """Point every LoRA adapter's fused add at `gemma3::lora_up_add` (when triton imports); returns how many."""
+    from . import lora_triton  # registers the op
+    from gemma3_runtime.peft.adapter import LowRankAdapter
+
+    if lora_triton.triton is None:
+        return 0
+    n = 0
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, LowRankAdapter):
+                module.triton_add = True
+                n += 1
+    if n:
+        log.info("LoRA adds through the Triton op on %d adapters", n)
+    return n
+
+
 def prepare_optimizer(optimizer: Any, perf: PerfConfig, device: torch.device) -> int:
-    """Fused AdamW and foreach grad-norm / clipping on CUDA; returns the number of Adam param groups switched."""
+    """Fused AdamW and foreach grad-norm / clipping on CUDA, and the sync-free step where it applies; returns the
+    number of Adam param groups switched."""
     if not perf.fused_adam or device.type != "cuda":
         return 0
-    from .optim import use_foreach_grad_clipping, use_fused_adamw
+    from .optim import sync_free_unsupported, use_foreach_grad_clipping, use_fused_adamw
 
     use_foreach_grad_clipping()
-    return use_fused_adamw(getattr(optimizer, "optimizer", optimizer))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    switched = use_fused_adamw(inner)
+    if perf.sync_free_optimizer and hasattr(optimizer, "sync_free"):
+        reason = sync_free_unsupported(inner)
+        optimizer.sync_free = reason is None
+        if reason:
+            log.info("sync-free optimizer step off: %s", reason)
+    return switched

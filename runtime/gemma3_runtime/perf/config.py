@@ -12,6 +12,7 @@ from typing import Literal
 
 ATTENTION_CHOICES = ("auto", "sdpa", "flex", "eager")
 COMPILE_CHOICES = ("auto", "none", "norms", "mlp", "layers")
+CE_KERNEL_CHOICES = ("auto", "triton", "compile")  # == perf.linear_ce.CE_KERNELS (that module imports torch)
 
 
 @dataclass
@@ -21,10 +22,16 @@ class PerfConfig:
     attention: Literal["auto", "sdpa", "flex", "eager"] = "auto"
     #: chunked linear + cross-entropy for the training loss (TP == 1): no [tokens, 262k] fp32 logits.
     fused_linear_ce: bool = True
+    #: its per-chunk loss + gradient pass: "auto" = one hand-written Triton kernel where Triton runs
+    #: (perf/ce_triton.py), "compile" = inductor's kernel for the torch formula.
+    ce_kernel: Literal["auto", "triton", "compile"] = "auto"
     #: torch.compile target: "auto" = "layers" on CUDA, "none" on CPU.
     compile: Literal["auto", "none", "norms", "mlp", "layers"] = "auto"
     #: torch's fused AdamW kernel inside megatron's optimizer (CUDA).
     fused_adam: bool = True
+    #: with fused_adam: the optimizer step never reads a value on the host (grad norm stays on the device,
+    #: clipping folded into fused Adam's grad_scale; perf/optim.py), so the host can queue the next step meanwhile.
+    sync_free_optimizer: bool = True
     #: overlap the DP gradient reduce-scatter with the backward pass (megatron DDP; only matters for DP > 1).
     #: Off by default: not yet measured on two GPUs (docs/PERFORMANCE.md).
     overlap_grad_reduce: bool = False
@@ -36,17 +43,23 @@ class PerfConfig:
     #: GeGLU as one opaque op whose backward is one Triton kernel and which keeps its output instead of
     #: recomputing it (perf/geglu.py, perf/geglu_triton.py). CUDA only. +3.8% full-parameter, +3.7% LoRA on an H200.
     fused_geglu: bool = True
+    #: LoRA's `base + h (sB)^T` as one Triton kernel instead of addmm, which first copies base into its output
+    #: (perf/lora_triton.py). CUDA only.
+    lora_triton_add: bool = True
 
     def validate(self) -> "PerfConfig":
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"perf.attention: expected one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"perf.compile: expected one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.ce_kernel not in CE_KERNEL_CHOICES:
+            raise ValueError(f"perf.ce_kernel: expected one of {', '.join(CE_KERNEL_CHOICES)}, "
+                             f"got {self.ce_kernel!r}")
         return self
 
     @classmethod
     def plain(cls) -> "PerfConfig":
         """Every fast path off: the reference configuration the benchmark compares against."""
-        return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False,
+        return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, sync_free_optimizer=False,
                    overlap_grad_reduce=False, grad_accum_fusion=False,
-                   fused_geglu=False)
+                   fused_geglu=False, lora_triton_add=False)

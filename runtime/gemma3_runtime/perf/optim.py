@@ -104,3 +104,66 @@ def use_foreach_grad_clipping() -> bool:
     if changed:
         log.info("megatron grad norm / clipping: foreach kernels instead of the per-tensor fallback")
     return changed or clip_grads.l2_norm_impl is foreach_l2_norm
+
+
+# ---- the optimizer step without a host sync -------------------------------------------------------------------
+def _chained(opt: Any) -> list:
+    return list(getattr(opt, "chained_optimizers", None) or [opt])
+
+
+def sync_free_unsupported(opt: Any) -> str | None:
+    """Why `sync_free_step` cannot stand in for `opt.step()` (None when it can)."""
+    chained = _chained(opt)
+    for o in chained:
+        if getattr(o, "grad_scaler", None) is not None:
+            return "a loss scaler (fp16) checks for inf on the host"
+        cfg = getattr(o, "config", None)
+        if cfg is None or getattr(cfg, "log_num_zeros_in_grad", False):
+            return "counting zero gradients reads a value on the host"
+        if getattr(cfg, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False):
+            return "precision-aware optimizer"
+        adams = list(_torch_optimizers(getattr(o, "optimizer", None)))
+        if not adams or not all(isinstance(a, torch.optim.Adam) and all(g.get("fused") for g in a.param_groups)
+                                for a in adams):
+            return "not torch's fused Adam everywhere"
+    if len(chained) > 1 and hasattr(opt, "grads_states_parallel_group_is_shared") \
+            and not opt.grads_states_parallel_group_is_shared():
+        return "chained optimizers reduce their grad norms over different groups"
+    return None
+
+
+@torch.no_grad()
+def sync_free_step(opt: Any) -> torch.Tensor:
+    """megatron's MixedPrecision / Chained optimizer step (bf16, no loss scaler) without reading a value on the host.
+
+    WHY: megatron turns the grad norm into a Python float (`.item()`) to decide on clipping, so every step makes the
+    host wait for the GPU; the GPU then idles while the host runs the optimizer's per-parameter Python and launches
+    the next step (docs/PERFORMANCE.md, session 4). Here the norm stays a device tensor and clipping is folded into
+    the fused Adam kernel as its `grad_scale` (grads / max(1, (norm + 1e-6) / clip) == megatron's
+    grads * min(1, clip / (norm + 1e-6))), so clipping costs no separate pass either. Same update as `opt.step()`
+    up to float rounding. Returns the global grad norm (0-dim fp32 device tensor).
+    """
+    chained = _chained(opt)
+    opt.prepare_grads()  # copies grads into the main params' .grad; no inf check without a loss scaler
+    grads = [g for o in chained for g in o.get_main_grads_for_grad_norm()]
+    device = grads[0].device if grads else torch.device("cuda", torch.cuda.current_device())
+    if grads:
+        squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]).square().sum()
+    else:
+        squares = torch.zeros((), dtype=torch.float32, device=device)
+    group = chained[0].get_grad_stats_parallel_group()
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
+        torch.distributed.all_reduce(squares, op=torch.distributed.ReduceOp.SUM, group=group)
+    norm = squares.sqrt()
+    adams: list[torch.optim.Optimizer] = []
+    try:
+        for o in chained:
+            clip = float(o.config.clip_grad)
+            for adam in _torch_optimizers(o.optimizer):
+                adam.grad_scale = torch.clamp((norm + 1.0e-6) / clip, min=1.0) if clip > 0 else None
+                adams.append(adam)
+        opt.step_with_ready_grads()
+    finally:
+        for adam in adams:
+            adam.grad_scale = None
+    return norm

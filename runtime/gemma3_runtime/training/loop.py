@@ -115,7 +115,6 @@ def _model_from_checkpoint(resolved, where: str) -> Any:
 def train(cfg: ConfigContainer) -> TrainResult:
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
     from gemma3_runtime import platform
     from gemma3_runtime.data.batches import EpochShuffledIndex, microbatches, num_microbatches
@@ -126,9 +125,10 @@ def train(cfg: ConfigContainer) -> TrainResult:
     from gemma3_runtime.training.lr_schedule import learning_rate
     from gemma3_runtime.training.metrics import MetricsSink, memory_gib, write_loss_curve
     from gemma3_runtime.training.optimizer import build_optimizer
+    from gemma3_runtime.training.pending import PendingStep, StepValues
     from gemma3_runtime.training.preemption import PreemptionWatcher
     from gemma3_runtime.training.state import TrainState
-    from gemma3_runtime.training.step import run_forward_backward
+    from gemma3_runtime.training.step import finalize_grads, run_forward_backward
 
     started = time.time()
     try:
@@ -208,7 +208,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
         **perf_apply.ddp_fields(perf, dp))
     models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
     for m in models:
-        m.config.finalize_model_grads_func = finalize_model_grads
+        m.config.finalize_model_grads_func = finalize_grads
         m.config.no_sync_func = m.no_sync
     perf_apply.prepare_models(models, perf, device, seq_length=cfg.data.seq_length)
     optimizer = build_optimizer(models, cfg.optimizer, device, bf16)
@@ -255,7 +255,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
         with torch.no_grad():
             total, count = run_forward_backward(
                 models, microbatches(datasets.valid, index, 0, n, mbs, dp_rank, dp, device), n // unit, seq, mbs,
-                device, forward_only=True)
+                device, forward_only=True).tolist()
         for m in models:
             m.train()
         return total / max(count, 1.0)
@@ -308,6 +308,23 @@ def train(cfg: ConfigContainer) -> TrainResult:
     status = "completed"
     last_saved: Path | None = None
     window_start, window_tokens, window_steps = time.time(), 0, 0
+    # each step's loss / grad norm reaches the host while the next step runs (training/pending.py); `settle` books
+    # the steps whose values are in, and all of them before anything that reads them (logs, evals, saves, exits)
+    pending: list[PendingStep] = []
+    latest: StepValues | None = None
+
+    def settle(keep_newest: bool) -> None:
+        nonlocal latest
+        while pending and (len(pending) > 1 or not keep_newest):
+            v = pending.pop(0).resolve()
+            train_state.train_losses.append([v.iteration, v.loss, v.lr])
+            sink.advance(v.loss)
+            if steps_file is not None:
+                steps_file.write(json.dumps({"iteration": v.iteration, "loss": v.loss, "lr": v.lr,
+                                             "grad_norm": v.grad_norm}) + "\n")
+                steps_file.flush()
+            latest = v
+
     try:
         for it in range(start_iter, cfg.train.train_iters):
             iteration = it + 1
@@ -318,37 +335,36 @@ def train(cfg: ConfigContainer) -> TrainResult:
                 m.zero_grad_buffer()
             batches = microbatches(datasets.train, train_index, train_state.consumed_samples, gbs, mbs, dp_rank, dp,
                                    device)
-            loss_sum, count = run_forward_backward(models, batches, nmb, seq, mbs, device, forward_only=False)
-            norm = optimizer.step(lr)
-            loss = loss_sum / max(count, 1.0)
+            totals = run_forward_backward(models, batches, nmb, seq, mbs, device, forward_only=False)
+            pending.append(PendingStep(iteration, lr, totals, optimizer.step(lr)))
             train_state.iteration = iteration
             train_state.consumed_samples += gbs
             train_state.floating_point_operations += flops_per_token * gbs * seq
-            train_state.train_losses.append([iteration, loss, lr])
             window_tokens += gbs * seq
             window_steps += 1
-            sink.advance(loss)
-            if steps_file is not None:
-                steps_file.write(json.dumps({"iteration": iteration, "loss": loss, "lr": lr, "grad_norm": norm}) + "\n")
-                steps_file.flush()
             last = iteration == cfg.train.train_iters
-            if iteration % cfg.logging.log_interval == 0 or it == start_iter or last:
+            log_now = iteration % cfg.logging.log_interval == 0 or it == start_iter or last
+            eval_now = bool(cfg.eval.interval) and iteration % cfg.eval.interval == 0 and not last
+            stop = watcher.agreed_stop()
+            planned_exit = bool(cfg.train.exit_interval) and iteration % cfg.train.exit_interval == 0 and not last
+            save_now = stop or planned_exit or bool(cfg.checkpoint.save_interval
+                                                    and iteration % cfg.checkpoint.save_interval == 0)
+            settle(keep_newest=not (log_now or eval_now or save_now))
+            if log_now:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 elapsed = time.time() - window_start
                 tokens_per_s = window_tokens / max(elapsed, 1e-9)
                 tflops = flops_per_token * tokens_per_s / world / 1e12
-                metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tokens_per_s,
+                metrics = {"loss": latest.loss, "lr": lr, "grad_norm": latest.grad_norm, "tokens_per_s": tokens_per_s,
                            "step_s": elapsed / window_steps, "tflops_per_gpu": tflops,
-                           "mfu": tflops / peak if peak else None, "loss_tokens": count, **memory_gib(device)}
+                           "mfu": tflops / peak if peak else None, "loss_tokens": latest.count, **memory_gib(device)}
                 sink.log(iteration, metrics)
                 window_start, window_tokens, window_steps = time.time(), 0, 0
             paused = time.time()
-            if cfg.eval.interval and iteration % cfg.eval.interval == 0 and not last:
+            if eval_now:
                 run_evals(iteration, "eval")
-            stop = watcher.agreed_stop()
-            planned_exit = bool(cfg.train.exit_interval) and iteration % cfg.train.exit_interval == 0 and not last
-            if stop or planned_exit or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0):
+            if save_now:
                 last_saved = save()
             if planned_exit and not stop:
                 status = "stopped"
@@ -364,6 +380,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
                           f"{'checkpoint committed, ' if last_saved else 'no save dir, '}exiting for requeue",
                           flush=True)
                 break
+        settle(keep_newest=False)
     finally:
         watcher.restore()
         if steps_file is not None:

@@ -16,7 +16,7 @@ import torch
 
 
 class TrainOptimizer(Protocol):
-    def step(self, lr: float) -> float: ...
+    def step(self, lr: float) -> float | torch.Tensor: ...
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -121,10 +121,17 @@ class MegatronAdam:
             use_distributed_optimizer=distributed,
         )
         self.optimizer = get_megatron_optimizer(mcfg, model_chunks)
+        #: set by gemma3_runtime.perf.apply.prepare_optimizer when the step can run without a host sync
+        self.sync_free = False
 
-    def step(self, lr: float) -> float:
+    def step(self, lr: float) -> float | torch.Tensor:
+        """One update; returns the grad norm - a device tensor on the sync-free path (read it when needed)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.sync_free:
+            from gemma3_runtime.perf.optim import sync_free_step
+
+            return sync_free_step(self.optimizer)
         _ok, norm, _zeros = self.optimizer.step()
         return float(norm) if norm is not None else float("nan")
 

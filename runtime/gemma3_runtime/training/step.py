@@ -38,9 +38,41 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.
     segment_ids = batch.get("segment_ids")
     if segment_ids is not None and bool((segment_ids == 1).all()):
         segment_ids = None  # one document per row and no padding: plain causal attention
-    output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
-                   labels=_masked_labels(batch), segment_ids=segment_ids)
+    from gemma3_runtime.perf.linear_ce import uniform_upstream_grad
+
+    with uniform_upstream_grad():  # loss_func sums the per-token losses: one upstream value on every loss token
+        output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
+                       labels=_masked_labels(batch), segment_ids=segment_ids)
     return output, partial(loss_func, batch["loss_mask"])
+
+
+def finalize_grads(model: list, num_tokens: torch.Tensor | None = None, pg_collection: Any = None,
+                   force_all_reduce: bool = False) -> None:
+    """megatron's `finalize_model_grads` (the schedules' `config.finalize_model_grads_func`), with the per-token
+    gradient scaling done on the device.
+
+    WHY: megatron 0.16.1 scales by 1/num_tokens only `if num_tokens > 0`, a host read of a device value: one sync
+    per step, after which the GPU waits while the host runs the optimizer's Python and launches the next step.
+    Scaling by 1/max(num_tokens, 1) is the same: with no loss token every gradient is zero already.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads, get_pp_last_rank
+
+    finalize_model_grads(model, num_tokens=None, pg_collection=pg_collection, force_all_reduce=force_all_reduce)
+    if num_tokens is None:
+        return
+    if pg_collection is not None:
+        pp_group, dp_cp_group = pg_collection.pp, pg_collection.dp_cp
+    else:
+        pp_group = parallel_state.get_pipeline_model_parallel_group()
+        dp_cp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    if torch.distributed.get_world_size(pp_group) > 1:  # the count lives on the last stage
+        torch.distributed.broadcast(num_tokens, src=get_pp_last_rank(pp_group), group=pp_group)
+    if torch.distributed.get_world_size(dp_cp_group) > 1:
+        torch.distributed.all_reduce(num_tokens, group=dp_cp_group)
+    scaling = 1.0 / num_tokens.clamp(min=1)
+    for model_chunk in model:
+        model_chunk.scale_gradients(scaling)
 
 
 def schedule_context(device: torch.device):
@@ -55,8 +87,12 @@ def schedule_context(device: torch.device):
 
 
 def run_forward_backward(models: list, microbatches: Iterator, num_microbatches: int, seq_length: int,
-                         micro_batch_size: int, device: torch.device, forward_only: bool) -> tuple[float, float]:
-    """Returns (loss sum, loss-token count) over the global batch, identical on every rank."""
+                         micro_batch_size: int, device: torch.device, forward_only: bool) -> torch.Tensor:
+    """Returns [loss sum, loss-token count] over the global batch (float64, on `device`), identical on every rank.
+
+    A device tensor, not floats: reading it makes the host wait for the GPU, and the training loop reads it only
+    when it needs the value (training/pending.py), so the host can queue the next step meanwhile.
+    """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -72,4 +108,4 @@ def run_forward_backward(models: list, microbatches: Iterator, num_microbatches:
             totals += report["lm loss"].to(device=device, dtype=torch.float64)
     if torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(totals)
-    return float(totals[0]), float(totals[1])
+    return totals
