@@ -12,6 +12,7 @@ from gemma3_runtime.perf.linear_ce import (
     default_chunk_tokens,
     linear_cross_entropy,
     reference_linear_cross_entropy,
+    uniform_upstream_grad,
 )
 
 pytestmark = pytest.mark.unit
@@ -60,6 +61,26 @@ def test_matches_full_logits_fp32(chunk: int, upstream_kind: str) -> None:
     assert torch.all(fast[2][37:] == 0)  # vocabulary padding rows get no gradient
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.125, 0.0])
+def test_promised_uniform_upstream_needs_no_check(scale: float) -> None:
+    """Under `uniform_upstream_grad()` (training/step.py's forward: a sum of per-token losses) the weight gradient
+    takes the upstream value on the valid tokens from the device - same gradients as the plain path, whatever the
+    value on ignored tokens (they have no gradient)."""
+    hidden, weight, labels = _inputs(11, (3, 5), 16, 40, 37, torch.float32)
+    labels[0, 1] = IGNORE_INDEX
+    upstream = torch.full(labels.shape, scale)
+    upstream[0, 1] = 7.0  # an ignored token: its upstream value must not leak into the scale
+
+    def fast_fn(h, w):
+        with uniform_upstream_grad():
+            return linear_cross_entropy(h, w, labels, vocab_size=37, chunk_tokens=4)
+
+    fast = _grads(fast_fn, hidden, weight, upstream)
+    ref = _grads(lambda h, w: reference_linear_cross_entropy(h, w, labels, vocab_size=37), hidden, weight, upstream)
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_loss_mask_equals_ignore_index() -> None:
     hidden, weight, labels = _inputs(3, (2, 9), 8, 24, 24, torch.float32)
     mask = torch.ones(labels.shape, dtype=torch.long)
@@ -102,5 +123,45 @@ def test_frozen_weight_and_all_ignored() -> None:
     assert torch.all(out == 0) and torch.all(w2.grad == 0)
 
 
-def test_default_chunk_is_one_gib_of_bf16_logits() -> None:
-    assert default_chunk_tokens(262144) == 2048
+def test_default_chunk_is_two_gib_of_bf16_logits() -> None:
+    assert default_chunk_tokens(262144) == 4096
+
+
+_TRITON_CHECK = """
+import torch
+from gemma3_runtime.perf import ce_triton
+from gemma3_runtime.perf.linear_ce import _ce_loss_and_grad
+device = "cuda" if torch.cuda.is_available() else "cpu"
+assert ce_triton.available(torch.empty(0, device=device))
+g = torch.Generator().manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+    logits = (torch.randn(7, 2500, generator=g) * 4).to(device, dtype)   # vocab not a multiple of the block
+    labels = torch.randint(0, 2500, (7,), generator=g).to(device)
+    labels[2] = -100                                                     # an ignored row: loss 0, gradient 0
+    labels[3] = 2499                                                     # the last column
+    want_loss, want_grad = _ce_loss_and_grad(logits, labels)
+    work = logits.clone()
+    loss, grad = ce_triton.ce_loss_and_grad_(work, labels)
+    assert grad.data_ptr() == work.data_ptr()                            # written in place
+    assert float((loss.double() - want_loss.double()).abs().max()) < 1e-4, (dtype, loss, want_loss)
+    rel = float((grad.double() - want_grad.double()).norm() / want_grad.double().norm())
+    assert rel < tol, (dtype, rel)
+    assert float(loss[2]) == 0.0 and float(grad[2].abs().max()) == 0.0
+print("ok")
+"""
+
+
+def test_triton_ce_kernel_matches_the_formula() -> None:
+    """The hand-written Triton loss + gradient pass (perf/ce_triton.py) equals the torch formula: fp32 and bf16, a
+    ragged last block, an ignored row, the last column as label, the gradient written over the logits. On a GPU
+    directly, on CPU through the Triton interpreter in a subprocess (it must be on before triton imports)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="needs triton (ships with CUDA builds of torch)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), GEMMA3_CE_BLOCK="1024")
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

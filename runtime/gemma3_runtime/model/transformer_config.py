@@ -20,6 +20,8 @@ class Gemma3TransformerConfig(TransformerConfig):
     gemma3_attention_kernel: str = "sdpa"
     #: chunked linear + cross-entropy (gemma3_runtime.perf.linear_ce) for the training loss when TP == 1
     gemma3_fused_linear_ce: bool = False
+    #: its per-chunk loss + gradient pass (perf.linear_ce.CE_KERNELS): "auto" = the Triton kernel where it runs
+    gemma3_ce_kernel: str = "auto"
 
 
 def build_transformer_config(cfg: Gemma3Config, **overrides) -> Gemma3TransformerConfig:

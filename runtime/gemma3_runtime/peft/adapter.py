@@ -76,6 +76,8 @@ class LowRankAdapter(nn.Module):
         tp_size, tp_rank = _tp_size_rank(tp_group)
         self.tp_size = tp_size
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        #: the fused add as the Triton op `gemma3::lora_up_add` (perf/lora_triton.py); set by gemma3_runtime.perf
+        self.triton_add = False
 
         local_out, local_in = base_weight.shape
         factory = dict(dtype=base_weight.dtype, device=base_weight.device)
@@ -154,7 +156,11 @@ class LowRankAdapter(nn.Module):
             # [tokens, out] activations (two such passes per adapted linear were ~7% of a LoRA step on an H200).
             h = self._low_rank_hidden(x)
             scaled_b = self.linear_out.weight * self.scale
-            out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1]), scaled_b.t())
+            base2, h2 = base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1])
+            if self.triton_add:  # same sum without aten's copy of base_out into addmm's output (perf/lora_triton.py)
+                out = torch.ops.gemma3.lora_up_add(base2, h2, scaled_b)
+            else:
+                out = torch.addmm(base2, h2, scaled_b.t())
             return out.view(base_out.shape)
         out = base_out + self.low_rank_update(x)
         if self.weight_magnitude is None:

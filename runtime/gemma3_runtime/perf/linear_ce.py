@@ -4,9 +4,10 @@ WHY: the plain path (output layer -> [s, b, V] bf16 logits -> megatron's vocab-p
 materialises ~4 GiB of bf16 and ~8.6 GiB of fp32 logits for 8192 tokens and streams them through memory about ten
 times in forward + backward. At 1B scale that traffic costs as much time as a third of the model's GEMMs and is the
 largest single term in peak memory. Here the tokens are processed in chunks: per chunk one GEMM gives bf16 logits,
-ONE fused reduction + pointwise pass (torch.compile on CUDA) gives the per-token loss and d(loss_i)/d(logits) in
-bf16, and two GEMMs turn that into the hidden-state and weight gradients right away. Nothing of size [N, V]
-outlives its chunk, and the LM head costs the same three GEMMs as the plain path (no recompute).
+ONE pass over them (perf/ce_triton.py's hand-written Triton kernel where Triton runs, else the torch formula
+compiled) gives the per-token loss and d(loss_i)/d(logits) in bf16, and two GEMMs turn that into the hidden-state and
+weight gradients right away. Nothing of size [N, V] outlives its chunk, and the LM head costs the same three GEMMs
+as the plain path (no recompute).
 
 The gradients are computed in the forward for an upstream gradient of 1 per token; the backward rescales them.
 That is exact for the hidden-state gradient whatever the upstream gradient is (a per-row scale), and exact for the
@@ -20,13 +21,37 @@ Limits: tensor-parallel size 1 only (the caller falls back to the plain vocab-pa
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Callable, Optional
+import os
+from typing import Callable, Iterator, Optional
 
 import torch
 
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_BYTES = 1 << 30  # bf16 logits per chunk: 2048 tokens x 262,144 vocab
+_UNIFORM_UPSTREAM = contextvars.ContextVar("gemma3_uniform_upstream_grad", default=False)
+
+
+@contextlib.contextmanager
+def uniform_upstream_grad() -> Iterator[None]:
+    """Promise, for the losses computed inside, that the backward's upstream gradient is one value on every
+    non-ignored token (a sum or mean of the per-token losses, as training/step.py's loss function is).
+
+    WHY: without the promise the backward checks it (`(g == g[0]).all()` on the device, read by the host): one host
+    sync per micro-batch, which drains the queue of kernels the host had launched ahead and leaves the GPU waiting
+    while the host launches the rest of the backward. With it, the scale is taken as the mean upstream gradient
+    over the valid tokens, on the device.
+    """
+    token = _UNIFORM_UPSTREAM.set(True)
+    try:
+        yield
+    finally:
+        _UNIFORM_UPSTREAM.reset(token)
+#: bf16 logits per chunk: 4096 tokens x 262,144 vocab. Each chunk after the first adds its weight gradient into the
+#: fp32 [V, D] accumulator (1.2 GB read + written inside the GEMM), so fewer, larger chunks pay: 2 GiB instead of
+#: 1 GiB was +1.2-1.5% tokens/s for the 1B model on an H200 at ~0.3 GB more peak memory (docs/PERFORMANCE.md).
+DEFAULT_CHUNK_BYTES = 2 << 30
 
 
 def _ce_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,10 +81,22 @@ def _compiled_ce() -> Callable:
     return torch.compile(_ce_loss_and_grad, dynamic=False, fullgraph=True)
 
 
-def _ce_kernel(device: torch.device, use_compile: Optional[bool]) -> Callable:
+CE_KERNELS = ("auto", "triton", "compile")
+
+
+def _ce_kernel(device: torch.device, use_compile: Optional[bool], kernel: str = "auto") -> Callable:
+    """The per-chunk loss + gradient pass: the hand-written Triton kernel (perf/ce_triton.py; "auto" or "triton",
+    on CUDA where triton imports), else the torch formula compiled (CUDA) or eager (CPU, or use_compile=False)."""
     if use_compile is None:
         use_compile = device.type == "cuda"
-    return _compiled_ce() if use_compile else _ce_loss_and_grad
+    if not use_compile:
+        return _ce_loss_and_grad
+    if kernel != "compile" and device.type == "cuda":
+        from . import ce_triton
+
+        if ce_triton.triton is not None:
+            return ce_triton.ce_loss_and_grad_
+    return _compiled_ce()
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,10 +143,10 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk, use_compile):  # type: ignore[override]
+    def forward(ctx, hidden, weight, labels, chunk, use_compile, kernel_name):  # type: ignore[override]
         n = hidden.shape[0]
         w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-        kernel = _ce_kernel(hidden.device, use_compile)
+        kernel = _ce_kernel(hidden.device, use_compile, kernel_name)
         need_h = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1]
         loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -127,7 +164,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w = _accumulate_mm(grad_w, dlogits.t(), h)
             del dlogits
         ctx.save_for_backward(hidden, weight, labels, grad_h, grad_w)
-        ctx.chunk, ctx.use_compile = chunk, use_compile
+        ctx.chunk, ctx.use_compile, ctx.kernel_name = chunk, use_compile, kernel_name
+        ctx.uniform = _UNIFORM_UPSTREAM.get()
         return loss
 
     @staticmethod
@@ -137,7 +175,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out_h = out_w = None
         if grad_h is not None:
             out_h = (grad_h.float() * g.unsqueeze(-1)).to(hidden.dtype)
-        if grad_w is not None:
+        if grad_w is not None and ctx.uniform:  # no host sync: the scale is the mean over the valid tokens
+            valid = (labels >= 0).to(g.dtype)
+            scale = (g * valid).sum() / valid.sum().clamp(min=1.0)
+            out_w = (grad_w * scale).to(weight.dtype)
+        elif grad_w is not None:
             valid = labels >= 0
             gv = g[valid]
             if gv.numel() == 0:
@@ -145,14 +187,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elif bool((gv == gv[0]).all()):  # one host sync per step: decides fast vs exact-slow path
                 out_w = (grad_w * gv[0]).to(weight.dtype)
             else:
-                out_w = _weighted_weight_grad(hidden, weight, labels, g, ctx.chunk, ctx.use_compile)
-        return out_h, out_w, None, None, None
+                out_w = _weighted_weight_grad(hidden, weight, labels, g, ctx.chunk, ctx.use_compile, ctx.kernel_name)
+        return out_h, out_w, None, None, None, None
 
 
-def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile) -> torch.Tensor:
+def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile, kernel_name) -> torch.Tensor:
     """Exact weight gradient for an arbitrary per-token upstream gradient: recomputes logits chunk by chunk."""
     w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-    kernel = _ce_kernel(hidden.device, use_compile)
+    kernel = _ce_kernel(hidden.device, use_compile, kernel_name)
     acc: Optional[torch.Tensor] = None
     for lo, hi in _chunks(hidden.shape[0], chunk):
         h = hidden[lo:hi]
@@ -162,7 +204,10 @@ def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile) -> torc
     return acc.to(weight.dtype)
 
 
-def default_chunk_tokens(vocab_size: int, itemsize: int = 2, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+def default_chunk_tokens(vocab_size: int, itemsize: int = 2, chunk_bytes: Optional[int] = None) -> int:
+    """Tokens per chunk: 2 GiB of logits (GEMMA3_CE_CHUNK_BYTES overrides it, for the benchmark's variants)."""
+    if chunk_bytes is None:
+        chunk_bytes = int(os.environ.get("GEMMA3_CE_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
     return max(1, chunk_bytes // (vocab_size * itemsize))
 
 
@@ -175,13 +220,17 @@ def linear_cross_entropy(
     loss_mask: Optional[torch.Tensor] = None,
     chunk_tokens: Optional[int] = None,
     use_compile: Optional[bool] = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Per-token cross-entropy of softmax(hidden @ weight[:vocab_size].T) against labels, in fp32.
 
     hidden [..., D], labels [...] (same leading shape), weight [V_pad, D] (rows past `vocab_size` - vocabulary
     padding - never enter the softmax and get zero gradient). Returns loss with labels' shape; tokens whose label is
-    negative (e.g. -100) or whose `loss_mask` is 0 get loss 0 and no gradient. `use_compile` None = compile on CUDA only.
+    negative (e.g. -100) or whose `loss_mask` is 0 get loss 0 and no gradient. `use_compile` None = compile on CUDA
+    only; `kernel` (one of CE_KERNELS) picks the per-chunk pass where compiling: "auto" = Triton where it imports.
     """
+    if kernel not in CE_KERNELS:
+        raise ValueError(f"linear_cross_entropy: kernel must be one of {CE_KERNELS}, got {kernel!r}")
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
     v = weight.shape[0] if vocab_size is None else vocab_size
@@ -193,7 +242,7 @@ def linear_cross_entropy(
     if not h2.is_contiguous():
         h2 = h2.contiguous()
     chunk = chunk_tokens or default_chunk_tokens(v, hidden.element_size())
-    loss = _LinearCrossEntropy.apply(h2, w, lab, int(chunk), use_compile)
+    loss = _LinearCrossEntropy.apply(h2, w, lab, int(chunk), use_compile, kernel)
     return loss.view(labels.shape)
 
 
