@@ -23,9 +23,9 @@ import gc
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -53,13 +53,26 @@ FAST2 = {**FAST, "grad_accum_fusion": True, "fused_geglu": True}
 #: LoRA's base weights are frozen, so gradient-accumulation fusion has nothing to fuse there (the adapters are
 #: nn.Linear): LoRA's fast2 is the fused GeGLU (+ micro-batches per step in its variant)
 LORA_FAST2 = {**FAST, "fused_geglu": True}
+#: + the hand-written Triton cross-entropy pass (perf/ce_triton.py)
+FAST3 = {**FAST2, "ce_kernel": "triton"}
+LORA_FAST3 = {**LORA_FAST2, "ce_kernel": "triton"}
+#: + the optimizer step without a host sync (perf/optim.py sync_free_step)
+FAST4 = {**FAST3, "sync_free_optimizer": True}
+LORA_FAST4 = {**LORA_FAST3, "sync_free_optimizer": True}
+#: + LoRA's up-projection add as one Triton kernel (perf/lora_triton.py)
+LORA_FAST5 = {**LORA_FAST4, "lora_triton_add": True}
+
+
 def perf_of(spec: dict[str, Any]):
     """The variant's PerfConfig. Levers a variant does not name are OFF, whatever PerfConfig's defaults are now
-    (grad_accum_fusion and fused_geglu became defaults in session 3): a variant's name keeps meaning what it
-    measured."""
+    (grad_accum_fusion and fused_geglu became defaults in session 3; ce_kernel "auto" = Triton and
+    sync_free_optimizer in session 4): a variant's name keeps meaning what it measured."""
     from gemma3_runtime.perf.config import PerfConfig
 
-    return PerfConfig(**{"grad_accum_fusion": False, "fused_geglu": False, **spec["perf"]})
+    if spec["perf"] is None:  # "default-*": what a user gets without setting any perf field (+ `perf_set`)
+        return PerfConfig(**spec.get("perf_set", {}))
+    return PerfConfig(**{"grad_accum_fusion": False, "fused_geglu": False, "ce_kernel": "compile",
+                         "sync_free_optimizer": False, "lora_triton_add": False, **spec["perf"]})
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -107,6 +120,37 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast2-mbs8-ga2": dict(perf=FAST2, mbs=8, nmb=2),
     "lora-fast2-mbs8-ga2": dict(perf=LORA_FAST2, peft="lora", mbs=8, nmb=2),
     "lora-fast2-mbs4-ga8": dict(perf=LORA_FAST2, peft="lora", mbs=4, nmb=8),
+    # session 4: + the Triton cross-entropy pass
+    "fast3-mbs4-ga4": dict(perf=FAST3, mbs=4, nmb=4),
+    "fast3-mbs8-ga2": dict(perf=FAST3, mbs=8, nmb=2),
+    "lora-fast3-mbs4-ga4": dict(perf=LORA_FAST3, peft="lora", mbs=4, nmb=4),
+    "fast4-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4),
+    "fast4-mbs8-ga2": dict(perf=FAST4, mbs=8, nmb=2),
+    "lora-fast4-mbs4-ga4": dict(perf=LORA_FAST4, peft="lora", mbs=4, nmb=4),
+    "lora-fast4-mbs8-ga2": dict(perf=LORA_FAST4, peft="lora", mbs=8, nmb=2),
+    "lora-fast5-mbs4-ga4": dict(perf=LORA_FAST5, peft="lora", mbs=4, nmb=4),
+    "lora-fast5-mbs8-ga2": dict(perf=LORA_FAST5, peft="lora", mbs=8, nmb=2),
+    "lora-fast5-ce2g-mbs8-ga2": dict(perf=LORA_FAST5, peft="lora", mbs=8, nmb=2,
+                                     env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
+    "fast4-ce2g-mbs8-ga2": dict(perf=FAST4, mbs=8, nmb=2, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
+    "fast4-ce4g-mbs8-ga2": dict(perf=FAST4, mbs=8, nmb=2, env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    # the shipped defaults (PerfConfig() as is), at HF's batch and at the best-known ones; + grad-accum fusion (off
+    # by default) / inductor's coordinate-descent tuning of the compiled layers' Triton kernels / micro-batch 16
+    "default-mbs2": dict(perf=None),
+    "default-mbs8-ga2": dict(perf=None, mbs=8, nmb=2),
+    "lora-default-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2),
+    "lora-default-mbs4-ga4": dict(perf=None, peft="lora", mbs=4, nmb=4),
+    "default-gaf-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}),
+    "default-gaf-cdt-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
+                                     inductor={"coordinate_descent_tuning": True}),
+    "lora-default-cdt-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2,
+                                      inductor={"coordinate_descent_tuning": True}),
+    "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
+    "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
+                                      env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    # the chunked CE's shape: 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
+    "fast4-ce2g-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
+    "fast4-ceb8k-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_BLOCK": "8192", "GEMMA3_CE_WARPS": "16"}),
 }
 HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)
     "eager": ("sdpa", None, None, False, False),
@@ -169,12 +213,12 @@ class OurRun:
                  seed: int = 1234, lr: float = 1e-4, weight_decay: float = 0.1, clip_grad: float = 1.0,
                  load_hf: str | None = None) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
         from gemma3_runtime.model.provider import Gemma3ModelProvider
         from gemma3_runtime.perf import apply as perf_apply
         from gemma3_runtime.training.config import OptimizerConfig
         from gemma3_runtime.training.optimizer import build_optimizer
+        from gemma3_runtime.training.step import finalize_grads
 
         self.cfg, self.perf, self.device, self.seq, self.mbs, self.nmb = cfg, perf, device, seq, mbs, nmb
         bf16 = device.type == "cuda"
@@ -204,7 +248,7 @@ class OurRun:
             **perf_apply.ddp_fields(perf, torch.distributed.get_world_size()))
         models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
         for m in models:
-            m.config.finalize_model_grads_func = finalize_model_grads
+            m.config.finalize_model_grads_func = finalize_grads
             m.config.no_sync_func = m.no_sync
         self.compiled = perf_apply.prepare_models(models, perf, device, seq_length=seq)
         opt_cfg = OptimizerConfig(lr=lr, min_lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
@@ -225,15 +269,23 @@ class OurRun:
                         "loss_mask": torch.ones_like(labels, dtype=torch.float)})
         return out
 
-    def step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+    def step(self, batches: list[dict[str, torch.Tensor]]):
+        """Launch one step; returns its PendingStep (training/pending.py): `.resolve()` waits for loss / grad norm,
+        as the loop does one step later."""
+        from torch.profiler import record_function
+
+        from gemma3_runtime.training.pending import PendingStep
         from gemma3_runtime.training.step import run_forward_backward
 
-        for m in self.models:
-            m.zero_grad_buffer()
-        loss_sum, count = run_forward_backward(self.models, iter(batches), self.nmb, self.seq, self.mbs, self.device,
-                                               forward_only=False)
-        norm = self.optimizer.step(self.lr)
-        return loss_sum / max(count, 1.0), norm
+        with record_function("step: zero_grad_buffer"):
+            for m in self.models:
+                m.zero_grad_buffer()
+        with record_function("step: forward_backward"):
+            totals = run_forward_backward(self.models, iter(batches), self.nmb, self.seq, self.mbs, self.device,
+                                          forward_only=False)
+        with record_function("step: optimizer"):
+            norm = self.optimizer.step(self.lr)
+        return PendingStep(0, self.lr, totals, norm)
 
 
 def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) -> dict:
@@ -253,9 +305,18 @@ def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) 
                   and str(e.device_type).endswith("CUDA"))
     text = avgs.table(sort_by=key, row_limit=45, max_name_column_width=70)
     text += "\n" + _copies_by_origin(prof, key)
+    try:  # idle gaps and kernel families from the timeline (bench/gpu_session/trace_summary.py)
+        sys.path.insert(0, str(HERE / "gpu_session"))
+        from trace_summary import summarize
+
+        trace = Path(tempfile.mkdtemp()) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        text = summarize(trace) + "\n" + text
+    except Exception as exc:  # the table above is still worth having
+        text += f"\ntrace summary failed: {exc!r}\n"
     if out_dir is not None:
         (out_dir / f"profile_{name}.txt").write_text(text)
-    print(text[:6000], flush=True)
+    print(text[:9000], flush=True)
     return dict(profile_wall_s=round(wall, 4), profile_device_busy_s=round(busy_us / 1e6, 4))
 
 
@@ -288,6 +349,10 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
     run = None
     saved_env = {k: os.environ.get(k) for k in spec.get("env", {})}
     os.environ.update(spec.get("env", {}))
+    import torch._inductor.config as inductor_config
+
+    inductor_patch = inductor_config.patch(spec.get("inductor", {}))  # compile happens in the warm-up steps
+    inductor_patch.__enter__()
     try:
         from gemma3_runtime.perf.grad_fusion import reset_counters
 
@@ -296,9 +361,9 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
         g = torch.Generator().manual_seed(0)
         data = [run.batches(torch.randint(0, cfg.vocab_size, (nmb * mbs, seq + 1), generator=g)) for _ in range(2)]
         t0 = time.time()
-        first = run.step(data[0])
+        first = run.step(data[0]).resolve()
         for i in range(warmup - 1):
-            run.step(data[(i + 1) % 2])
+            run.step(data[(i + 1) % 2]).resolve()
         warm_s = time.time() - t0
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
@@ -306,8 +371,13 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        for i in range(steps):
-            last = run.step(data[i % 2])
+        previous = None
+        for i in range(steps):  # as training/loop.py: a step's values are read after the next one is launched
+            current = run.step(data[i % 2])
+            if previous is not None:
+                previous.resolve()
+            previous = current
+        last = previous.resolve()
         if device.type == "cuda":
             end.record()
             sync()
@@ -322,7 +392,7 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
                    trainable_params=run.trainable, step_s=round(dt, 4), tok_s=round(tok_s), tflops=round(flops / 1e12, 1),
                    mfu_vs_989=round(flops / (PEAK_TFLOPS * 1e12), 3),
                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
-                   first_loss=round(first[0], 5), first_grad_norm=round(first[1], 5), loss=round(last[0], 5),
+                   first_loss=round(first.loss, 5), first_grad_norm=round(first.grad_norm, 5), loss=round(last.loss, 5),
                    build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
         if peft:
             rec["fuse_lora_add"] = peft_adapter.fuse_lora_add
@@ -340,13 +410,15 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
     except Exception as exc:  # a failing variant is a result too; keep measuring the others
         rec = dict(impl="ours", variant=name, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
     finally:
+        inductor_patch.__exit__(None, None, None)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    if spec.get("env"):
-        rec["env"] = spec["env"]
+    for key in ("env", "inductor", "perf_set"):
+        if spec.get(key):
+            rec[key] = spec[key]
     log_json(rec, sink)
     del run
     torch._dynamo.reset()
@@ -454,7 +526,7 @@ def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, pe
         b = {"input_ids": ids.to(device), "labels": labels.to(device),
              "position_ids": torch.arange(seq, device=device).unsqueeze(0).expand(mbs, seq),
              "loss_mask": (labels >= 0).float().to(device)}
-        ours.append(run.step([b])[0])
+        ours.append(run.step([b]).resolve().loss)
     rel = [abs(a - b) / abs(b) for a, b in zip(ours, hf_losses)]
     rec = dict(impl="parity", variant=perf_name, seq=seq, mbs=mbs, steps=steps, hf_losses=[round(v, 5) for v in hf_losses],
                our_losses=[round(v, 5) for v in ours], max_rel_diff=round(max(rel), 5),

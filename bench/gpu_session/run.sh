@@ -28,7 +28,8 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   profile)  # where a step's device time goes, at the best-known batch (no baseline: these are not results)
     TAIL=4 part profile 300 python3 bench/train_throughput.py --hf none --ours ${PROFILE_VARIANTS:-fast-mbs4-ga4,lora-fast-mbs4} \
       --profile ${PROFILE_VARIANTS:-fast-mbs4-ga4,lora-fast-mbs4} --steps 3 --warmup 2 --json "$OUT/profile.json" ;;
-  kerneltests) TAIL=8 part kerneltests 120 python3 -m pytest tests/unit/test_perf_geglu.py -p no:cacheprovider --tb=short -rA ;;
+  pytest) TAIL=${PYTEST_TAIL:-20} part pytest ${PYTEST_LIMIT:-300} sh -c "python3 -m pytest ${PYTEST_ARGS:?} -p no:cacheprovider --tb=short -rA" ;;
+  kerneltests) TAIL=8 part kerneltests 150 python3 -m pytest tests/unit/test_perf_geglu.py tests/unit/test_perf_linear_ce.py -p no:cacheprovider --tb=short -rA ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
       --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;
