@@ -155,13 +155,6 @@ def test_triton_ce_kernel_matches_the_formula() -> None:
     """The hand-written Triton loss + gradient pass (perf/ce_triton.py) equals the torch formula: fp32 and bf16, a
     ragged last block, an ignored row, the last column as label, the gradient written over the logits. On a GPU
     directly, on CPU through the Triton interpreter in a subprocess (it must be on before triton imports)."""
-    import os
-    import subprocess
-    import sys
+    from triton_helpers import run_triton_check
 
-    pytest.importorskip("triton", reason="needs triton (ships with CUDA builds of torch)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), GEMMA3_CE_BLOCK="1024")
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    done = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+    run_triton_check(_TRITON_CHECK, GEMMA3_CE_BLOCK="1024")

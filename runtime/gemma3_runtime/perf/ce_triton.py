@@ -19,23 +19,12 @@ import os
 
 import torch
 
-try:  # triton is optional: CPU wheels of torch do not ship it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
+from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
 
 
 def _launch_shape() -> tuple[int, int]:
     """(columns per iteration, warps): 4096 x 8 unless GEMMA3_CE_BLOCK / GEMMA3_CE_WARPS say otherwise (bench)."""
     return int(os.environ.get("GEMMA3_CE_BLOCK", "4096")), int(os.environ.get("GEMMA3_CE_WARPS", "8"))
-
-
-def available(like: torch.Tensor) -> bool:
-    """True when the kernel can run on tensors like `like` (CUDA with triton, or the Triton interpreter)."""
-    if triton is None:
-        return False
-    return like.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 if triton is not None:

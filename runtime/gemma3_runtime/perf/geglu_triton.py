@@ -13,25 +13,13 @@ the same kernel runs on CPU tensors (the unit test's way to check the formula wi
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _BLOCK = 1024
-
-try:  # triton is optional: CPU wheels of torch do not ship it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
-
-
-def available(like: torch.Tensor) -> bool:
-    """True when the kernel can run on tensors like `like` (CUDA with triton, or the Triton interpreter)."""
-    if triton is None:
-        return False
-    return like.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 if triton is not None:

@@ -13,24 +13,11 @@ unit test's way to check it without a GPU).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:  # triton is optional: CPU wheels of torch do not ship it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
+from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
 
 _BM, _BN, _WARPS = 128, 128, 8
-
-
-def available(like: torch.Tensor) -> bool:
-    """True when the kernel can run on tensors like `like` (CUDA with triton, or the Triton interpreter)."""
-    if triton is None:
-        return False
-    return like.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 if triton is not None:
