@@ -130,3 +130,18 @@ def test_prepare_data_writes_an_indexed_dataset_megatron_reads(tokenizer, real_2
     assert main(["prepare-data", "--input", str(tmp_path / "missing.jsonl"), "--output-prefix",
                  str(tmp_path / "x"), "--tokenizer", str(real_270m_dir)]) == 2
     assert "--input" in capsys.readouterr().err
+
+
+def test_collate_drops_trivial_segment_ids_on_the_host() -> None:
+    """All-1 segment_ids (one document per row, no padding) never reach the device: the model then runs plain
+    causal attention without a per-micro-batch device test; genuinely packed rows keep theirs."""
+    import torch
+
+    from gemma3_runtime.data.batches import collate
+
+    row = {"input_ids": np.arange(6), "segment_ids": np.ones(6, dtype=np.int64)}
+    plain = collate([row, dict(row)], torch.device("cpu"))
+    assert "segment_ids" not in plain and plain["input_ids"].shape == (2, 6)
+    packed = dict(row, segment_ids=np.array([1, 1, 2, 2, 2, 0]))
+    kept = collate([row, packed], torch.device("cpu"))
+    assert kept["segment_ids"].tolist() == [[1] * 6, [1, 1, 2, 2, 2, 0]]

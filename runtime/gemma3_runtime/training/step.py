@@ -35,9 +35,7 @@ def _masked_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
     batch = next(data_iterator)
-    segment_ids = batch.get("segment_ids")
-    if segment_ids is not None and bool((segment_ids == 1).all()):
-        segment_ids = None  # one document per row and no padding: plain causal attention
+    segment_ids = batch.get("segment_ids")  # absent when every row is one document (data/batches.py collate)
     from gemma3_runtime.perf.linear_ce import uniform_upstream_grad
 
     with uniform_upstream_grad():  # loss_func sums the per-token losses: one upstream value on every loss token
