@@ -145,6 +145,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                      inductor={"coordinate_descent_tuning": True}),
     "lora-default-cdt-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2,
                                       inductor={"coordinate_descent_tuning": True}),
+    "default-gaf-tuned-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
+                                                                          "tune_kernels": True}),
     "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
     "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
                                       env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),

@@ -64,7 +64,8 @@ def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_len
             log.warning("fused GeGLU off: %r", exc)
     if perf.lora_triton_add and device.type == "cuda":
         use_lora_triton_add(models)
-    return compile_model(models, resolve_compile(perf, device))
+    options = {"coordinate_descent_tuning": True} if perf.tune_kernels and device.type == "cuda" else None
+    return compile_model(models, resolve_compile(perf, device), **({"options": options} if options else {}))
 
 
 def use_lora_triton_add(models: list) -> int:

@@ -43,6 +43,9 @@ class PerfConfig:
     #: GeGLU as one opaque op whose backward is one Triton kernel and which keeps its output instead of
     #: recomputing it (perf/geglu.py, perf/geglu_triton.py). CUDA only. +3.8% full-parameter, +3.7% LoRA on an H200.
     fused_geglu: bool = True
+    #: inductor's coordinate-descent tuning of the compiled layers' Triton kernels (block sizes, warps): +1.0%
+    #: full-parameter / +0.6% LoRA on an H200, for ~2.5 minutes more compilation at start-up. Off by default.
+    tune_kernels: bool = False
     #: LoRA's `base + h (sB)^T` as one Triton kernel instead of addmm, which first copies base into its output
     #: (perf/lora_triton.py). CUDA only.
     lora_triton_add: bool = True
@@ -62,4 +65,4 @@ class PerfConfig:
         """Every fast path off: the reference configuration the benchmark compares against."""
         return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, sync_free_optimizer=False,
                    overlap_grad_reduce=False, grad_accum_fusion=False,
-                   fused_geglu=False, lora_triton_add=False)
+                   fused_geglu=False, lora_triton_add=False, tune_kernels=False)
