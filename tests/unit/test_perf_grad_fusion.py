@@ -27,13 +27,16 @@ def fusion(monkeypatch):
     backward allocates its dummy weight gradient on `torch.cuda.current_device()`; on CPU that is redirected."""
     import megatron.core.tensor_parallel.layers as layers
 
+    from gemma3_runtime import platform
     from gemma3_runtime.perf import grad_fusion
 
     for name in ("_grad_accum_fusion_available", "linear_with_grad_accumulation_and_async_allreduce"):
         monkeypatch.setattr(layers, name, getattr(layers, name))
     monkeypatch.setattr(layers, "fused_weight_gradient_mlp_cuda", getattr(layers, "fused_weight_gradient_mlp_cuda",
                                                                           None), raising=False)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    # the runtime's own CPU shims (torch.cuda.current_device -> "cpu"), entered once per process like every CPU run;
+    # a monkeypatch here would be undone under the shims and break the next test's DDP buffers
+    platform.init_distributed(torch.device("cpu"))
     monkeypatch.setitem(grad_fusion._SHIM, "shim", None)
     assert grad_fusion.install(torch.device("cpu"), mode="reference")
     assert grad_fusion.status()["mode"] == "reference"
