@@ -150,7 +150,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
     "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
                                       env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
-    # the chunked CE's shape: 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
+    # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
+    # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
     "fast4-ce2g-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
     "fast4-ceb8k-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_BLOCK": "8192", "GEMMA3_CE_WARPS": "16"}),
 }
