@@ -63,27 +63,11 @@ def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_len
         except Exception as exc:  # a lever that cannot be installed is logged, never fatal
             log.warning("fused GeGLU off: %r", exc)
     if perf.lora_triton_add and device.type == "cuda":
+        from .lora_triton import use_lora_triton_add
+
         use_lora_triton_add(models)
     options = {"coordinate_descent_tuning": True} if perf.tune_kernels and device.type == "cuda" else None
     return compile_model(models, resolve_compile(perf, device), **({"options": options} if options else {}))
-
-
-def use_lora_triton_add(models: list) -> int:
-    """Point every LoRA adapter's fused add at `gemma3::lora_up_add` (when triton imports); returns how many."""
-    from . import lora_triton  # registers the op
-    from gemma3_runtime.peft.adapter import LowRankAdapter
-
-    if lora_triton.triton is None:
-        return 0
-    n = 0
-    for model in models:
-        for module in model.modules():
-            if isinstance(module, LowRankAdapter):
-                module.triton_add = True
-                n += 1
-    if n:
-        log.info("LoRA adds through the Triton op on %d adapters", n)
-    return n
 
 
 def prepare_optimizer(optimizer: Any, perf: PerfConfig, device: torch.device) -> int:

@@ -12,7 +12,7 @@ from typing import Literal
 
 ATTENTION_CHOICES = ("auto", "sdpa", "flex", "eager")
 COMPILE_CHOICES = ("auto", "none", "norms", "mlp", "layers")
-CE_KERNEL_CHOICES = ("auto", "triton", "compile")  # == perf.linear_ce.CE_KERNELS (that module imports torch)
+CE_KERNEL_CHOICES = ("auto", "triton", "compile")  # also linear_cross_entropy's `kernel` argument
 
 
 @dataclass

@@ -29,6 +29,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .config import CE_KERNEL_CHOICES
+
 IGNORE_INDEX = -100
 _UNIFORM_UPSTREAM = contextvars.ContextVar("gemma3_uniform_upstream_grad", default=False)
 
@@ -81,7 +83,7 @@ def _compiled_ce() -> Callable:
     return torch.compile(_ce_loss_and_grad, dynamic=False, fullgraph=True)
 
 
-CE_KERNELS = ("auto", "triton", "compile")
+CE_KERNELS = CE_KERNEL_CHOICES  # the perf.ce_kernel choices (perf/config.py, torch-free)
 
 
 def _ce_kernel(device: torch.device, use_compile: Optional[bool], kernel: str = "auto") -> Callable:

@@ -13,9 +13,13 @@ unit test's way to check it without a GPU).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
+
+log = logging.getLogger("gemma3_runtime.perf")
 
 _BM, _BN, _WARPS = 128, 128, 8
 
@@ -80,3 +84,20 @@ def _backward(ctx, grad):
 
 
 lora_up_add.register_autograd(_backward, setup_context=_setup_context)
+
+
+def use_lora_triton_add(models: list) -> int:
+    """Point every LoRA adapter's fused add at `gemma3::lora_up_add` (when triton imports); returns how many."""
+    from gemma3_runtime.peft.adapter import LowRankAdapter
+
+    if triton is None:
+        return 0
+    n = 0
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, LowRankAdapter):
+                module.triton_add = True
+                n += 1
+    if n:
+        log.info("LoRA adds through the Triton op on %d adapters", n)
+    return n

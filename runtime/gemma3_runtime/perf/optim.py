@@ -146,11 +146,10 @@ def sync_free_step(opt: Any) -> torch.Tensor:
     chained = _chained(opt)
     opt.prepare_grads()  # copies grads into the main params' .grad; no inf check without a loss scaler
     grads = [g for o in chained for g in o.get_main_grads_for_grad_norm()]
-    device = grads[0].device if grads else torch.device("cuda", torch.cuda.current_device())
     if grads:
         squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]).square().sum()
     else:
-        squares = torch.zeros((), dtype=torch.float32, device=device)
+        squares = torch.zeros((), dtype=torch.float32, device=torch.device("cuda", torch.cuda.current_device()))
     group = chained[0].get_grad_stats_parallel_group()
     if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
         torch.distributed.all_reduce(squares, op=torch.distributed.ReduceOp.SUM, group=group)

@@ -27,7 +27,7 @@ class StepValues:
 
 
 class PendingStep:
-    """Device values of one step on their way to the host: `capture` costs no wait, `resolve` waits for them."""
+    """Device values of one step on their way to the host: building it costs no wait, `resolve` waits for them."""
 
     def __init__(self, iteration: int, lr: float, totals: torch.Tensor, grad_norm: Number) -> None:
         self.iteration, self.lr = iteration, lr

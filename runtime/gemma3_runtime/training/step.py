@@ -34,10 +34,10 @@ def _masked_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
-    batch = next(data_iterator)
-    segment_ids = batch.get("segment_ids")  # absent when every row is one document (data/batches.py collate)
     from gemma3_runtime.perf.linear_ce import uniform_upstream_grad
 
+    batch = next(data_iterator)
+    segment_ids = batch.get("segment_ids")  # absent when every row is one document (data/batches.py collate)
     with uniform_upstream_grad():  # loss_func sums the per-token losses: one upstream value on every loss token
         output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
                        labels=_masked_labels(batch), segment_ids=segment_ids)
