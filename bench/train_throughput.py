@@ -66,13 +66,14 @@ LORA_FAST5 = {**LORA_FAST4, "lora_triton_add": True}
 def perf_of(spec: dict[str, Any]):
     """The variant's PerfConfig. Levers a variant does not name are OFF, whatever PerfConfig's defaults are now
     (grad_accum_fusion and fused_geglu became defaults in session 3; ce_kernel "auto" = Triton and
-    sync_free_optimizer in session 4): a variant's name keeps meaning what it measured."""
+    sync_free_optimizer in session 4; batch_first in session 5): a variant's name keeps meaning what it measured."""
     from gemma3_runtime.perf.config import PerfConfig
 
     if spec["perf"] is None:  # "default-*": what a user gets without setting any perf field (+ `perf_set`)
         return PerfConfig(**spec.get("perf_set", {}))
     return PerfConfig(**{"grad_accum_fusion": False, "fused_geglu": False, "ce_kernel": "compile",
-                         "sync_free_optimizer": False, "lora_triton_add": False, **spec["perf"]})
+                         "sync_free_optimizer": False, "lora_triton_add": False, "batch_first": False,
+                         **spec["perf"]})
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -150,6 +151,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
     "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
                                       env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    # session 5: cuBLASLt for every aten GEMM; tuning + 4 GiB CE chunks together; inductor's GEMM autotuning
+    # (Triton templates against cuBLAS) inside the compiled layers
+    "default-gaf-lt-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}, blas="cublaslt"),
+    "default-gaf-tuned-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2,
+                                            perf_set={"grad_accum_fusion": True, "tune_kernels": True},
+                                            env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    "default-gaf-maxat-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
+                                       inductor={"max_autotune_gemm": True,
+                                                 "max_autotune_gemm_backends": "ATEN,TRITON"}),
+    # session 5: the batch-major decoder (now a default) off, to measure it; the best-known full-parameter setting
+    "default-gaf-nobf-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
+                                                                        "batch_first": False}),
+    "default-gaf-tuned-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1,
+                                         perf_set={"grad_accum_fusion": True, "tune_kernels": True},
+                                         env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    "default-gaf-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True},
+                                   env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True},
+                                   env={"GEMMA3_CE_CHUNK_BYTES": str(8 << 30)}),
     # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
     # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
     "fast4-ce2g-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
@@ -356,6 +376,10 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
 
     inductor_patch = inductor_config.patch(spec.get("inductor", {}))  # compile happens in the warm-up steps
     inductor_patch.__enter__()
+    blas_before = None
+    if spec.get("blas") and device.type == "cuda":  # cuBLAS vs cuBLASLt for every aten GEMM of the variant
+        blas_before = torch.backends.cuda.preferred_blas_library()
+        torch.backends.cuda.preferred_blas_library(spec["blas"])
     try:
         from gemma3_runtime.perf.grad_fusion import reset_counters
 
@@ -414,12 +438,14 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
         rec = dict(impl="ours", variant=name, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
     finally:
         inductor_patch.__exit__(None, None, None)
+        if blas_before is not None:
+            torch.backends.cuda.preferred_blas_library(blas_before)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    for key in ("env", "inductor", "perf_set"):
+    for key in ("env", "inductor", "perf_set", "blas"):
         if spec.get(key):
             rec[key] = spec[key]
     log_json(rec, sink)

@@ -33,12 +33,14 @@ def test_apply_fields() -> None:
     perf = PerfConfig()
     assert provider_fields(perf, tp=1) == {"attention_kernel": "auto",
                                            "transformer_overrides": {"gemma3_fused_linear_ce": True,
-                                                                     "gemma3_ce_kernel": "auto"}}
+                                                                     "gemma3_ce_kernel": "auto",
+                                                                     "gemma3_batch_first": True}}
     assert provider_fields(perf, tp=2)["transformer_overrides"]["gemma3_fused_linear_ce"] is False
     assert resolve_compile(perf, torch.device("cpu")) == "none"
     assert resolve_compile(perf, torch.device("cuda")) == "layers"
     assert ddp_fields(PerfConfig(overlap_grad_reduce=True), 1) == {"overlap_grad_reduce": False}
     assert PerfConfig.plain().compile == "none"
     assert PerfConfig.plain().sync_free_optimizer is False
+    assert PerfConfig.plain().batch_first is False
     with pytest.raises(ValueError, match="perf.ce_kernel"):
         PerfConfig(ce_kernel="fast").validate()

@@ -16,12 +16,13 @@ from model_helpers import tiny_config  # noqa: E402
 pytestmark = pytest.mark.unit
 
 
-def _build(kernel: str, fused_ce: bool, vocab: int = 500):
+def _build(kernel: str, fused_ce: bool, vocab: int = 500, batch_first: bool = False):
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
     cfg = tiny_config(vocab=vocab)
     prov = Gemma3ModelProvider.from_config(cfg, device="cpu", attention_kernel=kernel, seed=7,
-                                           transformer_overrides={"gemma3_fused_linear_ce": fused_ce})
+                                           transformer_overrides={"gemma3_fused_linear_ce": fused_ce,
+                                                                  "gemma3_batch_first": batch_first})
     torch.manual_seed(7)
     return prov.provide_distributed_model()[0]
 
@@ -59,6 +60,34 @@ def test_auto_attention_and_fused_ce_equal_the_plain_model() -> None:
         assert _rel(fast(input_ids=ids, position_ids=pos), plain(input_ids=ids, position_ids=pos)) < 1e-5
 
 
+@pytest.mark.parametrize("kernel", ["auto", "sdpa", "eager"])
+def test_batch_first_training_forward_is_the_same_function(kernel: str) -> None:
+    """The batch-major decoder (perf.batch_first) gives the [s, b] model's per-token loss and gradients, on the fast
+    attention path and on the general kernels; with packing (segment_ids) it falls back to [s, b] by itself."""
+    ref = _build(kernel, True)
+    fast = _build(kernel, True, batch_first=True)
+    fast.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 500, (3, 40), generator=g)
+    labels = torch.randint(0, 500, (3, 40), generator=g)
+    labels[1, :7] = -100
+    assert fast._batch_first(ids, None, labels, ctx_needed=False)
+    assert not ref._batch_first(ids, None, labels, ctx_needed=False)
+    assert not fast._batch_first(ids, None, None, ctx_needed=False)  # logits / generation keep [s, b]
+    assert not fast._batch_first(ids, None, labels, ctx_needed=True)  # padding, packing, KV cache
+    loss_r, grads_r = _loss_and_grads(ref, ids, labels)
+    loss_f, grads_f = _loss_and_grads(fast, ids, labels)
+    assert loss_f.shape == loss_r.shape == (3, 40)
+    assert _rel(loss_f, loss_r) < 1e-6
+    assert grads_f.keys() == grads_r.keys()
+    for name in grads_r:
+        assert _rel(grads_f[name], grads_r[name]) < 1e-5, name
+    seg = torch.cat([torch.zeros(3, 20, dtype=torch.long), torch.ones(3, 20, dtype=torch.long)], dim=1)
+    pos = torch.arange(40).expand_as(ids)
+    assert _rel(fast(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg),
+                ref(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg)) < 1e-6
+
+
 def test_layer_compile_is_the_same_function_without_graph_breaks() -> None:
     from torch._dynamo.utils import counters
 
@@ -66,7 +95,7 @@ def test_layer_compile_is_the_same_function_without_graph_breaks() -> None:
 
     torch._dynamo.reset()
     counters.clear()
-    model = _build("auto", True)
+    model = _build("auto", True, batch_first=True)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 500, (2, 24), generator=g)
     loss_ref, grads_ref = _loss_and_grads(model, ids, ids)

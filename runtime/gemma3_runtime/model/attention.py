@@ -45,6 +45,13 @@ class AttentionContext:
     segment_ids: Optional[torch.Tensor] = None  # [b, s] int, packed documents (sq == sk only)
     kv_cache: Optional[KVCache] = None
     masks: dict[Any, Any] = field(default_factory=dict)  # built once per forward, shared by layers of one kind
+    #: the decoder's activations are [b, s, ...] instead of megatron's [s, b, ...] (Gemma3Model's training path)
+    batch_first: bool = False
+
+
+#: the context of a plain batch-major forward (no padding, packing or cache); one shared object, so compiled layers
+#: see the same argument every step
+BATCH_FIRST = AttentionContext(batch_first=True)
 
 
 def allowed_mask(sq: int, sk: int, window: int | None, ctx: AttentionContext | None, device) -> torch.Tensor:
@@ -123,7 +130,8 @@ class Gemma3CoreAttention(MegatronModule):
     """softmax(q k^T * scale + mask) v with Gemma's window/causal semantics; no parameters.
 
     Constructor and forward follow megatron's core-attention protocol (DotProductAttention's arguments), so it plugs
-    into megatron's SelfAttention as `core_attention`. Inputs are [s, b, heads, d]; output [sq, b, heads * d].
+    into megatron's SelfAttention as `core_attention`. Inputs are [s, b, heads, d]; output [sq, b, heads * d]
+    (with a batch-first context: [b, s, heads, d] in, [b, sq, heads * d] out).
     """
 
     def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type: str = "self",
@@ -145,11 +153,19 @@ class Gemma3CoreAttention(MegatronModule):
         ctx = packed_seq_params if isinstance(packed_seq_params, AttentionContext) else None
         if attention_bias is not None:
             raise NotImplementedError("Gemma3CoreAttention: attention_bias is not supported")
-        sq, b, heads, d = query.shape
-        sk = key.shape[0]
-        q = query.permute(1, 2, 0, 3)  # [b, h, sq, d]
-        k = key.permute(1, 2, 0, 3)
-        v = value.permute(1, 2, 0, 3)
+        batch_first = ctx is not None and ctx.batch_first
+        if batch_first:
+            b, sq, heads, d = query.shape
+            sk = key.shape[1]
+            to_bhsd, from_bhsd = (0, 2, 1, 3), (0, 2, 1, 3)
+        else:
+            sq, b, heads, d = query.shape
+            sk = key.shape[0]
+            to_bhsd, from_bhsd = (1, 2, 0, 3), (2, 0, 1, 3)
+        q = query.permute(*to_bhsd)  # [b, h, sq, d]
+        k = key.permute(*to_bhsd)
+        v = value.permute(*to_bhsd)
+        out_shape = (b, sq, heads * d) if batch_first else (sq, b, heads * d)
         dropout = self.dropout_p if self.training else 0.0
         kernel = self.kernel
         if kernel == "auto":
@@ -158,7 +174,7 @@ class Gemma3CoreAttention(MegatronModule):
                 from gemma3_runtime.perf.attention import fast_attention
 
                 out = fast_attention(q, k, v, window=self.window, scale=self.softmax_scale)
-                return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)
+                return out.permute(*from_bhsd).reshape(out_shape)
             kernel = "sdpa"
         cache = ctx.masks if ctx is not None else {}
         key_ = (kernel, sq, sk, self.window)
@@ -186,7 +202,7 @@ class Gemma3CoreAttention(MegatronModule):
                                                      scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
             else:
                 out = self._eager(q, k, v, mask, dropout)
-        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)
+        return out.permute(*from_bhsd).reshape(out_shape)
 
     def _eager(self, q, k, v, mask, dropout):
         """HF's eager path: scores in the activation dtype, softmax in fp32, cast back, then weights @ v."""

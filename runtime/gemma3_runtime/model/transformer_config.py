@@ -22,6 +22,9 @@ class Gemma3TransformerConfig(TransformerConfig):
     gemma3_fused_linear_ce: bool = False
     #: its per-chunk loss + gradient pass (perf.linear_ce.CE_KERNELS): "auto" = the Triton kernel where it runs
     gemma3_ce_kernel: str = "auto"
+    #: the training forward keeps tokens batch-major ([b, s, ...]) through the decoder where it can
+    #: (Gemma3Model._batch_first): no layout copies around the flash kernels
+    gemma3_batch_first: bool = False
 
 
 def build_transformer_config(cfg: Gemma3Config, **overrides) -> Gemma3TransformerConfig:

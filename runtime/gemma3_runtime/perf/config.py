@@ -46,6 +46,10 @@ class PerfConfig:
     #: inductor's coordinate-descent tuning of the compiled layers' Triton kernels (block sizes, warps): +1.0%
     #: full-parameter / +0.6% LoRA on an H200, for ~2.5 minutes more compilation at start-up. Off by default.
     tune_kernels: bool = False
+    #: the training forward keeps activations batch-major ([b, s, D], not megatron's [s, b, D]) when it runs on one
+    #: tensor/pipeline stage without padding, packing or KV cache: no layout copies around the flash kernels
+    #: (Gemma3Model._batch_first).
+    batch_first: bool = True
     #: LoRA's `base + h (sB)^T` as one Triton kernel instead of addmm, which first copies base into its output
     #: (perf/lora_triton.py). CUDA only.
     lora_triton_add: bool = True
@@ -65,4 +69,4 @@ class PerfConfig:
         """Every fast path off: the reference configuration the benchmark compares against."""
         return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, sync_free_optimizer=False,
                    overlap_grad_reduce=False, grad_accum_fusion=False,
-                   fused_geglu=False, lora_triton_add=False, tune_kernels=False)
+                   fused_geglu=False, lora_triton_add=False, tune_kernels=False, batch_first=False)
