@@ -131,10 +131,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora-fast4-mbs8-ga2": dict(perf=LORA_FAST4, peft="lora", mbs=8, nmb=2),
     "lora-fast5-mbs4-ga4": dict(perf=LORA_FAST5, peft="lora", mbs=4, nmb=4),
     "lora-fast5-mbs8-ga2": dict(perf=LORA_FAST5, peft="lora", mbs=8, nmb=2),
-    "lora-fast5-ce2g-mbs8-ga2": dict(perf=LORA_FAST5, peft="lora", mbs=8, nmb=2,
-                                     env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
-    "fast4-ce2g-mbs8-ga2": dict(perf=FAST4, mbs=8, nmb=2, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
-    "fast4-ce4g-mbs8-ga2": dict(perf=FAST4, mbs=8, nmb=2, env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    "lora-fast5-ce2g-mbs8-ga2": dict(perf={**LORA_FAST5, "ce_chunk_mib": 2048}, peft="lora", mbs=8, nmb=2),
+    "fast4-ce2g-mbs8-ga2": dict(perf={**FAST4, "ce_chunk_mib": 2048}, mbs=8, nmb=2),
+    "fast4-ce4g-mbs8-ga2": dict(perf={**FAST4, "ce_chunk_mib": 4096}, mbs=8, nmb=2),
     # the shipped defaults (PerfConfig() as is), at HF's batch and at the best-known ones; + grad-accum fusion (off
     # by default) / inductor's coordinate-descent tuning of the compiled layers' Triton kernels / micro-batch 16
     "default-mbs2": dict(perf=None),
@@ -149,14 +148,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default-gaf-tuned-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
                                                                           "tune_kernels": True}),
     "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
-    "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
-                                      env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+    "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}),
     # session 5: cuBLASLt for every aten GEMM; tuning + 4 GiB CE chunks together; inductor's GEMM autotuning
     # (Triton templates against cuBLAS) inside the compiled layers
     "default-gaf-lt-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}, blas="cublaslt"),
     "default-gaf-tuned-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2,
-                                            perf_set={"grad_accum_fusion": True, "tune_kernels": True},
-                                            env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
+                                            perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}),
     "default-gaf-maxat-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
                                        inductor={"max_autotune_gemm": True,
                                                  "max_autotune_gemm_backends": "ATEN,TRITON"}),
@@ -164,15 +161,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default-gaf-nobf-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
                                                                         "batch_first": False}),
     "default-gaf-tuned-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1,
-                                         perf_set={"grad_accum_fusion": True, "tune_kernels": True},
-                                         env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
-    "default-gaf-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True},
-                                   env={"GEMMA3_CE_CHUNK_BYTES": str(4 << 30)}),
-    "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True},
-                                   env={"GEMMA3_CE_CHUNK_BYTES": str(8 << 30)}),
+                                         perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}),
+    "default-gaf-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}),
+    "default-gaf-tuned-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1,
+                                         perf_set={"grad_accum_fusion": True, "tune_kernels": True,
+                                                   "ce_chunk_mib": 8192}),
+    "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192}),
     # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
     # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
-    "fast4-ce2g-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_CHUNK_BYTES": str(2 << 30)}),
+    "fast4-ce2g-mbs4-ga4": dict(perf={**FAST4, "ce_chunk_mib": 2048}, mbs=4, nmb=4),
     "fast4-ceb8k-mbs4-ga4": dict(perf=FAST4, mbs=4, nmb=4, env={"GEMMA3_CE_BLOCK": "8192", "GEMMA3_CE_WARPS": "16"}),
 }
 HF_PLANS = {  # name -> anchor bench() arguments (attn, seq, mbs, lora, compile)

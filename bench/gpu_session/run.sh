@@ -38,7 +38,7 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_OURS; names in the bench)
     TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
       --ours ${TRAIN_OURS:-default-mbs8-ga2,lora-default-mbs8-ga2} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
-      --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --profile "${TRAIN_PROFILE:-}" ;;
+      --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --profile "${TRAIN_PROFILE:-}" ${TRAIN_EXTRA:-} ;;
   dp2)
     TAIL=12 part dp2 200 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
 esac; done

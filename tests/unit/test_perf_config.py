@@ -34,6 +34,7 @@ def test_apply_fields() -> None:
     assert provider_fields(perf, tp=1) == {"attention_kernel": "auto",
                                            "transformer_overrides": {"gemma3_fused_linear_ce": True,
                                                                      "gemma3_ce_kernel": "auto",
+                                                                     "gemma3_ce_chunk_bytes": 2 << 30,
                                                                      "gemma3_batch_first": True}}
     assert provider_fields(perf, tp=2)["transformer_overrides"]["gemma3_fused_linear_ce"] is False
     assert resolve_compile(perf, torch.device("cpu")) == "none"
@@ -42,5 +43,7 @@ def test_apply_fields() -> None:
     assert PerfConfig.plain().compile == "none"
     assert PerfConfig.plain().sync_free_optimizer is False
     assert PerfConfig.plain().batch_first is False
+    with pytest.raises(ValueError, match="perf.ce_chunk_mib"):
+        PerfConfig(ce_chunk_mib=0).validate()
     with pytest.raises(ValueError, match="perf.ce_kernel"):
         PerfConfig(ce_kernel="fast").validate()

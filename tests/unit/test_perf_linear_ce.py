@@ -125,6 +125,7 @@ def test_frozen_weight_and_all_ignored() -> None:
 
 def test_default_chunk_is_two_gib_of_bf16_logits() -> None:
     assert default_chunk_tokens(262144) == 4096
+    assert default_chunk_tokens(262144, chunk_bytes=8 << 30) == 16384  # perf.ce_chunk_mib=8192
 
 
 _TRITON_CHECK = """

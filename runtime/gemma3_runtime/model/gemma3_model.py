@@ -139,11 +139,11 @@ class Gemma3Model(GPTModel):
             from gemma3_runtime.perf.linear_ce import linear_cross_entropy
 
             # same per-token loss as below without materialising [s, b, V] logits (labels < 0 give loss 0)
+            options = dict(vocab_size=self.hf_vocab_size, kernel=self.config.gemma3_ce_kernel,
+                           chunk_bytes=getattr(self.config, "gemma3_ce_chunk_bytes", 0) or None)
             if batch_first:  # hidden [b, s, D]
-                return linear_cross_entropy(hidden, output_weight, labels, vocab_size=self.hf_vocab_size,
-                                            kernel=self.config.gemma3_ce_kernel)
-            return linear_cross_entropy(hidden, output_weight, labels.t(), vocab_size=self.hf_vocab_size,
-                                        kernel=self.config.gemma3_ce_kernel).t().contiguous()
+                return linear_cross_entropy(hidden, output_weight, labels, **options)
+            return linear_cross_entropy(hidden, output_weight, labels.t(), **options).t().contiguous()
         logits, _ = self.output_layer(hidden, weight=output_weight, runtime_gather_output=False)  # [s, b, V/tp]
         if labels is not None:
             logits = self._mask_padded_vocab(logits.float())

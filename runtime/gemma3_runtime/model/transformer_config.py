@@ -25,6 +25,8 @@ class Gemma3TransformerConfig(TransformerConfig):
     #: the training forward keeps tokens batch-major ([b, s, ...]) through the decoder where it can
     #: (Gemma3Model._batch_first): no layout copies around the flash kernels
     gemma3_batch_first: bool = False
+    #: logits per chunk of the fused loss, in bytes (0 = linear_ce's default, 2 GiB)
+    gemma3_ce_chunk_bytes: int = 0
 
 
 def build_transformer_config(cfg: Gemma3Config, **overrides) -> Gemma3TransformerConfig:

@@ -30,7 +30,8 @@ def provider_fields(perf: PerfConfig, tp: int = 1, device: torch.device | None =
     """
     perf.validate()
     overrides: dict[str, Any] = {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1),
-                                 "gemma3_ce_kernel": perf.ce_kernel, "gemma3_batch_first": bool(perf.batch_first)}
+                                 "gemma3_ce_kernel": perf.ce_kernel, "gemma3_ce_chunk_bytes": perf.ce_chunk_mib << 20,
+                                 "gemma3_batch_first": bool(perf.batch_first)}
     if perf.grad_accum_fusion and device is not None and device.type == "cuda":
         from .grad_fusion import install
 

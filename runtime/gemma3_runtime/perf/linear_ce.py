@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -207,10 +206,8 @@ def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile, kernel_
 
 
 def default_chunk_tokens(vocab_size: int, itemsize: int = 2, chunk_bytes: Optional[int] = None) -> int:
-    """Tokens per chunk: 2 GiB of logits (GEMMA3_CE_CHUNK_BYTES overrides it, for the benchmark's variants)."""
-    if chunk_bytes is None:
-        chunk_bytes = int(os.environ.get("GEMMA3_CE_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
-    return max(1, chunk_bytes // (vocab_size * itemsize))
+    """Tokens per chunk: `chunk_bytes` (default 2 GiB; perf.ce_chunk_mib) of logits."""
+    return max(1, (chunk_bytes or DEFAULT_CHUNK_BYTES) // (vocab_size * itemsize))
 
 
 def linear_cross_entropy(
@@ -221,6 +218,7 @@ def linear_cross_entropy(
     vocab_size: Optional[int] = None,
     loss_mask: Optional[torch.Tensor] = None,
     chunk_tokens: Optional[int] = None,
+    chunk_bytes: Optional[int] = None,
     use_compile: Optional[bool] = None,
     kernel: str = "auto",
 ) -> torch.Tensor:
@@ -230,6 +228,7 @@ def linear_cross_entropy(
     padding - never enter the softmax and get zero gradient). Returns loss with labels' shape; tokens whose label is
     negative (e.g. -100) or whose `loss_mask` is 0 get loss 0 and no gradient. `use_compile` None = compile on CUDA
     only; `kernel` (one of CE_KERNELS) picks the per-chunk pass where compiling: "auto" = Triton where it imports.
+    Chunks hold `chunk_tokens` tokens, else as many as fit `chunk_bytes` of logits (default 2 GiB).
     """
     if kernel not in CE_KERNELS:
         raise ValueError(f"linear_cross_entropy: kernel must be one of {CE_KERNELS}, got {kernel!r}")
@@ -243,7 +242,7 @@ def linear_cross_entropy(
     h2 = hidden.reshape(-1, hidden.shape[-1])
     if not h2.is_contiguous():
         h2 = h2.contiguous()
-    chunk = chunk_tokens or default_chunk_tokens(v, hidden.element_size())
+    chunk = chunk_tokens or default_chunk_tokens(v, hidden.element_size(), chunk_bytes)
     loss = _LinearCrossEntropy.apply(h2, w, lab, int(chunk), use_compile, kernel)
     return loss.view(labels.shape)
 
