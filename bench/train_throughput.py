@@ -166,13 +166,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default-gaf-tuned-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1,
                                          perf_set={"grad_accum_fusion": True, "tune_kernels": True,
                                                    "ce_chunk_mib": 8192}),
-    # the CE kernel with P programs looping over the rows (L2 reuse between its two passes)
-    "default-gaf-ce8g-p132-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True,
-                                                                           "ce_chunk_mib": 8192},
-                                        env={"GEMMA3_CE_PROGRAMS": "132"}),
-    "default-gaf-ce8g-p264-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True,
-                                                                           "ce_chunk_mib": 8192},
-                                        env={"GEMMA3_CE_PROGRAMS": "264"}),
     "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192}),
     # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
     # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps

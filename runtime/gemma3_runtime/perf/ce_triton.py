@@ -22,50 +22,41 @@ import torch
 from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
 
 
-def _launch_shape() -> tuple[int, int, int]:
-    """(columns per iteration, warps, programs): 4096 x 8, one program per row, unless GEMMA3_CE_BLOCK /
-    GEMMA3_CE_WARPS / GEMMA3_CE_PROGRAMS say otherwise (bench). With GEMMA3_CE_PROGRAMS=P, P programs loop over the
-    rows: few enough rows in flight that a row read in pass 1 can still be in L2 when pass 2 reads it again."""
-    return (int(os.environ.get("GEMMA3_CE_BLOCK", "4096")), int(os.environ.get("GEMMA3_CE_WARPS", "8")),
-            int(os.environ.get("GEMMA3_CE_PROGRAMS", "0")))
+def _launch_shape() -> tuple[int, int]:
+    """(columns per iteration, warps): 4096 x 8 unless GEMMA3_CE_BLOCK / GEMMA3_CE_WARPS say otherwise (bench)."""
+    return int(os.environ.get("GEMMA3_CE_BLOCK", "4096")), int(os.environ.get("GEMMA3_CE_WARPS", "8"))
 
 
 if triton is not None:
 
     @triton.jit
-    def _ce_loss_grad_kernel(logits_ptr, labels_ptr, loss_ptr, row_stride, n_rows, vocab: tl.constexpr,
-                             BLOCK: tl.constexpr, ROWS_PER_PROGRAM: tl.constexpr, KEEP: tl.constexpr,
-                             STREAM: tl.constexpr):
+    def _ce_loss_grad_kernel(logits_ptr, labels_ptr, loss_ptr, row_stride, vocab: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        base = logits_ptr + row * row_stride
+        label = tl.load(labels_ptr + row)
+        valid = label >= 0
         offs = tl.arange(0, BLOCK)
-        for i in range(0, ROWS_PER_PROGRAM):
-            row = tl.program_id(0).to(tl.int64) + i * tl.num_programs(0)
-            active = row < n_rows  # the last round of a looping grid may have no row left for this program
-            base = logits_ptr + row * row_stride
-            label = tl.load(labels_ptr + row, mask=active, other=-1)
-            valid = label >= 0
-            # pass 1: running max and sum of exp (rescaled once per block, one exp per element); the row is kept
-            # in L2 for pass 2 where it fits
-            m = tl.max(tl.full([BLOCK], -1e30, tl.float32), axis=0)
-            s = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)
-            for start in range(0, vocab, BLOCK):
-                cols = start + offs
-                x = tl.load(base + cols, mask=(cols < vocab) & active, other=-float("inf"),
-                            eviction_policy=KEEP).to(tl.float32)
-                m_new = tl.maximum(m, tl.max(x, axis=0))
-                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-                m = m_new
-            lse = m + tl.log(s)
-            safe = tl.where(valid, label, 0)
-            target = tl.load(base + safe, mask=active, other=0.0).to(tl.float32)
-            tl.store(loss_ptr + row, tl.where(valid, lse - target, 0.0), mask=active)
-            # pass 2: softmax - onehot, written over the logits (zero for an ignored row)
-            keep = tl.where(valid, 1.0, 0.0)
-            for start in range(0, vocab, BLOCK):
-                cols = start + offs
-                mask = (cols < vocab) & active
-                x = tl.load(base + cols, mask=mask, other=0.0, eviction_policy=STREAM).to(tl.float32)
-                g = (tl.exp(x - lse) - tl.where(cols == safe, 1.0, 0.0)) * keep
-                tl.store(base + cols, g.to(logits_ptr.dtype.element_ty), mask=mask, eviction_policy=STREAM)
+        # pass 1: running max and sum of exp (rescaled once per block, one exp per element)
+        m = tl.max(tl.full([BLOCK], -1e30, tl.float32), axis=0)
+        s = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)
+        for start in range(0, vocab, BLOCK):
+            cols = start + offs
+            x = tl.load(base + cols, mask=cols < vocab, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        safe = tl.where(valid, label, 0)
+        target = tl.load(base + safe).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - target, 0.0))
+        # pass 2: softmax - onehot, written over the logits (zero for an ignored row)
+        keep = tl.where(valid, 1.0, 0.0)
+        for start in range(0, vocab, BLOCK):
+            cols = start + offs
+            mask = cols < vocab
+            x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
+            g = (tl.exp(x - lse) - tl.where(cols == safe, 1.0, 0.0)) * keep
+            tl.store(base + cols, g.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
 def ce_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +67,7 @@ def ce_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     n, vocab = logits.shape
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n:
-        block, warps, programs = _launch_shape()
-        grid = min(n, programs) if programs > 0 else n
-        # L2 hints only for a looping grid (a row read in pass 1 stays for pass 2; pass 2's traffic streams through)
-        keep, stream = ("evict_last", "evict_first") if programs > 0 else ("", "")
-        _ce_loss_grad_kernel[(grid,)](logits, labels.contiguous(), loss, logits.stride(0), n, vocab, BLOCK=block,
-                                      ROWS_PER_PROGRAM=-(-n // grid), KEEP=keep, STREAM=stream, num_warps=warps)
+        block, warps = _launch_shape()
+        _ce_loss_grad_kernel[(n,)](logits, labels.contiguous(), loss, logits.stride(0), vocab, BLOCK=block,
+                                   num_warps=warps)
     return loss, logits
