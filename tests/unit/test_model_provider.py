@@ -97,13 +97,18 @@ def test_loss_is_fp32_per_token_and_never_sees_padded_vocab():
 @pytest.mark.parametrize("recompute", [dict(recompute_granularity="full", recompute_method="uniform",
                                             recompute_num_layers=1),
                                        dict(recompute_granularity="selective")])
-def test_activation_recompute_gives_the_same_gradients(recompute):
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_activation_recompute_gives_the_same_gradients(recompute, batch_first):
+    """Also through the training fast path (fused loss + batch-major decoder), whose attention context and
+    transposed RoPE angles must survive megatron's checkpointing."""
     cfg = tiny_config()
+    fast = {"transformer_overrides": {"gemma3_fused_linear_ce": True, "gemma3_batch_first": True}} if batch_first else {}
     torch.manual_seed(0)
-    plain = build_model(cfg).train()
-    again = build_model(cfg, **recompute).train()
+    plain = build_model(cfg, **fast).train()
+    again = build_model(cfg, **recompute, **fast).train()
     again.load_state_dict(plain.state_dict())
     ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
+    assert again._batch_first(ids, None, ids, ctx_needed=False) is batch_first
     for model in (plain, again):
         model(input_ids=ids, labels=torch.roll(ids, -1, 1)).mean().backward()
     for (name, p), q in zip(plain.named_parameters(), again.parameters()):
