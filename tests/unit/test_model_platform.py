@@ -38,3 +38,31 @@ def test_init_distributed_is_idempotent_and_refuses_a_different_layout():
     assert platform.init_distributed("cpu", tp=1, pp=1).world_size == 1
     with pytest.raises(platform.DeviceError, match="tp=2 x pp=1 do not divide the world size 1"):
         platform.init_distributed("cpu", tp=2, pp=1)
+
+
+_ENTRY_CHECK = """
+import sys
+import torch.distributed as dist
+from megatron.core import parallel_state
+from gemma3_runtime.cli.main import entry
+code = entry(sys.argv[1:])
+assert code == 0, code
+assert not dist.is_initialized(), "process group left for interpreter shutdown"
+assert not parallel_state.model_parallel_is_initialized()
+print("released")
+"""
+
+
+def test_process_entry_releases_the_process_group(tmp_path):
+    """`gemma3-runtime` / `python -m gemma3_runtime.cli.main` destroy the parallel state and process group they
+    created before the interpreter exits (left to shutdown, a gloo rank aborted after a finished run)."""
+    import subprocess
+    import sys
+
+    from train_helpers import run_cli_args, runtime_env
+
+    argv = run_cli_args(tmp_path / "run", 1, ["checkpoint.save_at_end=false"])
+    argv = argv[argv.index("-m") + 2:]  # the subcommand and its arguments
+    done = subprocess.run([sys.executable, "-c", _ENTRY_CHECK, *argv], env=runtime_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "released" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Entry point of `gemma3-runtime` (also `python -m gemma3_runtime.cli.main`, which is what torchrun starts).
+"""Entry point of `gemma3-runtime` (also `python -m gemma3_runtime.cli.main`, which is what torchrun starts): `entry`.
 
 Subcommand modules only declare arguments at import time (heavy imports happen inside their `main`), so
 `--help` stays fast. A `UserInputError` anywhere becomes one line on stderr and exit code 2.
@@ -32,6 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def release_distributed() -> None:
+    """Destroy the megatron parallel state and the process group the command created, before the interpreter exits.
+
+    WHY: left to interpreter shutdown, the process group's threads are torn down in no defined order; a torchrun
+    rank on CPU (gloo) has aborted after a finished run with "terminate called without an active exception", and
+    torch warns that destroy_process_group() was not called. Only when the runtime's platform module was used.
+    """
+    platform = sys.modules.get("gemma3_runtime.platform")
+    if platform is not None and platform.current() is not None:
+        platform.teardown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from gemma3_runtime.errors import UserInputError
 
@@ -45,5 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INVALID_INPUT_EXIT_CODE
 
 
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The process entry (console script, `python -m`, torchrun): `main`, then the distributed state released.
+    In-process callers (tests) use `main` and keep their process group."""
+    code = main(argv)
+    release_distributed()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
