@@ -85,11 +85,11 @@ class Gemma3Model(GPTModel):
         by the batch-first context, and the fused loss takes [b, s] directly.
         """
         cfg = self.config
-        return bool(getattr(cfg, "gemma3_batch_first", False) and labels is not None and not ctx_needed
+        return bool(cfg.gemma3_batch_first and labels is not None and not ctx_needed
                     and cfg.gemma3_fused_linear_ce and self.pg_collection.tp.size() == 1
                     and self.pre_process and self.post_process and decoder_input is None and input_ids is not None
                     and not cfg.sequence_parallel and not cfg.attention_dropout and not cfg.hidden_dropout
-                    and getattr(cfg, "mlp_chunks_for_prefill", 1) == 1)
+                    and cfg.mlp_chunks_for_prefill == 1)
 
     def _vocab_range(self) -> tuple[int, int]:
         per_rank = self.output_layer.output_size_per_partition
@@ -140,7 +140,7 @@ class Gemma3Model(GPTModel):
 
             # same per-token loss as below without materialising [s, b, V] logits (labels < 0 give loss 0)
             options = dict(vocab_size=self.hf_vocab_size, kernel=self.config.gemma3_ce_kernel,
-                           chunk_bytes=getattr(self.config, "gemma3_ce_chunk_bytes", 0) or None)
+                           chunk_bytes=self.config.gemma3_ce_chunk_bytes or None)
             if batch_first:  # hidden [b, s, D]
                 return linear_cross_entropy(hidden, output_weight, labels, **options)
             return linear_cross_entropy(hidden, output_weight, labels.t(), **options).t().contiguous()
