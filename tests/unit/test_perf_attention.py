@@ -37,3 +37,46 @@ def test_block_mask_is_cached() -> None:
     a = sliding_block_mask(256, 64, torch.device("cpu"))
     assert sliding_block_mask(256, 64, torch.device("cpu")) is a
     assert sliding_block_mask(256, None, torch.device("cpu")) is not a
+
+
+def test_cudnn_kernel_off_the_gpu_says_why() -> None:
+    from gemma3_runtime.perf import attention
+
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(RuntimeError, match="'cudnn' is not available: load_cudnn_attention"):
+        fast_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25, kernel="cudnn")
+    # a CPU model never loads cuDNN, and asking does not stop a later CUDA model from probing it
+    assert attention.load_cudnn_attention(torch.device("cpu"), 16, 4) == "not a CUDA device"
+    assert attention._CUDNN_STATUS is None
+
+
+def test_cudnn_switch_off_is_remembered_without_touching_cuda(monkeypatch) -> None:
+    from gemma3_runtime.perf import attention
+
+    monkeypatch.setattr(attention, "_CUDNN_STATUS", None)
+    monkeypatch.setenv("GEMMA3_CUDNN_ATTENTION", "0")
+    assert attention.load_cudnn_attention(torch.device("cuda"), 256, 512) == "GEMMA3_CUDNN_ATTENTION=0"
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(RuntimeError, match="GEMMA3_CUDNN_ATTENTION=0"):
+        fast_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25, kernel="cudnn")
+    # "auto" is unaffected: it takes cuDNN only where it is loaded and the tensors are CUDA half precision
+    ref = reference_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25)
+    assert torch.allclose(fast_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25, kernel="auto"), ref, atol=1e-5)
+
+
+def test_cpu_models_do_not_prepare_cudnn() -> None:
+    from gemma3_runtime.model import Gemma3ModelProvider
+    from gemma3_runtime.perf.attention import prepare_cudnn_attention
+    from model_helpers import tiny_config
+
+    model = Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel="auto").finalize() \
+        .provide_distributed_model()[0]
+    assert prepare_cudnn_attention([model], torch.device("cpu")) is None
+
+
+def test_unknown_fast_kernel_is_named(monkeypatch) -> None:
+    from gemma3_runtime.perf.attention import default_kernel
+
+    monkeypatch.setenv("GEMMA3_FAST_ATTENTION", "cudnn2")
+    with pytest.raises(ValueError, match="GEMMA3_FAST_ATTENTION='cudnn2', expected one of"):
+        default_kernel()

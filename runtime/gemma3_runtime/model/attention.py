@@ -27,9 +27,9 @@ from .kv_cache import KVCache
 from .rope import GLOBAL, LOCAL, apply_rotary
 
 KERNELS = ("sdpa", "flex", "eager", "auto")
-# "auto": gemma3_runtime.perf.attention's fast path (SDPA is_causal for global layers, FlashAttention-2's native
-# sliding window for local ones) whenever the mask is plain causal/window (no padding, segments, KV cache); "sdpa"
-# otherwise.
+# "auto": gemma3_runtime.perf.attention's fast path (cuDNN's fused kernels where loaded, else SDPA is_causal for
+# global layers and FlashAttention-2's native sliding window for local ones) whenever the mask is plain
+# causal/window (no padding, segments, KV cache); "sdpa" otherwise.
 
 
 @dataclass

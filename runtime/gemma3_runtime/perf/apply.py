@@ -51,11 +51,15 @@ def ddp_fields(perf: PerfConfig, data_parallel_size: int) -> dict[str, Any]:
 def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_length: int | None = None) -> list[str]:
     """Build the attention masks for `seq_length` and compile the chosen submodules in place (after PEFT and DDP
     wrapping, before the first step). Returns the compiled module names."""
-    from .attention import prebuild_masks
+    from .attention import prebuild_masks, prepare_cudnn_attention
     from .compile import compile_model
 
     if seq_length:
         prebuild_masks(models, seq_length, device)
+    cudnn_status = prepare_cudnn_attention(models, device)
+    if cudnn_status is not None:
+        log.info("core attention: %s", "cuDNN fused kernels (sliding window and causal)" if not cudnn_status
+                 else f"FlashAttention-2 / SDPA (cuDNN attention off: {cudnn_status})")
     if perf.fused_geglu and device.type == "cuda":
         from .geglu import use_fused_geglu
 

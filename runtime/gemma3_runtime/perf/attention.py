@@ -13,6 +13,7 @@ Semantics are the model's: query i sees key j iff i - W < j <= i on sliding laye
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Callable, Optional
 
@@ -24,10 +25,18 @@ import torch.nn.functional as F
 #: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
 #: "flex": SDPA is_causal for global layers, flex attention with a cached sliding-window block mask for sliding ones
 #: (flex for the global layers too was measured slower than flash by ~26 ms per 8k-token step on an H200).
-#: "auto": "flash" where it applies (CUDA, bf16/fp16, head_dim <= 256), else "sdpa" (CPU, fp32).
-FAST_KERNELS = ("auto", "flash", "flex", "sdpa")
+#: "cudnn": cuDNN's fused attention through the cuDNN frontend's torch op (`torch.ops.cudnn.sdpa_fwd`, package
+#: nvidia-cudnn-frontend) for BOTH kinds of layer: its own diagonal band for sliding ones, causal for global ones,
+#: GQA native (no kv expansion). Only after `load_cudnn_attention` has run its probe (see there).
+#: "cudnn-sliding" / "cudnn-global": cuDNN for that kind of layer only, "flash" for the other (benchmarks).
+#: "auto": "cudnn" where it is loaded and applies, else "flash" where that applies (CUDA, bf16/fp16, head_dim
+#: <= 256), else "sdpa" (CPU, fp32).
+FAST_KERNELS = ("auto", "cudnn", "cudnn-sliding", "cudnn-global", "flash", "flex", "sdpa")
 
 _BLOCK_MASKS: dict[tuple, object] = {}
+#: why cuDNN attention is off ("" = loaded and probed); None = not tried yet. A module global, not a call, so that a
+#: compiled layer reads it as a constant instead of tracing an import.
+_CUDNN_STATUS: Optional[str] = None
 _WINDOW_MASKS: dict[tuple, torch.Tensor] = {}
 
 
@@ -109,6 +118,65 @@ def flash_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return out.transpose(1, 2)
 
 
+def cudnn_attention_ready(q: torch.Tensor) -> bool:
+    return _CUDNN_STATUS == "" and flash_window_supported(q)
+
+
+def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],
+                    scale: float) -> torch.Tensor:
+    """Causal (window None) or sliding-window causal attention on cuDNN's fused kernels, GQA native.
+
+    WHY: at head_dim 256 FlashAttention-2 (aten's flash kernel) runs at about 200 TFLOP/s on Hopper, cuDNN's kernel
+    about 1.5x that; torch's cuDNN SDPA backend has no window argument, the cuDNN frontend's op does
+    (`window_left` = W keys including the query's own, the model's semantics). Layout: [b, h, s, d] views with any
+    strides (the batch-major decoder's transposed views go in without a copy); the output adopts q's layout.
+    """
+    out, _ = torch.ops.cudnn.sdpa_fwd(q, k, v, scale, is_causal=True, window_left=-1 if window is None else window,
+                                      return_lse=True)
+    return out
+
+
+def load_cudnn_attention(device: torch.device, head_dim: int, window: Optional[int]) -> str:
+    """Import the cuDNN frontend's torch op and prove it on this device once: a small bf16 forward + backward at the
+    model's head_dim, global and sliding, against the fp32 reference. Returns "" when cuDNN attention is on, else
+    why it is off (missing package, old cuDNN, no kernel for this head_dim or GPU, wrong numbers); never raises,
+    since "auto" then simply stays on FlashAttention-2."""
+    global _CUDNN_STATUS
+    if device.type != "cuda":
+        return "not a CUDA device"  # not remembered: a later CUDA model still gets its probe
+    if _CUDNN_STATUS is not None:
+        return _CUDNN_STATUS
+    if os.environ.get("GEMMA3_CUDNN_ATTENTION", "1") == "0":
+        _CUDNN_STATUS = "GEMMA3_CUDNN_ATTENTION=0"
+    else:
+        try:
+            importlib.import_module("cudnn.sdpa.fwd.torch_op")  # registers torch.ops.cudnn.sdpa_fwd / sdpa_bwd
+            _CUDNN_STATUS = _probe_cudnn(device, head_dim, window)
+        except Exception as exc:  # ImportError, cudnnGraphNotSupportedError, a CUDA error from the backend
+            _CUDNN_STATUS = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return _CUDNN_STATUS
+
+
+def _probe_cudnn(device: torch.device, head_dim: int, window: Optional[int]) -> str:
+    s, w = 256, min(window or 64, 64)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, s, head_dim, device=device, generator=gen, dtype=torch.bfloat16)
+                   for heads in (2, 1, 1, 2))
+    for band in (None, w):
+        xs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = cudnn_attention(*xs, window=band, scale=head_dim ** -0.5)
+        out.backward(do)
+        ref_xs = [t.float().requires_grad_(True) for t in (q, k, v)]
+        ref = reference_attention(*ref_xs, window=band, scale=head_dim ** -0.5)
+        ref.backward(do.float())
+        for name, got, want in zip(("out", "dq", "dk", "dv"), [out] + [x.grad for x in xs],
+                                   [ref] + [x.grad for x in ref_xs]):
+            err = float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
+            if not err < 2e-2:
+                return f"probe: {name} of the {'window ' + str(band) if band else 'causal'} case is off by {err:.3g}"
+    return ""
+
+
 def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GQA by expansion: [b, g, s, d] -> [b, h, s, d] (cheap: kv is small), so every SDPA backend accepts it."""
     groups = q.shape[1] // k.shape[1]
@@ -132,7 +200,15 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
     if kernel == "auto":
         # flex has no CPU backward (and no fused CPU kernel): on CPU "auto" is "sdpa"
         # (fp32 on CUDA: no flash; flex at head_dim 256 in fp32 may exceed shared memory, so the masked SDPA)
-        kernel = "flash" if flash_window_supported(q) else "sdpa"
+        kernel = "cudnn" if cudnn_attention_ready(q) else "flash" if flash_window_supported(q) else "sdpa"
+    elif kernel in ("cudnn-sliding", "cudnn-global"):
+        kernel = "cudnn" if (window is not None) == (kernel == "cudnn-sliding") else "flash"
+    if kernel == "cudnn":
+        if not cudnn_attention_ready(q):
+            why = ("load_cudnn_attention() has not run" if _CUDNN_STATUS is None else _CUDNN_STATUS
+                   or "it needs CUDA bf16/fp16 tensors with head_dim <= 256, a multiple of 8")
+            raise RuntimeError(f"fast attention kernel 'cudnn' is not available: {why}")
+        return cudnn_attention(q, k, v, window=window, scale=scale)
     if kernel == "flash" and window is not None and flash_window_supported(q):
         return flash_window_attention(q, k, v, window=window, scale=scale)
     if kernel == "flex" and window is not None:
@@ -141,6 +217,19 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
     if window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(s, window, q.device), scale=scale)
+
+
+def prepare_cudnn_attention(models, device: torch.device) -> Optional[str]:
+    """Load and probe cuDNN attention when the models' "auto" core attentions could use it (CUDA, half-precision
+    parameters, the "auto" fast kernel). Returns `load_cudnn_attention`'s verdict, or None when it does not apply."""
+    if device.type != "cuda" or not (default_kernel() == "auto" or default_kernel().startswith("cudnn")):
+        return None
+    cores = [m for model in (models if isinstance(models, (list, tuple)) else [models]) for m in model.modules()
+             if getattr(m, "kernel", None) == "auto" and hasattr(m, "window")]
+    if not cores or cores[0].config.params_dtype not in (torch.bfloat16, torch.float16):
+        return None
+    windows = [m.window for m in cores if m.window is not None]
+    return load_cudnn_attention(device, cores[0].config.kv_channels, min(windows) if windows else None)
 
 
 def prebuild_masks(models, seq_length: int, device: torch.device) -> int:

@@ -17,8 +17,10 @@ CE_KERNEL_CHOICES = ("auto", "triton", "compile")  # also linear_cross_entropy's
 
 @dataclass
 class PerfConfig:
-    #: core-attention kernel (model/attention.py KERNELS): "auto" = flash for global layers + flex with a cached
-    #: sliding-window block mask for local ones whenever there is no padding / packing / KV cache.
+    #: core-attention kernel (model/attention.py KERNELS): "auto" = whenever there is no padding / packing / KV cache,
+    #: cuDNN's fused attention for both kinds of layer where the nvidia-cudnn-frontend package (the `cuda` extra) is
+    #: installed and passes its start-up probe, else FlashAttention-2's own window for sliding layers and SDPA
+    #: causal for global ones (perf/attention.py); the model's masked kernels otherwise.
     attention: Literal["auto", "sdpa", "flex", "eager"] = "auto"
     #: chunked linear + cross-entropy for the training loss (TP == 1): no [tokens, 262k] fp32 logits.
     fused_linear_ce: bool = True
