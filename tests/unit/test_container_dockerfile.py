@@ -64,7 +64,8 @@ def test_every_pip_install_uses_the_repo_constraints_file() -> None:
         assert "constraints.txt" in constraint_files, f"pip install {' '.join(args)} does not use -c constraints.txt"
         loose = [arg for arg in args if re.match(r"^[A-Za-z0-9_.-]+(==|>=|<=|~=)", arg)]
         assert not loose, f"versions pinned in the Dockerfile instead of constraints.txt: {loose}"
-    assert any(".[runtime]" in args for args in installs), "the project (with its runtime extra) is not installed"
+    assert any(".[runtime,cuda]" in args for args in installs), \
+        "the project (with its runtime and cuda extras) is not installed"
 
 
 def test_torch_comes_from_the_base_image_and_nothing_else_is_unpinned() -> None:
@@ -72,7 +73,8 @@ def test_torch_comes_from_the_base_image_and_nothing_else_is_unpinned() -> None:
     assert "torch" not in pins, "constraints.txt pins torch; the image must keep the base image's CUDA build"
     assert "megatron-core" in pins
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["runtime"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + extras["runtime"] + extras["cuda"]
     names = {_normalize(re.match(r"[A-Za-z0-9_.-]+", req).group(0)) for req in requirements}
     unpinned = sorted(names - set(pins) - {"torch"})
     assert not unpinned, f"runtime dependencies missing from constraints.txt: {unpinned}"
