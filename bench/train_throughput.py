@@ -167,6 +167,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                          perf_set={"grad_accum_fusion": True, "tune_kernels": True,
                                                    "ce_chunk_mib": 8192}),
     "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192}),
+    # session 6: cuDNN's fused attention (sliding window + causal, perf/attention.py) became "auto"'s first choice
+    # where the cuDNN frontend is installed; these pin the FlashAttention-2 window path it replaced
+    "default-flash-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "flash"}),
+    "lora-default-flash-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "flash"}),
+    "default-cudnnsliding-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "cudnn-sliding"}),
+    "default-cudnnglobal-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "cudnn-global"}),
+    "default-gaf-ce8g-flash-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True,
+                                                                           "ce_chunk_mib": 8192},
+                                         env={"GEMMA3_FAST_ATTENTION": "flash"}),
     # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
     # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
     "fast4-ce2g-mbs4-ga4": dict(perf={**FAST4, "ce_chunk_mib": 2048}, mbs=4, nmb=4),
@@ -426,6 +435,9 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
                                                             False)), **gaf_status())
         from torch._dynamo.utils import counters
 
+        from gemma3_runtime.perf import attention as fast_attn
+
+        rec["fast_attention"] = dict(kernel=fast_attn.default_kernel(), cudnn=fast_attn._CUDNN_STATUS)
         rec["graph_breaks"] = sum(counters["graph_break"].values())
         rec["unique_graphs"] = counters["stats"].get("unique_graphs", 0)
         counters.clear()
@@ -467,16 +479,19 @@ def measure_hf(anchor, name: str, seq: int, mbs: int, sink: list) -> dict | None
 
 
 # ---- attention kernels alone: correctness vs fp32 and fwd+bwd time --------------------------------------------------
-def attention_bench(sink: list, s: int = 4096, b: int = 2, h: int = 4, g: int = 1, d: int = 256) -> None:
-    """Each fast-path kernel on the 1B's attention shape (bf16), sliding (W=512) and global: relative error of the
-    output and of dq/dk/dv against an fp32 reference, and the median fwd+bwd time of 10 runs."""
-    from gemma3_runtime.perf.attention import fast_attention, reference_attention
+def attention_bench(sink: list, s: int = 4096, b: int = 8, h: int = 4, g: int = 1, d: int = 256) -> None:
+    """Each fast-path kernel on the 1B's attention shape at micro-batch 8 (bf16, the batch-major decoder's layout:
+    [b, h, s, d] views of [b, s, h, d] memory), sliding (W=512) and global: relative error of the output and of
+    dq/dk/dv against an fp32 reference, and the median fwd+bwd time of 10 runs."""
+    from gemma3_runtime.perf.attention import fast_attention, load_cudnn_attention, reference_attention
 
+    log_json(dict(impl="attn", cudnn_status=load_cudnn_attention(torch.device("cuda"), d, 512) or "loaded"), sink)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, h, s, d, device="cuda", generator=gen).to(torch.bfloat16)
-    k = torch.randn(b, g, s, d, device="cuda", generator=gen).to(torch.bfloat16)
-    v = torch.randn(b, g, s, d, device="cuda", generator=gen).to(torch.bfloat16)
-    do = torch.randn(b, h, s, d, device="cuda", generator=gen).to(torch.bfloat16)
+
+    def bshd(heads: int) -> torch.Tensor:
+        return torch.randn(b, s, heads, d, device="cuda", generator=gen).to(torch.bfloat16).transpose(1, 2)
+
+    q, k, v, do = bshd(h), bshd(g), bshd(g), bshd(h)
     scale = 256 ** -0.5
 
     def grads(fn, *inputs):
@@ -488,9 +503,9 @@ def attention_bench(sink: list, s: int = 4096, b: int = 2, h: int = 4, g: int = 
     for window in (512, None):
         ref = grads(lambda a, b_, c: reference_attention(a.float(), b_.float(), c.float(), window=window,
                                                          scale=scale), q, k, v)
-        for kernel in ("flash", "flex", "sdpa"):
-            if kernel == "flash" and window is None:
-                continue  # global layers use SDPA is_causal in both "flash" and "sdpa"
+        for kernel in ("cudnn", "flash", "flex", "sdpa"):
+            if kernel in ("flash", "flex") and window is None:
+                continue  # global layers use SDPA is_causal in "flash", "flex" and "sdpa"
             try:
                 fn = lambda a, b_, c: fast_attention(a, b_, c, window=window, scale=scale, kernel=kernel)  # noqa: E731
                 got = grads(fn, q, k, v)
@@ -509,7 +524,8 @@ def attention_bench(sink: list, s: int = 4096, b: int = 2, h: int = 4, g: int = 
             except Exception as exc:
                 rec = dict(impl="attn", kernel=kernel, window=window, error=repr(exc)[:300])
             log_json(rec, sink)
-    free_memory()
+        del ref
+        free_memory()
 
 
 # ---- parity: same initial weights, same batches, 20 steps -----------------------------------------------------------

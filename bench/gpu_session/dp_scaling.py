@@ -1,6 +1,9 @@
 """DP weak scaling of the real training loop (issue 8): `gemma3-runtime run` for the 1B architecture (mock data,
-seq 4096, micro-batch 2 per GPU, one micro-batch per GPU per step) on 1 GPU and under torchrun on 2 GPUs; tokens/s
-is read from the loop's own metric lines (the window after the warm-up/compile steps)."""
+seq 4096, the same micro-batch per GPU, one micro-batch per GPU per step) on 1 GPU and under torchrun on 2 GPUs;
+tokens/s is read from the loop's own metric lines (the window after the warm-up/compile steps).
+
+Each `--run DP,MBS[,perf.key=value...]` is one run (default: DP 1 and DP 2 at micro-batch 2, overlap on for DP 2);
+a DP>1 run's scaling is against the DP=1 run at the same micro-batch."""
 
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def run(dp: int, iters: int, overlap: bool) -> dict:
+def run(dp: int, iters: int, mbs: int, overrides: list[str]) -> dict:
     args = ["--recipe", "gemma3_1b_pretrain", "--device", "cuda", f"train.train_iters={iters}",
-            f"train.global_batch_size={2 * dp}", "train.micro_batch_size=2", "data.seq_length=4096",
+            f"train.global_batch_size={mbs * dp}", f"train.micro_batch_size={mbs}", "data.seq_length=4096",
             f"logging.log_interval={iters // 2}", f"checkpoint.save=/tmp/dp{dp}-{int(time.time())}",
-            "checkpoint.save_at_end=false", f"perf.overlap_grad_reduce={str(overlap).lower()}"]
+            "checkpoint.save_at_end=false", *overrides]
     if dp == 1:
         cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", "run", *args]
     else:
@@ -35,7 +38,7 @@ def run(dp: int, iters: int, overlap: bool) -> dict:
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     rates = [(int(m.group(1)), float(m.group(2))) for m in LINE.finditer(proc.stdout)]
-    result = dict(dp=dp, overlap_grad_reduce=overlap, rc=proc.returncode, wall_s=round(time.time() - t0, 1),
+    result = dict(dp=dp, mbs=mbs, overrides=overrides, rc=proc.returncode, wall_s=round(time.time() - t0, 1),
                   windows=rates, tokens_per_s=rates[-1][1] if rates else None)
     if proc.returncode != 0 or not rates:
         result["tail"] = (proc.stdout[-2000:] + proc.stderr[-3000:])
@@ -47,13 +50,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--run", action="append", default=None, metavar="DP,MBS[,perf.key=value...]")
     args = parser.parse_args()
-    rows = [run(1, args.iters, False), run(2, args.iters, True)]
-    one = rows[0]["tokens_per_s"]
-    for row in rows[1:]:
-        if one and row["tokens_per_s"]:
+    specs = args.run or ["1,2", "2,2,perf.overlap_grad_reduce=true"]
+    rows = []
+    for spec in specs:
+        dp, mbs, *overrides = spec.split(",")
+        rows.append(run(int(dp), args.iters, int(mbs), overrides))
+    for row in rows:
+        one = next((r["tokens_per_s"] for r in rows if r["dp"] == 1 and r["mbs"] == row["mbs"]), None)
+        if row["dp"] > 1 and one and row["tokens_per_s"]:
             row["scaling_vs_1gpu"] = round(row["tokens_per_s"] / one, 3)
-    print("\n".join(f"DP={r['dp']} overlap={r['overlap_grad_reduce']}: {r['tokens_per_s']} tokens/s "
+    print("\n".join(f"DP={r['dp']} mbs={r['mbs']} {' '.join(r['overrides'])}: {r['tokens_per_s']} tokens/s "
                     f"(x{r.get('scaling_vs_1gpu', 1.0)})" for r in rows))
     if args.json:
         with open(args.json, "w") as fh:

@@ -40,6 +40,6 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
       --ours ${TRAIN_OURS:-default-mbs8-ga2,lora-default-mbs8-ga2} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
       --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --profile "${TRAIN_PROFILE:-}" ${TRAIN_EXTRA:-} ;;
   dp2)
-    TAIL=12 part dp2 200 python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ;;
+    TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done
 cat "$OUT/summary.txt"
