@@ -2,10 +2,10 @@
 
 WHY: the general kernels in model/attention.py pass a boolean [sq, sk] mask to SDPA, which rules out the flash
 kernels (SDPA falls back to the memory-efficient or math kernel), and build a flex block mask per layer per forward.
-In the common case the mask is a pure function of (s, window), so:
-- global (causal) layers use SDPA with `is_causal=True`: the flash / cuDNN kernels, no mask tensor at all;
-- sliding layers use flex attention with a sliding-window block mask built ONCE per (s, window, device) and cached
-  for the life of the process, so only the ~2 * W / s of blocks inside the window are computed.
+In the common case the mask is a pure function of (s, window), so no mask tensor is needed at all: kernels with
+their own causal / diagonal-band masking compute only the blocks inside the window ("auto": cuDNN's fused kernels
+where the cuDNN frontend is installed, else FlashAttention-2's window for sliding layers and SDPA `is_causal` for
+global ones; see FAST_KERNELS for the alternatives the benchmarks compare).
 Anything else (padding, segments, KV cache, sq != sk, dropout) stays on the model's general path.
 Semantics are the model's: query i sees key j iff i - W < j <= i on sliding layers, j <= i on global ones.
 """
@@ -126,8 +126,10 @@ def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
                     scale: float) -> torch.Tensor:
     """Causal (window None) or sliding-window causal attention on cuDNN's fused kernels, GQA native.
 
-    WHY: at head_dim 256 FlashAttention-2 (aten's flash kernel) runs at about 200 TFLOP/s on Hopper, cuDNN's kernel
-    about 1.5x that; torch's cuDNN SDPA backend has no window argument, the cuDNN frontend's op does
+    WHY: with cuDNN for both layer kinds the 1B's training step ran 1.7-1.9% faster than with FlashAttention-2's
+    window + SDPA causal, in every same-card pair on H200s (docs/PERFORMANCE.md, session 6), although neither
+    cuDNN kernel is faster alone: the gain is around the kernels (no kv-head expansion and its gradient reduction, no
+    contiguity copies). torch's own cuDNN SDPA backend has no window argument; the cuDNN frontend's op does
     (`window_left` = W keys including the query's own, the model's semantics). Layout: [b, h, s, d] views with any
     strides (the batch-major decoder's transposed views go in without a copy); the output adopts q's layout.
     """
