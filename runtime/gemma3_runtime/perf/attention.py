@@ -221,13 +221,19 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(s, window, q.device), scale=scale)
 
 
+def _auto_core_attentions(models) -> list:
+    """The models' core attentions on the "auto" kernel (the ones that take this module's fast path)."""
+    return [m for model in (models if isinstance(models, (list, tuple)) else [models]) for m in model.modules()
+            if getattr(m, "kernel", None) == "auto" and hasattr(m, "window")]
+
+
 def prepare_cudnn_attention(models, device: torch.device) -> Optional[str]:
     """Load and probe cuDNN attention when the models' "auto" core attentions could use it (CUDA, half-precision
     parameters, the "auto" fast kernel). Returns `load_cudnn_attention`'s verdict, or None when it does not apply."""
-    if device.type != "cuda" or not (default_kernel() == "auto" or default_kernel().startswith("cudnn")):
+    kernel = default_kernel()
+    if device.type != "cuda" or not (kernel == "auto" or kernel.startswith("cudnn")):
         return None
-    cores = [m for model in (models if isinstance(models, (list, tuple)) else [models]) for m in model.modules()
-             if getattr(m, "kernel", None) == "auto" and hasattr(m, "window")]
+    cores = _auto_core_attentions(models)
     if not cores or cores[0].config.params_dtype not in (torch.bfloat16, torch.float16):
         return None
     windows = [m.window for m in cores if m.window is not None]
@@ -241,12 +247,8 @@ def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
     if kernel == "auto":
         # bf16/fp16 models on CUDA take the flash window path (no mask); CPU and fp32 take the masked SDPA
         kernel = "sdpa"
-    windows = set()
-    for model in models if isinstance(models, (list, tuple)) else [models]:
-        for module in model.modules():
-            if getattr(module, "kernel", None) == "auto" and hasattr(module, "window"):
-                w = module.window if module.window is not None and module.window < seq_length else None
-                windows.add(w)
+    windows = {m.window if m.window is not None and m.window < seq_length else None
+               for m in _auto_core_attentions(models)}
     built = 0
     for w in windows:
         if kernel == "flex" and device.type == "cuda" and w is not None:
