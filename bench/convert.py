@@ -45,9 +45,18 @@ def write_random_hf_checkpoint(size: str, dest: Path) -> tuple[Path, int]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     d, f, h, g, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
-    shapes = {"embed_tokens": (cfg.vocab_size, d), "q_proj": (h * hd, d), "k_proj": (g * hd, d),
-              "v_proj": (g * hd, d), "o_proj": (d, h * hd), "gate_proj": (f, d), "up_proj": (f, d),
-              "down_proj": (d, f), "q_norm": (hd,), "k_norm": (hd,)}
+    shapes = {
+        "embed_tokens": (cfg.vocab_size, d),
+        "q_proj": (h * hd, d),
+        "k_proj": (g * hd, d),
+        "v_proj": (g * hd, d),
+        "o_proj": (d, h * hd),
+        "gate_proj": (f, d),
+        "up_proj": (f, d),
+        "down_proj": (d, f),
+        "q_norm": (hd,),
+        "k_norm": (hd,),
+    }
     gen = torch.Generator().manual_seed(0)
     writer = ShardedSafetensorsWriter(tmp)
     for name in all_hf_names(cfg.num_layers):
@@ -109,8 +118,13 @@ def run_cli(args: list[str]) -> dict:
 
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     sampler = TreeMemorySampler(proc.pid)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -122,9 +136,17 @@ def run_cli(args: list[str]) -> dict:
     stages = [line.split(": ", 1)[1] for line in err.splitlines() if line.startswith("INFO gemma3_runtime.convert:")]
     summary = out.strip().splitlines()[-1]
     match = re.search(r", ([0-9.]+) s", summary)
-    return {"wall_s": wall, "convert_s": float(match.group(1)) if match else None, "peak_rss": sampler.peak_rss,
-            "peak_pss": sampler.peak_pss, "processes": sampler.max_procs, "summary": summary, "cpu_s": cpu,
-            "stages": stages, "load": os.getloadavg()[0]}
+    return {
+        "wall_s": wall,
+        "convert_s": float(match.group(1)) if match else None,
+        "peak_rss": sampler.peak_rss,
+        "peak_pss": sampler.peak_pss,
+        "processes": sampler.max_procs,
+        "summary": summary,
+        "cpu_s": cpu,
+        "stages": stages,
+        "load": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -139,21 +161,37 @@ def main() -> None:
     hf_dir, ckpt_bytes = write_random_hf_checkpoint(args.size, cache_root() / "bench" / f"random-{args.size}-bf16")
     work = Path(tempfile.mkdtemp(prefix="convert-bench-"))
     try:
-        imp = run_cli(["import", "--hf-model", str(hf_dir), "--megatron-path", str(work / "megatron"),
-                       "--device", "cpu"])
-        exp = run_cli(["export", "--hf-model", str(hf_dir), "--megatron-path", str(work / "megatron"),
-                       "--hf-path", str(work / "hf_out"), "--device", "cpu"])
+        imp = run_cli(
+            ["import", "--hf-model", str(hf_dir), "--megatron-path", str(work / "megatron"), "--device", "cpu"]
+        )
+        exp = run_cli(
+            [
+                "export",
+                "--hf-model",
+                str(hf_dir),
+                "--megatron-path",
+                str(work / "megatron"),
+                "--hf-path",
+                str(work / "hf_out"),
+                "--device",
+                "cpu",
+            ]
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     gib = 1024**3
     print(f"\ncheckpoint: {args.size}, bf16, {ckpt_bytes / gib:.2f} GiB of weights; {os.cpu_count()} CPUs")
-    print("| direction | wall s (incl. start-up) | conversion s | CPU s (user+sys, tree) | peak RSS GiB (tree sum) | "
-          "peak PSS GiB (tree sum) | PSS / ckpt | processes | load avg |")
+    print(
+        "| direction | wall s (incl. start-up) | conversion s | CPU s (user+sys, tree) | peak RSS GiB (tree sum) | "
+        "peak PSS GiB (tree sum) | PSS / ckpt | processes | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in (("import", imp), ("export", exp)):
-        print(f"| {name} | {r['wall_s']:.1f} | {r['convert_s']} | {r['cpu_s']:.1f} | {r['peak_rss'] / gib:.2f} | "
-              f"{r['peak_pss'] / gib:.2f} | {r['peak_pss'] / ckpt_bytes:.2f}x | {r['processes']} | {r['load']:.1f} |")
+        print(
+            f"| {name} | {r['wall_s']:.1f} | {r['convert_s']} | {r['cpu_s']:.1f} | {r['peak_rss'] / gib:.2f} | "
+            f"{r['peak_pss'] / gib:.2f} | {r['peak_pss'] / ckpt_bytes:.2f}x | {r['processes']} | {r['load']:.1f} |"
+        )
     for name, r in (("import", imp), ("export", exp)):
         print(f"{name} stages: " + "; ".join(r["stages"]))
 

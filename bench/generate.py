@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -89,7 +90,8 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
         bridge = AutoBridge.from_hf_pretrained(sources_dir)
         provider = bridge.to_megatron_provider(load_weights=True).replace(
-            params_dtype=dtype, device=device.type, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+            params_dtype=dtype, device=device.type, tensor_model_parallel_size=1, pipeline_model_parallel_size=1
+        )
         provider.finalize()
         ours = provider.provide_distributed_model(wrap_with_ddp=False)[0].eval()
     else:
@@ -98,10 +100,19 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 
 # ---- measurements -------------------------------------------------------------------------------------------------
-def measure_ours(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device,
-                 cuda_graphs: bool, compile_step: bool, tune_kernels: bool = False) -> dict[str, Any]:
-    from gemma3_runtime.generate.engine import Engine
+def measure_ours(
+    model,
+    ids: list[int],
+    ttft_ids: list[int],
+    new_tokens: int,
+    repeats: int,
+    device: torch.device,
+    cuda_graphs: bool,
+    compile_step: bool,
+    tune_kernels: bool = False,
+) -> dict[str, Any]:
     from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import Engine
 
     engine = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step, tune_kernels=tune_kernels)
     t0 = time.perf_counter()
@@ -112,11 +123,16 @@ def measure_ours(model, ids: list[int], ttft_ids: list[int], new_tokens: int, re
     ttft = [r.time_to_first_token_s for r in runs]
     engine.generate([ttft_ids], 1)  # warm the long-prompt shape
     ttft_long = [engine.generate([ttft_ids], 1).time_to_first_token_s for _ in range(repeats)]
-    return {"decode_tok_s": statistics.median(decode), "ttft_s": statistics.median(ttft),
-            "ttft_long_s": statistics.median(ttft_long), "setup_s": setup_s, "tokens": first.tokens[0],
-            # from the decoding runs themselves: the long-prompt TTFT calls above (1 new token) replace the session
-            # with a prefill-only one, which is why reading engine._session here used to report compiled=false
-            **{k: bool(v) for k, v in runs[-1].decode_path.items()}}
+    return {
+        "decode_tok_s": statistics.median(decode),
+        "ttft_s": statistics.median(ttft),
+        "ttft_long_s": statistics.median(ttft_long),
+        "setup_s": setup_s,
+        "tokens": first.tokens[0],
+        # from the decoding runs themselves: the long-prompt TTFT calls above (1 new token) replace the session
+        # with a prefill-only one, which is why reading engine._session here used to report compiled=false
+        **{k: bool(v) for k, v in runs[-1].decode_path.items()},
+    }
 
 
 def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **kwargs) -> tuple[float, list[int]]:
@@ -125,14 +141,25 @@ def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(x, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, top_k=None, top_p=None, eos_token_id=None, pad_token_id=0, **kwargs)
+        out = model.generate(
+            x,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            eos_token_id=None,
+            pad_token_id=0,
+            **kwargs,
+        )
     sync(device)
-    return time.perf_counter() - t0, out[0, len(ids):].tolist()
+    return time.perf_counter() - t0, out[0, len(ids) :].tolist()
 
 
-def measure_hf(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device,
-               **kwargs) -> dict[str, Any]:
+def measure_hf(
+    model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device, **kwargs
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     _, tokens = hf_generate(model, ids, new_tokens, device, **kwargs)
     hf_generate(model, ids, 1, device, **kwargs)
@@ -142,8 +169,13 @@ def measure_hf(model, ids: list[int], ttft_ids: list[int], new_tokens: int, repe
     hf_generate(model, ttft_ids, 1, device, **kwargs)  # warm (static cache + compile: new shapes)
     one_long = [hf_generate(model, ttft_ids, 1, device, **kwargs)[0] for _ in range(repeats)]
     t_full, t_one = statistics.median(full), statistics.median(one)
-    return {"decode_tok_s": (new_tokens - 1) / max(t_full - t_one, 1e-9), "ttft_s": t_one,
-            "ttft_long_s": statistics.median(one_long), "setup_s": setup_s, "tokens": tokens}
+    return {
+        "decode_tok_s": (new_tokens - 1) / max(t_full - t_one, 1e-9),
+        "ttft_s": t_one,
+        "ttft_long_s": statistics.median(one_long),
+        "setup_s": setup_s,
+        "tokens": tokens,
+    }
 
 
 def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -175,19 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu")
-    parser.add_argument("--model", choices=["270m", "1b", "4b"], default=None,
-                        help="default: 270m (real) on CPU, 1b (random init) on CUDA")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument(
+        "--model",
+        choices=["270m", "1b", "4b"],
+        default=None,
+        help="default: 270m (real) on CPU, 1b (random init) on CUDA",
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA"
+    )
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 256 on CUDA, 32 on CPU")
     parser.add_argument("--ttft-prompt-len", type=int, default=None, help="default: 1024 on CUDA, 512 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure all configurations this many times in alternation and report the medians "
-                             "(a shared CPU's load drifts over minutes: alternating exposes every configuration to "
-                             "it alike)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure all configurations this many times in alternation and report the medians "
+        "(a shared CPU's load drifts over minutes: alternating exposes every configuration to "
+        "it alike)",
+    )
     parser.add_argument("--skip", default="", help="'|'-separated configuration names to skip (names contain commas)")
     parser.add_argument("--json", default=None, help="write all results here")
     args = parser.parse_args(argv)
@@ -212,14 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     configs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     if on_gpu:
         configs += [
-            ("ours: compiled step + CUDA graph",
-             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True)),
-            ("ours: same, --tune-kernels",
-             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True, True)),
-            ("ours: eager step + CUDA graph",
-             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, False)),
-            ("ours: eager, no graph",
-             lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False)),
+            (
+                "ours: compiled step + CUDA graph",
+                lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True),
+            ),
+            (
+                "ours: same, --tune-kernels",
+                lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True, True),
+            ),
+            (
+                "ours: eager step + CUDA graph",
+                lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, False),
+            ),
+            (
+                "ours: eager, no graph",
+                lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False),
+            ),
             ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
         ]
 
@@ -235,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(("HF generate, static cache + torch.compile", hf_static_compiled))
     else:
         configs += [
-            ("ours: eager", lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False,
-                                                  False)),
+            ("ours: eager", lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False)),
             ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
         ]
     unknown = skip - {name for name, _ in configs}
@@ -249,35 +297,55 @@ def main(argv: list[str] | None = None) -> int:
     reference = next((r.get("tokens") for r in results if r["name"].startswith("HF") and "tokens" in r), None)
     for r in results:
         if reference is not None and "tokens" in r:
-            agree = next((i for i, (a, b) in enumerate(zip(r["tokens"], reference)) if a != b), len(reference))
+            agree = next(
+                (i for i, (a, b) in enumerate(zip(r["tokens"], reference, strict=False)) if a != b), len(reference)
+            )
             r["greedy_tokens_equal_to_hf"] = agree  # leading tokens identical to HF dynamic-cache generate
         r.pop("tokens", None)
 
     card = torch.cuda.get_device_name(device) if on_gpu else pyplatform.processor() or pyplatform.machine()
-    meta = {"device": card, "device_type": device.type, "model": description, "dtype": str(dtype),
-            "batch": 1, "prompt_len": len(ids), "new_tokens": new_tokens, "ttft_long_prompt_len": len(ttft_ids),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
-            "rounds": args.rounds,
-            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    meta = {
+        "device": card,
+        "device_type": device.type,
+        "model": description,
+        "dtype": str(dtype),
+        "batch": 1,
+        "prompt_len": len(ids),
+        "new_tokens": new_tokens,
+        "ttft_long_prompt_len": len(ttft_ids),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
     print(f"\n{description}, {dtype}, batch 1, prompt {len(ids)}, {new_tokens} new tokens, on {card}")
-    header = f"{'configuration':44s} {'decode tok/s':>12s} {'TTFT ms':>9s} {f'TTFT@{len(ttft_ids)} ms':>13s} " \
-             f"{'setup s':>8s} {'=HF toks':>8s}"
+    header = (
+        f"{'configuration':44s} {'decode tok/s':>12s} {'TTFT ms':>9s} {f'TTFT@{len(ttft_ids)} ms':>13s} "
+        f"{'setup s':>8s} {'=HF toks':>8s}"
+    )
     print(header + "\n" + "-" * len(header))
     for r in results:
         if "error" in r:
             print(f"{r['name']:44s} ERROR {r['error'][:120]}")
             continue
-        print(f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {1e3 * r['ttft_long_s']:13.1f} "
-              f"{r['setup_s']:8.1f} {r.get('greedy_tokens_equal_to_hf', '-'):>8}")
+        print(
+            f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {1e3 * r['ttft_long_s']:13.1f} "
+            f"{r['setup_s']:8.1f} {r.get('greedy_tokens_equal_to_hf', '-'):>8}"
+        )
     hf_dynamic = next((r for r in results if r["name"] == "HF generate, dynamic cache" and "rounds" in r), None)
     for r in results:
         if hf_dynamic is not None and "rounds" in r and r is not hf_dynamic:
-            ratios = [a / b for a, b in zip(r["rounds"]["decode_tok_s"], hf_dynamic["rounds"]["decode_tok_s"])]
-            ttft = [b / a for a, b in zip(r["rounds"]["ttft_s"], hf_dynamic["rounds"]["ttft_s"])]
+            ratios = [
+                a / b for a, b in zip(r["rounds"]["decode_tok_s"], hf_dynamic["rounds"]["decode_tok_s"], strict=False)
+            ]
+            ttft = [b / a for a, b in zip(r["rounds"]["ttft_s"], hf_dynamic["rounds"]["ttft_s"], strict=False)]
             r["decode_vs_hf_per_round"], r["ttft_speed_vs_hf_per_round"] = ratios, ttft
-            print(f"{r['name']}: decode speed / HF's per round {[round(x, 3) for x in ratios]} "
-                  f"(median {statistics.median(ratios):.3f}); TTFT speed / HF's {[round(x, 3) for x in ttft]} "
-                  f"(median {statistics.median(ttft):.3f})")
+            print(
+                f"{r['name']}: decode speed / HF's per round {[round(x, 3) for x in ratios]} "
+                f"(median {statistics.median(ratios):.3f}); TTFT speed / HF's {[round(x, 3) for x in ttft]} "
+                f"(median {statistics.median(ttft):.3f})"
+            )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

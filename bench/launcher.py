@@ -33,7 +33,9 @@ PROBE = (
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     env = dict(os.environ, PYTHONPATH=str(REPO / "launcher"))
-    print(f"gemma3-launch start-up, {n} fresh processes each (python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f})")
+    print(
+        f"gemma3-launch start-up, {n} fresh processes each (python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f})"
+    )
     for name, argv in CASES.items():
         times, cpu, torch = [], [], False
         for _ in range(n):
@@ -44,9 +46,11 @@ def main() -> None:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             torch |= "TORCH=1" in res.stderr
-        print(f"  {name:<14} wall min {min(times) * 1000:6.0f} ms  median {statistics.median(times) * 1000:6.0f} ms"
-              f"   cpu min {min(cpu) * 1000:5.0f} ms   torch imported: {'YES' if torch else 'no'}"
-              f"   {'ok' if min(min(times), min(cpu)) < 0.5 else 'ABOVE 0.5 s'}")  # fmt: skip
+        print(
+            f"  {name:<14} wall min {min(times) * 1000:6.0f} ms  median {statistics.median(times) * 1000:6.0f} ms"
+            f"   cpu min {min(cpu) * 1000:5.0f} ms   torch imported: {'YES' if torch else 'no'}"
+            f"   {'ok' if min(min(times), min(cpu)) < 0.5 else 'ABOVE 0.5 s'}"
+        )
 
 
 if __name__ == "__main__":

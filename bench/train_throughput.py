@@ -28,8 +28,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -71,9 +72,17 @@ def perf_of(spec: dict[str, Any]):
 
     if spec["perf"] is None:  # "default-*": what a user gets without setting any perf field (+ `perf_set`)
         return PerfConfig(**spec.get("perf_set", {}))
-    return PerfConfig(**{"grad_accum_fusion": False, "fused_geglu": False, "ce_kernel": "compile",
-                         "sync_free_optimizer": False, "lora_triton_add": False, "batch_first": False,
-                         **spec["perf"]})
+    return PerfConfig(
+        **{
+            "grad_accum_fusion": False,
+            "fused_geglu": False,
+            "ce_kernel": "compile",
+            "sync_free_optimizer": False,
+            "lora_triton_add": False,
+            "batch_first": False,
+            **spec["perf"],
+        }
+    )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -82,35 +91,51 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "attn-flex": dict(perf={**PLAIN, "attention": "flex"}),
     "ce": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True}),
     "ce-adam": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True}),
-    "fast-norms": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True,
-                             "compile": "norms"}),
-    "fast-mlp": dict(perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True,
-                           "compile": "mlp"}),
+    "fast-norms": dict(
+        perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True, "compile": "norms"}
+    ),
+    "fast-mlp": dict(
+        perf={**PLAIN, "attention": "auto", "fused_linear_ce": True, "fused_adam": True, "compile": "mlp"}
+    ),
     "fast": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True)),
     # the fast path's attention alternatives (GEMMA3_FAST_ATTENTION): flex for global layers too / SDPA window mask
-    "fast-sdpawin": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                         env={"GEMMA3_FAST_ATTENTION": "sdpa"}),
-    "fast-flex": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                      env={"GEMMA3_FAST_ATTENTION": "flex"}),
-    "fast-mbs4-ga4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                          mbs=4, nmb=4),
+    "fast-sdpawin": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+        env={"GEMMA3_FAST_ATTENTION": "sdpa"},
+    ),
+    "fast-flex": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+        env={"GEMMA3_FAST_ATTENTION": "flex"},
+    ),
+    "fast-mbs4-ga4": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), mbs=4, nmb=4
+    ),
     "fast-nocompile": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="none", fused_adam=True)),
     "fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), mbs=4),
     "fast-ga8": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), nmb=8),
     "lora-plain": dict(perf=PLAIN, peft="lora"),
-    "lora-fast": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                      peft="lora"),
-    "lora-fast-mbs4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                           peft="lora", mbs=4),
+    "lora-fast": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), peft="lora"
+    ),
+    "lora-fast-mbs4": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), peft="lora", mbs=4
+    ),
     # LoRA at micro-batch 4 with 4 micro-batches per optimizer step: amortises the per-step host work (optimizer,
     # grad norm, ~364 small adapter tensors) that left the GPU idle 12% of the `lora-fast-mbs4` step
     # LoRA's `base + s B A x` as separate kernels (before peft/adapter.py's one-addmm form), to measure that lever
-    "lora-fast-mbs4-ga4-addsep": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers",
-                                                fused_adam=True), peft="lora", mbs=4, nmb=4, fuse_lora_add=False),
-    "lora-fast-mbs4-ga8": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                               peft="lora", mbs=4, nmb=8),
-    "lora-fast-mbs4-ga4": dict(perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
-                               peft="lora", mbs=4, nmb=4),
+    "lora-fast-mbs4-ga4-addsep": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True),
+        peft="lora",
+        mbs=4,
+        nmb=4,
+        fuse_lora_add=False,
+    ),
+    "lora-fast-mbs4-ga8": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), peft="lora", mbs=4, nmb=8
+    ),
+    "lora-fast-mbs4-ga4": dict(
+        perf=dict(attention="auto", fused_linear_ce=True, compile="layers", fused_adam=True), peft="lora", mbs=4, nmb=4
+    ),
     # one new lever at a time on top of `fast-mbs4-ga4` (issue 8), then all of them (`fast2`)
     "fast-gaf-mbs4-ga4": dict(perf={**FAST, "grad_accum_fusion": True}, mbs=4, nmb=4),
     "fast-geglu-mbs4-ga4": dict(perf={**FAST, "fused_geglu": True}, mbs=4, nmb=4),
@@ -141,41 +166,61 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora-default-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2),
     "lora-default-mbs4-ga4": dict(perf=None, peft="lora", mbs=4, nmb=4),
     "default-gaf-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}),
-    "default-gaf-cdt-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
-                                     inductor={"coordinate_descent_tuning": True}),
-    "lora-default-cdt-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2,
-                                      inductor={"coordinate_descent_tuning": True}),
-    "default-gaf-tuned-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
-                                                                          "tune_kernels": True}),
+    "default-gaf-cdt-mbs8-ga2": dict(
+        perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}, inductor={"coordinate_descent_tuning": True}
+    ),
+    "lora-default-cdt-mbs8-ga2": dict(
+        perf=None, peft="lora", mbs=8, nmb=2, inductor={"coordinate_descent_tuning": True}
+    ),
+    "default-gaf-tuned-mbs8-ga2": dict(
+        perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "tune_kernels": True}
+    ),
     "default-gaf-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True}),
-    "default-gaf-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}),
+    "default-gaf-ce4g-mbs8-ga2": dict(
+        perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}
+    ),
     # session 5: cuBLASLt for every aten GEMM; tuning + 4 GiB CE chunks together; inductor's GEMM autotuning
     # (Triton templates against cuBLAS) inside the compiled layers
     "default-gaf-lt-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True}, blas="cublaslt"),
-    "default-gaf-tuned-ce4g-mbs8-ga2": dict(perf=None, mbs=8, nmb=2,
-                                            perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}),
-    "default-gaf-maxat-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True},
-                                       inductor={"max_autotune_gemm": True,
-                                                 "max_autotune_gemm_backends": "ATEN,TRITON"}),
+    "default-gaf-tuned-ce4g-mbs8-ga2": dict(
+        perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}
+    ),
+    "default-gaf-maxat-mbs8-ga2": dict(
+        perf=None,
+        mbs=8,
+        nmb=2,
+        perf_set={"grad_accum_fusion": True},
+        inductor={"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
+    ),
     # session 5: the batch-major decoder (now a default) off, to measure it; the best-known full-parameter setting
-    "default-gaf-nobf-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True,
-                                                                        "batch_first": False}),
-    "default-gaf-tuned-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1,
-                                         perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}),
-    "default-gaf-ce4g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}),
-    "default-gaf-tuned-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1,
-                                         perf_set={"grad_accum_fusion": True, "tune_kernels": True,
-                                                   "ce_chunk_mib": 8192}),
-    "default-gaf-ce8g-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192}),
+    "default-gaf-nobf-mbs8-ga2": dict(
+        perf=None, mbs=8, nmb=2, perf_set={"grad_accum_fusion": True, "batch_first": False}
+    ),
+    "default-gaf-tuned-ce4g-mbs16": dict(
+        perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096, "tune_kernels": True}
+    ),
+    "default-gaf-ce4g-mbs16": dict(
+        perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 4096}
+    ),
+    "default-gaf-tuned-ce8g-mbs16": dict(
+        perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "tune_kernels": True, "ce_chunk_mib": 8192}
+    ),
+    "default-gaf-ce8g-mbs16": dict(
+        perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192}
+    ),
     # session 6: cuDNN's fused attention (sliding window + causal, perf/attention.py) became "auto"'s first choice
     # where the cuDNN frontend is installed; these pin the FlashAttention-2 window path it replaced
     "default-flash-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "flash"}),
     "lora-default-flash-mbs8-ga2": dict(perf=None, peft="lora", mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "flash"}),
     "default-cudnnsliding-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "cudnn-sliding"}),
     "default-cudnnglobal-mbs8-ga2": dict(perf=None, mbs=8, nmb=2, env={"GEMMA3_FAST_ATTENTION": "cudnn-global"}),
-    "default-gaf-ce8g-flash-mbs16": dict(perf=None, mbs=16, nmb=1, perf_set={"grad_accum_fusion": True,
-                                                                           "ce_chunk_mib": 8192},
-                                         env={"GEMMA3_FAST_ATTENTION": "flash"}),
+    "default-gaf-ce8g-flash-mbs16": dict(
+        perf=None,
+        mbs=16,
+        nmb=1,
+        perf_set={"grad_accum_fusion": True, "ce_chunk_mib": 8192},
+        env={"GEMMA3_FAST_ATTENTION": "flash"},
+    ),
     # the chunked CE's shape (the default chunk became 2 GiB after session 4's calls 1-3, so in those calls every
     # variant without `ce2g` / `ce4g` ran 1 GiB chunks; today the same names run 2 GiB): 2 GiB chunks (half the fp32 weight-gradient accumulations), Triton block / warps
     "fast4-ce2g-mbs4-ga4": dict(perf={**FAST4, "ce_chunk_mib": 2048}, mbs=4, nmb=4),
@@ -222,9 +267,19 @@ def model_config(tiny: bool):
     if not tiny:
         return Gemma3Config.preset("1b")
     cfg = Gemma3Config.preset("1b")
-    return dataclasses.replace(cfg, hidden_size=64, intermediate_size=128, num_layers=4, num_attention_heads=4,
-                               num_kv_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
-                               vocab_size=1024, layer_types=cfg.layer_types[:3] + ("full_attention",))
+    return dataclasses.replace(
+        cfg,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=4,
+        num_attention_heads=4,
+        num_kv_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=16,
+        vocab_size=1024,
+        layer_types=cfg.layer_types[:3] + ("full_attention",),
+    )
 
 
 def free_memory() -> None:
@@ -238,9 +293,21 @@ def free_memory() -> None:
 class OurRun:
     """Builds model + DDP + optimizer like training/loop.py and runs its step; `step()` returns (loss, grad norm)."""
 
-    def __init__(self, cfg, perf, device: torch.device, seq: int, mbs: int, nmb: int, peft: str | None,
-                 seed: int = 1234, lr: float = 1e-4, weight_decay: float = 0.1, clip_grad: float = 1.0,
-                 load_hf: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg,
+        perf,
+        device: torch.device,
+        seq: int,
+        mbs: int,
+        nmb: int,
+        peft: str | None,
+        seed: int = 1234,
+        lr: float = 1e-4,
+        weight_decay: float = 0.1,
+        clip_grad: float = 1.0,
+        load_hf: str | None = None,
+    ) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         from gemma3_runtime.model.provider import Gemma3ModelProvider
@@ -257,7 +324,8 @@ class OurRun:
         fields = perf_apply.provider_fields(perf, device=device)
         fields["transformer_overrides"] = {**fields["transformer_overrides"], "calculate_per_token_loss": True}
         provider = Gemma3ModelProvider.from_config(
-            cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed, **fields)
+            cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed, **fields
+        )
         if load_hf is not None:
             from gemma3_runtime.bridge.auto_bridge import AutoBridge
 
@@ -273,15 +341,22 @@ class OurRun:
             # the anchor's LoRA: r=32, alpha=32, every linear (q/k/v/o/gate/up/down == qkv/proj/fc1/fc2)
             apply_peft(models, PeftConfig(kind=peft, rank=32, alpha=32.0))
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, use_distributed_optimizer=device.type == "cuda",
-            **perf_apply.ddp_fields(perf, torch.distributed.get_world_size()))
+            grad_reduce_in_fp32=True,
+            use_distributed_optimizer=device.type == "cuda",
+            **perf_apply.ddp_fields(perf, torch.distributed.get_world_size()),
+        )
         models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
         for m in models:
             m.config.finalize_model_grads_func = finalize_grads
             m.config.no_sync_func = m.no_sync
         self.compiled = perf_apply.prepare_models(models, perf, device, seq_length=seq)
-        opt_cfg = OptimizerConfig(lr=lr, min_lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
-                                  use_distributed_optimizer=device.type == "cuda")
+        opt_cfg = OptimizerConfig(
+            lr=lr,
+            min_lr=lr,
+            weight_decay=weight_decay,
+            clip_grad=clip_grad,
+            use_distributed_optimizer=device.type == "cuda",
+        )
         self.optimizer = build_optimizer(models, opt_cfg, device, bf16)
         self.fused_groups = perf_apply.prepare_optimizer(self.optimizer, perf, device)
         self.models, self.lr = models, lr
@@ -291,11 +366,17 @@ class OurRun:
         """tokens [nmb * mbs, seq + 1] -> micro-batches; labels are the next tokens (the anchor's shift)."""
         out = []
         for i in range(self.nmb):
-            chunk = tokens[i * self.mbs:(i + 1) * self.mbs].to(self.device)
+            chunk = tokens[i * self.mbs : (i + 1) * self.mbs].to(self.device)
             ids, labels = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
             pos = torch.arange(ids.shape[1], device=self.device).unsqueeze(0).expand_as(ids)
-            out.append({"input_ids": ids, "labels": labels, "position_ids": pos,
-                        "loss_mask": torch.ones_like(labels, dtype=torch.float)})
+            out.append(
+                {
+                    "input_ids": ids,
+                    "labels": labels,
+                    "position_ids": pos,
+                    "loss_mask": torch.ones_like(labels, dtype=torch.float),
+                }
+            )
         return out
 
     def step(self, batches: list[dict[str, torch.Tensor]]):
@@ -310,14 +391,15 @@ class OurRun:
             for m in self.models:
                 m.zero_grad_buffer()
         with record_function("step: forward_backward"):
-            totals = run_forward_backward(self.models, iter(batches), self.nmb, self.seq, self.mbs, self.device,
-                                          forward_only=False)
+            totals = run_forward_backward(
+                self.models, iter(batches), self.nmb, self.seq, self.mbs, self.device, forward_only=False
+            )
         with record_function("step: optimizer"):
             norm = self.optimizer.step(self.lr)
         return PendingStep(0, self.lr, totals, norm)
 
 
-def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) -> dict:
+def profile_step(run: OurRun, batches: list, name: str, out_dir: Path | None) -> dict:
     """One step under torch.profiler: top kernels/ops by device time, and device-busy time vs wall time (a large
     gap means the GPU waits for the CPU). The tables go to <out_dir>/profile_<name>.txt."""
     from torch.profiler import ProfilerActivity, profile
@@ -330,8 +412,11 @@ def profile_step(run: "OurRun", batches: list, name: str, out_dir: Path | None) 
         wall = time.time() - t
     avgs = prof.key_averages()
     key = "self_device_time_total" if hasattr(avgs[0], "self_device_time_total") else "self_cuda_time_total"
-    busy_us = sum(getattr(e, key) for e in avgs if getattr(e, "device_type", None) is not None
-                  and str(e.device_type).endswith("CUDA"))
+    busy_us = sum(
+        getattr(e, key)
+        for e in avgs
+        if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
+    )
     text = avgs.table(sort_by=key, row_limit=45, max_name_column_width=70)
     text += "\n" + _copies_by_origin(prof, key)
     try:  # idle gaps and kernel families from the timeline (bench/gpu_session/trace_summary.py)
@@ -362,8 +447,19 @@ def _copies_by_origin(prof, key: str, top: int = 12) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs: int, steps: int, warmup: int,
-                 flops_fn: Callable, sink: list, profile: bool = False) -> dict | None:
+def measure_ours(
+    name: str,
+    spec: dict,
+    cfg,
+    device: torch.device,
+    seq: int,
+    mbs: int,
+    steps: int,
+    warmup: int,
+    flops_fn: Callable,
+    sink: list,
+    profile: bool = False,
+) -> dict | None:
     perf = perf_of(spec)
     mbs = spec.get("mbs", mbs)
     nmb = spec.get("nmb", 1)
@@ -420,19 +516,35 @@ def measure_ours(name: str, spec: dict, cfg, device: torch.device, seq: int, mbs
         tokens = mbs * nmb * seq
         tok_s = tokens / dt
         flops = flops_fn(seq, bool(peft)) * tok_s
-        rec = dict(impl="ours", variant=name, seq=seq, mbs=mbs, micro_batches=nmb, peft=peft,
-                   perf=dataclasses.asdict(perf), compiled_modules=len(run.compiled), fused_adam_groups=run.fused_groups,
-                   trainable_params=run.trainable, step_s=round(dt, 4), tok_s=round(tok_s), tflops=round(flops / 1e12, 1),
-                   mfu_vs_989=round(flops / (PEAK_TFLOPS * 1e12), 3),
-                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
-                   first_loss=round(first.loss, 5), first_grad_norm=round(first.grad_norm, 5), loss=round(last.loss, 5),
-                   build_s=round(t0 - t_build, 1), warmup_s=round(warm_s, 1))
+        rec = dict(
+            impl="ours",
+            variant=name,
+            seq=seq,
+            mbs=mbs,
+            micro_batches=nmb,
+            peft=peft,
+            perf=dataclasses.asdict(perf),
+            compiled_modules=len(run.compiled),
+            fused_adam_groups=run.fused_groups,
+            trainable_params=run.trainable,
+            step_s=round(dt, 4),
+            tok_s=round(tok_s),
+            tflops=round(flops / 1e12, 1),
+            mfu_vs_989=round(flops / (PEAK_TFLOPS * 1e12), 3),
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
+            first_loss=round(first.loss, 5),
+            first_grad_norm=round(first.grad_norm, 5),
+            loss=round(last.loss, 5),
+            build_s=round(t0 - t_build, 1),
+            warmup_s=round(warm_s, 1),
+        )
         if peft:
             rec["fuse_lora_add"] = peft_adapter.fuse_lora_add
         from gemma3_runtime.perf.grad_fusion import status as gaf_status
 
-        rec["grad_accum_fusion"] = dict(active=bool(getattr(run.models[0].config, "gradient_accumulation_fusion",
-                                                            False)), **gaf_status())
+        rec["grad_accum_fusion"] = dict(
+            active=bool(getattr(run.models[0].config, "gradient_accumulation_fusion", False)), **gaf_status()
+        )
         from torch._dynamo.utils import counters
 
         from gemma3_runtime.perf import attention as fast_attn
@@ -492,7 +604,7 @@ def attention_bench(sink: list, s: int = 4096, b: int = 8, h: int = 4, g: int = 
         return torch.randn(b, s, heads, d, device="cuda", generator=gen).to(torch.bfloat16).transpose(1, 2)
 
     q, k, v, do = bshd(h), bshd(g), bshd(g), bshd(h)
-    scale = 256 ** -0.5
+    scale = 256**-0.5
 
     def grads(fn, *inputs):
         xs = [x.detach().clone().requires_grad_(True) for x in inputs]
@@ -501,15 +613,18 @@ def attention_bench(sink: list, s: int = 4096, b: int = 8, h: int = 4, g: int = 
         return [out.detach()] + [x.grad for x in xs]
 
     for window in (512, None):
-        ref = grads(lambda a, b_, c: reference_attention(a.float(), b_.float(), c.float(), window=window,
-                                                         scale=scale), q, k, v)
+        ref = grads(
+            lambda a, b_, c: reference_attention(a.float(), b_.float(), c.float(), window=window, scale=scale), q, k, v
+        )
         for kernel in ("cudnn", "flash", "flex", "sdpa"):
             if kernel in ("flash", "flex") and window is None:
                 continue  # global layers use SDPA is_causal in "flash", "flex" and "sdpa"
             try:
                 fn = lambda a, b_, c: fast_attention(a, b_, c, window=window, scale=scale, kernel=kernel)  # noqa: E731
                 got = grads(fn, q, k, v)
-                errs = [float((x.double() - r.double()).norm() / r.double().norm()) for x, r in zip(got, ref)]
+                errs = [
+                    float((x.double() - r.double()).norm() / r.double().norm()) for x, r in zip(got, ref, strict=False)
+                ]
                 times = []
                 for _ in range(12):
                     st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -519,8 +634,14 @@ def attention_bench(sink: list, s: int = 4096, b: int = 8, h: int = 4, g: int = 
                     torch.cuda.synchronize()
                     times.append(st.elapsed_time(en))
                 times = sorted(times[2:])
-                rec = dict(impl="attn", kernel=kernel, window=window, shape=[b, h, g, s, d],
-                           rel_err_out_dq_dk_dv=[round(e, 5) for e in errs], fwd_bwd_ms=round(times[len(times) // 2], 3))
+                rec = dict(
+                    impl="attn",
+                    kernel=kernel,
+                    window=window,
+                    shape=[b, h, g, s, d],
+                    rel_err_out_dq_dk_dv=[round(e, 5) for e in errs],
+                    fwd_bwd_ms=round(times[len(times) // 2], 3),
+                )
             except Exception as exc:
                 rec = dict(impl="attn", kernel=kernel, window=window, error=repr(exc)[:300])
             log_json(rec, sink)
@@ -529,8 +650,9 @@ def attention_bench(sink: list, s: int = 4096, b: int = 8, h: int = 4, g: int = 
 
 
 # ---- parity: same initial weights, same batches, 20 steps -----------------------------------------------------------
-def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, perf_name: str, sink: list,
-           workdir: Path) -> None:
+def parity(
+    anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, perf_name: str, sink: list, workdir: Path
+) -> None:
     """HF Gemma3ForCausalLM (fp32 master, bf16 autocast, AdamW) vs ours (bridge-imported weights, bf16 params +
     fp32 main, megatron AdamW): per-step loss, no weight decay and no clipping on either side."""
     from transformers import Gemma3ForCausalLM
@@ -558,21 +680,33 @@ def parity(anchor, cfg, device: torch.device, seq: int, mbs: int, steps: int, pe
     del hf, opt, out
     free_memory()
     spec = VARIANTS[perf_name]
-    run = OurRun(cfg, perf_of(spec), device, seq, mbs, 1, None, lr=lr, weight_decay=0.0, clip_grad=0.0,
-                 load_hf=str(hf_dir))
+    run = OurRun(
+        cfg, perf_of(spec), device, seq, mbs, 1, None, lr=lr, weight_decay=0.0, clip_grad=0.0, load_hf=str(hf_dir)
+    )
     ours = []
     for x in data:
         # HF's loss on input x[:, :-1] predicts x[1:seq] from x[0:seq-1]: the last position has no label
         ids = x[:, :-1]
         labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
-        b = {"input_ids": ids.to(device), "labels": labels.to(device),
-             "position_ids": torch.arange(seq, device=device).unsqueeze(0).expand(mbs, seq),
-             "loss_mask": (labels >= 0).float().to(device)}
+        b = {
+            "input_ids": ids.to(device),
+            "labels": labels.to(device),
+            "position_ids": torch.arange(seq, device=device).unsqueeze(0).expand(mbs, seq),
+            "loss_mask": (labels >= 0).float().to(device),
+        }
         ours.append(run.step([b]).resolve().loss)
-    rel = [abs(a - b) / abs(b) for a, b in zip(ours, hf_losses)]
-    rec = dict(impl="parity", variant=perf_name, seq=seq, mbs=mbs, steps=steps, hf_losses=[round(v, 5) for v in hf_losses],
-               our_losses=[round(v, 5) for v in ours], max_rel_diff=round(max(rel), 5),
-               within_2pct=bool(max(rel) <= 0.02))
+    rel = [abs(a - b) / abs(b) for a, b in zip(ours, hf_losses, strict=False)]
+    rec = dict(
+        impl="parity",
+        variant=perf_name,
+        seq=seq,
+        mbs=mbs,
+        steps=steps,
+        hf_losses=[round(v, 5) for v in hf_losses],
+        our_losses=[round(v, 5) for v in ours],
+        max_rel_diff=round(max(rel), 5),
+        within_2pct=bool(max(rel) <= 0.02),
+    )
     log_json(rec, sink)
     del run
     torch._dynamo.reset()
@@ -593,17 +727,21 @@ def _tiny_hf_config(cfg):
 
 # ---- main -------------------------------------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
-    lines = [f"{'impl':6s} {'variant':16s} {'mbs':>3s} {'nmb':>3s} {'tok/s':>8s} {'TFLOP/s':>8s} {'MFU':>6s} "
-             f"{'peak GiB':>8s} {'loss1':>8s} {'gnorm1':>8s}"]
+    lines = [
+        f"{'impl':6s} {'variant':16s} {'mbs':>3s} {'nmb':>3s} {'tok/s':>8s} {'TFLOP/s':>8s} {'MFU':>6s} "
+        f"{'peak GiB':>8s} {'loss1':>8s} {'gnorm1':>8s}"
+    ]
     for r in rows:
         if r.get("impl") not in ("ours", "hf"):
             continue
         if "error" in r:
             lines.append(f"{r['impl']:6s} {r['variant']:16s} ERROR {r['error'][:90]}")
             continue
-        lines.append(f"{r['impl']:6s} {r['variant']:16s} {r.get('mbs', ''):>3} {r.get('micro_batches', 1):>3} "
-                     f"{r['tok_s']:>8} {r['tflops']:>8} {r['mfu_vs_989']:>6} {str(r.get('peak_gib')):>8} "
-                     f"{str(r.get('first_loss', r.get('loss'))):>8.8s} {str(r.get('first_grad_norm', '')):>8.8s}")
+        lines.append(
+            f"{r['impl']:6s} {r['variant']:16s} {r.get('mbs', ''):>3} {r.get('micro_batches', 1):>3} "
+            f"{r['tok_s']:>8} {r['tflops']:>8} {r['mfu_vs_989']:>6} {str(r.get('peak_gib')):>8} "
+            f"{str(r.get('first_loss', r.get('loss'))):>8.8s} {str(r.get('first_grad_norm', '')):>8.8s}"
+        )
     return "\n".join(lines)
 
 
@@ -622,8 +760,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all records here")
     ap.add_argument("--attn-bench", action="store_true", help="time and check the attention kernels alone first")
     ap.add_argument("--profile", default="", help="comma list of our variants to profile for one extra step")
-    ap.add_argument("--budget-s", type=float, default=1e9,
-                    help="start no new measurement after this many seconds (device time is scarce)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=1e9,
+        help="start no new measurement after this many seconds (device time is scarce)",
+    )
     args = ap.parse_args(argv)
     global JSON_PATH
     if args.json:
@@ -647,8 +789,13 @@ def main(argv: list[str] | None = None) -> int:
     seq = args.seq if not args.tiny else min(args.seq, 64)
     cfg = model_config(args.tiny)
     sink: list[dict] = []
-    env = dict(torch=torch.__version__, gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               python=sys.version.split()[0], seq=seq, model="tiny" if args.tiny else "gemma3-1b")
+    env = dict(
+        torch=torch.__version__,
+        gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        python=sys.version.split()[0],
+        seq=seq,
+        model="tiny" if args.tiny else "gemma3-1b",
+    )
     try:
         import megatron.core
         import transformers
@@ -672,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in [n for n in args.hf.split(",") if n]:
             if time_left(f"hf/{name}"):
                 measure_hf(anchor, name, seq, args.mbs, sink)
+
     def run_parity() -> None:
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "g3_parity"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -688,24 +836,49 @@ def main(argv: list[str] | None = None) -> int:
                 args.parity = None
                 continue
             if time_left(name):
-                measure_ours(name, VARIANTS[name], cfg, device, seq, args.mbs, args.steps, args.warmup, flops_fn, sink,
-                             profile=name in args.profile.split(","))
+                measure_ours(
+                    name,
+                    VARIANTS[name],
+                    cfg,
+                    device,
+                    seq,
+                    args.mbs,
+                    args.steps,
+                    args.warmup,
+                    flops_fn,
+                    sink,
+                    profile=name in args.profile.split(","),
+                )
     if args.parity and time_left(f"parity/{args.parity}"):
         run_parity()
     print(table(sink), flush=True)
     by = {(r["impl"], r["variant"]): r for r in sink if "tok_s" in r}
-    for ours_name, hf_name in (("fast", "compile"), ("fast", "eager"), ("lora-fast", "lora"),
-                               ("fast-ga8", "compile"), ("fast-mbs4-ga4", "compile"), ("lora-fast-mbs4", "lora"),
-                               ("fast-gaf-mbs4-ga4", "compile"), ("fast-geglu-mbs4-ga4", "compile"),
-                               ("fast2-mbs4-ga4", "compile"),
-                               ("fast2-mbs4-ga8", "compile"), ("lora-fast-mbs4-ga4", "lora"),
-                               ("lora-fast2-mbs4-ga4", "lora"), ("lora-fast-mbs4-ga4-addsep", "lora"),
-                               ("lora-fast-mbs4-ga8", "lora"), ("fast2-mbs8-ga2", "compile"),
-                               ("lora-fast2-mbs8-ga2", "lora"), ("lora-fast2-mbs4-ga8", "lora")):
+    for ours_name, hf_name in (
+        ("fast", "compile"),
+        ("fast", "eager"),
+        ("lora-fast", "lora"),
+        ("fast-ga8", "compile"),
+        ("fast-mbs4-ga4", "compile"),
+        ("lora-fast-mbs4", "lora"),
+        ("fast-gaf-mbs4-ga4", "compile"),
+        ("fast-geglu-mbs4-ga4", "compile"),
+        ("fast2-mbs4-ga4", "compile"),
+        ("fast2-mbs4-ga8", "compile"),
+        ("lora-fast-mbs4-ga4", "lora"),
+        ("lora-fast2-mbs4-ga4", "lora"),
+        ("lora-fast-mbs4-ga4-addsep", "lora"),
+        ("lora-fast-mbs4-ga8", "lora"),
+        ("fast2-mbs8-ga2", "compile"),
+        ("lora-fast2-mbs8-ga2", "lora"),
+        ("lora-fast2-mbs4-ga8", "lora"),
+    ):
         if ("ours", ours_name) in by and ("hf", hf_name) in by:
             o, h = by[("ours", ours_name)], by[("hf", hf_name)]
-            print(f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
-                  f"{o.get('peak_gib')} vs {h.get('peak_gib')} GiB", flush=True)
+            print(
+                f"ours/{ours_name} vs hf/{hf_name}: {o['tok_s'] / h['tok_s']:.2f}x tokens/s; peak memory "
+                f"{o.get('peak_gib')} vs {h.get('peak_gib')} GiB",
+                flush=True,
+            )
     if JSON_PATH is not None:
         JSON_PATH.write_text(json.dumps(sink, indent=1))
     return 0

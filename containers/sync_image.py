@@ -8,6 +8,7 @@ Usage: sync_image.py [--check]     (--check: exit 1 if the generated module is s
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -42,9 +43,9 @@ def render_module(values: dict[str, str]) -> str:
         '"""Container image references. GENERATED from containers/image.env by containers/sync_image.py: edit that\n'
         'file and re-run the script; never edit this one (a unit test checks they agree)."""\n\n'
         f"#: The image jobs run in unless the spec names another (what containers/build.sh builds and tags).\n"
-        f"DEFAULT_IMAGE = {values['IMAGE']!r}\n\n"
+        f"DEFAULT_IMAGE = {json.dumps(values['IMAGE'])}\n\n"
         f"#: NVIDIA's PyTorch base image the job image is built FROM (pinned by digest).\n"
-        f"BASE_IMAGE = {values['BASE_IMAGE']!r}\n"
+        f"BASE_IMAGE = {json.dumps(values['BASE_IMAGE'])}\n"
     )
 
 

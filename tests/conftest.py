@@ -21,8 +21,6 @@ TESTS = REPO / "tests"
 LONG_INPUT_TOKENS = 1200
 
 
-
-
 if str(TESTS) not in sys.path:  # tests import shared helpers (model_helpers, ...) by module name
     sys.path.insert(0, str(TESTS))
 
@@ -54,21 +52,39 @@ def long_input_ids(real_270m_dir):
     return torch.tensor([ids], dtype=torch.long)
 
 
-from procs import free_port as _free_port, pythonpath as _pythonpath  # noqa: E402
+from procs import free_port as _free_port  # noqa: E402
+from procs import pythonpath as _pythonpath
 
 
-def torchrun(target: str, nproc: int = 2, kwargs: dict | None = None, timeout: int = 600,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    target: str, nproc: int = 2, kwargs: dict | None = None, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `module:function(**kwargs)` on `nproc` CPU ranks (gloo); raise with the ranks' output on failure."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-           f"--master-port={_free_port()}", "--master-addr=127.0.0.1", "--tee=3",
-           str(TESTS / "multiproc" / "run_function.py"), target, json.dumps(kwargs or {})]
-    full_env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-                **(env or {})}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--nnodes=1",
+        f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1",
+        "--tee=3",
+        str(TESTS / "multiproc" / "run_function.py"),
+        target,
+        json.dumps(kwargs or {}),
+    ]
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": _pythonpath(),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        **(env or {}),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))
     if proc.returncode != 0:
-        raise AssertionError(f"torchrun {target} failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n"
-                             f"{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"torchrun {target} failed (rc {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -88,7 +104,10 @@ def pytest_sessionstart(session):
     if dupes:
         raise pytest.UsageError(f"test module basenames must be unique across tests/: {', '.join(dupes)}")
     # several conftest.py exist, so `from conftest import x` imports whichever pytest loaded first: use a module
-    importers = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("*.py")
-                       if p.name != "conftest.py" and "from conftest import" in p.read_text())
+    importers = sorted(
+        str(p.relative_to(TESTS))
+        for p in TESTS.rglob("*.py")
+        if p.name != "conftest.py" and "from conftest import" in p.read_text()
+    )
     if importers:
         raise pytest.UsageError(f"import shared test helpers from a module, not from conftest: {', '.join(importers)}")

@@ -11,15 +11,33 @@ import torch
 from gemma3_runtime.model.config import FULL, SLIDING, Gemma3Config
 
 
-def tiny_config(num_layers: int = 6, window: int = 8, heads: int = 4, kv_heads: int = 1, vocab: int = 500,
-                scaling: float = 1.0, layer_types=None, hidden: int = 64) -> Gemma3Config:
+def tiny_config(
+    num_layers: int = 6,
+    window: int = 8,
+    heads: int = 4,
+    kv_heads: int = 1,
+    vocab: int = 500,
+    scaling: float = 1.0,
+    layer_types=None,
+    hidden: int = 64,
+) -> Gemma3Config:
     """A small random-weight Gemma 3 (two global layers by default: 2 and 5)."""
     if layer_types is None:
         layer_types = tuple(FULL if i % 3 == 2 else SLIDING for i in range(num_layers))
-    return Gemma3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=96, num_layers=num_layers,
-                        num_attention_heads=heads, num_kv_heads=kv_heads, head_dim=32, query_pre_attn_scalar=24,
-                        sliding_window=window, layer_types=tuple(layer_types), max_position_embeddings=1024,
-                        rope_global_scaling_factor=scaling)
+    return Gemma3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=96,
+        num_layers=num_layers,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=32,
+        query_pre_attn_scalar=24,
+        sliding_window=window,
+        layer_types=tuple(layer_types),
+        max_position_embeddings=1024,
+        rope_global_scaling_factor=scaling,
+    )
 
 
 def hf_model(cfg: Gemma3Config, seed: int = 0, dtype=torch.float32):

@@ -18,8 +18,16 @@ def tiny_pretrain_cfg(save: Path, train_iters: int = 4, gbs: int = 4, seq: int =
     from gemma3_runtime.training.config import apply_overrides
     from gemma3_runtime.training.recipes import gemma3_tiny_pretrain_config
 
-    cfg = gemma3_tiny_pretrain_config(name="tiny", train_iters=train_iters, global_batch_size=gbs, seq_length=seq,
-                                      lr=1e-2, min_lr=1e-3, lr_warmup_iters=1, dir=str(save))
+    cfg = gemma3_tiny_pretrain_config(
+        name="tiny",
+        train_iters=train_iters,
+        global_batch_size=gbs,
+        seq_length=seq,
+        lr=1e-2,
+        min_lr=1e-3,
+        lr_warmup_iters=1,
+        dir=str(save),
+    )
     cfg.train.device = "cpu"
     cfg.logging.log_interval = 1
     cfg.logging.loss_curve_png = False
@@ -33,17 +41,38 @@ def runtime_env() -> dict[str, str]:
     parts = [str(REPO / "runtime"), str(REPO / "launcher"), str(REPO / "tests")]
     if os.environ.get("PYTHONPATH"):  # e.g. the GPU machine's megatron-core, installed with --target
         parts.append(os.environ["PYTHONPATH"])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(parts),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def run_cli_args(save: Path, train_iters: int, extra: list[str] = ()) -> list[str]:
     """`gemma3-runtime run` argv for the tiny pretraining used by the subprocess tests."""
-    return [sys.executable, "-m", "gemma3_runtime.cli.main", "run", "--recipe", "gemma3_tiny_pretrain",
-            "--device", "cpu", f"checkpoint.save={save}", f"train.train_iters={train_iters}",
-            "train.global_batch_size=4", "data.seq_length=16", "optimizer.lr=0.01", "optimizer.min_lr=0.001",
-            "scheduler.lr_warmup_iters=1", "logging.log_interval=1", "logging.loss_curve_png=false",
-            "eval.interval=null", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "gemma3_runtime.cli.main",
+        "run",
+        "--recipe",
+        "gemma3_tiny_pretrain",
+        "--device",
+        "cpu",
+        f"checkpoint.save={save}",
+        f"train.train_iters={train_iters}",
+        "train.global_batch_size=4",
+        "data.seq_length=16",
+        "optimizer.lr=0.01",
+        "optimizer.min_lr=0.001",
+        "scheduler.lr_warmup_iters=1",
+        "logging.log_interval=1",
+        "logging.loss_curve_png=false",
+        "eval.interval=null",
+        *extra,
+    ]
 
 
 def step_losses(save: Path) -> list[float]:

@@ -23,9 +23,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of the script")
     args = ap.parse_args()
+    from generate import build_models, prompt_ids
     from torch.profiler import ProfilerActivity, profile
 
-    from generate import build_models, prompt_ids
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
 
@@ -46,13 +46,18 @@ def main() -> int:
     per_kernel: dict[str, list[float]] = defaultdict(list)
     for event in prof.events():
         if not on_cuda or str(getattr(event, "device_type", "")).endswith("CUDA"):
-            per_kernel[event.name].append(event.device_time_total if hasattr(event, "device_time_total")
-                                          else event.cuda_time_total)
+            per_kernel[event.name].append(
+                event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+            )
     total_us = sum(sum(v) for v in per_kernel.values())
     count = sum(len(v) for v in per_kernel.values())
-    print(f"{description}: {steps} forwards (1 prefill + {out.decode_steps} decode steps), compiled={on_cuda}, no graph")
-    print(f"kernels per forward: {count / steps:.0f}; summed kernel time per forward: {total_us / steps / 1000:.3f} ms; "
-          f"host-driven decode {out.decode_steps / out.decode_s:.1f} tok/s")
+    print(
+        f"{description}: {steps} forwards (1 prefill + {out.decode_steps} decode steps), compiled={on_cuda}, no graph"
+    )
+    print(
+        f"kernels per forward: {count / steps:.0f}; summed kernel time per forward: {total_us / steps / 1000:.3f} ms; "
+        f"host-driven decode {out.decode_steps / out.decode_s:.1f} tok/s"
+    )
     print(f"{'kernel':<90} {'calls/fwd':>9} {'us/call':>8} {'us/fwd':>8}")
     for name, times in sorted(per_kernel.items(), key=lambda kv: -sum(kv[1]))[:30]:
         print(f"{name[:90]:<90} {len(times) / steps:>9.1f} {sum(times) / len(times):>8.1f} {sum(times) / steps:>8.1f}")

@@ -41,8 +41,9 @@ def variant(name: str):
     if "cdt" in parts:
         inductor_config.coordinate_descent_tuning = True
     if "autotune" in parts:
-        engine_mod._Session._compile = lambda self, fn: torch.compile(fn, dynamic=False,
-                                                                       mode="max-autotune-no-cudagraphs")
+        engine_mod._Session._compile = lambda self, fn: torch.compile(
+            fn, dynamic=False, mode="max-autotune-no-cudagraphs"
+        )
     try:
         yield
     finally:
@@ -60,6 +61,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from generate import build_models, prompt_ids
+
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
 
@@ -80,12 +82,19 @@ def main() -> int:
                 runs = [engine.generate([ids], args.tokens) for _ in range(args.repeats)]
                 rate = statistics.median(r.decode_steps / r.decode_s for r in runs)
                 reference = reference or first.tokens[0]
-                same = sum(a == b for a, b in zip(first.tokens[0], reference))
-                results[name] = {"decode_tok_s": rate, "ms_per_token": 1000 / rate, "setup_s": setup,
-                                 "tokens_equal_first_variant": same, **runs[-1].decode_path}
-                print(f"{name:<24} {rate:7.1f} tok/s  {1000 / rate:.3f} ms/token  setup {setup:5.1f} s  "
-                      f"tokens equal to first variant {same}/{len(reference)}  path {runs[-1].decode_path}",
-                      flush=True)
+                same = sum(a == b for a, b in zip(first.tokens[0], reference, strict=False))
+                results[name] = {
+                    "decode_tok_s": rate,
+                    "ms_per_token": 1000 / rate,
+                    "setup_s": setup,
+                    "tokens_equal_first_variant": same,
+                    **runs[-1].decode_path,
+                }
+                print(
+                    f"{name:<24} {rate:7.1f} tok/s  {1000 / rate:.3f} ms/token  setup {setup:5.1f} s  "
+                    f"tokens equal to first variant {same}/{len(reference)}  path {runs[-1].decode_path}",
+                    flush=True,
+                )
                 del engine
         except Exception as exc:  # noqa: BLE001 - report and go on with the next variant
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}

@@ -26,22 +26,49 @@ def _port() -> int:
 
 
 def run(dp: int, iters: int, mbs: int, overrides: list[str]) -> dict:
-    args = ["--recipe", "gemma3_1b_pretrain", "--device", "cuda", f"train.train_iters={iters}",
-            f"train.global_batch_size={mbs * dp}", f"train.micro_batch_size={mbs}", "data.seq_length=4096",
-            f"logging.log_interval={iters // 2}", f"checkpoint.save=/tmp/dp{dp}-{int(time.time())}",
-            "checkpoint.save_at_end=false", *overrides]
+    args = [
+        "--recipe",
+        "gemma3_1b_pretrain",
+        "--device",
+        "cuda",
+        f"train.train_iters={iters}",
+        f"train.global_batch_size={mbs * dp}",
+        f"train.micro_batch_size={mbs}",
+        "data.seq_length=4096",
+        f"logging.log_interval={iters // 2}",
+        f"checkpoint.save=/tmp/dp{dp}-{int(time.time())}",
+        "checkpoint.save_at_end=false",
+        *overrides,
+    ]
     if dp == 1:
         cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", "run", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={dp}", f"--master-port={_port()}",
-               "--master-addr=127.0.0.1", "-m", "gemma3_runtime.cli.main", "run", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={dp}",
+            f"--master-port={_port()}",
+            "--master-addr=127.0.0.1",
+            "-m",
+            "gemma3_runtime.cli.main",
+            "run",
+            *args,
+        ]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     rates = [(int(m.group(1)), float(m.group(2))) for m in LINE.finditer(proc.stdout)]
-    result = dict(dp=dp, mbs=mbs, overrides=overrides, rc=proc.returncode, wall_s=round(time.time() - t0, 1),
-                  windows=rates, tokens_per_s=rates[-1][1] if rates else None)
+    result = dict(
+        dp=dp,
+        mbs=mbs,
+        overrides=overrides,
+        rc=proc.returncode,
+        wall_s=round(time.time() - t0, 1),
+        windows=rates,
+        tokens_per_s=rates[-1][1] if rates else None,
+    )
     if proc.returncode != 0 or not rates:
-        result["tail"] = (proc.stdout[-2000:] + proc.stderr[-3000:])
+        result["tail"] = proc.stdout[-2000:] + proc.stderr[-3000:]
     print(json.dumps(result), flush=True)
     return result
 
@@ -61,8 +88,13 @@ def main() -> None:
         one = next((r["tokens_per_s"] for r in rows if r["dp"] == 1 and r["mbs"] == row["mbs"]), None)
         if row["dp"] > 1 and one and row["tokens_per_s"]:
             row["scaling_vs_1gpu"] = round(row["tokens_per_s"] / one, 3)
-    print("\n".join(f"DP={r['dp']} mbs={r['mbs']} {' '.join(r['overrides'])}: {r['tokens_per_s']} tokens/s "
-                    f"(x{r.get('scaling_vs_1gpu', 1.0)})" for r in rows))
+    print(
+        "\n".join(
+            f"DP={r['dp']} mbs={r['mbs']} {' '.join(r['overrides'])}: {r['tokens_per_s']} tokens/s "
+            f"(x{r.get('scaling_vs_1gpu', 1.0)})"
+            for r in rows
+        )
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -82,8 +82,11 @@ def summarize(path: str | Path, min_gap_us: float = 5.0, top: int = 25) -> str:
     device = sorted((e for e in events if e.get("cat") in DEVICE_CATS), key=lambda e: e["ts"])
     if not device:
         return "trace summary: no device events\n"
-    launches = {e["args"]["correlation"]: e for e in events
-                if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})
+    }
     host = [e for e in events if e.get("cat") in HOST_CATS]
 
     families: dict[str, float] = defaultdict(float)
@@ -114,9 +117,11 @@ def summarize(path: str | Path, min_gap_us: float = 5.0, top: int = 25) -> str:
         by_where[where][0] += gap
         by_where[where][1] += 1
 
-    lines = [f"device span {span / 1e3:.1f} ms, busy {busy / 1e3:.1f} ms, idle {(span - busy) / 1e3:.1f} ms "
-             f"in {len(gaps)} gaps >= {min_gap_us:.0f} us ({sum(g for g, _ in gaps) / 1e3:.1f} ms)",
-             "device time by kernel family (ms):"]
+    lines = [
+        f"device span {span / 1e3:.1f} ms, busy {busy / 1e3:.1f} ms, idle {(span - busy) / 1e3:.1f} ms "
+        f"in {len(gaps)} gaps >= {min_gap_us:.0f} us ({sum(g for g, _ in gaps) / 1e3:.1f} ms)",
+        "device time by kernel family (ms):",
+    ]
     for fam, us in sorted(families.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {us / 1e3:9.2f}  {fam}")
     lines.append("idle gaps by the host code that launched the next kernel (ms, count):")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .contract import INVALID_INPUT_EXIT_CODE
 
@@ -22,23 +22,37 @@ class InputError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run Gemma 3 jobs on SLURM, Kubernetes or locally from one YAML spec.")
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Run Gemma 3 jobs on SLURM, Kubernetes or locally from one YAML spec."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("spec", help="job spec YAML")
         c.add_argument("--cluster", choices=("local", "slurm", "k8s"), default="local", help="where the job runs")
-        c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field, e.g. --set resources.nodes=2 (repeatable)")  # fmt: skip
-        c.add_argument("--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning")
+        c.add_argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec field, e.g. --set resources.nodes=2 (repeatable)",
+        )
+        c.add_argument(
+            "--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning"
+        )
         return c
 
     v = spec_cmd("validate", "check a spec (and, with --cluster, that it fits that cluster)")
     v.set_defaults(cluster=None)  # no --cluster: check against the cluster kinds (slurm, k8s), not this machine
     r = spec_cmd("render", "print exactly what would be submitted")
-    r.add_argument("--format", choices=("native", "plan", "helm-values"), default="native",
-                   help="native: sbatch script / PyTorchJob YAML / local command; plan: the JobPlan as JSON")  # fmt: skip
+    r.add_argument(
+        "--format",
+        choices=("native", "plan", "helm-values"),
+        default="native",
+        help="native: sbatch script / PyTorchJob YAML / local command; plan: the JobPlan as JSON",
+    )
     s = spec_cmd("submit", "submit a job")
     s.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit and record nothing")
     s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends; exit with its code")
@@ -71,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return INVALID_INPUT_EXIT_CODE
     except BackendError as exc:
-        print(f"{PROG} {args.command}: {getattr(args, 'cluster', None) or 'backend'} error: {' '.join(str(exc).split())}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG} {args.command}: {getattr(args, 'cluster', None) or 'backend'} error: {' '.join(str(exc).split())}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130
@@ -177,8 +193,11 @@ def _follow(rec: dict) -> int:
     try:
         backend.logs(rec, True)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: stopped following; the job keeps running (`{PROG} logs -f {rec['job_id']}`, "
-              f"`{PROG} cancel {rec['job_id']}`)", file=sys.stderr)
+        print(
+            f"\n{PROG}: stopped following; the job keeps running (`{PROG} logs -f {rec['job_id']}`, "
+            f"`{PROG} cancel {rec['job_id']}`)",
+            file=sys.stderr,
+        )
         return 130
     state = refresh(rec["job_id"])
     term = read_terminal_state(rec["run_dir"]) or {}
@@ -258,7 +277,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = reg.all(args.cluster)
     print(f"{'JOB ID':<44} {'KIND':<9} {'BACKEND':<7} {'STATE':<11} SUBMITTED")
     for r in rows:
-        print(f"{r['job_id']:<44} {r['kind'] or '':<9} {r['backend'] or '':<7} {r['state'] or '':<11} {r['submitted_at'] or ''}")
+        print(
+            f"{r['job_id']:<44} {r['kind'] or '':<9} {r['backend'] or '':<7} {r['state'] or '':<11} {r['submitted_at'] or ''}"
+        )
     return 0
 
 

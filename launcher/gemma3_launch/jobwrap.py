@@ -21,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .contract import REQUEUE_EXIT_CODE, TERMINAL_STATE_FILE
 from .record import (
@@ -179,7 +179,12 @@ def run_job(run_dir: Path) -> int:
 
     def begin(rec: dict) -> None:
         rec.setdefault("attempts", []).append(
-            {"attempt": attempt, "host": socket.gethostname(), "started_at": now(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+            {
+                "attempt": attempt,
+                "host": socket.gethostname(),
+                "started_at": now(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            }
         )
         add_state(rec, "RUNNING", attempt=attempt)
 
@@ -225,12 +230,26 @@ def run_job(run_dir: Path) -> int:
         secs = round(time.time() - t0, 1)
         print(f"jobwrap: step {name}: exit {rc} after {secs}s", flush=True)
         if rc not in (0, REQUEUE_EXIT_CODE) and _every_rank_asked_for_requeue(run_dir, step):
-            print(f"jobwrap: step {name}: every worker saved and exited {REQUEUE_EXIT_CODE}; exit {rc} came from "
-                  "srun stopping the slower nodes: treated as a requeue request", flush=True)
+            print(
+                f"jobwrap: step {name}: every worker saved and exited {REQUEUE_EXIT_CODE}; exit {rc} came from "
+                "srun stopping the slower nodes: treated as a requeue request",
+                flush=True,
+            )
             rc = REQUEUE_EXIT_CODE
         said = highlights(tail.decode(errors="replace")) + _answers(step["args"])
-        update_record(run_dir, lambda rec: rec.setdefault("steps", []).append(
-            {"name": name, "exit_code": rc, "seconds": secs, "attempt": attempt, "ended_at": now(), "highlights": said}))
+        update_record(
+            run_dir,
+            lambda rec: rec.setdefault("steps", []).append(
+                {
+                    "name": name,
+                    "exit_code": rc,
+                    "seconds": secs,
+                    "attempt": attempt,
+                    "ended_at": now(),
+                    "highlights": said,
+                }
+            ),
+        )
         if rc != 0:
             break
         done.append(name)
@@ -327,12 +346,20 @@ def run_node(run_dir: Path, index: int) -> int:
         cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", *step["args"]]
     else:
         cmd = [
-            sys.executable, "-m", "torch.distributed.run",
-            f"--nnodes={step['nnodes']}", f"--nproc-per-node={step['nproc_per_node']}", f"--node-rank={rank}",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={step['nnodes']}",
+            f"--nproc-per-node={step['nproc_per_node']}",
+            f"--node-rank={rank}",
             f"--master-addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
             f"--master-port={os.environ.get('MASTER_PORT') or plan['slurm']['master_port'] or 29500}",
-            "-m", "gemma3_launch.jobwrap", "rank", "gemma3_runtime.cli.main", *step["args"],
-        ]  # fmt: skip
+            "-m",
+            "gemma3_launch.jobwrap",
+            "rank",
+            "gemma3_runtime.cli.main",
+            *step["args"],
+        ]
 
     def ignore_usr2() -> None:  # inherited through exec: torchrun never dies of USR2; workers install their handler
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -437,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_node(Path(argv[1]).resolve(), int(argv[2]))
     if argv[:1] == ["rank"] and len(argv) >= 2:
         return run_rank(argv[1:])
-    print("usage: python -m gemma3_launch.jobwrap job RUN_DIR | node RUN_DIR STEP | rank MODULE ARGS...", file=sys.stderr)
+    print(
+        "usage: python -m gemma3_launch.jobwrap job RUN_DIR | node RUN_DIR STEP | rank MODULE ARGS...", file=sys.stderr
+    )
     return 2
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -25,7 +26,9 @@ class SpecError(ValueError):
     """Invalid input: one line naming the file/field and what was expected."""
 
 
-def load_spec(path: str | Path, sets: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None) -> JobSpec:
+def load_spec(
+    path: str | Path, sets: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None
+) -> JobSpec:
     path = Path(path)
     environ = os.environ if environ is None else environ
     where = str(path)
@@ -61,7 +64,9 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-            raise SpecError(f"--set {item.split('=')[0]!s}: expected KEY=VALUE with a dotted key such as resources.nodes=2")
+            raise SpecError(
+                f"--set {item.split('=')[0]!s}: expected KEY=VALUE with a dotted key such as resources.nodes=2"
+            )
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
@@ -93,7 +98,9 @@ def expand_vars(obj: Any, environ: Mapping[str, str], secrets: set[str], path: s
             return "$"
         name, default = m.group(1), m.group(2)
         if name in secrets or name in SECRET_ENV_NAMES or SECRET_KEY_HINT.search(name):
-            raise SpecError(f"{path}: expected no secret in the spec, but it expands ${{{name}}}; list {name} under 'secrets'")
+            raise SpecError(
+                f"{path}: expected no secret in the spec, but it expands ${{{name}}}; list {name} under 'secrets'"
+            )
         if name in environ:
             return environ[name]
         if default is not None:
@@ -165,7 +172,7 @@ def _got(err: Mapping[str, Any], loc: list[str]) -> str:
     """', got ...' - the input only when it is short and cannot be a secret (never under env/secrets)."""
     value = err.get("input")
     sensitive = bool(loc) and loc[0] in ("env", "secrets")
-    if isinstance(value, bool) or isinstance(value, (int, float)):
+    if isinstance(value, (bool, int, float)):
         return "" if sensitive else f", got {value!r}"
     if isinstance(value, str):
         if sensitive or SECRET_VALUE_HINT.match(value) or len(value) > 60:
@@ -176,7 +183,6 @@ def _got(err: Mapping[str, Any], loc: list[str]) -> str:
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """Field names of the (nested) model at `loc`, for 'did you mean' on unknown keys."""
-    import typing
 
     cur: Any = model
     for part in loc:

@@ -11,9 +11,10 @@ import hashlib
 import json
 import posixpath
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from .container_image import DEFAULT_IMAGE
 from .contract import REQUEUE_EXIT_CODE
@@ -76,7 +77,9 @@ class Step:
         """Single-process form: `gemma3-runtime <args>`."""
         return (RUNTIME_EXE, *self.args)
 
-    def launch_argv(self, *, node_rank: str = "0", master_addr: str = "127.0.0.1", master_port: str = "29500") -> tuple[str, ...]:
+    def launch_argv(
+        self, *, node_rank: str = "0", master_addr: str = "127.0.0.1", master_port: str = "29500"
+    ) -> tuple[str, ...]:
         """The command one node runs: plain for a 1-process step, else torchrun with a static rendezvous.
 
         Static (not c10d elastic) rendezvous: ranks are node_rank * nproc + local_rank, deterministic and testable;
@@ -231,7 +234,9 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         warnings.append(msg)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
-    steps, inputs, outputs = _steps(_with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir)
+    steps, inputs, outputs = _steps(
+        _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir
+    )
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
     if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
@@ -304,7 +309,9 @@ def _with_run_dir(spec: JobSpec, run_dir: str) -> JobSpec:
     def sub(path: str | None) -> str | None:
         return path.replace(RUN_DIR_TOKEN, run_dir) if path else path
 
-    ck = spec.checkpoint.model_copy(update={"dir": sub(spec.checkpoint.dir), "pretrained": sub(spec.checkpoint.pretrained)})
+    ck = spec.checkpoint.model_copy(
+        update={"dir": sub(spec.checkpoint.dir), "pretrained": sub(spec.checkpoint.pretrained)}
+    )
     update: dict = {"checkpoint": ck}
     if spec.export:
         update["export"] = spec.export.model_copy(update={"hf_path": sub(spec.export.hf_path)})
@@ -320,7 +327,8 @@ def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
         )
     if cluster.max_nodes is not None and res.nodes > cluster.max_nodes:
         raise PlanError(
-            "resources.nodes", f"expected at most {cluster.max_nodes} node(s) on the {cluster.backend} cluster, got {res.nodes}"
+            "resources.nodes",
+            f"expected at most {cluster.max_nodes} node(s) on the {cluster.backend} cluster, got {res.nodes}",
         )
 
 
@@ -350,11 +358,14 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
         assert g is not None
         src = ("--prompts-file", g.prompts_file) if g.prompts_file else ("--prompt", g.prompt)
         out = ("--output", posixpath.join(run_dir, f"{name}.jsonl"))  # the answers, for the record and the summary
-        return Step(name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens),
-                           *out, *dev))  # fmt: skip
+        return Step(
+            name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *out, *dev)
+        )
 
     if spec.kind == "import":
-        steps.append(Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", ck.dir, *dtype, *dev)))
+        steps.append(
+            Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", ck.dir, *dtype, *dev))
+        )
         outputs["checkpoint"] = ck.dir
     elif spec.kind == "export":
         steps.append(Step("export", _export_args(spec, ck.dir, dev)))
@@ -375,7 +386,10 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
             if not pretrained:
                 pretrained = ck.dir.rstrip("/") + "_base"
                 steps.append(
-                    Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", pretrained, *dtype, *dev))
+                    Step(
+                        "import",
+                        ("convert", "import", "--hf-model", spec.model, "--megatron-path", pretrained, *dtype, *dev),
+                    )
                 )
                 outputs["base_checkpoint"] = pretrained
             else:
@@ -397,7 +411,16 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
 
 def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tuple[str, ...]:
     assert spec.export is not None and spec.model is not None
-    args = ["convert", "export", "--hf-model", spec.model, "--megatron-path", megatron_path, "--hf-path", spec.export.hf_path]
+    args = [
+        "convert",
+        "export",
+        "--hf-model",
+        spec.model,
+        "--megatron-path",
+        megatron_path,
+        "--hf-path",
+        spec.export.hf_path,
+    ]
     if spec.export.overwrite:
         args.append("--overwrite")
     return (*args, *dev)

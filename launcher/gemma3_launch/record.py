@@ -12,8 +12,9 @@ import datetime as _dt
 import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .contract import JOB_RECORD_FILE, TERMINAL_STATE_FILE
 
@@ -23,7 +24,17 @@ LOG_FILE = "job.log"
 STEPS_DONE_FILE = "steps_done.json"
 
 ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED")
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+TERMINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "PREEMPTED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 
 
 def now() -> str:
@@ -86,4 +97,6 @@ def read_terminal_state(run_dir: str | Path) -> dict | None:
 
 
 def write_terminal_state(run_dir: str | Path, state: str, exit_code: int, **facts: Any) -> None:
-    write_json_atomic(Path(run_dir) / TERMINAL_STATE_FILE, {"state": state, "exit_code": exit_code, "at": now(), **facts})
+    write_json_atomic(
+        Path(run_dir) / TERMINAL_STATE_FILE, {"state": state, "exit_code": exit_code, "at": now(), **facts}
+    )

@@ -11,13 +11,24 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .contract import JOB_RECORD_FILE
 from .record import read_record
 
-COLUMNS = ("job_id", "name", "kind", "backend", "backend_id", "state", "run_dir", "submitted_at", "spec_hash", "git_sha")
+COLUMNS = (
+    "job_id",
+    "name",
+    "kind",
+    "backend",
+    "backend_id",
+    "state",
+    "run_dir",
+    "submitted_at",
+    "spec_hash",
+    "git_sha",
+)
 
 
 def state_dir() -> Path:
@@ -47,12 +58,21 @@ class Registry:
     def upsert(self, rec: dict) -> None:
         """Index one job.json record (only non-secret summary columns)."""
         row = (
-            rec["job_id"], rec.get("name"), rec.get("kind"), rec.get("backend"), rec.get("backend_id"),
-            rec.get("state"), rec.get("run_dir"), rec.get("submitted_at"), rec.get("spec_hash"),
+            rec["job_id"],
+            rec.get("name"),
+            rec.get("kind"),
+            rec.get("backend"),
+            rec.get("backend_id"),
+            rec.get("state"),
+            rec.get("run_dir"),
+            rec.get("submitted_at"),
+            rec.get("spec_hash"),
             (rec.get("git") or {}).get("sha"),
-        )  # fmt: skip
+        )
         with self._db() as con:
-            con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", row)
+            con.execute(
+                f"INSERT OR REPLACE INTO jobs ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", row
+            )
             if rec.get("run_dir"):
                 con.execute("INSERT OR IGNORE INTO roots VALUES (?)", (str(Path(rec["run_dir"]).parent),))
 
@@ -65,7 +85,7 @@ class Registry:
                     f"SELECT {','.join(COLUMNS)} FROM jobs WHERE job_id LIKE ? ESCAPE '\\'",
                     (job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
                 ).fetchall()
-        return dict(zip(COLUMNS, rows[0])) if len(rows) == 1 else None
+        return dict(zip(COLUMNS, rows[0], strict=False)) if len(rows) == 1 else None
 
     def all(self, backend: str | None = None) -> list[dict]:
         q = f"SELECT {','.join(COLUMNS)} FROM jobs"
@@ -75,7 +95,7 @@ class Registry:
             args = (backend,)
         with self._db() as con:
             rows = con.execute(q + " ORDER BY submitted_at DESC, job_id", args).fetchall()
-        return [dict(zip(COLUMNS, r)) for r in rows]
+        return [dict(zip(COLUMNS, r, strict=False)) for r in rows]
 
     def roots(self) -> list[str]:
         with self._db() as con:

@@ -229,7 +229,8 @@ _MASTER = f"""\
 if [ "${{RANK:-0}}" = 0 ]; then exec python3 -m gemma3_launch.jobwrap job "$RUN_DIR"; fi
 """
 
-_WORKER = """\
+_WORKER = (
+    """\
 # Workers: only the steps that span several nodes. They join once the master's torchrun listens, because the
 # master may first run single-process steps (import, generate) for longer than torchrun's rendezvous timeout.
 child=""; term=0
@@ -260,7 +261,9 @@ node_step() {
   fi
   exit "$rc"
 }
-""" % REQUEUE_EXIT_CODE
+"""
+    % REQUEUE_EXIT_CODE
+)
 
 
 def entrypoint_script(plan: JobPlan) -> str:
@@ -271,7 +274,7 @@ def entrypoint_script(plan: JobPlan) -> str:
         f"RUN_DIR={shlex.quote(plan.run_dir)}\n",
         _PRELUDE,
         f"cat > \"$RUN_DIR/.{PLAN_FILE}.$HOSTNAME\" <<'{_HEREDOC}'\n{plan_json}\n{_HEREDOC}\n",
-        f"mv -f \"$RUN_DIR/.{PLAN_FILE}.$HOSTNAME\" \"$RUN_DIR/{PLAN_FILE}\"\n",
+        f'mv -f "$RUN_DIR/.{PLAN_FILE}.$HOSTNAME" "$RUN_DIR/{PLAN_FILE}"\n',
         _MASTER,
     ]
     multi_node = [index for index, step in enumerate(plan.steps) if step.nnodes > 1]
@@ -279,4 +282,3 @@ def entrypoint_script(plan: JobPlan) -> str:
         parts.append(_WORKER)
         parts += [f"node_step {index}  # {plan.steps[index].name}\n" for index in multi_node]
     return "".join(parts)
-

@@ -76,7 +76,7 @@ class Resources(Strict):
         return v
 
     @model_validator(mode="after")
-    def _procs(self) -> "Resources":
+    def _procs(self) -> Resources:
         if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
             raise ValueError(
                 f"nproc_per_node: expected at most gpus_per_node ({self.gpus_per_node}) processes, got {self.nproc_per_node}"
@@ -120,7 +120,7 @@ class Data(Strict):
     paths: list[NonEmpty] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _paths(self) -> "Data":
+    def _paths(self) -> Data:
         if self.format in ("sft", "indexed") and not self.paths:
             raise ValueError(f"paths: expected at least one path for format '{self.format}'")
         if self.format in ("mock", "bundled") and self.paths:
@@ -151,7 +151,7 @@ class Generate(Strict):
     before: bool = False
 
     @model_validator(mode="after")
-    def _one(self) -> "Generate":
+    def _one(self) -> Generate:
         if (self.prompt is None) == (self.prompts_file is None):
             raise ValueError("expected exactly one of 'prompt' or 'prompts_file'")
         return self
@@ -245,7 +245,9 @@ class JobSpec(Strict):
             if key in SECRET_ENV_NAMES or SECRET_KEY_HINT.search(key):
                 raise ValueError(f"{key}: expected no secret in the spec; list the NAME {key} under 'secrets' instead")
             if SECRET_VALUE_HINT.match(value):
-                raise ValueError(f"{key}: expected a non-secret value (this one looks like a token); list {key} under 'secrets'")
+                raise ValueError(
+                    f"{key}: expected a non-secret value (this one looks like a token); list {key} under 'secrets'"
+                )
         return v
 
     @field_validator("secrets")
@@ -267,7 +269,7 @@ class JobSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _kind_rules(self) -> "JobSpec":
+    def _kind_rules(self) -> JobSpec:
         k = self.kind
         if self.peft != "none" and k != "finetune":
             raise ValueError(f"peft: expected 'none' for a {k} job (LoRA/DoRA are finetune-only)")

@@ -35,8 +35,12 @@ def git_state(path: Path | None = None) -> dict:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"sha": None, "dirty": None, "note": "not a git checkout"}
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"sha": None, "dirty": None, "note": "git unavailable"}
@@ -49,13 +53,20 @@ def lineage(plan: JobPlan, registry: Registry) -> dict:
     if not wanted:
         return found
     # newest first; a job that COMPLETED beats a newer one that did not (it is what actually wrote the files)
-    rows = sorted(registry.all(), key=lambda r: (r.get("state") == "COMPLETED", r.get("submitted_at") or ""), reverse=True)
+    rows = sorted(
+        registry.all(), key=lambda r: (r.get("state") == "COMPLETED", r.get("submitted_at") or ""), reverse=True
+    )
     for row in rows:
         rec = read_record(row["run_dir"]) if row.get("run_dir") else None
         for out_key, out_path in ((rec or {}).get("outputs") or {}).items():
             for in_key, in_path in wanted.items():
                 if os.path.abspath(out_path) == in_path and in_key not in found:
-                    found[in_key] = {"path": in_path, "job_id": rec["job_id"], "output": out_key, "state": rec.get("state")}
+                    found[in_key] = {
+                        "path": in_path,
+                        "job_id": rec["job_id"],
+                        "output": out_key,
+                        "state": rec.get("state"),
+                    }
     return found
 
 
@@ -92,7 +103,7 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     os.rename(tmp, final)
     try:
         backend_id = get_backend(plan.backend).submit(plan, final)
-    except BackendError as exc:
+    except BackendError:
         rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=str(exc)))
         registry.upsert(rec)
         raise

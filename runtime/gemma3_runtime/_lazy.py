@@ -4,7 +4,8 @@ torch-free submodules (configs, the launcher's contract) stay cheap to import.""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def lazy_getattr(package: str, exports: dict[str, tuple[str, str]]) -> Callable[[str], Any]:

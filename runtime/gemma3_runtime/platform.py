@@ -34,7 +34,8 @@ def select_device(requested: str | None = None) -> torch.device:
         if not cuda_ok:
             raise DeviceError(
                 f"--device cuda: CUDA is not usable here (torch {torch.__version__}, built with CUDA "
-                f"{torch.version.cuda or 'none'}, torch.cuda.is_available() is False); use --device cpu to run on CPU")
+                f"{torch.version.cuda or 'none'}, torch.cuda.is_available() is False); use --device cpu to run on CPU"
+            )
         device, why = _local_cuda_device(), "requested with --device cuda"
     elif cuda_ok:
         device, why = _local_cuda_device(), "default: CUDA is available"
@@ -66,8 +67,9 @@ _cpu_shims = contextlib.ExitStack()
 _shims_entered = False
 
 
-def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1, seed: int = 1234,
-                     timeout_minutes: int = 30) -> DistributedState:
+def init_distributed(
+    device: torch.device | str | None, tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30
+) -> DistributedState:
     """Process group (torchrun env or a 1-process group) + megatron parallel state + seeds. Idempotent for the
     same sizes; a different TP/PP in an initialised process is an error (tear down first)."""
     global _state, _shims_entered
@@ -95,14 +97,19 @@ def init_distributed(device: torch.device | str | None, tp: int = 1, pp: int = 1
         raise DeviceError(f"tensor/pipeline parallel sizes tp={tp} x pp={pp} do not divide the world size {world}")
     fresh = not parallel_state.model_parallel_is_initialized()
     if not fresh:
-        have = (parallel_state.get_tensor_model_parallel_world_size(),
-                parallel_state.get_pipeline_model_parallel_world_size())
+        have = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+        )
         if have != (tp, pp):
-            raise DeviceError(f"megatron parallel state already initialised with tp={have[0]}, pp={have[1]}; "
-                              f"asked for tp={tp}, pp={pp}")
+            raise DeviceError(
+                f"megatron parallel state already initialised with tp={have[0]}, pp={have[1]}; "
+                f"asked for tp={tp}, pp={pp}"
+            )
     else:
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                                 distributed_timeout_minutes=timeout_minutes)
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, distributed_timeout_minutes=timeout_minutes
+        )
     if not torch.cuda.is_available() and not _shims_entered:
         # without CUDA these megatron calls can only raise; forward and backward passes reach them
         _cpu_shims.enter_context(cpu_process())

@@ -21,13 +21,18 @@ def test_tp2_logits_equal_tp1_bf16(tmp_path, run_torchrun):
     logits = {}
     for tp in (1, 2):
         out = tmp_path / f"tp{tp}.pt"
-        run_torchrun("multiproc.gpu_parallel:bf16_logits", nproc=tp, env={"CUDA_VISIBLE_DEVICES": "0,1"},
-                     kwargs=dict(tp=tp, ckpt=str(tmp_path / "ckpt"), ids=str(tmp_path / "ids.pt"), out=str(out),
-                                 **SHAPE))
+        run_torchrun(
+            "multiproc.gpu_parallel:bf16_logits",
+            nproc=tp,
+            env={"CUDA_VISIBLE_DEVICES": "0,1"},
+            kwargs=dict(tp=tp, ckpt=str(tmp_path / "ckpt"), ids=str(tmp_path / "ids.pt"), out=str(out), **SHAPE),
+        )
         logits[tp] = torch.load(out)
     bf16_error = (logits[1] - reference).abs().max().item()
     tp_diff = (logits[2] - logits[1]).abs().max().item()
     agree = (logits[2].argmax(-1) == logits[1].argmax(-1)).float().mean().item()  # informative: margins are tiny
-    print(f"\nbf16 TP=1 vs fp32 reference: max |diff| {bf16_error:.4f}; TP=2 vs TP=1: max |diff| {tp_diff:.4f}, "
-          f"argmax agreement {agree:.4f} (logit range {reference.min():.2f}..{reference.max():.2f})")
+    print(
+        f"\nbf16 TP=1 vs fp32 reference: max |diff| {bf16_error:.4f}; TP=2 vs TP=1: max |diff| {tp_diff:.4f}, "
+        f"argmax agreement {agree:.4f} (logit range {reference.min():.2f}..{reference.max():.2f})"
+    )
     assert tp_diff <= 2 * bf16_error + 1e-3

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from train_helpers import run_cli_args, step_losses
 
 pytestmark = pytest.mark.gpu
@@ -67,14 +66,24 @@ def test_checkpoint_saved_at_tp1_resumes_at_tp2(tmp_path):
     shutil.copytree(tmp_path / "tp1", tmp_path / "tp2")
     _run(_args(tmp_path / "tp1", 4, extra))
     args = _args(tmp_path / "tp2", 4, [*extra, "parallelism.tensor_model_parallel_size=2"])
-    module_args = args[args.index("-m") + 1:]
-    out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_port()}",
-                "--master-addr=127.0.0.1", "-m", *module_args])
+    module_args = args[args.index("-m") + 1 :]
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            f"--master-port={_port()}",
+            "--master-addr=127.0.0.1",
+            "-m",
+            *module_args,
+        ]
+    )
     assert "resumed at iteration 2" in out.stdout
     tp1, tp2 = step_losses(tmp_path / "tp1"), step_losses(tmp_path / "tp2")
     print(f"\nTP=1 {tp1}\nTP=2 after loading the TP=1 checkpoint {tp2}")
     assert tp2[:2] == tp1[:2]
-    for a, b in zip(tp2[2:], tp1[2:]):
+    for a, b in zip(tp2[2:], tp1[2:], strict=False):
         assert abs(a - b) <= 1e-4 * abs(b)
 
 
@@ -96,6 +105,6 @@ def test_sync_free_optimizer_step_matches_megatrons_step(tmp_path):
     print(f"sync-free {[(r['loss'], r['grad_norm']) for r in got]}")
     assert len(ref) == len(got) == 5
     assert all(r["grad_norm"] > 0.05 for r in ref)  # clipping was active on every step
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         assert abs(g["loss"] - r["loss"]) <= 2e-3 * abs(r["loss"]), (r, g)
         assert abs(g["grad_norm"] - r["grad_norm"]) <= 2e-2 * r["grad_norm"], (r, g)

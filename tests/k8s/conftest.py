@@ -7,13 +7,12 @@ import copy
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import jsonschema
 import pytest
 import yaml
-
 from k8s_helpers import PYTORCHJOB_CRD, SHARED, TESTBED, strict_schema
 
 
@@ -45,8 +44,12 @@ def kube_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if build.returncode != 0:
         pytest.fail(f"building kube-apiserver failed:\n{build.stderr[-3000:]}")
     state = tmp_path_factory.mktemp("k8s-testbed")
-    env = {**os.environ, "ETCD_PORT": str(_free_port()), "ETCD_PEER_PORT": str(_free_port()),
-           "API_PORT": str(_free_port())}
+    env = {
+        **os.environ,
+        "ETCD_PORT": str(_free_port()),
+        "ETCD_PEER_PORT": str(_free_port()),
+        "API_PORT": str(_free_port()),
+    }
     try:
         up = subprocess.run([str(TESTBED / "up.sh"), str(state)], capture_output=True, text=True, env=env, timeout=180)
         if up.returncode != 0:

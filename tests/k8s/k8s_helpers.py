@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from gemma3_launch.loader import load_spec
 from gemma3_launch.plan import Cluster, JobPlan, make_plan
@@ -40,8 +38,12 @@ def strict_schema(schema: Any) -> Any:
     """What apiserver fieldValidation=Strict does: objects that list properties (and do not preserve unknown
     fields) reject any other key."""
     if isinstance(schema, dict):
-        if (schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            schema.get("type") == "object"
+            and "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for key, value in schema.items():
             if key in ("properties", "patternProperties"):
@@ -56,5 +58,7 @@ def strict_schema(schema: Any) -> Any:
 
 
 def crd_errors(validator: jsonschema.Draft7Validator, document: dict) -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
-            for e in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
+        for e in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import helm_python as helm
 import pytest
+from k8s_helpers import CHART, REPO
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -18,8 +19,6 @@ from gemma3_launch.loader import load_spec
 from gemma3_launch.plan import Cluster, make_plan
 from gemma3_launch.render_helm import helm_values
 from gemma3_launch.render_k8s import render_pytorchjob
-
-from k8s_helpers import CHART, REPO
 
 pytestmark = [pytest.mark.k8s, pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
@@ -44,8 +43,14 @@ def cli(kube_apiserver: Path, tmp_path: Path):
     env = {**os.environ, "KUBECONFIG": str(kube_apiserver), "XDG_STATE_HOME": str(tmp_path / "state")}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gemma3_launch.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "gemma3_launch.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     return run
 
@@ -71,10 +76,20 @@ def _status(cli, job_id: str) -> str:
 def _set_conditions(api: client.ApiClient, name: str, *types: str) -> None:
     """Play the training operator: append conditions (status True) on the status subresource."""
     stamp = "2026-01-01T00:00:00Z"
-    conditions = [{"type": t, "status": "True", "reason": f"PyTorchJob{t}", "message": f"job is {t.lower()}",
-                   "lastTransitionTime": stamp, "lastUpdateTime": stamp} for t in types]
+    conditions = [
+        {
+            "type": t,
+            "status": "True",
+            "reason": f"PyTorchJob{t}",
+            "message": f"job is {t.lower()}",
+            "lastTransitionTime": stamp,
+            "lastUpdateTime": stamp,
+        }
+        for t in types
+    ]
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        GROUP, VERSION, NAMESPACE, PLURAL, name, {"status": {"conditions": conditions}})
+        GROUP, VERSION, NAMESPACE, PLURAL, name, {"status": {"conditions": conditions}}
+    )
 
 
 def test_submit_creates_the_rendered_job_and_status_follows_its_conditions(api, cli, tmp_path: Path) -> None:

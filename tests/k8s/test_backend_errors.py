@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from k8s_helpers import REPO
 
 pytestmark = pytest.mark.k8s
@@ -25,9 +24,24 @@ current-context: x
 def _submit(tmp_path: Path, kubeconfig: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     env.update(KUBECONFIG=str(kubeconfig), HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"))
-    return subprocess.run([sys.executable, "-m", "gemma3_launch.cli", "submit", str(FEATURES), "--cluster", "k8s",
-                           "--set", f"runs_dir={tmp_path}/runs"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gemma3_launch.cli",
+            "submit",
+            str(FEATURES),
+            "--cluster",
+            "k8s",
+            "--set",
+            f"runs_dir={tmp_path}/runs",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_no_kubeconfig_and_not_in_a_cluster(tmp_path: Path) -> None:

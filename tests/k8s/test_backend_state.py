@@ -12,8 +12,10 @@ pytestmark = pytest.mark.k8s
 
 
 def _job(*conditions: tuple[str, str], reason: str = "", suspend: bool = False) -> dict:
-    return {"spec": {"runPolicy": {"suspend": suspend}},
-            "status": {"conditions": [{"type": t, "status": s, "reason": reason} for t, s in conditions]}}
+    return {
+        "spec": {"runPolicy": {"suspend": suspend}},
+        "status": {"conditions": [{"type": t, "status": s, "reason": reason} for t, s in conditions]},
+    }
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from k8s_helpers import REPO, k8s_plan
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
 from gemma3_launch.render_k8s import entrypoint_script
-
-from k8s_helpers import REPO, k8s_plan
 
 pytestmark = pytest.mark.k8s
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
@@ -70,8 +69,12 @@ def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        proc = subprocess.Popen(["bash", "-c", script], env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                                "MASTER_PORT": str(port), "FAKE_RC": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "FAKE_RC": "3"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(1.0)
         assert proc.poll() is None and not (tmp_path / "argv.1").exists(), "worker started before the master listened"
         listener.listen(16)
@@ -86,9 +89,19 @@ def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path) -> 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    proc = subprocess.Popen(["bash", "-c", script], env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                            "MASTER_PORT": str(listener.getsockname()[1]), "FAKE_SLEEP": "2", "FAKE_RC": "1"},
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script],
+        env={
+            **env,
+            "RANK": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(listener.getsockname()[1]),
+            "FAKE_SLEEP": "2",
+            "FAKE_RC": "1",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 20
     while not (tmp_path / "started.1").exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -102,8 +115,16 @@ def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
-        proc = subprocess.Popen(["bash", "-c", script], env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                                "MASTER_PORT": str(listener.getsockname()[1]), "FAKE_SLEEP": "30"})
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            env={
+                **env,
+                "RANK": "1",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(listener.getsockname()[1]),
+                "FAKE_SLEEP": "30",
+            },
+        )
         deadline = time.time() + 20
         while not (tmp_path / "started.1").exists() and time.time() < deadline:
             time.sleep(0.1)
@@ -127,10 +148,15 @@ def test_master_entrypoint_with_the_real_job_wrapper(tmp_path: Path) -> None:
 
     plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": "1"})
     plan = dataclasses.replace(plan, steps=(Step("hello", ("--help",)),))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RANK": "0",
-           "HOSTNAME": "pod-0"}
-    result = subprocess.run(["bash", "-c", entrypoint_script(plan)], env=env, capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "RANK": "0",
+        "HOSTNAME": "pod-0",
+    }
+    result = subprocess.run(
+        ["bash", "-c", entrypoint_script(plan)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     record = read_record(plan.run_dir)
     assert record["state"] == "COMPLETED" and [s["name"] for s in record["steps"]] == ["hello"]

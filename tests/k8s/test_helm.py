@@ -10,12 +10,11 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_helpers import CHART, REPO, SPECS, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.container_image import DEFAULT_IMAGE
 from gemma3_launch.render_helm import helm_values
 from gemma3_launch.render_k8s import render_pytorchjob
-
-from k8s_helpers import CHART, REPO, SPECS, k8s_plan, needs_k8s_secret, spec_id
 
 pytestmark = pytest.mark.k8s
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
@@ -117,9 +116,11 @@ def test_secrets_without_a_secret_name_fail_the_render(chart: helm.Chart) -> Non
 
 def test_notes_say_how_to_follow_the_job_and_create_the_secret(chart: helm.Chart) -> None:
     plan = _plan(FEATURES)
-    notes = chart.render(helm_values(plan), name="release", namespace="ml-training")["gemma3-launch/templates/NOTES.txt"]
+    notes = chart.render(helm_values(plan), name="release", namespace="ml-training")[
+        "gemma3-launch/templates/NOTES.txt"
+    ]
     assert f"get pytorchjob {plan.job_id}" in notes and "logs -f" in notes
-    assert "create secret generic gemma3-credentials --from-literal=HF_TOKEN=\"$HF_TOKEN\"" in notes
+    assert 'create secret generic gemma3-credentials --from-literal=HF_TOKEN="$HF_TOKEN"' in notes
 
 
 def test_chart_values_default_image_matches_the_one_definition() -> None:
@@ -134,8 +135,22 @@ def test_render_format_helm_values_prints_these_values(chart: helm.Chart) -> Non
     from gemma3_launch.loader import load_spec
     from gemma3_launch.plan import Cluster, make_plan
 
-    cli = subprocess.run([sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s",
-                          "--format", "helm-values"], capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gemma3_launch.cli",
+            "render",
+            str(FEATURES),
+            "--cluster",
+            "k8s",
+            "--format",
+            "helm-values",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     values = yaml.safe_load(cli.stdout)
     plan = make_plan(load_spec(FEATURES), Cluster("k8s"))

@@ -12,11 +12,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_helpers import REPO, SPECS, crd_errors, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
 from gemma3_launch.render_k8s import K8sRenderError, render_pytorchjob, render_pytorchjob_yaml
-
-from k8s_helpers import REPO, SPECS, crd_errors, k8s_plan, needs_k8s_secret, spec_id
 
 pytestmark = pytest.mark.k8s
 KUBE_VERSION = "1.30.0"
@@ -46,8 +45,12 @@ def test_pytorchjob_validates_strictly_against_the_crd(path: Path, pytorchjob_va
 def test_pod_templates_are_valid_kubernetes_objects(path: Path) -> None:
     job = render_pytorchjob(_plan(path))
     for role, replica in _replicas(job).items():
-        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{job['metadata']['name']}-{role}"},
-                    "template": replica["template"]}
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": f"{job['metadata']['name']}-{role}"},
+            "template": replica["template"],
+        }
         kubernetes_validate.validate(template, KUBE_VERSION, strict=True)
 
 
@@ -70,8 +73,11 @@ def test_the_validators_catch_typos(pytorchjob_validator) -> None:
     template = _replicas(render_pytorchjob(_plan(FEATURES)))["Master"]["template"]
     template["spec"]["containers"][0]["env"][-1]["valueFrom"]["secretKeyRef"]["nam"] = "x"
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                                      "template": template}, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template},
+            KUBE_VERSION,
+            strict=True,
+        )
 
 
 @pytest.mark.parametrize("path", SPECS, ids=spec_id)
@@ -136,8 +142,22 @@ def test_secrets_without_a_kubernetes_secret_is_a_one_line_input_error() -> None
     plan = k8s_plan(FEATURES, **{"k8s.secret_name": "null"})
     with pytest.raises(K8sRenderError, match=r"^k8s\.secret_name: expected .*HF_TOKEN"):
         render_pytorchjob(plan)
-    cli = subprocess.run([sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s",
-                          "--set", "k8s.secret_name=null"], capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gemma3_launch.cli",
+            "render",
+            str(FEATURES),
+            "--cluster",
+            "k8s",
+            "--set",
+            "k8s.secret_name=null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 2, cli.stderr
     assert len(cli.stderr.strip().splitlines()) == 1 and "k8s.secret_name" in cli.stderr
 
@@ -158,8 +178,12 @@ def test_no_secret_value_in_any_manifest(path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_render_cli_prints_the_manifest_submit_would_create() -> None:
-    cli = subprocess.run([sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s"],
-                         capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     job = yaml.safe_load(cli.stdout)
     assert job == render_pytorchjob(make_cli_plan(FEATURES))
@@ -174,9 +198,11 @@ def make_cli_plan(path: Path):
 
 
 def test_render_loads_neither_torch_nor_the_kubernetes_client() -> None:
-    code = ("import sys; from gemma3_launch.cli import main; "
-            f"main(['render', {str(FEATURES)!r}, '--cluster', 'k8s', '--format', 'helm-values']); "
-            "main(['render', " + repr(str(FEATURES)) + ", '--cluster', 'k8s']); "
-            "bad = [m for m in ('torch', 'kubernetes') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; from gemma3_launch.cli import main; "
+        f"main(['render', {str(FEATURES)!r}, '--cluster', 'k8s', '--format', 'helm-values']); "
+        "main(['render', " + repr(str(FEATURES)) + ", '--cluster', 'k8s']); "
+        "bad = [m for m in ('torch', 'kubernetes') if m in sys.modules]; assert not bad, bad"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

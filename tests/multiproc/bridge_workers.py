@@ -17,8 +17,10 @@ def gguf_matches_hf_dir(gguf_path: str, hf_dir: str, out_path: str) -> None:
         provider = bridge.to_megatron_provider()
         provider.device = "cpu"
         provider.finalize()
-        models[label] = (bridge.config, dict(provider.provide_distributed_model(wrap_with_ddp=False)[0]
-                                            .named_parameters()))
+        models[label] = (
+            bridge.config,
+            dict(provider.provide_distributed_model(wrap_with_ddp=False)[0].named_parameters()),
+        )
     (cfg_a, a), (cfg_b, b) = models["gguf"], models["hf"]
     result = {
         "same_config": cfg_a == cfg_b,

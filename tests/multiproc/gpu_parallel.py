@@ -7,15 +7,19 @@ import torch
 import torch.distributed as dist
 
 
-def bf16_logits(tp: int, ckpt: str, ids: str, out: str, layers: int, hidden: int, vocab: int, window: int,
-                device: str = "cuda") -> None:
+def bf16_logits(
+    tp: int, ckpt: str, ids: str, out: str, layers: int, hidden: int, vocab: int, window: int, device: str = "cuda"
+) -> None:
     from megatron.core import dist_checkpointing
-
-    from gemma3_runtime.model import Gemma3ModelProvider
     from model_helpers import tiny_config
 
-    provider = Gemma3ModelProvider.from_config(tiny_config(num_layers=layers, hidden=hidden, vocab=vocab,
-                                                           window=window), device=device, attention_kernel="sdpa")
+    from gemma3_runtime.model import Gemma3ModelProvider
+
+    provider = Gemma3ModelProvider.from_config(
+        tiny_config(num_layers=layers, hidden=hidden, vocab=vocab, window=window),
+        device=device,
+        attention_kernel="sdpa",
+    )
     provider.tensor_model_parallel_size = tp
     model = provider.finalize().provide_distributed_model(wrap_with_ddp=False)[0]
     model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt))
@@ -34,9 +38,9 @@ def write_reference(root: str, layers: int, hidden: int, vocab: int, window: int
     from pathlib import Path
 
     from megatron.core import dist_checkpointing
+    from model_helpers import build_model_with_random_norms, tiny_config
 
     from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
-    from model_helpers import build_model_with_random_norms, tiny_config
 
     cfg = tiny_config(num_layers=layers, hidden=hidden, vocab=vocab, window=window)
     model = build_model_with_random_norms(cfg, seed=5)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 from model_helpers import tiny_config
 
 
 def build(tp: int, pp: int, kernel: str = "sdpa", sp: bool = False):
     from gemma3_runtime.model import Gemma3ModelProvider
 
-    provider = Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel=kernel,
-                                               sequence_parallel=sp)
+    provider = Gemma3ModelProvider.from_config(
+        tiny_config(), device="cpu", attention_kernel=kernel, sequence_parallel=sp
+    )
     provider.tensor_model_parallel_size = tp
     provider.pipeline_model_parallel_size = pp
     return provider.finalize().provide_distributed_model(wrap_with_ddp=False)[0]
@@ -48,16 +48,27 @@ def check_tied_embedding_sync(model) -> None:
     if ps.get_pipeline_model_parallel_world_size() == 1:
         return
     if ps.is_pipeline_first_stage():
-        dist.send(model.embedding.word_embeddings.weight.detach().contiguous(),
-                  dst=ps.get_pipeline_model_parallel_last_rank())
+        dist.send(
+            model.embedding.word_embeddings.weight.detach().contiguous(), dst=ps.get_pipeline_model_parallel_last_rank()
+        )
     if ps.is_pipeline_last_stage():
         first = torch.empty_like(model.output_layer.weight)
         dist.recv(first, src=ps.get_pipeline_model_parallel_first_rank())
         assert torch.count_nonzero(first) > 0 and torch.equal(first, model.output_layer.weight)
 
 
-def check_parity(tp: int, pp: int, ckpt: str, ids: str, ref: str, save_to: str = "", kernel: str = "sdpa",
-                 sp: bool = False, grads: str = "", tol: float = 1e-5) -> None:
+def check_parity(
+    tp: int,
+    pp: int,
+    ckpt: str,
+    ids: str,
+    ref: str,
+    save_to: str = "",
+    kernel: str = "sdpa",
+    sp: bool = False,
+    grads: str = "",
+    tol: float = 1e-5,
+) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
@@ -142,8 +153,9 @@ GREEDY_PROMPTS = ["a", "hello there", "abc", "the quick brown fox"]  # 2 batches
 def greedy_answers_of(model) -> list[str]:
     from gemma3_runtime.training.task_eval import greedy_answers
 
-    return greedy_answers(model, ByteTokenizer(), GREEDY_PROMPTS, max_new_tokens=6, device=torch.device("cpu"),
-                          batch_size=2)
+    return greedy_answers(
+        model, ByteTokenizer(), GREEDY_PROMPTS, max_new_tokens=6, device=torch.device("cpu"), batch_size=2
+    )
 
 
 def check_greedy_answers(tp: int, pp: int, ckpt: str, ref: str) -> None:

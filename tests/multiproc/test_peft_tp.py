@@ -30,15 +30,18 @@ def _train_and_export(kind: str, hf_dir: str, out_dir: Path) -> dict:
     import torch
 
     sys.path.insert(0, str(TESTS))
+    from model_helpers import tiny_config
+
     from gemma3_runtime.bridge.engine import Parallelism, WeightEngine
     from gemma3_runtime.bridge.safetensors_io import HFTensorReader
     from gemma3_runtime.model.provider import Gemma3ModelProvider
     from gemma3_runtime.peft import PeftConfig, apply_peft, save_hf_adapter, trainable_parameters
-    from model_helpers import tiny_config
 
     cfg = tiny_config()
     tp = int(os.environ.get("WORLD_SIZE", "1"))
-    models = Gemma3ModelProvider.from_config(cfg, device="cpu", tensor_model_parallel_size=tp).provide_distributed_model()
+    models = Gemma3ModelProvider.from_config(
+        cfg, device="cpu", tensor_model_parallel_size=tp
+    ).provide_distributed_model()
     with HFTensorReader(Path(hf_dir)) as reader:
         WeightEngine(cfg, Parallelism.current()).load(models, reader, "model.")
     pcfg = PeftConfig(kind=kind, rank=4, alpha=8)
@@ -71,9 +74,21 @@ def _train_and_export(kind: str, hf_dir: str, out_dir: Path) -> dict:
 
 
 def _run(nproc: int, hf_dir: Path, out_dir: Path) -> dict[str, dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(29500 + (os.getpid() + nproc) % 1000), __file__, str(hf_dir), str(out_dir)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(29500 + (os.getpid() + nproc) % 1000),
+        __file__,
+        str(hf_dir),
+        str(out_dir),
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((out_dir / "losses.json").read_text())
 
@@ -98,14 +113,16 @@ def test_tp2_matches_tp1(runs, kind):
     tp1, tp2 = losses1[kind]["losses"], losses2[kind]["losses"]
     print(f"{kind} TP=1 losses {tp1}\n{kind} TP=2 losses {tp2}")
     assert tp1[-1] < tp1[0] - 0.1, "the adapters did not train; the comparison would be vacuous"
-    worst = max(abs(a - b) / abs(a) for a, b in zip(tp1, tp2))
+    worst = max(abs(a - b) / abs(a) for a, b in zip(tp1, tp2, strict=False))
     print(f"{kind}: worst relative per-step loss difference TP=2 vs TP=1: {worst:.2e}")
     assert worst <= 1e-5, (tp1, tp2)
     # The adapter exported from TP=2 (q/k/v rows of one kv head spread over both ranks, fc1 as cat(gate_i, up_i)
     # per rank) computes in HF PEFT what the sharded model computes, and equals TP=1's up to Adam's noise on
     # near-zero gradients (~1e-3 relative here; a layout mistake would be O(1)).
-    print(f"{kind}: HF PEFT adapter vs megatron logits: TP=1 {losses1[kind]['peft_vs_megatron']:.2e}, "
-          f"TP=2 {losses2[kind]['peft_vs_megatron']:.2e}")
+    print(
+        f"{kind}: HF PEFT adapter vs megatron logits: TP=1 {losses1[kind]['peft_vs_megatron']:.2e}, "
+        f"TP=2 {losses2[kind]['peft_vs_megatron']:.2e}"
+    )
     assert losses1[kind]["peft_vs_megatron"] < 1e-4 and losses2[kind]["peft_vs_megatron"] < 1e-4
     one = load_file(dir1 / kind / "adapter" / "adapter_model.safetensors")
     two = load_file(dir2 / kind / "adapter" / "adapter_model.safetensors")
@@ -119,11 +136,35 @@ def _cli_run(nproc: int, save: Path, flags: list[str], overrides: list[str]) -> 
     sys.path.insert(0, str(TESTS))
     from train_helpers import runtime_env
 
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-                str(29700 + (os.getpid() + nproc) % 1000), "-m"] if nproc > 1 else [sys.executable, "-m"]
-    cmd = [*launcher, "gemma3_runtime.cli.main", "run", "--device", "cpu", *flags, f"checkpoint.save={save}",
-           "train.global_batch_size=4", "data.seq_length=16", "logging.log_interval=1", "logging.loss_curve_png=false",
-           "eval.interval=null", *overrides]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(29700 + (os.getpid() + nproc) % 1000),
+            "-m",
+        ]
+        if nproc > 1
+        else [sys.executable, "-m"]
+    )
+    cmd = [
+        *launcher,
+        "gemma3_runtime.cli.main",
+        "run",
+        "--device",
+        "cpu",
+        *flags,
+        f"checkpoint.save={save}",
+        "train.global_batch_size=4",
+        "data.seq_length=16",
+        "logging.log_interval=1",
+        "logging.loss_curve_png=false",
+        "eval.interval=null",
+        *overrides,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=runtime_env())
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -140,13 +181,23 @@ def test_tp2_lora_through_the_training_loop_matches_tp1(tmp_path):
     losses = {}
     for tp in (1, 2):
         save = tmp_path / f"lora_tp{tp}"
-        _cli_run(tp, save, ["--recipe", "gemma3_tiny_finetune", "--peft", "lora"],
-                 [f"checkpoint.pretrained_checkpoint={base}", "train.train_iters=5", "optimizer.lr=0.001", "scheduler.lr_warmup_iters=1", "data.kind=mock",
-                  f"parallelism.tensor_model_parallel_size={tp}"])
+        _cli_run(
+            tp,
+            save,
+            ["--recipe", "gemma3_tiny_finetune", "--peft", "lora"],
+            [
+                f"checkpoint.pretrained_checkpoint={base}",
+                "train.train_iters=5",
+                "optimizer.lr=0.001",
+                "scheduler.lr_warmup_iters=1",
+                "data.kind=mock",
+                f"parallelism.tensor_model_parallel_size={tp}",
+            ],
+        )
         losses[tp] = step_losses(save)
     print(f"loop LoRA TP=1 {losses[1]}\nloop LoRA TP=2 {losses[2]}")
     assert len(losses[1]) == len(losses[2]) == 5 and len(set(losses[1])) > 1
-    worst = max(abs(a - b) / abs(a) for a, b in zip(losses[1], losses[2]))
+    worst = max(abs(a - b) / abs(a) for a, b in zip(losses[1], losses[2], strict=False))
     print(f"loop LoRA: worst relative per-step loss difference TP=2 vs TP=1: {worst:.2e}")
     assert worst <= 1e-5
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from corpus import long_text
 
 pytestmark = pytest.mark.real_model
@@ -40,15 +39,17 @@ def prompt_ids(ours):
     ids = [tok(p)["input_ids"] for p in SHORT_PROMPTS]
     prose = tok(long_text(), add_special_tokens=False)["input_ids"]
     for length in (WINDOW_CROSSING_LEN, LONGER_THAN_WINDOW_LEN):
-        ids.append([tok.bos_token_id] + prose[1000:1000 + length - 1])
+        ids.append([tok.bos_token_id] + prose[1000 : 1000 + length - 1])
     return ids
 
 
 @pytest.fixture(scope="module")
 def one_by_one(ours, prompt_ids):
     engine, sources = ours
-    return [engine.generate([ids], NEW_TOKENS, stop_ids=sources.stop_ids, pad_id=sources.pad_id).tokens[0]
-            for ids in prompt_ids]
+    return [
+        engine.generate([ids], NEW_TOKENS, stop_ids=sources.stop_ids, pad_id=sources.pad_id).tokens[0]
+        for ids in prompt_ids
+    ]
 
 
 def test_greedy_is_token_for_token_transformers_generate(real_270m_dir, ours, prompt_ids, one_by_one):
@@ -56,14 +57,23 @@ def test_greedy_is_token_for_token_transformers_generate(real_270m_dir, ours, pr
 
     _, sources = ours
     hf = AutoModelForCausalLM.from_pretrained(str(real_270m_dir), dtype=torch.float32).eval()
-    for ids, mine in zip(prompt_ids, one_by_one):
+    for ids, mine in zip(prompt_ids, one_by_one, strict=False):
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                              max_new_tokens=NEW_TOKENS, do_sample=False, top_k=None, top_p=None,
-                              eos_token_id=list(sources.stop_ids), pad_token_id=sources.pad_id)
-        reference = ref[0, len(ids):].tolist()
-        assert mine == reference, f"prompt of {len(ids)} tokens diverges at token " \
-            f"{next(i for i, (a, b) in enumerate(zip(mine + [-1], reference + [-2])) if a != b)}"
+            ref = hf.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                top_k=None,
+                top_p=None,
+                eos_token_id=list(sources.stop_ids),
+                pad_token_id=sources.pad_id,
+            )
+        reference = ref[0, len(ids) :].tolist()
+        assert mine == reference, (
+            f"prompt of {len(ids)} tokens diverges at token "
+            f"{next(i for i, (a, b) in enumerate(zip(mine + [-1], reference + [-2], strict=False)) if a != b)}"
+        )
     assert sum(len(t) for t in one_by_one) > 3 * NEW_TOKENS  # not trivially short (stop tokens at once)
 
 

@@ -62,8 +62,10 @@ def test_fp32_logits_match_transformers(hf_fp32, ours_fp32, long_input_ids):
     top2 = hf_fp32.topk(2, dim=-1).values
     decisive = (top2[:, 0] - top2[:, 1]) > 10 * diff
     same = ours_fp32.argmax(-1) == hf_fp32.argmax(-1)
-    print(f"\n270M fp32: max |logit diff| {diff:.3e}; argmax agreement {same.float().mean():.4f} "
-          f"({int(decisive.sum())} of {len(same)} positions have a top-2 margin > 10x the diff)")
+    print(
+        f"\n270M fp32: max |logit diff| {diff:.3e}; argmax agreement {same.float().mean():.4f} "
+        f"({int(decisive.sum())} of {len(same)} positions have a top-2 margin > 10x the diff)"
+    )
     assert diff <= 1e-3
     assert bool(same[decisive].all())
 
@@ -81,8 +83,12 @@ def test_bf16_argmax_agreement_at_least_transformers_minus_one_point(real_270m_d
 def test_tp2_logits_match_tp1(real_270m_dir, long_input_ids, ours_fp32, run_torchrun, tmp_path):
     ids_path, out_path = tmp_path / "ids.pt", tmp_path / "tp2_logits.pt"
     torch.save(long_input_ids, ids_path)
-    run_torchrun("multiproc.real_model:tp_logits", nproc=2, timeout=1200,
-                 kwargs=dict(hf_dir=str(real_270m_dir), ids=str(ids_path), out=str(out_path), tp=2))
+    run_torchrun(
+        "multiproc.real_model:tp_logits",
+        nproc=2,
+        timeout=1200,
+        kwargs=dict(hf_dir=str(real_270m_dir), ids=str(ids_path), out=str(out_path), tp=2),
+    )
     tp2 = torch.load(out_path)
     diff = (tp2 - ours_fp32).abs().max().item()
     print(f"\n270M TP=2 vs TP=1: max |logit diff| {diff:.3e}")

@@ -85,8 +85,10 @@ def test_merge_and_exports_are_exact_on_the_real_270m(real_270m_dir, long_input_
     with torch.no_grad():
         merged = model(input_ids=ids, position_ids=pos)[0]
     merge_err, anchor_err = _max_diff(adapted, merged), _max_diff(anchor, merged)
-    print(f"\n{kind}: train losses {[round(x, 4) for x in losses]}; adapters moved logits by "
-          f"{_max_diff(adapted, anchor):.3g} between placements")
+    print(
+        f"\n{kind}: train losses {[round(x, 4) for x in losses]}; adapters moved logits by "
+        f"{_max_diff(adapted, anchor):.3g} between placements"
+    )
     print(f"{kind}: adapted vs merged (ours, update before the post-norm): {merge_err:.3e}")
     print(f"{kind}: anchor placement (update after the post-norm) vs its merge: {anchor_err:.3e}")
     assert merge_err < 5e-4
@@ -109,6 +111,8 @@ def test_merge_and_exports_are_exact_on_the_real_270m(real_270m_dir, long_input_
     for what, logits in (("HF PEFT adapter (base + exported adapter)", via_peft), ("merged HF export", via_merged_hf)):
         err = _max_diff(adapted, logits)
         decided, mismatched = _argmax_agrees_where_decided(adapted, logits)
-        print(f"{kind}: {what} vs adapted Megatron: {err:.3e}; argmax identical on {decided - mismatched}/{decided} "
-              f"positions with top-2 margin > 10x diff")
+        print(
+            f"{kind}: {what} vs adapted Megatron: {err:.3e}; argmax identical on {decided - mismatched}/{decided} "
+            f"positions with top-2 margin > 10x diff"
+        )
         assert err < 1e-3 and mismatched == 0 and decided > EVAL_TOKENS // 4

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from train_helpers import REPO, runtime_env
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -29,9 +28,26 @@ def imported_270m(real_270m_dir) -> Path:
         return final
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "gemma3_runtime.cli.main", "convert", "import", "--hf-model",
-                           str(real_270m_dir), "--megatron-path", str(tmp), "--device", "cpu"],
-                          capture_output=True, text=True, env=runtime_env(), cwd=str(REPO), timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gemma3_runtime.cli.main",
+            "convert",
+            "import",
+            "--hf-model",
+            str(real_270m_dir),
+            "--megatron-path",
+            str(tmp),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=runtime_env(),
+        cwd=str(REPO),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     try:
         os.rename(tmp, final)
@@ -44,9 +60,18 @@ def test_full_sft_of_the_270m_learns_the_bundled_task(imported_270m, tmp_path):
     from gemma3_runtime.training.loop import train
     from gemma3_runtime.training.recipes import gemma3_270m_finetune_config
 
-    cfg = gemma3_270m_finetune_config(name="sft_270m", pretrained_checkpoint=str(imported_270m), peft=None,
-                                      train_iters=6, global_batch_size=2, seq_length=128, finetune_lr=3e-5,
-                                      lr_warmup_iters=1, dir=str(tmp_path / "run"), seed=5678)
+    cfg = gemma3_270m_finetune_config(
+        name="sft_270m",
+        pretrained_checkpoint=str(imported_270m),
+        peft=None,
+        train_iters=6,
+        global_batch_size=2,
+        seq_length=128,
+        finetune_lr=3e-5,
+        lr_warmup_iters=1,
+        dir=str(tmp_path / "run"),
+        seed=5678,
+    )
     cfg.train.device = "cpu"
     cfg.eval.interval = None
     cfg.eval.iters = 10  # 20 packed sequences >= the whole held-out split (100 items)
@@ -63,9 +88,11 @@ def test_full_sft_of_the_270m_learns_the_bundled_task(imported_270m, tmp_path):
     (start_it, before), (end_it, after) = result.eval_losses[0], result.eval_losses[-1]
     (_, acc_before), (_, acc_after) = result.task_accuracies[0], result.task_accuracies[-1]
     drop = 1 - after / before
-    print(f"\n270M full SFT, 6 steps x 2 x 128 tokens on CPU: held-out loss {before:.4f} -> {after:.4f} "
-          f"({drop:.1%} lower); task accuracy {acc_before:.0%} -> {acc_after:.0%} on 50 held-out items; "
-          f"{seconds:.0f} s")
+    print(
+        f"\n270M full SFT, 6 steps x 2 x 128 tokens on CPU: held-out loss {before:.4f} -> {after:.4f} "
+        f"({drop:.1%} lower); task accuracy {acc_before:.0%} -> {acc_after:.0%} on 50 held-out items; "
+        f"{seconds:.0f} s"
+    )
     assert (start_it, end_it) == (0, 6)
     assert drop >= 0.30
     assert acc_after >= acc_before

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-
 from slurm_helpers import HARNESS, Cluster, missing_resource, start_cluster
 
 

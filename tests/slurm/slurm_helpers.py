@@ -30,7 +30,9 @@ def missing_resource() -> str | None:
         return "the SLURM tier needs root (it installs and starts slurmctld/slurmd/munge/slurmdbd)"
     if not shutil.which("apt-get") and not shutil.which("slurmctld"):
         return "the SLURM tier needs Debian's slurm packages or apt-get to install them"
-    if not (REPO.parent / "shared" / "testbeds" / "slurm" / "fake_pyxis.c").exists() and not os.environ.get("FAKE_PYXIS_C"):
+    if not (REPO.parent / "shared" / "testbeds" / "slurm" / "fake_pyxis.c").exists() and not os.environ.get(
+        "FAKE_PYXIS_C"
+    ):
         return "the SLURM tier needs ../shared/testbeds/slurm/fake_pyxis.c (or FAKE_PYXIS_C)"
     return None
 
@@ -58,8 +60,14 @@ class Cluster:
 
     def launch(self, *args: str, tag: str = "x", timeout: float = 600) -> subprocess.CompletedProcess:
         env = dict(self.env, RUN_TAG=tag)
-        return subprocess.run([sys.executable, "-m", "gemma3_launch.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=self.root)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "gemma3_launch.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
 
     def submit(self, spec: str, *sets: str, tag: str = "x", follow: bool = False) -> dict:
         args = ["submit", str(SPECS / spec), "--cluster", "slurm"]
@@ -72,8 +80,15 @@ class Cluster:
         assert line, f"submit failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
         job_id = line.split()[1]
         run_dir = Path(line.split("run dir ", 1)[1])
-        return {"job_id": job_id, "run_dir": run_dir, "rc": res.returncode, "stdout": res.stdout, "stderr": res.stderr,
-                "slurm_id": json.loads((run_dir / "job.json").read_text())["backend_id"], "tag": tag}  # fmt: skip
+        return {
+            "job_id": job_id,
+            "run_dir": run_dir,
+            "rc": res.returncode,
+            "stdout": res.stdout,
+            "stderr": res.stderr,
+            "slurm_id": json.loads((run_dir / "job.json").read_text())["backend_id"],
+            "tag": tag,
+        }
 
     def status(self, job_id: str) -> str:
         res = self.launch("status", job_id)
@@ -102,5 +117,3 @@ class Cluster:
                 return
             time.sleep(0.2)
         raise AssertionError(f"{needle!r} not in {log} after {timeout:.0f}s")
-
-

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_helpers import MIN_JOB_AGE, SENTINEL, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -76,7 +75,9 @@ def test_two_node_job_gets_a_torchrun_rendezvous_from_slurm(slurm, pretrain_pair
     assert sorted(r["rank"] for r in ranks) == ["0", "1"]
     assert {r["world_size"] for r in ranks} == {"2"}
     assert {r["slurm_nodename"]: r["node_rank"] for r in ranks} == {"n1": "0", "n2": "1"}
-    first_host = subprocess.run(["scontrol", "show", "hostnames", "n[1-2]"], capture_output=True, text=True).stdout.split()[0]
+    first_host = subprocess.run(
+        ["scontrol", "show", "hostnames", "n[1-2]"], capture_output=True, text=True
+    ).stdout.split()[0]
     assert {r["master_addr"] for r in ranks} == {first_host} == {"n1"}
     assert {r["exit_code"] for r in ranks} == {0}
 
@@ -114,7 +115,9 @@ def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(s
 
 
 def test_cancel(slurm):
-    job = slurm.submit("pretrain_tiny.yaml", "overrides=[train.train_iters=100000, logging.log_interval=1]", tag="cancel")
+    job = slurm.submit(
+        "pretrain_tiny.yaml", "overrides=[train.train_iters=100000, logging.log_interval=1]", tag="cancel"
+    )
     slurm.wait_log(job, "iteration       2 |")
     res = slurm.launch("cancel", job["job_id"])
     assert res.returncode == 0, res.stderr
@@ -128,13 +131,16 @@ def _wait_forgotten(slurm_id: str, timeout: float = 150) -> None:
 
     deadline = time.time() + timeout
     while scheduler_state(slurm_id) is not None:
-        assert time.time() < deadline, f"slurmctld still knows job {slurm_id} after {timeout}s (MinJobAge={MIN_JOB_AGE})"
+        assert time.time() < deadline, (
+            f"slurmctld still knows job {slurm_id} after {timeout}s (MinJobAge={MIN_JOB_AGE})"
+        )
         time.sleep(2)
 
 
 def test_status_after_min_job_age_with_slurmdbd(slurm):
     job = JOBS.get("import") or pytest.skip(
-        "needs the job submitted by test_import_real_270m_through_sbatch_and_srun in this session (deselected?)")
+        "needs the job submitted by test_import_real_270m_through_sbatch_and_srun in this session (deselected?)"
+    )
     _wait_forgotten(job["slurm_id"])  # finished longer ago than MinJobAge: squeue and scontrol no longer know it
     assert slurm.status(job["job_id"]) == "COMPLETED"  # from the job's own terminal-state file
     state_file = job["run_dir"] / "state.json"

@@ -15,15 +15,31 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 
-LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 100,
+}
 
 
 def convert(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")])}
-    return subprocess.run([sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=str(REPO))
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=str(REPO),
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -54,8 +70,9 @@ def test_import_nonexistent_path(tmp_path):
 def test_import_llama_config(tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps(LLAMA_CONFIG))
-    proc = convert("import", "--hf-model", str(tmp_path / "llama"), "--megatron-path", str(tmp_path / "out"),
-                   "--device", "cpu")
+    proc = convert(
+        "import", "--hf-model", str(tmp_path / "llama"), "--megatron-path", str(tmp_path / "out"), "--device", "cpu"
+    )
     assert_one_line_error(proc, str(tmp_path / "llama" / "config.json"), "'llama'", "not Gemma 3")
     assert not (tmp_path / "out").exists()
 
@@ -73,8 +90,17 @@ def test_import_truncated_safetensors(tmp_path, tiny_hf_dir):
 
 def test_export_checkpoint_without_iteration(tmp_path, tiny_hf_dir):
     (tmp_path / "ckpt").mkdir()
-    proc = convert("export", "--hf-model", str(tiny_hf_dir), "--megatron-path", str(tmp_path / "ckpt"),
-                   "--hf-path", str(tmp_path / "out"), "--device", "cpu")
+    proc = convert(
+        "export",
+        "--hf-model",
+        str(tiny_hf_dir),
+        "--megatron-path",
+        str(tmp_path / "ckpt"),
+        "--hf-path",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    )
     assert_one_line_error(proc, str(tmp_path / "ckpt"), "no checkpoint iteration")
     assert not (tmp_path / "out").exists()
 
@@ -83,8 +109,9 @@ def test_export_into_non_empty_dir_without_overwrite(tmp_path, tiny_hf_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    proc = convert("export", "--hf-model", str(tiny_hf_dir), "--megatron-path", str(tmp_path / "ckpt"),
-                   "--hf-path", str(out))
+    proc = convert(
+        "export", "--hf-model", str(tiny_hf_dir), "--megatron-path", str(tmp_path / "ckpt"), "--hf-path", str(out)
+    )
     assert_one_line_error(proc, str(out), "not empty", "--overwrite")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []

@@ -91,8 +91,13 @@ def test_tp_ranks_load_exactly_their_shards(tiny, tp):
             WeightEngine(cfg, Parallelism(tp_rank=rank, tp_size=tp)).load([model], reader, "model.")
             shards.append(megatron_params([model]))
     h = "model.layers.1."
-    fused_qkv = T.fuse_qkv(state[h + "self_attn.q_proj.weight"], state[h + "self_attn.k_proj.weight"],
-                           state[h + "self_attn.v_proj.weight"], cfg.num_attention_heads, cfg.num_kv_heads)
+    fused_qkv = T.fuse_qkv(
+        state[h + "self_attn.q_proj.weight"],
+        state[h + "self_attn.k_proj.weight"],
+        state[h + "self_attn.v_proj.weight"],
+        cfg.num_attention_heads,
+        cfg.num_kv_heads,
+    )
     got_qkv = torch.cat([s["decoder.layers.1.self_attention.linear_qkv.weight"] for s in shards])
     assert torch.equal(got_qkv, fused_qkv)
     gate, up = T.split_gate_up(torch.cat([s["decoder.layers.1.mlp.linear_fc1.weight"] for s in shards]), tp)

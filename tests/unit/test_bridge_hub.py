@@ -19,12 +19,18 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _resolve_in_subprocess(ref: str, hf_home: Path) -> subprocess.CompletedProcess:
     # huggingface_hub reads HF_HOME when imported, so the resolution runs in a fresh interpreter
-    code = ("import sys\nfrom gemma3_runtime.bridge.hf_source import resolve_hf_model\n"
-            "from gemma3_runtime.errors import UserInputError\n"
-            "try:\n    print(resolve_hf_model(sys.argv[1]))\n"
-            "except UserInputError as e:\n    print('ERROR', e); sys.exit(2)\n")
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")])}
+    code = (
+        "import sys\nfrom gemma3_runtime.bridge.hf_source import resolve_hf_model\n"
+        "from gemma3_runtime.errors import UserInputError\n"
+        "try:\n    print(resolve_hf_model(sys.argv[1]))\n"
+        "except UserInputError as e:\n    print('ERROR', e); sys.exit(2)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")]),
+    }
     env.pop("HF_HUB_CACHE", None)
     return subprocess.run([sys.executable, "-c", code, ref], capture_output=True, text=True, env=env, timeout=120)
 

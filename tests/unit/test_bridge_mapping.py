@@ -6,20 +6,20 @@ from gemma3_runtime.bridge import mapping as M
 
 pytestmark = pytest.mark.unit
 
-CONTRACT_NAMES = """
-embedding.word_embeddings.weight
-decoder.layers.{i}.input_layernorm.weight
-decoder.layers.{i}.self_attention.linear_qkv.weight
-decoder.layers.{i}.self_attention.q_layernorm.weight
-decoder.layers.{i}.self_attention.k_layernorm.weight
-decoder.layers.{i}.self_attention.linear_proj.weight
-decoder.layers.{i}.self_attention.linear_proj.post_layernorm.weight
-decoder.layers.{i}.pre_mlp_layernorm.weight
-decoder.layers.{i}.mlp.linear_fc1.weight
-decoder.layers.{i}.mlp.linear_fc2.weight
-decoder.layers.{i}.mlp.linear_fc2.post_layernorm.weight
-decoder.final_layernorm.weight
-""".split()
+CONTRACT_NAMES = [
+    "embedding.word_embeddings.weight",
+    "decoder.layers.{i}.input_layernorm.weight",
+    "decoder.layers.{i}.self_attention.linear_qkv.weight",
+    "decoder.layers.{i}.self_attention.q_layernorm.weight",
+    "decoder.layers.{i}.self_attention.k_layernorm.weight",
+    "decoder.layers.{i}.self_attention.linear_proj.weight",
+    "decoder.layers.{i}.self_attention.linear_proj.post_layernorm.weight",
+    "decoder.layers.{i}.pre_mlp_layernorm.weight",
+    "decoder.layers.{i}.mlp.linear_fc1.weight",
+    "decoder.layers.{i}.mlp.linear_fc2.weight",
+    "decoder.layers.{i}.mlp.linear_fc2.post_layernorm.weight",
+    "decoder.final_layernorm.weight",
+]
 
 
 def test_megatron_names_are_the_contract_names():

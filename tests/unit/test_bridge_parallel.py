@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")])}
+    return {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO / "launcher")]),
+    }
 
 
 def _port() -> int:
@@ -32,9 +36,19 @@ def convert(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     if nproc == 1:
         cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-               "--master-addr=127.0.0.1", f"--master-port={_port()}", "-m", "gemma3_runtime.cli.main",
-               "convert", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc}",
+            "--nnodes=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={_port()}",
+            "-m",
+            "gemma3_runtime.cli.main",
+            "convert",
+            *args,
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -59,10 +73,34 @@ def test_import_tp2_export_tp2_and_pp2_round_trip(tmp_path):
     hf_model(cfg).save_pretrained(str(src))
     ckpt = tmp_path / "ckpt"
     convert("import", "--hf-model", str(src), "--megatron-path", str(ckpt), "--tp", "2", "--device", "cpu", nproc=2)
-    convert("export", "--hf-model", str(src), "--megatron-path", str(ckpt), "--hf-path", str(tmp_path / "tp2"),
-            "--tp", "2", "--device", "cpu", nproc=2)
-    convert("export", "--hf-model", str(src), "--megatron-path", str(ckpt), "--hf-path", str(tmp_path / "pp2"),
-            "--pp", "2", "--device", "cpu", nproc=2)
+    convert(
+        "export",
+        "--hf-model",
+        str(src),
+        "--megatron-path",
+        str(ckpt),
+        "--hf-path",
+        str(tmp_path / "tp2"),
+        "--tp",
+        "2",
+        "--device",
+        "cpu",
+        nproc=2,
+    )
+    convert(
+        "export",
+        "--hf-model",
+        str(src),
+        "--megatron-path",
+        str(ckpt),
+        "--hf-path",
+        str(tmp_path / "pp2"),
+        "--pp",
+        "2",
+        "--device",
+        "cpu",
+        nproc=2,
+    )
     original = _tensors(src)
     for out in ("tp2", "pp2"):
         exported = _tensors(tmp_path / out)
@@ -80,7 +118,17 @@ def test_export_overwrite_replaces_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    convert("export", "--hf-model", str(src), "--megatron-path", str(tmp_path / "ckpt"), "--hf-path", str(out),
-            "--overwrite", "--device", "cpu")
+    convert(
+        "export",
+        "--hf-model",
+        str(src),
+        "--megatron-path",
+        str(tmp_path / "ckpt"),
+        "--hf-path",
+        str(out),
+        "--overwrite",
+        "--device",
+        "cpu",
+    )
     assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf", "out"]

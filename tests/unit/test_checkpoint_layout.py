@@ -34,10 +34,18 @@ def test_resolves_save_dir_through_tracker_and_iter_dir_directly(tmp_path):
         (lambda p: (p.mkdir(), (p / "iter_0000005.tmp-99").mkdir()), "never committed"),
         (lambda p: (p.mkdir(), (p / "latest_checkpointed_iteration.txt").write_text("7")), "iter_0000007/ is missing"),
         (lambda p: (p.mkdir(), (p / "latest_checkpointed_iteration.txt").write_text("x")), "expected an iteration"),
-        (lambda p: (p.mkdir(), (p / "iter_0000000").mkdir(),
-                    (p / "latest_checkpointed_iteration.txt").write_text("0")), "not a gemma3-launch checkpoint"),
-        (lambda p: (_fake_iter(p, 0, fmt="other"), (p / "latest_checkpointed_iteration.txt").write_text("0")),
-         "not a gemma3-launch checkpoint"),
+        (
+            lambda p: (
+                p.mkdir(),
+                (p / "iter_0000000").mkdir(),
+                (p / "latest_checkpointed_iteration.txt").write_text("0"),
+            ),
+            "not a gemma3-launch checkpoint",
+        ),
+        (
+            lambda p: (_fake_iter(p, 0, fmt="other"), (p / "latest_checkpointed_iteration.txt").write_text("0")),
+            "not a gemma3-launch checkpoint",
+        ),
     ],
 )
 def test_errors_name_the_path_and_the_problem(tmp_path, setup, expected):

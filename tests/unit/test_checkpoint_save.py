@@ -36,8 +36,14 @@ def test_save_commit_and_load_round_trip(tmp_path, process_group):
     tok = tmp_path / "hf"
     tok.mkdir()
     (tok / "tokenizer.json").write_text("{}")
-    final = ckpt_io.save_checkpoint(tmp_path / "ck", 0, _sharded(weights), {"model": {"num_layers": 1}},
-                                    tokenizer_dir=tok, extra_files={"train_state.pt": b"x"})
+    final = ckpt_io.save_checkpoint(
+        tmp_path / "ck",
+        0,
+        _sharded(weights),
+        {"model": {"num_layers": 1}},
+        tokenizer_dir=tok,
+        extra_files={"train_state.pt": b"x"},
+    )
     assert final.name == "iter_0000000"
     assert (tmp_path / "ck" / TRACKER_FILE).read_text().strip() == "0"
     assert (final / "tokenizer" / "tokenizer.json").exists() and (final / "train_state.pt").read_bytes() == b"x"
@@ -73,8 +79,7 @@ def test_resave_same_iteration_replaces_it(tmp_path, process_group):
         ckpt_io.save_checkpoint(tmp_path / "ck", 3, _sharded({"w": torch.full((4,), value)}), {"model": {}})
     loaded = ckpt_io.load_checkpoint(tmp_path / "ck", _sharded({"w": torch.zeros(4)}))
     assert torch.equal(loaded["w"], torch.full((4,), 2.0))
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "iter_0000003", TRACKER_FILE, "run_config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["iter_0000003", TRACKER_FILE, "run_config.yaml"]
 
 
 def _leftover(path, age_s):
@@ -92,9 +97,11 @@ def test_next_save_removes_stale_temp_dirs_of_an_earlier_process(tmp_path, proce
     ckpt_io.save_checkpoint(save, 2, _sharded({"w": torch.full((4,), 2.0)}), {"model": {}})
     # an earlier process (any pid, even ours: containers restart with the same pids) killed while writing iter 4,
     # and one killed after its re-save of iter 2 was in place but before the old copy was deleted
-    stale = [_leftover(save / "iter_0000004.tmp-999999", 3600),
-             _leftover(save / f"iter_0000006.tmp-{os.getpid()}", 3600),
-             _leftover(save / ".iter_0000002.old-999999", 3600)]
+    stale = [
+        _leftover(save / "iter_0000004.tmp-999999", 3600),
+        _leftover(save / f"iter_0000006.tmp-{os.getpid()}", 3600),
+        _leftover(save / ".iter_0000002.old-999999", 3600),
+    ]
     # kept: written after this process started (its writer may still be busy), and the only copy of an iteration
     fresh = _leftover(save / "iter_0000008.tmp-999998", 0)
     only_copy = _leftover(save / ".iter_0000001.old-999999", 3600)
@@ -105,7 +112,8 @@ def test_next_save_removes_stale_temp_dirs_of_an_earlier_process(tmp_path, proce
     assert len(removals) == 3 and all(any(p.name in m for m in removals) for p in stale)
     assert any("kept" in r.getMessage() and only_copy.name in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in save.iterdir()) == sorted(
-        [only_copy.name, "iter_0000002", "iter_0000004", fresh.name, TRACKER_FILE, "run_config.yaml"])
+        [only_copy.name, "iter_0000002", "iter_0000004", fresh.name, TRACKER_FILE, "run_config.yaml"]
+    )
 
     # both committed iterations still load; the save dir resolves to the new one
     assert resolve_checkpoint(save).iteration == 4

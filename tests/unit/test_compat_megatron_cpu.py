@@ -58,7 +58,6 @@ def test_tensor_cuda_is_identity_only_inside_the_block():
 @needs_no_cuda
 def test_dist_checkpoint_save_needs_cuda_synchronize_shim(tmp_path):
     from megatron.core import dist_checkpointing
-
     from model_helpers import build_model, tiny_config
 
     model = build_model(tiny_config(num_layers=1, vocab=128))  # also enters the platform's current_device shim
@@ -84,7 +83,6 @@ def test_kv_head_all_gather_needs_current_device_shim(run_torchrun):
 def test_full_activation_recompute_needs_cuda_rng_state_shim():
     """megatron's checkpoint saves the CUDA RNG state (raises here); with the shim a recomputed backward is exact."""
     from megatron.core import tensor_parallel
-
     from model_helpers import build_model, tiny_config
 
     with pytest.raises((AssertionError, RuntimeError), match="CUDA"):

@@ -7,11 +7,11 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import dockerfile
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.unit
 
@@ -64,8 +64,9 @@ def test_every_pip_install_uses_the_repo_constraints_file() -> None:
         assert "constraints.txt" in constraint_files, f"pip install {' '.join(args)} does not use -c constraints.txt"
         loose = [arg for arg in args if re.match(r"^[A-Za-z0-9_.-]+(==|>=|<=|~=)", arg)]
         assert not loose, f"versions pinned in the Dockerfile instead of constraints.txt: {loose}"
-    assert any(".[runtime,cuda]" in args for args in installs), \
+    assert any(".[runtime,cuda]" in args for args in installs), (
         "the project (with its runtime and cuda extras) is not installed"
+    )
 
 
 def test_torch_comes_from_the_base_image_and_nothing_else_is_unpinned() -> None:
@@ -92,8 +93,11 @@ def test_base_image_comes_only_from_the_build_arg() -> None:
 
 
 def test_dockerignore_lets_through_everything_the_dockerfile_copies() -> None:
-    allowed = {line[1:].rstrip("/") for line in (REPO / "containers" / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO / "containers" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     for command in _commands():
         if command.cmd == "COPY":
             for source in command.value[:-1]:

@@ -22,10 +22,14 @@ import sync_image  # noqa: E402  (a script in containers/, not a package)
 
 def test_launcher_copy_agrees_with_image_env() -> None:
     values = sync_image.read_image_env()
-    assert container_image.DEFAULT_IMAGE == values["IMAGE"]
-    assert container_image.BASE_IMAGE == values["BASE_IMAGE"]
-    check = subprocess.run([sys.executable, str(REPO / "containers" / "sync_image.py"), "--check"],
-                           capture_output=True, text=True, timeout=60)
+    assert values["IMAGE"] == container_image.DEFAULT_IMAGE
+    assert values["BASE_IMAGE"] == container_image.BASE_IMAGE
+    check = subprocess.run(
+        [sys.executable, str(REPO / "containers" / "sync_image.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -52,8 +56,9 @@ def test_build_script_passes_the_one_definition_to_docker(tmp_path: Path) -> Non
     fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    subprocess.run(["bash", str(REPO / "containers" / "build.sh")], check=True, env=env, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        ["bash", str(REPO / "containers" / "build.sh")], check=True, env=env, timeout=60, capture_output=True
+    )
     argv = (tmp_path / "argv").read_text().splitlines()
     values = sync_image.read_image_env()
     assert argv[0] == "build"

@@ -24,7 +24,7 @@ def test_prompt_completion_loss_only_on_the_completion(tokenizer):
     completion = tokenizer(" bottle-ka milk-ka", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     full = prompt + completion
     assert ex.input_ids == full[:-1] and ex.labels == full[1:]
-    trained = [label for label, m in zip(ex.labels, ex.loss_mask) if m]
+    trained = [label for label, m in zip(ex.labels, ex.loss_mask, strict=False) if m]
     assert trained == completion  # every completion token and the eos, nothing of the prompt
 
 
@@ -32,15 +32,22 @@ def test_chat_messages_in_gemma_turn_format_train_only_model_turns(tokenizer):
     from gemma3_runtime.data.sft import tokenize_messages
 
     assert not tokenizer.chat_template  # the base 270M has none: the Gemma turn format is used
-    ex = tokenize_messages(tokenizer, [{"role": "system", "content": "Be brief."},
-                                       {"role": "user", "content": "Hi"},
-                                       {"role": "assistant", "content": "Hello"},
-                                       {"role": "user", "content": "Bye"},
-                                       {"role": "assistant", "content": "Ciao"}])
+    ex = tokenize_messages(
+        tokenizer,
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Ciao"},
+        ],
+    )
     text = tokenizer.decode([ex.input_ids[0]] + ex.labels)
-    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
-                    "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\nCiao<end_of_turn>\n")
-    trained = tokenizer.decode([lab for lab, m in zip(ex.labels, ex.loss_mask) if m])
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\nCiao<end_of_turn>\n"
+    )
+    trained = tokenizer.decode([lab for lab, m in zip(ex.labels, ex.loss_mask, strict=False) if m])
     assert trained == "Hello<end_of_turn>\nCiao<end_of_turn>\n"
 
 
@@ -63,8 +70,9 @@ def test_packing_keeps_examples_separate(tokenizer, tmp_path):
             assert s["loss_mask"][where[-1]] == 1
         pad = s["segment_ids"] == 0
         assert (s["loss_mask"][pad] == 0).all()
-    assert sum(packed[i]["loss_mask"].sum() for i in range(len(packed))) == \
-        sum(single[i]["loss_mask"].sum() for i in range(len(single)))
+    assert sum(packed[i]["loss_mask"].sum() for i in range(len(packed))) == sum(
+        single[i]["loss_mask"].sum() for i in range(len(single))
+    )
 
 
 def test_bad_sft_rows_name_file_and_line(tmp_path):
@@ -87,8 +95,9 @@ def test_mock_samples_and_batches_do_not_depend_on_the_dp_layout():
     assert np.array_equal(ds[5]["input_ids"], MockDataset(100, 8, 3)[5]["input_ids"])
     index = EpochShuffledIndex(1000, seed=1, shuffle=True)
     one = torch.cat([b["input_ids"] for b in microbatches(ds, index, 8, 8, 2, 0, 1, torch.device("cpu"))])
-    two = torch.cat([b["input_ids"] for r in range(2)
-                     for b in microbatches(ds, index, 8, 8, 2, r, 2, torch.device("cpu"))])
+    two = torch.cat(
+        [b["input_ids"] for r in range(2) for b in microbatches(ds, index, 8, 8, 2, r, 2, torch.device("cpu"))]
+    )
     assert torch.equal(one, two)
 
 
@@ -99,7 +108,7 @@ def test_bundled_dataset_is_reproducible_and_held_out_is_unseen():
     assert synthetic.load_items(synthetic.bundled_path("train")) == train
     assert synthetic.load_items(synthetic.bundled_path("heldout")) == heldout
     assert len(heldout) >= 50
-    words = lambda item: frozenset(item.prompt[len(synthetic.PROMPT_PREFIX):-len(synthetic.PROMPT_SUFFIX)].split())
+    words = lambda item: frozenset(item.prompt[len(synthetic.PROMPT_PREFIX) : -len(synthetic.PROMPT_SUFFIX)].split())
     assert not {words(i) for i in heldout} & {words(i) for i in train}
     assert synthetic.apply_rule(["river", "apple", "stone"]) == " stone-ka apple-ka river-ka"
     assert synthetic.is_correct(" stone-ka apple-ka\nmore text", "stone-ka  apple-ka")
@@ -115,20 +124,52 @@ def test_prepare_data_writes_an_indexed_dataset_megatron_reads(tokenizer, real_2
     docs = [f"Document number {i} talks about rivers and stones." for i in range(40)]
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    assert main(["prepare-data", "--input", str(src), "--output-prefix", str(tmp_path / "corpus"), "--tokenizer",
-                 str(real_270m_dir), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--input",
+                str(src),
+                "--output-prefix",
+                str(tmp_path / "corpus"),
+                "--tokenizer",
+                str(real_270m_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "corpus.bin").exists() and (tmp_path / "corpus.idx").exists()
     assert not list(tmp_path.glob("*.tmp-*"))
     cfg = DataConfig(kind="indexed", data_paths=[str(tmp_path / "corpus")], seq_length=16, split="90,10,0")
-    ds = build_datasets(cfg, seed=1, vocab_size=len(tokenizer), tokenizer=tokenizer, train_samples=8,
-                        valid_samples=2, cache_dir=str(tmp_path / "cache"))
+    ds = build_datasets(
+        cfg,
+        seed=1,
+        vocab_size=len(tokenizer),
+        tokenizer=tokenizer,
+        train_samples=8,
+        valid_samples=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     sample = ds.train[0]
     assert sample["input_ids"].shape == (16,) and (sample["labels"][:-1] == sample["input_ids"][1:]).all()
     text = tokenizer.decode(sample["input_ids"])
     assert "rivers and stones" in text
 
-    assert main(["prepare-data", "--input", str(tmp_path / "missing.jsonl"), "--output-prefix",
-                 str(tmp_path / "x"), "--tokenizer", str(real_270m_dir)]) == 2
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--input",
+                str(tmp_path / "missing.jsonl"),
+                "--output-prefix",
+                str(tmp_path / "x"),
+                "--tokenizer",
+                str(real_270m_dir),
+            ]
+        )
+        == 2
+    )
     assert "--input" in capsys.readouterr().err
 
 

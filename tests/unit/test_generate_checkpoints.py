@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_helpers import build_model, tiny_config
 
 pytestmark = pytest.mark.unit
@@ -26,8 +25,9 @@ def make_tokenizer(directory: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(str(directory))
     return directory
 
@@ -44,8 +44,9 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen-ckpt")
     tokenizer = make_tokenizer(root / "tokenizer")
     torch.manual_seed(0)
-    cfg = tiny_config(num_layers=3, window=4, vocab=VOCAB,
-                      layer_types=("sliding_attention", "full_attention", "sliding_attention"))
+    cfg = tiny_config(
+        num_layers=3, window=4, vocab=VOCAB, layer_types=("sliding_attention", "full_attention", "sliding_attention")
+    )
     model = build_model(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -58,8 +59,11 @@ def checkpoints(tmp_path_factory):
         for name, p in model.named_parameters():
             if ".adapter." in name:
                 p.normal_(0.0, 0.2)  # trained-looking adapters: B is no longer zero
-    run_config = {"model": cfg.to_dict(), "peft": peft.to_dict(),
-                  "checkpoint": {"pretrained_checkpoint": str(root / "base")}}
+    run_config = {
+        "model": cfg.to_dict(),
+        "peft": peft.to_dict(),
+        "checkpoint": {"pretrained_checkpoint": str(root / "base")},
+    }
     save_checkpoint(root / "run", 7, adapter_sharded_state_dict(model), run_config, tokenizer_dir=tokenizer)
     return root / "base", root / "run", model.eval(), cfg
 
@@ -75,7 +79,8 @@ PROMPTS = [[2, 11, 12, 13], [2, 40, 41, 42, 43, 44, 45]]
 
 
 def test_peft_checkpoint_loads_base_then_adapters(checkpoints):
-    from gemma3_runtime.generate.loading import build_model as load, resolve_sources
+    from gemma3_runtime.generate.loading import build_model as load
+    from gemma3_runtime.generate.loading import resolve_sources
 
     base_dir, run_dir, adapted, _ = checkpoints
     sources = resolve_sources(None, str(run_dir))
@@ -93,8 +98,21 @@ def test_cli_generates_from_the_peft_checkpoint(checkpoints, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w11 w12 w13\nw40 w41 w42 w43 w44 w45\n")
-    code = main(["generate", "--megatron_model_path", str(run_dir), "--prompts-file", str(prompts),
-                 "--max-new-tokens", "8", "--device", "cpu", "--output", str(out)])
+    code = main(
+        [
+            "generate",
+            "--megatron_model_path",
+            str(run_dir),
+            "--prompts-file",
+            str(prompts),
+            "--max-new-tokens",
+            "8",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["tokens"] for r in records] == greedy(adapted, PROMPTS)
@@ -125,19 +143,43 @@ def test_tensor_parallel_generation_under_torchrun_equals_tp1(checkpoints, tmp_p
     import subprocess
     import sys
 
-    from procs import free_port as _free_port, pythonpath as _pythonpath
+    from procs import free_port as _free_port
+    from procs import pythonpath as _pythonpath
 
     base_dir, _, _, _ = checkpoints
-    from gemma3_runtime.generate.loading import build_model as load, resolve_sources
+    from gemma3_runtime.generate.loading import build_model as load
+    from gemma3_runtime.generate.loading import resolve_sources
 
     expected = greedy(load(resolve_sources(None, str(base_dir)), torch.device("cpu"), "float32"), PROMPTS)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "w11 w12 w13"}\n{"prompt": "w40 w41 w42 w43 w44 w45"}\n')
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-           f"--master-port={_free_port()}", "--master-addr=127.0.0.1", "-m", "gemma3_runtime.cli.main", "generate",
-           "--megatron-model-path", str(base_dir), "--tp", "2", "--prompts-file", str(prompts),
-           "--max-new-tokens", "8", "--device", "cpu", "--dtype", "float32", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        f"--master-port={_free_port()}",
+        "--master-addr=127.0.0.1",
+        "-m",
+        "gemma3_runtime.cli.main",
+        "generate",
+        "--megatron-model-path",
+        str(base_dir),
+        "--tp",
+        "2",
+        "--prompts-file",
+        str(prompts),
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--output",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -157,7 +199,10 @@ def test_python_api_streams_and_samples(checkpoints, tmp_path):
     pieces: list[str] = []
     result = generate(adapted, tokenizer, "w11 w12 w13", 8, stream=pieces.append)
     assert result.output.tokens == greedy(adapted, PROMPTS[:1])
-    assert result.texts == [tokenizer.decode(result.output.tokens[0], skip_special_tokens=True)] and "".join(pieces) == result.texts[0] + "\n"
+    assert (
+        result.texts == [tokenizer.decode(result.output.tokens[0], skip_special_tokens=True)]
+        and "".join(pieces) == result.texts[0] + "\n"
+    )
     batch = generate(adapted, tokenizer, ["w11 w12 w13", "w40 w41 w42 w43 w44 w45"], 8)
     assert batch.output.tokens == greedy(adapted, PROMPTS)
 

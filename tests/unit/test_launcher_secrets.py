@@ -3,7 +3,6 @@ index. Secrets travel by name (local/SLURM: the submitting environment; Kubernet
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,13 @@ def _assert_clean(text: str, where: str) -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobspecs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_no_secret_in_any_render(path, secret_env, capsys):
-    for cluster, fmt in (("local", "native"), ("slurm", "native"), ("slurm", "plan"), ("k8s", "native"), ("k8s", "helm-values")):
+    for cluster, fmt in (
+        ("local", "native"),
+        ("slurm", "native"),
+        ("slurm", "plan"),
+        ("k8s", "native"),
+        ("k8s", "helm-values"),
+    ):
         args = ["render", str(path), "--cluster", cluster, "--format", fmt, "--set", "resources.gpus_per_node=0"]
         if cluster == "local":
             args += ["--set", "resources.nodes=1"]

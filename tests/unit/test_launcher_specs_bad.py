@@ -58,4 +58,6 @@ def test_bad_spec_exits_2_with_one_line(spec: Path, tmp_path, monkeypatch, capsy
     if "hint" in header:
         assert header["hint"] in line
     assert SENTINEL not in line, f"{spec.name}: the error line echoes a secret value"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], f"{spec.name}: something was written: {list(tmp_path.iterdir())}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], (
+        f"{spec.name}: something was written: {list(tmp_path.iterdir())}"
+    )

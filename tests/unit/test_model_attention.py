@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import build_model, tiny_config
 
 from gemma3_runtime.model.kv_cache import KVCache
-from model_helpers import build_model, tiny_config
 
 pytestmark = pytest.mark.unit
 
@@ -60,8 +60,12 @@ def test_left_padded_batch_matches_each_row_alone(model, cfg):
         cache = KVCache()
         model(input_ids=ids[:, :24], position_ids=positions[:, :24], attention_mask=mask[:, :24], kv_cache=cache)
         for t in range(24, 30):
-            step = model(input_ids=ids[:, t : t + 1], position_ids=positions[:, t : t + 1],
-                         attention_mask=mask[:, : t + 1], kv_cache=cache)
+            step = model(
+                input_ids=ids[:, t : t + 1],
+                position_ids=positions[:, t : t + 1],
+                attention_mask=mask[:, : t + 1],
+                kv_cache=cache,
+            )
             assert (step[:, 0] - both[:, t]).abs().max() <= TOL
 
 

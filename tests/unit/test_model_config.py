@@ -13,20 +13,40 @@ from gemma3_runtime.model.config import FULL, SLIDING, Gemma3Config, Gemma3Confi
 pytestmark = pytest.mark.unit
 
 HF_270M_5X = {  # what transformers 5.24 writes for google/gemma-3-270m
-    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640,
-    "intermediate_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
-    "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-06, "query_pre_attn_scalar": 256, "sliding_window": 512,
-    "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
-    "layer_types": list(default_layer_types(18)), "final_logit_softcapping": None, "attn_logit_softcapping": None,
+    "architectures": ["Gemma3ForCausalLM"],
+    "model_type": "gemma3_text",
+    "vocab_size": 262144,
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-06,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 512,
+    "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+    },
+    "layer_types": list(default_layer_types(18)),
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
 }
 
 HF_4B_4X_MULTIMODAL = {  # a transformers 4.5x Gemma3ForConditionalGeneration config: text_config omits defaults
-    "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
-                    "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                    "sliding_window": 1024},
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "model_type": "gemma3",
+    "text_config": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
     "vision_config": {"model_type": "siglip_vision_model"},
 }
 
@@ -50,8 +70,12 @@ def test_from_hf_multimodal_takes_text_part_with_hf_defaults():
 
 def test_from_hf_4x_layout_with_sliding_window_pattern():
     hf = {k: v for k, v in HF_270M_5X.items() if k not in ("rope_parameters", "layer_types")}
-    hf.update(rope_theta=500000.0, rope_local_base_freq=20000.0, sliding_window_pattern=3,
-              rope_scaling={"type": "linear", "factor": 4.0})
+    hf.update(
+        rope_theta=500000.0,
+        rope_local_base_freq=20000.0,
+        sliding_window_pattern=3,
+        rope_scaling={"type": "linear", "factor": 4.0},
+    )
     cfg = Gemma3Config.from_hf(hf)
     assert cfg.global_layers == tuple(range(2, 18, 3))
     assert (cfg.rope_local_base, cfg.rope_global_base, cfg.rope_global_scaling_factor) == (20000.0, 500000.0, 4.0)
@@ -66,26 +90,42 @@ def test_from_hf_honours_explicit_layer_types():
 
 
 def test_from_hf_5x_linear_rope_on_full_attention():
-    hf = {**HF_270M_5X, "rope_parameters": {
-        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    hf = {
+        **HF_270M_5X,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
     assert Gemma3Config.from_hf(hf).rope_global_scaling_factor == 8.0
 
 
-@pytest.mark.parametrize("size,layers,hidden,heads,kv,head_dim,qpas,window,vocab,positions,factor,n_global", [
-    ("270m", 18, 640, 4, 1, 256, 256, 512, 262144, 32768, 1.0, 3),
-    ("1b", 26, 1152, 4, 1, 256, 256, 512, 262144, 32768, 1.0, 4),
-    ("4b", 34, 2560, 8, 4, 256, 256, 1024, 262208, 131072, 8.0, 5),
-    ("12b", 48, 3840, 16, 8, 256, 256, 1024, 262208, 131072, 8.0, 8),
-    ("27b", 62, 5376, 32, 16, 128, 168, 1024, 262208, 131072, 8.0, 10),
-])
-def test_presets_match_reference_table(size, layers, hidden, heads, kv, head_dim, qpas, window, vocab, positions,
-                                       factor, n_global):
+@pytest.mark.parametrize(
+    "size,layers,hidden,heads,kv,head_dim,qpas,window,vocab,positions,factor,n_global",
+    [
+        ("270m", 18, 640, 4, 1, 256, 256, 512, 262144, 32768, 1.0, 3),
+        ("1b", 26, 1152, 4, 1, 256, 256, 512, 262144, 32768, 1.0, 4),
+        ("4b", 34, 2560, 8, 4, 256, 256, 1024, 262208, 131072, 8.0, 5),
+        ("12b", 48, 3840, 16, 8, 256, 256, 1024, 262208, 131072, 8.0, 8),
+        ("27b", 62, 5376, 32, 16, 128, 168, 1024, 262208, 131072, 8.0, 10),
+    ],
+)
+def test_presets_match_reference_table(
+    size, layers, hidden, heads, kv, head_dim, qpas, window, vocab, positions, factor, n_global
+):
     cfg = Gemma3Config.preset(size)
-    assert (cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim,
-            cfg.query_pre_attn_scalar, cfg.sliding_window, cfg.vocab_size, cfg.max_position_embeddings,
-            cfg.rope_global_scaling_factor) == (layers, hidden, heads, kv, head_dim, qpas, window, vocab, positions,
-                                                factor)
+    assert (
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.query_pre_attn_scalar,
+        cfg.sliding_window,
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        cfg.rope_global_scaling_factor,
+    ) == (layers, hidden, heads, kv, head_dim, qpas, window, vocab, positions, factor)
     assert len(cfg.global_layers) == n_global and cfg.global_layers[0] == 5
     assert cfg.padded_vocab_size % 128 == 0 and cfg.padded_vocab_size - cfg.vocab_size < 128
 
@@ -121,17 +161,22 @@ def test_to_dict_from_dict_round_trip_is_yaml_safe():
     assert again == cfg and again.from_multimodal
 
 
-@pytest.mark.parametrize("hf,needle", [
-    ({"model_type": "llama", "hidden_size": 4096}, "model_type 'llama' is not Gemma 3"),
-    ({**HF_270M_5X, "layer_types": [SLIDING] * 17}, "layer_types has 17 entries, expected num_layers=18"),
-    ({**HF_270M_5X, "layer_types": ["chunked_attention"] * 18}, "layer_types contains ['chunked_attention']"),
-    ({**HF_270M_5X, "final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is unsupported"),
-    ({**HF_270M_5X, "num_key_value_heads": 3}, "num_kv_heads=3, expected a divisor of num_attention_heads (4)"),
-    ({**HF_270M_5X, "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 4.0}}},
-     "rope_type='yarn' is unsupported"),
-    ({"model_type": "gemma3"}, "needs a 'text_config' object"),
-    ([1, 2], "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "hf,needle",
+    [
+        ({"model_type": "llama", "hidden_size": 4096}, "model_type 'llama' is not Gemma 3"),
+        ({**HF_270M_5X, "layer_types": [SLIDING] * 17}, "layer_types has 17 entries, expected num_layers=18"),
+        ({**HF_270M_5X, "layer_types": ["chunked_attention"] * 18}, "layer_types contains ['chunked_attention']"),
+        ({**HF_270M_5X, "final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is unsupported"),
+        ({**HF_270M_5X, "num_key_value_heads": 3}, "num_kv_heads=3, expected a divisor of num_attention_heads (4)"),
+        (
+            {**HF_270M_5X, "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 4.0}}},
+            "rope_type='yarn' is unsupported",
+        ),
+        ({"model_type": "gemma3"}, "needs a 'text_config' object"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
 def test_from_hf_errors_name_file_and_field(hf, needle):
     with pytest.raises(Gemma3ConfigError) as err:
         Gemma3Config.from_hf(hf, source="/models/x/config.json")
@@ -156,6 +201,11 @@ def test_unknown_preset():
 def test_config_module_does_not_import_torch():
     code = "import sys, gemma3_runtime.model.config as c; c.Gemma3Config.preset('1b'); print('torch' in sys.modules)"
     repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(repo / "runtime")})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(repo / "runtime")},
+    )
     assert out.stdout.strip() == "False"

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import copy_hf_into_megatron, hf_model, tiny_config
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _cuda_model(cfg, **fields):
@@ -75,8 +73,10 @@ def test_cudnn_attention_matches_flash_and_reference():
     _cudnn_or_skip()
     b, s, h, d = 2, 1536, 4, 256
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(b, s, heads, d, device="cuda", generator=gen).to(torch.bfloat16).transpose(1, 2)
-                   for heads in (h, 1, 1, h))
+    q, k, v, do = (
+        torch.randn(b, s, heads, d, device="cuda", generator=gen).to(torch.bfloat16).transpose(1, 2)
+        for heads in (h, 1, 1, h)
+    )
 
     def run(fn):
         xs = [t.clone().requires_grad_(True) for t in (q, k, v)]
@@ -85,13 +85,13 @@ def test_cudnn_attention_matches_flash_and_reference():
         return [out.float()] + [x.grad.float() for x in xs]
 
     for window in (512, None):
-        ref = run(lambda *x: reference_attention(*(t.float() for t in x), window=window, scale=d ** -0.5))
+        ref = run(lambda *x: reference_attention(*(t.float() for t in x), window=window, scale=d**-0.5))
         errs = {}
         for kernel in ("cudnn", "flash"):
-            got = run(lambda *x: fast_attention(*x, window=window, scale=d ** -0.5, kernel=kernel))
-            errs[kernel] = [float((g - r).norm() / r.norm()) for g, r in zip(got, ref)]
+            got = run(lambda *x: fast_attention(*x, window=window, scale=d**-0.5, kernel=kernel))
+            errs[kernel] = [float((g - r).norm() / r.norm()) for g, r in zip(got, ref, strict=False)]
         print(f"window {window}: rel. errors out/dq/dk/dv {errs}")
-        for got_err, flash_err in zip(errs["cudnn"], errs["flash"]):
+        for got_err, flash_err in zip(errs["cudnn"], errs["flash"], strict=False):
             assert got_err < 1e-2 and got_err <= 1.5 * flash_err + 1e-3, (window, errs)
 
 

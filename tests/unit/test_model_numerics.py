@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from model_helpers import build_model, copy_hf_into_megatron, hf_model, tiny_config
 
 pytestmark = pytest.mark.unit
@@ -80,8 +79,9 @@ def test_global_and_local_layers_follow_layer_types():
         attn = layer.self_attention
         assert attn.core_attention.window == (cfg.sliding_window if cfg.is_sliding(i) else None)
         assert attn.rope_index == (LOCAL if cfg.is_sliding(i) else GLOBAL)
-    assert [layer.self_attention.core_attention.window is None for layer in model.decoder.layers] == \
-        [not cfg.is_sliding(i) for i in range(cfg.num_layers)]
+    assert [layer.self_attention.core_attention.window is None for layer in model.decoder.layers] == [
+        not cfg.is_sliding(i) for i in range(cfg.num_layers)
+    ]
 
 
 def test_rope_angles_use_position_ids_and_linear_scaling_only_on_global():

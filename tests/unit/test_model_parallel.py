@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import build_model, build_model_with_random_norms, tiny_config
 
 pytestmark = pytest.mark.unit
@@ -46,10 +45,20 @@ def test_parallel_logits_equal_tp1_pp1(reference, run_torchrun, tp, pp, sp, tmp_
     root, ref_logits, ids = reference
     saved = tmp_path / "resaved"
     saved.mkdir()
-    proc = run_torchrun("multiproc.parallel_model:check_parity", nproc=2,
-                        kwargs=dict(tp=tp, pp=pp, sp=sp, ckpt=str(root / "ckpt"), ids=str(root / "ids.pt"),
-                                    ref=str(root / "ref.pt"), grads=str(root / "grads.pt"),
-                                    save_to=str(saved)))
+    proc = run_torchrun(
+        "multiproc.parallel_model:check_parity",
+        nproc=2,
+        kwargs=dict(
+            tp=tp,
+            pp=pp,
+            sp=sp,
+            ckpt=str(root / "ckpt"),
+            ids=str(root / "ids.pt"),
+            ref=str(root / "ref.pt"),
+            grads=str(root / "grads.pt"),
+            save_to=str(saved),
+        ),
+    )
     lines = [line for line in proc.stdout.splitlines() if "max |" in line]
     assert any("logit diff" in line for line in lines)
     assert pp > 1 or any("grad diff" in line for line in lines)
@@ -71,9 +80,9 @@ def test_task_eval_greedy_answers_under_pp2_equal_pp1(reference, run_torchrun, t
     import json
 
     from megatron.core import dist_checkpointing
+    from multiproc.parallel_model import greedy_answers_of
 
     from gemma3_runtime.compat.megatron_cpu import cpu_checkpoint_io
-    from multiproc.parallel_model import greedy_answers_of
 
     root, _, _ = reference
     model = build_model(tiny_config())
@@ -82,6 +91,9 @@ def test_task_eval_greedy_answers_under_pp2_equal_pp1(reference, run_torchrun, t
     expected = greedy_answers_of(model)
     assert any(answer for answer in expected)  # something is generated, not only an immediate eos
     (tmp_path / "ref.json").write_text(json.dumps(expected))
-    proc = run_torchrun("multiproc.parallel_model:check_greedy_answers", nproc=2,
-                        kwargs=dict(tp=1, pp=2, ckpt=str(root / "ckpt"), ref=str(tmp_path / "ref.json")))
+    proc = run_torchrun(
+        "multiproc.parallel_model:check_greedy_answers",
+        nproc=2,
+        kwargs=dict(tp=1, pp=2, ckpt=str(root / "ckpt"), ref=str(tmp_path / "ref.json")),
+    )
     assert proc.stdout.count("greedy answers") == 2  # both stages return the answers

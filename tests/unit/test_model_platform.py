@@ -62,7 +62,8 @@ def test_process_entry_releases_the_process_group(tmp_path):
     from train_helpers import run_cli_args, runtime_env
 
     argv = run_cli_args(tmp_path / "run", 1, ["checkpoint.save_at_end=false"])
-    argv = argv[argv.index("-m") + 2:]  # the subcommand and its arguments
-    done = subprocess.run([sys.executable, "-c", _ENTRY_CHECK, *argv], env=runtime_env(), capture_output=True,
-                          text=True, timeout=600)
+    argv = argv[argv.index("-m") + 2 :]  # the subcommand and its arguments
+    done = subprocess.run(
+        [sys.executable, "-c", _ENTRY_CHECK, *argv], env=runtime_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0 and "released" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

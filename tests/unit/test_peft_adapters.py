@@ -26,8 +26,9 @@ def tp1():
 def _mcore_config():
     from megatron.core.transformer import TransformerConfig
 
-    return TransformerConfig(num_layers=1, hidden_size=D_IN, num_attention_heads=2, use_cpu_initialization=True,
-                             layernorm_epsilon=1e-6)
+    return TransformerConfig(
+        num_layers=1, hidden_size=D_IN, num_attention_heads=2, use_cpu_initialization=True, layernorm_epsilon=1e-6
+    )
 
 
 class Block(nn.Module):
@@ -42,8 +43,9 @@ class Block(nn.Module):
         cfg = _mcore_config()
         init = nn.init.xavier_normal_
         self.linear_fc1 = ColumnParallelLinear(D_IN, D_OUT, config=cfg, init_method=init, bias=False)
-        self.linear_fc2 = PostNormRowParallelLinear(D_OUT, D_IN, config=cfg, init_method=init, bias=False,
-                                                    input_is_parallel=True, skip_bias_add=True)
+        self.linear_fc2 = PostNormRowParallelLinear(
+            D_OUT, D_IN, config=cfg, init_method=init, bias=False, input_is_parallel=True, skip_bias_add=True
+        )
         with torch.no_grad():
             self.linear_fc2.post_layernorm.weight.normal_(0, 0.5)
 
@@ -67,11 +69,19 @@ def _x(seed: int = 1) -> torch.Tensor:
 
 # --- config ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"rank": 0}, "peft.rank"), ({"rank": -4}, "peft.rank"), ({"targets": ["linear_q"]}, "peft.targets"),
-     ({"kind": "ia3"}, "peft.kind"), ({"alpha": 0}, "peft.alpha"), ({"dropout": 1.0}, "peft.dropout"),
-     ({"init": "normal"}, "peft.init"), ({"targets": []}, "peft.targets")],
+    [
+        ({"rank": 0}, "peft.rank"),
+        ({"rank": -4}, "peft.rank"),
+        ({"targets": ["linear_q"]}, "peft.targets"),
+        ({"kind": "ia3"}, "peft.kind"),
+        ({"alpha": 0}, "peft.alpha"),
+        ({"dropout": 1.0}, "peft.dropout"),
+        ({"init": "normal"}, "peft.init"),
+        ({"targets": []}, "peft.targets"),
+    ],
 )
 def test_config_rejects_bad_input_with_one_line_naming_the_field(kwargs, field):
     with pytest.raises(UserInputError) as err:
@@ -93,6 +103,7 @@ def test_config_round_trips_and_revalidates_on_replace():
 
 # --- adapters ---------------------------------------------------------------------------------------------------------
 
+
 def test_fresh_adapters_are_the_identity_and_only_adapters_train(tp1):
     from gemma3_runtime.peft import apply_peft, trainable_parameters
 
@@ -104,8 +115,12 @@ def test_fresh_adapters_are_the_identity_and_only_adapters_train(tp1):
         assert names == ["linear_fc1", "linear_fc2"]
         assert torch.equal(model(_x()), ref)
         trainable = {n for n, _ in trainable_parameters(model)}
-        expected = {"linear_fc1.adapter.linear_in.weight", "linear_fc1.adapter.linear_out.weight",
-                    "linear_fc2.adapter.linear_in.weight", "linear_fc2.adapter.linear_out.weight"}
+        expected = {
+            "linear_fc1.adapter.linear_in.weight",
+            "linear_fc1.adapter.linear_out.weight",
+            "linear_fc2.adapter.linear_in.weight",
+            "linear_fc2.adapter.linear_out.weight",
+        }
         if kind == "dora":
             expected |= {"linear_fc1.adapter.weight_magnitude", "linear_fc2.adapter.weight_magnitude"}
         assert trainable == expected
@@ -212,7 +227,9 @@ def test_same_function_as_hf_peft_on_a_plain_linear(tp1, kind):
 
     plain = Plain()
     plain.proj.weight.data.copy_(fc1.weight.data)
-    hf = peft.get_peft_model(plain, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], use_dora=kind == "dora"))
+    hf = peft.get_peft_model(
+        plain, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], use_dora=kind == "dora")
+    )
     layer = hf.base_model.model.proj
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(fc1.adapter.linear_in.weight)
@@ -284,9 +301,13 @@ def test_sharded_state_dict_marks_adapters_like_their_base_weight(tp1):
     sharded = adapter_sharded_state_dict(model.linear_fc1, prefix="linear_fc1.", metadata=meta)
     sharded.update(adapter_sharded_state_dict(model.linear_fc2, prefix="linear_fc2.", metadata=meta))
     assert set(sharded) == {
-        "linear_fc1.adapter.linear_in.weight", "linear_fc1.adapter.linear_out.weight",
-        "linear_fc1.adapter.weight_magnitude", "linear_fc2.adapter.linear_in.weight",
-        "linear_fc2.adapter.linear_out.weight", "linear_fc2.adapter.weight_magnitude"}
+        "linear_fc1.adapter.linear_in.weight",
+        "linear_fc1.adapter.linear_out.weight",
+        "linear_fc1.adapter.weight_magnitude",
+        "linear_fc2.adapter.linear_in.weight",
+        "linear_fc2.adapter.linear_out.weight",
+        "linear_fc2.adapter.weight_magnitude",
+    }
     # the global shapes are the unsharded ones; sharded axes are recorded as the TP axis
     assert sharded["linear_fc1.adapter.linear_out.weight"].global_shape == (D_OUT, 4)
     assert sharded["linear_fc2.adapter.linear_in.weight"].global_shape == (4, D_OUT)

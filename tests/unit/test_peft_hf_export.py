@@ -89,11 +89,15 @@ def test_merge_and_both_hf_exports_match_the_adapted_model(tiny, tmp_path, kind)
     adapter_dir = save_hf_adapter(models, pcfg, cfg, tmp_path / "adapter", base_model_name_or_path=str(hf_dir))
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert config["use_dora"] is (kind == "dora") and config["r"] == 4 and config["lora_alpha"] == 8
-    assert config["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert config["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     peft_model = peft.PeftModel.from_pretrained(_hf(hf_dir), adapter_dir).eval()
     with torch.no_grad():
         peft_logits = peft_model(input_ids=ids).logits
-    print(f"{kind}: adapters move logits by {_max_diff(adapted, base_logits):.3g}; HF PEFT adapter vs adapted {_max_diff(peft_logits, adapted):.3g}")
+    print(
+        f"{kind}: adapters move logits by {_max_diff(adapted, base_logits):.3g}; HF PEFT adapter vs adapted {_max_diff(peft_logits, adapted):.3g}"
+    )
     assert _max_diff(peft_logits, adapted) < 1e-4
 
     # the bridge's export of a model that still carries adapters = the exact merge, model left untouched

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import checkpoint_tensors, runtime_env, tiny_pretrain_cfg
 
 pytestmark = pytest.mark.unit
@@ -36,9 +35,17 @@ def base_ckpt(tmp_path_factory) -> Path:
 def _finetune_cfg(base: Path, save: Path, kind: str):
     from gemma3_runtime.training.recipes import gemma3_tiny_finetune_config
 
-    cfg = gemma3_tiny_finetune_config(name="peft", pretrained_checkpoint=str(base), peft=kind, train_iters=2 * N,
-                                      global_batch_size=4, seq_length=16, finetune_lr=5e-2, lr_warmup_iters=1,
-                                      dir=str(save))
+    cfg = gemma3_tiny_finetune_config(
+        name="peft",
+        pretrained_checkpoint=str(base),
+        peft=kind,
+        train_iters=2 * N,
+        global_batch_size=4,
+        seq_length=16,
+        finetune_lr=5e-2,
+        lr_warmup_iters=1,
+        dir=str(save),
+    )
     cfg.data.kind = "mock"  # the tiny vocabulary cannot hold real tokenizer ids
     cfg.train.device = "cpu"
     cfg.eval.interval = None
@@ -73,8 +80,13 @@ def test_peft_resume_is_exact_and_checkpoints_hold_adapters_only(base_ckpt, tmp_
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gemma3_runtime.cli.main", *args], capture_output=True, text=True,
-                          env=runtime_env(), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "gemma3_runtime.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=runtime_env(),
+        timeout=600,
+    )
 
 
 def _hf_logits(hf_dir: Path, ids: torch.Tensor, adapter: Path | None = None) -> torch.Tensor:
@@ -101,12 +113,33 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
     reference = tmp_path / "reference"
     reference.mkdir()
     (reference / "config.json").write_text(json.dumps(load_peft_model(run, device="cpu")[1].to_hf()))
-    result = _cli("convert", "export", "--hf-model", str(reference), "--megatron-path", str(base_ckpt),
-                  "--hf-path", str(base_hf), "--device", "cpu")
+    result = _cli(
+        "convert",
+        "export",
+        "--hf-model",
+        str(reference),
+        "--megatron-path",
+        str(base_ckpt),
+        "--hf-path",
+        str(base_hf),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for extra, out in (([], merged_hf), (["--hf-adapter"], adapter_dir)):
-        result = _cli("convert", "export", "--hf-model", str(base_hf), "--megatron-path", str(run), "--hf-path",
-                      str(out), "--device", "cpu", *extra)
+        result = _cli(
+            "convert",
+            "export",
+            "--hf-model",
+            str(base_hf),
+            "--megatron-path",
+            str(run),
+            "--hf-path",
+            str(out),
+            "--device",
+            "cpu",
+            *extra,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
     from gemma3_runtime.bridge.megatron_io import load_megatron_model
@@ -122,8 +155,10 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
     merged = _hf_logits(merged_hf, ids)
     via_adapter = _hf_logits(base_hf, ids, adapter_dir)
     base = _hf_logits(base_hf, ids)
-    print(f"dora tiny: adapters move logits by {(adapted - base).abs().max():.3g}; merged export "
-          f"{(merged - adapted).abs().max():.2e}, HF PEFT adapter {(via_adapter - adapted).abs().max():.2e}")
+    print(
+        f"dora tiny: adapters move logits by {(adapted - base).abs().max():.3g}; merged export "
+        f"{(merged - adapted).abs().max():.2e}, HF PEFT adapter {(via_adapter - adapted).abs().max():.2e}"
+    )
     assert (adapted - base).abs().max() > 1e-2
     assert (merged - adapted).abs().max() < 1e-4
     assert (via_adapter - adapted).abs().max() < 1e-4
@@ -133,16 +168,34 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
     "args, message",
     [
         (["--recipe", "gemma3_tiny_pretrain", "--peft", "lora"], "LoRA/DoRA needs a finetune recipe"),
-        (["--recipe", "gemma3_tiny_finetune", "--peft", "lora", "peft.targets=[linear_qkv,linear_q]"],
-         "peft.targets: unknown target module 'linear_q'"),
-        (["--recipe", "gemma3_tiny_finetune", "--peft", "dora", "peft.rank=0"], "peft.rank: expected a positive integer"),
+        (
+            ["--recipe", "gemma3_tiny_finetune", "--peft", "lora", "peft.targets=[linear_qkv,linear_q]"],
+            "peft.targets: unknown target module 'linear_q'",
+        ),
+        (
+            ["--recipe", "gemma3_tiny_finetune", "--peft", "dora", "peft.rank=0"],
+            "peft.rank: expected a positive integer",
+        ),
     ],
 )
 def test_bad_peft_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = subprocess.run(
-        [sys.executable, "-m", "gemma3_runtime.cli.main", "run", "--device", "cpu", *args,
-         f"checkpoint.save={tmp_path / 'run'}", f"checkpoint.pretrained_checkpoint={tmp_path / 'missing'}"],
-        capture_output=True, text=True, env=runtime_env(), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "gemma3_runtime.cli.main",
+            "run",
+            "--device",
+            "cpu",
+            *args,
+            f"checkpoint.save={tmp_path / 'run'}",
+            f"checkpoint.pretrained_checkpoint={tmp_path / 'missing'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=runtime_env(),
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr

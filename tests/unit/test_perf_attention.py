@@ -65,12 +65,16 @@ def test_cudnn_switch_off_is_remembered_without_touching_cuda(monkeypatch) -> No
 
 
 def test_cpu_models_do_not_prepare_cudnn() -> None:
-    from gemma3_runtime.model import Gemma3ModelProvider
-    from gemma3_runtime.perf.attention import prepare_cudnn_attention
     from model_helpers import tiny_config
 
-    model = Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel="auto").finalize() \
+    from gemma3_runtime.model import Gemma3ModelProvider
+    from gemma3_runtime.perf.attention import prepare_cudnn_attention
+
+    model = (
+        Gemma3ModelProvider.from_config(tiny_config(), device="cpu", attention_kernel="auto")
+        .finalize()
         .provide_distributed_model()[0]
+    )
     assert prepare_cudnn_attention([model], torch.device("cpu")) is None
 
 

@@ -31,11 +31,15 @@ def test_apply_fields() -> None:
     import torch
 
     perf = PerfConfig()
-    assert provider_fields(perf, tp=1) == {"attention_kernel": "auto",
-                                           "transformer_overrides": {"gemma3_fused_linear_ce": True,
-                                                                     "gemma3_ce_kernel": "auto",
-                                                                     "gemma3_ce_chunk_bytes": 2 << 30,
-                                                                     "gemma3_batch_first": True}}
+    assert provider_fields(perf, tp=1) == {
+        "attention_kernel": "auto",
+        "transformer_overrides": {
+            "gemma3_fused_linear_ce": True,
+            "gemma3_ce_kernel": "auto",
+            "gemma3_ce_chunk_bytes": 2 << 30,
+            "gemma3_batch_first": True,
+        },
+    }
     assert provider_fields(perf, tp=2)["transformer_overrides"]["gemma3_fused_linear_ce"] is False
     assert resolve_compile(perf, torch.device("cpu")) == "none"
     assert resolve_compile(perf, torch.device("cuda")) == "layers"

@@ -40,8 +40,13 @@ def test_op_matches_reference_autograd(dtype, tol) -> None:
 def _build():
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
-    prov = Gemma3ModelProvider.from_config(tiny_config(vocab=300), device="cpu", attention_kernel="sdpa", seed=7,
-                                           transformer_overrides={"gemma3_fused_linear_ce": True})
+    prov = Gemma3ModelProvider.from_config(
+        tiny_config(vocab=300),
+        device="cpu",
+        attention_kernel="sdpa",
+        seed=7,
+        transformer_overrides={"gemma3_fused_linear_ce": True},
+    )
     torch.manual_seed(7)
     return prov.provide_distributed_model()[0]
 

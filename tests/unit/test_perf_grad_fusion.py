@@ -32,8 +32,9 @@ def fusion(monkeypatch):
 
     for name in ("_grad_accum_fusion_available", "linear_with_grad_accumulation_and_async_allreduce"):
         monkeypatch.setattr(layers, name, getattr(layers, name))
-    monkeypatch.setattr(layers, "fused_weight_gradient_mlp_cuda", getattr(layers, "fused_weight_gradient_mlp_cuda",
-                                                                          None), raising=False)
+    monkeypatch.setattr(
+        layers, "fused_weight_gradient_mlp_cuda", getattr(layers, "fused_weight_gradient_mlp_cuda", None), raising=False
+    )
     # the runtime's own CPU shims (torch.cuda.current_device -> "cpu"), entered once per process like every CPU run;
     # a monkeypatch here would be undone under the shims and break the next test's DDP buffers
     platform.init_distributed(torch.device("cpu"))
@@ -50,13 +51,18 @@ def _build(fused: bool):
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
     prov = Gemma3ModelProvider.from_config(
-        tiny_config(vocab=300), device="cpu", attention_kernel="sdpa", seed=7,
-        transformer_overrides={"gemma3_fused_linear_ce": True, "gradient_accumulation_fusion": fused})
+        tiny_config(vocab=300),
+        device="cpu",
+        attention_kernel="sdpa",
+        seed=7,
+        transformer_overrides={"gemma3_fused_linear_ce": True, "gradient_accumulation_fusion": fused},
+    )
     torch.manual_seed(7)
     model = prov.provide_distributed_model(wrap_with_ddp=False)[0]
     assert model.config.gradient_accumulation_fusion is fused
-    ddp = DistributedDataParallel(config=model.config, module=model,
-                                  ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True))
+    ddp = DistributedDataParallel(
+        config=model.config, module=model, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True)
+    )
     return ddp
 
 
@@ -97,8 +103,11 @@ def test_fused_main_grad_equals_unfused(fusion) -> None:
     batches = _batches()
     ref, got = _main_grads(plain, batches), _main_grads(fused, batches)
     assert ref.keys() == got.keys()
-    fused_linears = [n for n in got if n.endswith(("linear_qkv.weight", "linear_proj.weight",
-                                                   "linear_fc1.weight", "linear_fc2.weight"))]
+    fused_linears = [
+        n
+        for n in got
+        if n.endswith(("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight", "linear_fc2.weight"))
+    ]
     assert fused_linears
     for name in ref:
         assert _rel(got[name], ref[name]) < 1e-5, name
@@ -153,8 +162,9 @@ def _train_losses(fused: bool, steps: int = 3) -> list[tuple[float, float]]:
     ddp = _build(fused)
     ddp.module.config.finalize_model_grads_func = finalize_grads
     ddp.module.config.no_sync_func = ddp.no_sync
-    opt = build_optimizer([ddp], OptimizerConfig(lr=1e-3, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0),
-                          torch.device("cpu"), False)
+    opt = build_optimizer(
+        [ddp], OptimizerConfig(lr=1e-3, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0), torch.device("cpu"), False
+    )
     g = torch.Generator().manual_seed(5)
     out = []
     for _ in range(steps):
@@ -162,10 +172,17 @@ def _train_losses(fused: bool, steps: int = 3) -> list[tuple[float, float]]:
         batches = []
         for _ in range(2):
             ids = torch.randint(0, 300, (2, 17), generator=g)
-            batches.append({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(2, 16),
-                            "position_ids": torch.arange(16).expand(2, 16)})
-        loss_sum, count = run_forward_backward([ddp], iter(batches), 2, 16, 2, torch.device("cpu"),
-                                               forward_only=False).tolist()
+            batches.append(
+                {
+                    "input_ids": ids[:, :-1],
+                    "labels": ids[:, 1:],
+                    "loss_mask": torch.ones(2, 16),
+                    "position_ids": torch.arange(16).expand(2, 16),
+                }
+            )
+        loss_sum, count = run_forward_backward(
+            [ddp], iter(batches), 2, 16, 2, torch.device("cpu"), forward_only=False
+        ).tolist()
         out.append((loss_sum / count, float(opt.step(1e-3))))
     return out
 
@@ -175,7 +192,7 @@ def test_fused_training_steps_equal_unfused(fusion) -> None:
     torch.manual_seed(0)
     ref = _train_losses(False)
     got = _train_losses(True)
-    for (la, na), (lb, nb) in zip(ref, got):
+    for (la, na), (lb, nb) in zip(ref, got, strict=False):
         assert abs(la - lb) <= 1e-5 * abs(la) and abs(na - nb) <= 1e-5 * abs(na), (ref, got)
     assert fusion.status()["fused_calls"] == 3 * 2 * 4 * tiny_config(vocab=300).num_layers
 

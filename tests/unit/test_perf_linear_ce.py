@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 def _inputs(seed: int, n: tuple[int, ...], d: int, v_pad: int, v: int, dtype: torch.dtype):
     g = torch.Generator().manual_seed(seed)
     hidden = (torch.randn(*n, d, generator=g) * 2).to(dtype).requires_grad_(True)
-    weight = (torch.randn(v_pad, d, generator=g) * 0.5)
+    weight = torch.randn(v_pad, d, generator=g) * 0.5
     weight[v:] = 0.0
     weight = weight.to(dtype).requires_grad_(True)
     labels = torch.randint(0, v, n, generator=g)
@@ -52,9 +52,11 @@ def test_matches_full_logits_fp32(chunk: int, upstream_kind: str) -> None:
         upstream = torch.full(labels.shape, 1.0 / labels.numel())
     else:
         upstream = torch.rand(labels.shape, generator=g)
-    fast = _grads(lambda h, w: linear_cross_entropy(h, w, labels, vocab_size=37, chunk_tokens=chunk), hidden, weight, upstream)
+    fast = _grads(
+        lambda h, w: linear_cross_entropy(h, w, labels, vocab_size=37, chunk_tokens=chunk), hidden, weight, upstream
+    )
     ref = _grads(lambda h, w: reference_linear_cross_entropy(h, w, labels, vocab_size=37), hidden, weight, upstream)
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=False):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert _rel(a, b) < 1e-5
     assert fast[0][0, 2] == 0 and fast[0][2, 6] == 0
@@ -77,7 +79,7 @@ def test_promised_uniform_upstream_needs_no_check(scale: float) -> None:
 
     fast = _grads(fast_fn, hidden, weight, upstream)
     ref = _grads(lambda h, w: reference_linear_cross_entropy(h, w, labels, vocab_size=37), hidden, weight, upstream)
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=False):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -87,19 +89,25 @@ def test_loss_mask_equals_ignore_index() -> None:
     mask[1, :4] = 0
     masked_labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
     upstream = torch.full(labels.shape, 0.25)
-    fast = _grads(lambda h, w: linear_cross_entropy(h, w, labels, loss_mask=mask, chunk_tokens=4), hidden, weight, upstream)
+    fast = _grads(
+        lambda h, w: linear_cross_entropy(h, w, labels, loss_mask=mask, chunk_tokens=4), hidden, weight, upstream
+    )
     ref = _grads(lambda h, w: reference_linear_cross_entropy(h, w, masked_labels), hidden, weight, upstream)
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=False):
         assert _rel(a, b) < 1e-5
 
 
 def test_bf16_close_to_fp32_reference() -> None:
     hidden, weight, labels = _inputs(7, (4, 16), 32, 256, 250, torch.bfloat16)
     upstream = torch.full(labels.shape, 1.0 / labels.numel())
-    fast = _grads(lambda h, w: linear_cross_entropy(h, w, labels, vocab_size=250, chunk_tokens=24), hidden, weight, upstream)
+    fast = _grads(
+        lambda h, w: linear_cross_entropy(h, w, labels, vocab_size=250, chunk_tokens=24), hidden, weight, upstream
+    )
     ref = _grads(
         lambda h, w: reference_linear_cross_entropy(h.float(), w.float(), labels, vocab_size=250),
-        hidden, weight, upstream,
+        hidden,
+        weight,
+        upstream,
     )
     assert fast[1].dtype == torch.bfloat16 and fast[2].dtype == torch.bfloat16
     assert _rel(fast[0], ref[0]) < 1e-2

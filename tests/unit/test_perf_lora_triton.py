@@ -22,7 +22,7 @@ def test_op_gradients_equal_addmm() -> None:
     ref_out = torch.addmm(base, h, w.t())
     want = torch.autograd.grad((ref_out * up).sum(), (base, h, w))
     assert torch.allclose(out, ref_out)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -55,6 +55,7 @@ def test_triton_kernel_matches_addmm() -> None:
 
 def test_op_compiles_without_graph_break() -> None:
     """Inside the compiled decoder layers the op must stay one opaque node (fullgraph would raise otherwise)."""
+
     def f(base, h, w):
         return torch.ops.gemma3.lora_up_add(base * 2.0, h, w).sum()
 
@@ -63,4 +64,4 @@ def test_op_compiles_without_graph_break() -> None:
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     got = torch.autograd.grad(compiled(*args), args)
     want = torch.autograd.grad(f(*args), args)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want, strict=False))

@@ -20,9 +20,13 @@ def _build(kernel: str, fused_ce: bool, vocab: int = 500, batch_first: bool = Fa
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
     cfg = tiny_config(vocab=vocab)
-    prov = Gemma3ModelProvider.from_config(cfg, device="cpu", attention_kernel=kernel, seed=7,
-                                           transformer_overrides={"gemma3_fused_linear_ce": fused_ce,
-                                                                  "gemma3_batch_first": batch_first})
+    prov = Gemma3ModelProvider.from_config(
+        cfg,
+        device="cpu",
+        attention_kernel=kernel,
+        seed=7,
+        transformer_overrides={"gemma3_fused_linear_ce": fused_ce, "gemma3_batch_first": batch_first},
+    )
     torch.manual_seed(7)
     return prov.provide_distributed_model()[0]
 
@@ -84,8 +88,13 @@ def test_batch_first_training_forward_is_the_same_function(kernel: str) -> None:
         assert _rel(grads_f[name], grads_r[name]) < 1e-5, name
     seg = torch.cat([torch.zeros(3, 20, dtype=torch.long), torch.ones(3, 20, dtype=torch.long)], dim=1)
     pos = torch.arange(40).expand_as(ids)
-    assert _rel(fast(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg),
-                ref(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg)) < 1e-6
+    assert (
+        _rel(
+            fast(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg),
+            ref(input_ids=ids, position_ids=pos, labels=labels, segment_ids=seg),
+        )
+        < 1e-6
+    )
 
 
 def test_layer_compile_is_the_same_function_without_graph_breaks() -> None:

@@ -44,10 +44,10 @@ def test_foreach_replacements_compute_the_fallbacks_values() -> None:
     b = [t.clone() for t in ts]
     foreach_scale(0, None, [a, a], 0.37)
     local_multi_tensor_scale(0, None, [b, b], 0.37)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
     dst = [torch.empty_like(t) for t in ts]
     foreach_scale(0, None, [ts, dst], 2.0)
-    assert all(torch.equal(d, t * 2.0) for d, t in zip(dst, ts))
+    assert all(torch.equal(d, t * 2.0) for d, t in zip(dst, ts, strict=False))
 
 
 class _FakeMegatron:
@@ -58,8 +58,9 @@ class _FakeMegatron:
 
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=0.1, weight_decay=0.01, fused=fused)
-        self.config = SimpleNamespace(clip_grad=clip, log_num_zeros_in_grad=False,
-                                      use_precision_aware_optimizer_no_fp8_or_ds_fp8=False)
+        self.config = SimpleNamespace(
+            clip_grad=clip, log_num_zeros_in_grad=False, use_precision_aware_optimizer_no_fp8_or_ds_fp8=False
+        )
         self.grad_scaler = None
 
     def prepare_grads(self) -> bool:
@@ -88,7 +89,7 @@ def test_sync_free_step_is_megatrons_clip_then_adam(clip: float) -> None:
 
     def params():
         ps = [torch.nn.Parameter(t.clone()) for t in init]
-        for p, gr in zip(ps, grads):
+        for p, gr in zip(ps, grads, strict=False):
             p.grad = gr.clone()
         return ps
 
@@ -106,7 +107,7 @@ def test_sync_free_step_is_megatrons_clip_then_adam(clip: float) -> None:
             p.grad.mul_(coeff)
     ref.step()
     assert abs(float(norm) - float(ref_norm)) < 1e-5 * float(ref_norm)
-    for a, b in zip(ours.params, ref_params):
+    for a, b in zip(ours.params, ref_params, strict=False):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert getattr(ours.optimizer, "grad_scale", None) is None  # nothing left behind for the next step
 

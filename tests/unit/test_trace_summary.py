@@ -33,7 +33,7 @@ def test_gaps_are_charged_to_the_launching_host_code(tmp_path: Path) -> None:
         _x("cuda_runtime", "cudaLaunchKernel", 255, 1, corr=2),
         _x("cuda_runtime", "cudaLaunchKernel", 256, 1, corr=3),
         _x("kernel", "nvjet_sm90_tst_192x192", 10, 100, tid=7, corr=1),
-        _x("kernel", "multi_tensor_apply_kernel", 300, 20, tid=7, corr=2),   # 190 us idle before it
+        _x("kernel", "multi_tensor_apply_kernel", 300, 20, tid=7, corr=2),  # 190 us idle before it
         _x("kernel", "triton_red_fused_add_mean_mul_pow_rsqrt_4", 322, 8, tid=7, corr=3),  # 2 us: below threshold
     ]
     path = tmp_path / "trace.json"

@@ -11,10 +11,17 @@ import subprocess
 import time
 
 import pytest
+from train_helpers import (
+    REPO,
+    assert_same_tensors,
+    checkpoint_tensors,
+    run_cli_args,
+    run_subprocess,
+    runtime_env,
+    step_losses,
+)
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from train_helpers import (REPO, assert_same_tensors, checkpoint_tensors, run_cli_args, run_subprocess, runtime_env,
-                           step_losses)
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
@@ -32,8 +39,15 @@ def reference(tmp_path_factory):
 
 def _start(save, log):
     """Own session, so a SIGKILL can take the whole process tree (as a node or container kill does)."""
-    return subprocess.Popen(run_cli_args(save, ITERS, EXTRA), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            text=True, env=runtime_env(), cwd=str(REPO), start_new_session=True)
+    return subprocess.Popen(
+        run_cli_args(save, ITERS, EXTRA),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=runtime_env(),
+        cwd=str(REPO),
+        start_new_session=True,
+    )
 
 
 def _wait_for(predicate, proc, timeout=300, poll=0.005):

@@ -2,7 +2,6 @@
 the final checkpoint, optimizer state included, torch.equal) - for pretraining and for full finetuning."""
 
 import pytest
-
 from train_helpers import assert_same_tensors, checkpoint_tensors, tiny_pretrain_cfg
 
 pytestmark = pytest.mark.unit
@@ -45,9 +44,16 @@ def test_full_finetuning_resume_is_exact(tmp_path):
     train(base)  # a "pretrained" checkpoint of the tiny model
 
     def finetune(save):
-        cfg = gemma3_tiny_finetune_config(name="ft", pretrained_checkpoint=str(tmp_path / "base"),
-                                          train_iters=2 * N, global_batch_size=4, seq_length=16, finetune_lr=5e-3,
-                                          lr_warmup_iters=1, dir=str(save))
+        cfg = gemma3_tiny_finetune_config(
+            name="ft",
+            pretrained_checkpoint=str(tmp_path / "base"),
+            train_iters=2 * N,
+            global_batch_size=4,
+            seq_length=16,
+            finetune_lr=5e-3,
+            lr_warmup_iters=1,
+            dir=str(save),
+        )
         cfg.data.kind = "mock"  # the tiny vocabulary cannot hold real tokenizer ids
         cfg.train.device = "cpu"
         cfg.eval.interval = None
@@ -58,6 +64,7 @@ def test_full_finetuning_resume_is_exact(tmp_path):
     _straight_and_resumed(tmp_path, finetune)
     # the finetune started from the base weights, not from a fresh init
     from gemma3_runtime.training.loop import train as _  # noqa: F401
+
     base_embed = checkpoint_tensors(tmp_path / "base")["embedding.word_embeddings.weight"]
     fresh = train(tiny_pretrain_cfg(tmp_path / "fresh", train_iters=1, **{"train.seed": 5678}))
     assert fresh.status == "completed"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..plan import JobPlan
 from ..record import add_state, read_terminal_state, update_record
@@ -45,10 +46,11 @@ def submit(plan: JobPlan, run_dir: Any = None) -> str:
         raise BackendError(str(exc)) from None
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     _call(
-        lambda api: api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
-                                                         _request_timeout=REQUEST_TIMEOUT_S),
+        lambda api: api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=REQUEST_TIMEOUT_S
+        ),
         what=f"create PyTorchJob {namespace}/{name}",
-    )  # fmt: skip
+    )
     return f"{namespace}/{name}"
 
 
@@ -87,12 +89,12 @@ def state_from_job(job: dict) -> str:
 def cancel(record: dict) -> None:
     namespace, name = _split_id(record)
     _call(
-        lambda api: api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                         propagation_policy="Background",
-                                                         _request_timeout=REQUEST_TIMEOUT_S),
+        lambda api: api.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_S
+        ),
         what=f"delete PyTorchJob {namespace}/{name}",
         missing_ok=True,
-    )  # fmt: skip
+    )
     # Once deleted, the cluster can no longer say what happened: the record remembers that we cancelled it.
     if record.get("run_dir"):
         try:
@@ -131,7 +133,9 @@ def _split_id(record: dict) -> tuple[str, str]:
     backend_id = record.get("backend_id") or ""
     namespace, sep, name = backend_id.partition("/")
     if not sep or not name:
-        raise BackendError(f"job record {record.get('job_id')}: expected a k8s id '<namespace>/<name>', got {backend_id!r}")
+        raise BackendError(
+            f"job record {record.get('job_id')}: expected a k8s id '<namespace>/<name>', got {backend_id!r}"
+        )
     return namespace, name
 
 
@@ -203,11 +207,12 @@ def _explain(exc: Any) -> str:
 
 def _get_job(namespace: str, name: str) -> dict | None:
     return _call(
-        lambda api: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                     _request_timeout=REQUEST_TIMEOUT_S),
+        lambda api: api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
+        ),
         what=f"get PyTorchJob {namespace}/{name}",
         missing_ok=True,
-    )  # fmt: skip
+    )
 
 
 def _master_pod(core: Any, namespace: str, selector: str) -> dict | None:
@@ -240,8 +245,9 @@ def _stream_log(core: Any, namespace: str, pod_name: str, follow: bool) -> None:
 
     out = sys.stdout.buffer
     try:
-        response = core.read_namespaced_pod_log(pod_name, namespace, container=CONTAINER_NAME, follow=follow,
-                                                _preload_content=False)  # fmt: skip
+        response = core.read_namespaced_pod_log(
+            pod_name, namespace, container=CONTAINER_NAME, follow=follow, _preload_content=False
+        )
         for chunk in response.stream(65536):
             out.write(chunk)
             out.flush()

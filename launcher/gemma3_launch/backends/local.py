@@ -74,9 +74,14 @@ def submit(plan: JobPlan, run_dir: Path) -> str:
     log = open(run_dir / LOG_FILE, "ab")
     try:
         proc = subprocess.Popen(
-            _command(plan), env=job_env(plan), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=os.getcwd(),
-        )  # fmt: skip
+            _command(plan),
+            env=job_env(plan),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=os.getcwd(),
+        )
     except OSError as exc:
         raise BackendError(f"could not start the job wrapper: {exc}") from None
     finally:

@@ -25,8 +25,22 @@ from . import BackendError
 from ._follow import print_log
 
 #: SLURM job states that mean "not finished" (squeue/scontrol spelling).
-_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT"}  # fmt: skip
+_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+    "SPECIAL_EXIT",
+}
 
 
 def job_python() -> str:
@@ -55,13 +69,21 @@ def render(plan: JobPlan) -> str:
         opts.append(f"--gpus-per-node={r.gpus_per_node}")
     if r.memory:
         opts.append(f"--mem={r.memory}")
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos), ("constraint", s.constraint)):
+    for flag, value in (
+        ("partition", s.partition),
+        ("account", s.account),
+        ("qos", s.qos),
+        ("constraint", s.constraint),
+    ):
         if value:
             opts.append(f"--{flag}={value}")
     if s.exclusive:
         opts.append("--exclusive")
     opts += list(s.extra_sbatch)
-    lines = ["#!/bin/bash", f"# gemma3-launch {plan.kind} job {plan.job_id} (spec {plan.spec_hash}); run dir {plan.run_dir}"]
+    lines = [
+        "#!/bin/bash",
+        f"# gemma3-launch {plan.kind} job {plan.job_id} (spec {plan.spec_hash}); run dir {plan.run_dir}",
+    ]
     lines += [f"#SBATCH {o}" for o in opts]
     lines.append("# Steps, run in order by the job wrapper (srun, one task per node; torchrun when >1 process):")
     for i, step in enumerate(plan.steps, 1):
@@ -73,7 +95,9 @@ def render(plan: JobPlan) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in plan.env.items()]
     lines += [
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT={s.master_port}" if s.master_port else "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        f"export MASTER_PORT={s.master_port}"
+        if s.master_port
+        else "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         f"exec {shlex.quote(job_python())} -m gemma3_launch.jobwrap job {shlex.quote(plan.run_dir)}",
     ]
     return "\n".join(lines) + "\n"

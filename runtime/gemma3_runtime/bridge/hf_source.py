@@ -44,8 +44,10 @@ def resolve_hf_model(ref: str, torch_dtype: str | None = None) -> Path:
         return path
     if _HUB_ID_RE.match(ref) and not ref.startswith((".", "/", "~")):
         return _snapshot(ref)
-    raise UserInputError(f"{ref}: does not exist (expected an HF model directory, a .gguf file, a hub id "
-                         f"like google/gemma-3-270m, or {PYPI_270M})")
+    raise UserInputError(
+        f"{ref}: does not exist (expected an HF model directory, a .gguf file, a hub id "
+        f"like google/gemma-3-270m, or {PYPI_270M})"
+    )
 
 
 def _snapshot(repo_id: str) -> Path:
@@ -55,8 +57,10 @@ def _snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, token=os.environ.get("HF_TOKEN") or None))
     except LocalEntryNotFoundError:
-        raise UserInputError(f"{repo_id}: not a local path, and the hub snapshot is neither reachable nor in the "
-                             f"cache ({_hub_cache()}); check the network, HF_HOME or HF_TOKEN")
+        raise UserInputError(
+            f"{repo_id}: not a local path, and the hub snapshot is neither reachable nor in the "
+            f"cache ({_hub_cache()}); check the network, HF_HOME or HF_TOKEN"
+        )
     except RepositoryNotFoundError:
         raise UserInputError(f"{repo_id}: no such hub repository, or it is gated and HF_TOKEN lacks access")
     except HfHubHTTPError as exc:
@@ -100,8 +104,9 @@ def hf_dir_from_gguf(gguf: Path, torch_dtype: str = "float32") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=getattr(torch, torch_dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, torch_dtype)
+        )
     except (ValueError, OSError, KeyError) as exc:
         raise UserInputError(f"{gguf}: transformers cannot load this GGUF file ({' '.join(str(exc).split())[:200]})")
     if getattr(model, "hf_quantizer", None) is not None:

@@ -8,9 +8,9 @@ The engine is the only consumer; nothing else hard-codes these names.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Iterator
 
 
 class Transform(str, Enum):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +40,14 @@ def model_sharded_state_dict(models: Sequence[nn.Module]) -> dict[str, Any]:
     return state
 
 
-def save_megatron_model(models: Sequence[nn.Module], save_dir: str | Path, config: Gemma3Config,
-                        tokenizer_dir: str | Path | None = None, iteration: int = 0,
-                        extra_run_config: dict[str, Any] | None = None) -> Path:
+def save_megatron_model(
+    models: Sequence[nn.Module],
+    save_dir: str | Path,
+    config: Gemma3Config,
+    tokenizer_dir: str | Path | None = None,
+    iteration: int = 0,
+    extra_run_config: dict[str, Any] | None = None,
+) -> Path:
     """Model weights only (no optimizer / RNG state), as `iter_NNNNNNN` with the commit protocol; collective."""
     run_config = {"model": config.to_dict(), **(extra_run_config or {})}
     return save_checkpoint(save_dir, iteration, model_sharded_state_dict(models), run_config, tokenizer_dir)
@@ -49,8 +55,9 @@ def save_megatron_model(models: Sequence[nn.Module], save_dir: str | Path, confi
 
 def checkpoint_config(resolved: ResolvedCheckpoint) -> Gemma3Config:
     try:
-        return Gemma3Config.from_dict(resolved.run_config["model"],
-                                      source=f"{resolved.iter_dir / 'run_config.yaml'} model")
+        return Gemma3Config.from_dict(
+            resolved.run_config["model"], source=f"{resolved.iter_dir / 'run_config.yaml'} model"
+        )
     except Gemma3ConfigError as exc:
         raise UserInputError(str(exc)) from None
 
@@ -66,9 +73,14 @@ def checkpoint_dtype(resolved: ResolvedCheckpoint) -> torch.dtype:
     return embedding.dtype
 
 
-def load_megatron_model(path: str | Path, tp: int = 1, pp: int = 1, device: str | None = None,
-                        strict: bool = True, params_dtype: torch.dtype | None = None,
-                        ) -> tuple[list[nn.Module], Gemma3Config, ResolvedCheckpoint]:
+def load_megatron_model(
+    path: str | Path,
+    tp: int = 1,
+    pp: int = 1,
+    device: str | None = None,
+    strict: bool = True,
+    params_dtype: torch.dtype | None = None,
+) -> tuple[list[nn.Module], Gemma3Config, ResolvedCheckpoint]:
     """Build the model the checkpoint describes at the given TP/PP (any: torch_dist reshards) and load it."""
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
@@ -79,8 +91,13 @@ def load_megatron_model(path: str | Path, tp: int = 1, pp: int = 1, device: str 
         return load_merged_peft_model(resolved.iter_dir, tp=tp, pp=pp, device=device)
     config = checkpoint_config(resolved)
     provider = Gemma3ModelProvider.from_config(
-        config, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, device=device,
-        params_dtype=params_dtype or checkpoint_dtype(resolved), perform_initialization=False)
+        config,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        device=device,
+        params_dtype=params_dtype or checkpoint_dtype(resolved),
+        perform_initialization=False,
+    )
     try:
         provider.finalize()
     except ValueError as exc:

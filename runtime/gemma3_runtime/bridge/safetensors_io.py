@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -47,7 +48,7 @@ class HFTensorReader:
         single = self.hf_dir / SINGLE_FILE
         if single.exists():
             with self._open(SINGLE_FILE) as handle:
-                return {name: SINGLE_FILE for name in handle.keys()}
+                return {name: SINGLE_FILE for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
         raise UserInputError(f"{self.hf_dir}: no {SINGLE_FILE} or {INDEX_FILE} (expected HF safetensors weights)")
 
     def _open(self, file_name: str) -> Any:
@@ -94,7 +95,7 @@ class HFTensorReader:
     def close(self) -> None:
         """Nothing stays open between reads; kept so callers can use the reader as a context manager."""
 
-    def __enter__(self) -> "HFTensorReader":
+    def __enter__(self) -> HFTensorReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

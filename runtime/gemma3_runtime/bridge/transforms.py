@@ -67,7 +67,7 @@ def split_qkv(fused: torch.Tensor, num_heads: int, num_groups: int) -> tuple[tor
 def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor, tp_size: int) -> torch.Tensor:
     """HF gate/up [F, D] -> Megatron fc1 [2F, D] = cat over ranks of cat(gate_i, up_i)."""
     pieces = []
-    for g, u in zip(torch.chunk(gate, tp_size, dim=0), torch.chunk(up, tp_size, dim=0)):
+    for g, u in zip(torch.chunk(gate, tp_size, dim=0), torch.chunk(up, tp_size, dim=0), strict=False):
         pieces += [g, u]
     return torch.cat(pieces, dim=0)
 

@@ -17,9 +17,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -164,14 +165,23 @@ def remove_stale_temp_dirs(save_dir: str | Path) -> list[Path]:
             continue
         final = save_dir / match.group(1)
         if entry.name.startswith(".") and not final.exists():
-            log.warning("kept %s: a re-save of %s was killed between its renames and this is the only copy of it "
-                        "(rename it back to %s to use it)", entry, final.name, final.name)
+            log.warning(
+                "kept %s: a re-save of %s was killed between its renames and this is the only copy of it "
+                "(rename it back to %s to use it)",
+                entry,
+                final.name,
+                final.name,
+            )
             continue
         age = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written))
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
-        log.info("removed stale temporary checkpoint directory %s (left by pid %s of an earlier run, last written %s)",
-                 entry, match.group(2), age)
+        log.info(
+            "removed stale temporary checkpoint directory %s (left by pid %s of an earlier run, last written %s)",
+            entry,
+            match.group(2),
+            age,
+        )
     return removed
 
 
@@ -251,14 +261,18 @@ def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict
     resolved = resolve_checkpoint(path)
     with _cpu_checkpoint_io():
         state, _not_requested, absent = dist_checkpointing.load(
-            sharded_state_dict, str(resolved.iter_dir), strict=StrictHandling.RETURN_ALL)
+            sharded_state_dict, str(resolved.iter_dir), strict=StrictHandling.RETURN_ALL
+        )
     # megatron's naming: "unexpected" (here `absent`) = requested but not in the checkpoint; "missing" = in the
     # checkpoint but not requested (fine: e.g. optimizer state when only the model is loaded).
     if absent:
         names = sorted(absent)
         if strict:
-            raise UserInputError(
-                f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
-        log.warning("%s: %d requested tensors are not in the checkpoint (not strict): %s",
-                    resolved.iter_dir, len(names), names[:5])
+            raise UserInputError(f"{resolved.iter_dir}: missing {len(names)} tensors the model needs, e.g. {names[:3]}")
+        log.warning(
+            "%s: %d requested tensors are not in the checkpoint (not strict): %s",
+            resolved.iter_dir,
+            len(names),
+            names[:5],
+        )
     return state

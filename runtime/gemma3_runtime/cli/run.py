@@ -17,16 +17,35 @@ import sys
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "run", help="train: pretrain, full finetune, LoRA/DoRA (a recipe + key=value overrides)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", required=True,
-                        help="recipe function name, e.g. gemma3_1b_finetune_config (the _config suffix is optional)")
-    parser.add_argument("--pretrained-checkpoint", "--pretrained_checkpoint", dest="pretrained_checkpoint",
-                        default=None, help="Megatron checkpoint to finetune from (e.g. from `convert import`)")
-    parser.add_argument("--peft", "--peft_scheme", "--peft-scheme", dest="peft", choices=["lora", "dora", "none"],
-                        default=None, help="parameter-efficient finetuning (finetune recipes only)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="default: cuda when available (logged either way)")
+        "run",
+        help="train: pretrain, full finetune, LoRA/DoRA (a recipe + key=value overrides)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--recipe",
+        required=True,
+        help="recipe function name, e.g. gemma3_1b_finetune_config (the _config suffix is optional)",
+    )
+    parser.add_argument(
+        "--pretrained-checkpoint",
+        "--pretrained_checkpoint",
+        dest="pretrained_checkpoint",
+        default=None,
+        help="Megatron checkpoint to finetune from (e.g. from `convert import`)",
+    )
+    parser.add_argument(
+        "--peft",
+        "--peft_scheme",
+        "--peft-scheme",
+        dest="peft",
+        choices=["lora", "dora", "none"],
+        default=None,
+        help="parameter-efficient finetuning (finetune recipes only)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available (logged either way)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved run_config.yaml and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
@@ -44,8 +63,10 @@ def build_config(args: argparse.Namespace):
     kwargs = {}
     if is_pretrain:
         if peft is not None:
-            raise UserInputError(f"--peft {peft}: LoRA/DoRA needs a finetune recipe, {recipe.__name__} is a "
-                                 f"pretrain recipe (use {recipe.__name__.replace('_pretrain_', '_finetune_')})")
+            raise UserInputError(
+                f"--peft {peft}: LoRA/DoRA needs a finetune recipe, {recipe.__name__} is a "
+                f"pretrain recipe (use {recipe.__name__.replace('_pretrain_', '_finetune_')})"
+            )
     else:
         kwargs["pretrained_checkpoint"] = args.pretrained_checkpoint
         kwargs["peft"] = peft
@@ -54,7 +75,9 @@ def build_config(args: argparse.Namespace):
         cfg.checkpoint.pretrained_checkpoint = args.pretrained_checkpoint  # continued pretraining
     bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
     if bad:
-        raise UserInputError(f"argument {bad[0]!r}: expected KEY=VALUE (a dotted config key), e.g. train.train_iters=10")
+        raise UserInputError(
+            f"argument {bad[0]!r}: expected KEY=VALUE (a dotted config key), e.g. train.train_iters=10"
+        )
     apply_overrides(cfg, args.overrides)
     if args.device:
         cfg.train.device = args.device
@@ -65,8 +88,11 @@ def build_config(args: argparse.Namespace):
 
 def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
     import warnings
 
     warnings.filterwarnings("ignore", module="megatron")
@@ -97,8 +123,10 @@ def _print_summary(result) -> None:
     if len(result.eval_losses) >= 1:
         first, last = result.eval_losses[0], result.eval_losses[-1]
         drop = (1 - last[1] / first[1]) * 100 if first[1] else 0.0
-        lines.append(f"held-out loss: {first[1]:.4f} (iteration {first[0]}) -> {last[1]:.4f} (iteration {last[0]}), "
-                     f"{drop:.1f}% lower")
+        lines.append(
+            f"held-out loss: {first[1]:.4f} (iteration {first[0]}) -> {last[1]:.4f} (iteration {last[0]}), "
+            f"{drop:.1f}% lower"
+        )
     if result.task_accuracies:
         first, last = result.task_accuracies[0], result.task_accuracies[-1]
         lines.append(f"task accuracy: {first[1]:.1%} (iteration {first[0]}) -> {last[1]:.1%} (iteration {last[0]})")

@@ -19,7 +19,7 @@ Every shim refuses to act when CUDA IS available: on a GPU node these paths must
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -37,7 +37,8 @@ def check_megatron_version() -> str:
     if __version__ not in SUPPORTED_MEGATRON_CORE:
         raise UnsupportedMegatronVersion(
             f"megatron-core {__version__} is not supported by gemma3_runtime.compat.megatron_cpu "
-            f"(checked: {', '.join(SUPPORTED_MEGATRON_CORE)}); pin megatron-core==0.16.1 (constraints.txt)")
+            f"(checked: {', '.join(SUPPORTED_MEGATRON_CORE)}); pin megatron-core==0.16.1 (constraints.txt)"
+        )
     return __version__
 
 

@@ -8,7 +8,8 @@ and a run with another DP size see exactly the same samples in each step.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ def num_microbatches(global_batch_size: int, micro_batch_size: int, dp_size: int
     if global_batch_size % (micro_batch_size * dp_size):
         raise UserInputError(
             f"train.global_batch_size={global_batch_size} is not divisible by train.micro_batch_size x "
-            f"data-parallel size = {micro_batch_size} x {dp_size} = {micro_batch_size * dp_size}")
+            f"data-parallel size = {micro_batch_size} x {dp_size} = {micro_batch_size * dp_size}"
+        )
     return global_batch_size // (micro_batch_size * dp_size)
 
 
@@ -60,8 +62,16 @@ def collate(samples: list[dict[str, np.ndarray]], device: torch.device) -> dict[
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
-def microbatches(dataset: Any, index: EpochShuffledIndex, first_sample: int, global_batch_size: int,
-                 micro_batch_size: int, dp_rank: int, dp_size: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+def microbatches(
+    dataset: Any,
+    index: EpochShuffledIndex,
+    first_sample: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    device: torch.device,
+) -> Iterator[dict[str, torch.Tensor]]:
     """The micro-batches of one global batch that start at global sample `first_sample`, for one DP rank."""
     per_rank = global_batch_size // dp_size
     start = first_sample + dp_rank * per_rank

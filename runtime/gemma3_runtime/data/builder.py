@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gemma3_runtime.errors import UserInputError
 
@@ -29,7 +30,7 @@ def resolve_sft_paths(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     train, valid = [], []
     for p in paths:
         if p.startswith(BUNDLED_PREFIX):
-            name = p[len(BUNDLED_PREFIX):]
+            name = p[len(BUNDLED_PREFIX) :]
             if name != synthetic.NAME:
                 raise UserInputError(f"data.data_paths: {p!r} is unknown, expected {BUNDLED_PREFIX}{synthetic.NAME}")
             train.append(str(synthetic.bundled_path("train")))
@@ -43,8 +44,10 @@ def resolve_sft_paths(paths: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def load_tokenizer(path: str | None, key: str = "data.tokenizer") -> Any:
     if not path:
-        raise UserInputError(f"{key} is not set (expected an HF tokenizer directory; finetuning takes the "
-                             f"pretrained checkpoint's tokenizer/ by default)")
+        raise UserInputError(
+            f"{key} is not set (expected an HF tokenizer directory; finetuning takes the "
+            f"pretrained checkpoint's tokenizer/ by default)"
+        )
     if not os.path.isdir(path):
         raise UserInputError(f"{key}: {path!r} is not a directory (expected an HF tokenizer directory)")
     from transformers import AutoTokenizer
@@ -55,24 +58,42 @@ def load_tokenizer(path: str | None, key: str = "data.tokenizer") -> Any:
         raise UserInputError(f"{key}: cannot load a tokenizer from {path!r} ({type(exc).__name__})") from None
 
 
-def build_datasets(data_cfg: Any, seed: int, vocab_size: int, tokenizer: Any | None,
-                   train_samples: int, valid_samples: int, cache_dir: str | None) -> Datasets:
+def build_datasets(
+    data_cfg: Any,
+    seed: int,
+    vocab_size: int,
+    tokenizer: Any | None,
+    train_samples: int,
+    valid_samples: int,
+    cache_dir: str | None,
+) -> Datasets:
     kind = data_cfg.kind
     if kind == "mock":
         from gemma3_runtime.data.mock import MockDataset
 
         vocab = data_cfg.mock_vocab_size or vocab_size
-        return Datasets(MockDataset(vocab, data_cfg.seq_length, seed),
-                        MockDataset(vocab, data_cfg.seq_length, seed + 1), shuffle=False)
+        return Datasets(
+            MockDataset(vocab, data_cfg.seq_length, seed),
+            MockDataset(vocab, data_cfg.seq_length, seed + 1),
+            shuffle=False,
+        )
     if not data_cfg.data_paths:
         raise UserInputError(f"data.data_paths is empty (data.kind={kind} needs at least one path)")
     if kind == "indexed":
         from gemma3_runtime.data.indexed import GPTDatasetAdapter, build_gpt_datasets
 
-        train, valid, _ = build_gpt_datasets(data_cfg.data_paths, data_cfg.split, data_cfg.seq_length, seed,
-                                             tokenizer, (train_samples, valid_samples, 0), cache_dir)
-        return Datasets(GPTDatasetAdapter(train), GPTDatasetAdapter(valid) if valid is not None else None,
-                        shuffle=False)
+        train, valid, _ = build_gpt_datasets(
+            data_cfg.data_paths,
+            data_cfg.split,
+            data_cfg.seq_length,
+            seed,
+            tokenizer,
+            (train_samples, valid_samples, 0),
+            cache_dir,
+        )
+        return Datasets(
+            GPTDatasetAdapter(train), GPTDatasetAdapter(valid) if valid is not None else None, shuffle=False
+        )
     # sft
     from gemma3_runtime.data.sft import SFTDataset, build_sft_dataset, read_jsonl, tokenize_row
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,13 @@ class MegatronTokenizerView:
         self.unique_identifiers = {"class": "gemma3", "vocab_size": self.vocab_size}
 
 
-def write_indexed_dataset(input_jsonl: str | Path, output_prefix: str | Path, tokenizer: Any,
-                          text_key: str = "text", show_progress: bool = True) -> tuple[int, int]:
+def write_indexed_dataset(
+    input_jsonl: str | Path,
+    output_prefix: str | Path,
+    tokenizer: Any,
+    text_key: str = "text",
+    show_progress: bool = True,
+) -> tuple[int, int]:
     """JSONL rows with `text_key` -> <prefix>.bin/.idx. Written under temporary names and renamed when complete.
 
     Returns (documents, tokens).
@@ -106,12 +112,21 @@ def check_prefixes(prefixes: Sequence[str], key: str) -> None:
     for prefix in prefixes:
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
-                raise UserInputError(f"{key}: {prefix + suffix!r} does not exist "
-                                     f"(expected a prefix written by `gemma3-runtime prepare-data`)")
+                raise UserInputError(
+                    f"{key}: {prefix + suffix!r} does not exist "
+                    f"(expected a prefix written by `gemma3-runtime prepare-data`)"
+                )
 
 
-def build_gpt_datasets(data_paths: Sequence[str], split: str, seq_length: int, seed: int, tokenizer: Any,
-                       num_samples: tuple[int, int, int], cache_dir: str | None) -> list[Any]:
+def build_gpt_datasets(
+    data_paths: Sequence[str],
+    split: str,
+    seq_length: int,
+    seed: int,
+    tokenizer: Any,
+    num_samples: tuple[int, int, int],
+    cache_dir: str | None,
+) -> list[Any]:
     """[train, valid, test] megatron-core GPTDatasets (None where a split is empty)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig

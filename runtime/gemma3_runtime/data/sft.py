@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise UserInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not ("messages" in row or ("prompt" in row and "completion" in row)):
                 raise UserInputError(
-                    f"{path}:{lineno}: expected an object with 'prompt' and 'completion', or 'messages'")
+                    f"{path}:{lineno}: expected an object with 'prompt' and 'completion', or 'messages'"
+                )
             rows.append(row)
     if not rows:
         raise UserInputError(f"{path}: no examples (expected JSONL rows)")
@@ -85,10 +87,13 @@ def tokenize_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> Tok
         for i, message in enumerate(messages):
             full = list(tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=True))
             full = list(full["input_ids"]) if isinstance(full, dict) else full
-            new = full[len(tokens):]
+            new = full[len(tokens) :]
             if message.get("role") in ("assistant", "model"):
-                prompt = list(tokenizer.apply_chat_template(list(messages[:i]), tokenize=True,
-                                                            add_generation_prompt=True)) if i else []
+                prompt = (
+                    list(tokenizer.apply_chat_template(list(messages[:i]), tokenize=True, add_generation_prompt=True))
+                    if i
+                    else []
+                )
                 head = max(0, len(prompt) - len(tokens))
                 mask += [0] * head + [1] * (len(new) - head)
             else:
@@ -129,8 +134,9 @@ def tokenize_row(tokenizer: Any, row: dict[str, Any]) -> TokenizedExample:
 class SFTDataset:
     """Fixed list of sequences of `seq_length` tokens (packed or one example each); index -> numpy sample."""
 
-    def __init__(self, examples: Sequence[TokenizedExample], seq_length: int, pad_id: int, packing: bool,
-                 seed: int) -> None:
+    def __init__(
+        self, examples: Sequence[TokenizedExample], seq_length: int, pad_id: int, packing: bool, seed: int
+    ) -> None:
         self.seq_length = seq_length
         self.pad_id = pad_id
         order = list(range(len(examples)))
@@ -152,16 +158,21 @@ class SFTDataset:
         pos = 0
         for seg, ex in enumerate(self.sequences[index], 1):
             n = min(len(ex.input_ids), s - pos)
-            input_ids[pos:pos + n] = ex.input_ids[:n]
-            labels[pos:pos + n] = ex.labels[:n]
-            loss_mask[pos:pos + n] = ex.loss_mask[:n]
-            position_ids[pos:pos + n] = np.arange(n)
-            segment_ids[pos:pos + n] = seg
+            input_ids[pos : pos + n] = ex.input_ids[:n]
+            labels[pos : pos + n] = ex.labels[:n]
+            loss_mask[pos : pos + n] = ex.loss_mask[:n]
+            position_ids[pos : pos + n] = np.arange(n)
+            segment_ids[pos : pos + n] = seg
             pos += n
         # padding positions continue counting so RoPE sees valid positions; they carry no loss and segment 0
         position_ids[pos:] = np.arange(s - pos)
-        return {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
-                "segment_ids": segment_ids}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "loss_mask": loss_mask,
+            "position_ids": position_ids,
+            "segment_ids": segment_ids,
+        }
 
 
 def _pack(examples: Sequence[TokenizedExample], seq_length: int) -> list[list[TokenizedExample]]:
@@ -181,8 +192,9 @@ def _pack(examples: Sequence[TokenizedExample], seq_length: int) -> list[list[To
     return packs
 
 
-def build_sft_dataset(paths: Sequence[str | Path], tokenizer: Any, seq_length: int, packing: bool,
-                      seed: int) -> SFTDataset:
+def build_sft_dataset(
+    paths: Sequence[str | Path], tokenizer: Any, seq_length: int, packing: bool, seed: int
+) -> SFTDataset:
     rows: list[dict[str, Any]] = []
     for path in paths:
         rows.extend(read_jsonl(path))

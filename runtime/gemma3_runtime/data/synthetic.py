@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 NAME = "wordcode"
 SEED = 20261127
@@ -29,15 +29,131 @@ PROMPT_PREFIX = "Wordcode: "
 PROMPT_SUFFIX = " ->"
 
 # common, short English nouns (most are one Gemma token with a leading space)
-WORDS: tuple[str, ...] = tuple("""
-apple river stone cloud horse bread table chair light night water fire earth paper glass music window garden
-forest ocean island mountain valley desert winter summer spring autumn morning evening planet rocket engine
-bottle candle silver golden copper mirror pencil basket ladder bridge castle tower market school doctor farmer
-sailor pilot singer dancer tiger eagle whale shark rabbit turtle monkey lemon orange cherry grape peach onion
-carrot butter cheese honey sugar salt pepper coffee juice milk cookie pizza salad soup train plane truck boat
-wheel road street city village house door floor wall roof kitchen pillow blanket jacket shirt shoe hat glove
-ring coin key lock box bag map book letter story song dream voice heart smile friend family king queen
-""".split())
+WORDS: tuple[str, ...] = tuple(
+    [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "horse",
+        "bread",
+        "table",
+        "chair",
+        "light",
+        "night",
+        "water",
+        "fire",
+        "earth",
+        "paper",
+        "glass",
+        "music",
+        "window",
+        "garden",
+        "forest",
+        "ocean",
+        "island",
+        "mountain",
+        "valley",
+        "desert",
+        "winter",
+        "summer",
+        "spring",
+        "autumn",
+        "morning",
+        "evening",
+        "planet",
+        "rocket",
+        "engine",
+        "bottle",
+        "candle",
+        "silver",
+        "golden",
+        "copper",
+        "mirror",
+        "pencil",
+        "basket",
+        "ladder",
+        "bridge",
+        "castle",
+        "tower",
+        "market",
+        "school",
+        "doctor",
+        "farmer",
+        "sailor",
+        "pilot",
+        "singer",
+        "dancer",
+        "tiger",
+        "eagle",
+        "whale",
+        "shark",
+        "rabbit",
+        "turtle",
+        "monkey",
+        "lemon",
+        "orange",
+        "cherry",
+        "grape",
+        "peach",
+        "onion",
+        "carrot",
+        "butter",
+        "cheese",
+        "honey",
+        "sugar",
+        "salt",
+        "pepper",
+        "coffee",
+        "juice",
+        "milk",
+        "cookie",
+        "pizza",
+        "salad",
+        "soup",
+        "train",
+        "plane",
+        "truck",
+        "boat",
+        "wheel",
+        "road",
+        "street",
+        "city",
+        "village",
+        "house",
+        "door",
+        "floor",
+        "wall",
+        "roof",
+        "kitchen",
+        "pillow",
+        "blanket",
+        "jacket",
+        "shirt",
+        "shoe",
+        "hat",
+        "glove",
+        "ring",
+        "coin",
+        "key",
+        "lock",
+        "box",
+        "bag",
+        "map",
+        "book",
+        "letter",
+        "story",
+        "song",
+        "dream",
+        "voice",
+        "heart",
+        "smile",
+        "friend",
+        "family",
+        "king",
+        "queen",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +171,9 @@ def make_item(words: Sequence[str]) -> TaskItem:
     return TaskItem(prompt=f"{PROMPT_PREFIX}{' '.join(words)}{PROMPT_SUFFIX}", completion=apply_rule(words))
 
 
-def generate(seed: int = SEED, num_train: int = NUM_TRAIN, num_heldout: int = NUM_HELDOUT) -> tuple[list[TaskItem], list[TaskItem]]:
+def generate(
+    seed: int = SEED, num_train: int = NUM_TRAIN, num_heldout: int = NUM_HELDOUT
+) -> tuple[list[TaskItem], list[TaskItem]]:
     """(train, heldout); deterministic for a given seed. Held-out word sets never appear in train."""
     rng = random.Random(seed)
     seen: set[frozenset[str]] = set()
@@ -112,4 +230,4 @@ def task_accuracy(generate_fn: Callable[[list[str]], list[str]], items: Sequence
     if not items:
         return 0.0
     outputs = generate_fn([it.prompt for it in items])
-    return sum(is_correct(o, it.completion) for o, it in zip(outputs, items)) / len(items)
+    return sum(is_correct(o, it.completion) for o, it in zip(outputs, items, strict=False)) / len(items)

@@ -8,8 +8,9 @@ the captured decode step.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -18,13 +19,13 @@ from gemma3_runtime.generate.prompts import encode_prompts, stop_token_ids
 from gemma3_runtime.generate.sampling import SamplingParams
 from gemma3_runtime.generate.streaming import TextStream
 
-_ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, Engine]" = weakref.WeakKeyDictionary()
+_ENGINES: weakref.WeakKeyDictionary[torch.nn.Module, Engine] = weakref.WeakKeyDictionary()
 
 
 @dataclass
 class Generation:
-    texts: list[str]                 # completions (stop tokens and other special tokens removed)
-    output: GenerationOutput         # token ids, finish reasons, timings
+    texts: list[str]  # completions (stop tokens and other special tokens removed)
+    output: GenerationOutput  # token ids, finish reasons, timings
 
 
 def decoder_for(model: torch.nn.Module):
@@ -38,23 +39,44 @@ def decoder_for(model: torch.nn.Module):
     return MegatronGemma3Decoder(model)
 
 
-def engine_for(model: torch.nn.Module, cuda_graphs: bool | None = None, compile_step: bool | None = None,
-               tune_kernels: bool = False) -> Engine:
+def engine_for(
+    model: torch.nn.Module,
+    cuda_graphs: bool | None = None,
+    compile_step: bool | None = None,
+    tune_kernels: bool = False,
+) -> Engine:
     """The model's engine (created once; a different cuda_graphs / compile / tuning choice creates a new one)."""
     engine = _ENGINES.get(model)
-    if (engine is None or (cuda_graphs is not None and engine.cuda_graphs != cuda_graphs)
-            or (compile_step is not None and engine.compile_step != compile_step)
-            or engine.tune_kernels != tune_kernels):
-        engine = _ENGINES[model] = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step,
-                                          tune_kernels=tune_kernels)
+    if (
+        engine is None
+        or (cuda_graphs is not None and engine.cuda_graphs != cuda_graphs)
+        or (compile_step is not None and engine.compile_step != compile_step)
+        or engine.tune_kernels != tune_kernels
+    ):
+        engine = _ENGINES[model] = Engine(
+            decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step, tune_kernels=tune_kernels
+        )
     return engine
 
 
-def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str], max_new_tokens: int = 64, *,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             apply_chat_template: bool = False, stop_ids: Sequence[int] | None = None, pad_id: int | None = None,
-             stream: bool | Callable[[str], Any] = False, cuda_graphs: bool | None = None,
-             compile_step: bool | None = None, tune_kernels: bool = False) -> Generation:
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: str | Sequence[str],
+    max_new_tokens: int = 64,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    apply_chat_template: bool = False,
+    stop_ids: Sequence[int] | None = None,
+    pad_id: int | None = None,
+    stream: bool | Callable[[str], Any] = False,
+    cuda_graphs: bool | None = None,
+    compile_step: bool | None = None,
+    tune_kernels: bool = False,
+) -> Generation:
     """Greedy by default (temperature 0). `stream=True` prints a single prompt's text to stdout as it comes;
     a callable receives the text pieces instead. Stops per row on eos / <end_of_turn> (or `stop_ids`)."""
     single = isinstance(prompts, str)
@@ -68,8 +90,14 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: str | Sequence[str
     if stream and len(prompt_list) == 1:
         streamer = TextStream(tokenizer, write=None if stream is True else stream, hidden_ids=stops)
     engine = engine_for(model, cuda_graphs, compile_step, tune_kernels)
-    output = engine.generate(ids, max_new_tokens, stop_ids=stops, sampling=sampling, pad_id=pad_id,
-                             on_token=streamer.on_token if streamer else None)
+    output = engine.generate(
+        ids,
+        max_new_tokens,
+        stop_ids=stops,
+        sampling=sampling,
+        pad_id=pad_id,
+        on_token=streamer.on_token if streamer else None,
+    )
     if streamer is not None:
         streamer.close()
     texts = [tokenizer.decode([t for t in row if t not in stops], skip_special_tokens=True) for row in output.tokens]

@@ -16,20 +16,23 @@ import torch
 import torch.nn.functional as F
 
 
-def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+def prompt_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """query [b, H, P, d], key/value [b, G, P, d], mask [b, 1, P, P] bool -> [b, H, P, d]."""
     heads, groups = query.size(1), key.size(1)
     if query.is_cuda and heads != groups:
         # CUDA's masked (memory-efficient) kernel has no GQA path; torch would fall back to the math kernel
         key = key.repeat_interleave(heads // groups, dim=1)
         value = value.repeat_interleave(heads // groups, dim=1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
-                                          enable_gqa=key.size(1) != heads)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.size(1) != heads
+    )
 
 
-def step_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, mask: torch.Tensor | None,
-                   scale: float) -> torch.Tensor:
+def step_attention(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     """query [b, H, 1, d], caches [b, G, slots, d], mask [b, 1, 1, slots] bool or None (all visible) -> [b, H, 1, d]."""
     b, heads, _, d = query.shape
     grouped = query.reshape(b, key_cache.size(1), heads // key_cache.size(1), d)
@@ -37,8 +40,9 @@ def step_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     return out.reshape(b, heads, 1, d)
 
 
-def step_attention_matmul(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                          mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+def step_attention_matmul(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     """`step_attention` as q K^T -> masked softmax in fp32 -> P V (for the compiled step; see the module doc)."""
     b, heads, _, d = query.shape
     grouped = query.reshape(b, key_cache.size(1), heads // key_cache.size(1), d)

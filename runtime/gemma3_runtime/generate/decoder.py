@@ -23,9 +23,9 @@ class DecoderInfo:
     num_kv_heads: int
     head_dim: int
     softmax_scale: float
-    vocab_size: int                # logits are trimmed to this (the HF vocab)
-    max_positions: int             # max_position_embeddings
-    dtype: torch.dtype             # activation / cache dtype
+    vocab_size: int  # logits are trimmed to this (the HF vocab)
+    max_positions: int  # max_position_embeddings
+    dtype: torch.dtype  # activation / cache dtype
     device: torch.device
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -49,10 +49,10 @@ class GenerationOutput:
     """tokens: generated ids per prompt, including the stop token when one ended the row (as HF returns them)."""
 
     tokens: list[list[int]]
-    finish_reasons: list[str]                   # "stop" (a stop token) or "length" (max_new_tokens)
+    finish_reasons: list[str]  # "stop" (a stop token) or "length" (max_new_tokens)
     prompt_lengths: list[int]
     time_to_first_token_s: float
-    decode_s: float                             # after the first token
+    decode_s: float  # after the first token
     decode_steps: int
     timings: dict[str, float] = field(default_factory=dict)
     # how the decode steps ran: cuda_graph, compiled, selection_in_step (greedy argmax inside the step), read_ahead
@@ -72,20 +72,36 @@ def check_lengths(prompt_lengths: Sequence[int], max_new_tokens: int, max_positi
         raise UserInputError(
             f"--max-new-tokens: prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
             f"{longest + max_new_tokens} exceeds the model's context of {max_positions} tokens "
-            "(max_position_embeddings)")
+            "(max_position_embeddings)"
+        )
 
 
 class _Session:
     """Cache and static decode buffers for one (batch, columns) shape; optionally a captured decode graph."""
 
-    def __init__(self, decoder: Decoder, batch: int, columns: int, cuda_graph: bool, compile_step: bool = False,
-                 select_in_step: bool = True, tune_kernels: bool = False) -> None:
+    def __init__(
+        self,
+        decoder: Decoder,
+        batch: int,
+        columns: int,
+        cuda_graph: bool,
+        compile_step: bool = False,
+        select_in_step: bool = True,
+        tune_kernels: bool = False,
+    ) -> None:
         info = decoder.info
         self.decoder = decoder
         self.tune_kernels = tune_kernels
-        self.spec = CacheSpec(batch=batch, columns=columns, window=info.window, sliding=info.sliding,
-                              kv_heads=info.num_kv_heads, head_dim=info.head_dim, dtype=info.dtype,
-                              device=info.device)
+        self.spec = CacheSpec(
+            batch=batch,
+            columns=columns,
+            window=info.window,
+            sliding=info.sliding,
+            kv_heads=info.num_kv_heads,
+            head_dim=info.head_dim,
+            dtype=info.dtype,
+            device=info.device,
+        )
         self.cache = StaticKVCache(self.spec)
         device = info.device
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -152,8 +168,13 @@ class _Session:
         for layer, sliding in enumerate(info.sliding):
             q, k, v = dec.qkv(layer, hidden, rotary)
             self.cache.write_step(layer, k, v, sliding_slot if sliding else global_slot)
-            attn = attend(q, self.cache.keys[layer], self.cache.values[layer],
-                          sliding_mask if sliding else global_mask, info.softmax_scale)
+            attn = attend(
+                q,
+                self.cache.keys[layer],
+                self.cache.values[layer],
+                sliding_mask if sliding else global_mask,
+                info.softmax_scale,
+            )
             hidden = dec.finish_layer(layer, hidden, attn)
         logits = dec.logits(hidden)
         t.add_(1)
@@ -172,16 +193,21 @@ class _Session:
             masks = {False: None, True: None}
         else:
             global_mask, sliding_mask = step_masks(t, self.starts, self.spec)
-            masks = {False: global_mask[..., :widths[False]], True: sliding_mask[..., :widths[True]]}
-        slots = dict(zip((False, True), step_slots(t, self.spec)))
+            masks = {False: global_mask[..., : widths[False]], True: sliding_mask[..., : widths[True]]}
+        slots = dict(zip((False, True), step_slots(t, self.spec), strict=False))
         hidden = dec.embed(self.tokens)
         rotary = dec.rotary(positions)
         for layer, sliding in enumerate(info.sliding):
             q, k, v = dec.qkv(layer, hidden, rotary)
             self.cache.write_step(layer, k, v, slots[sliding])
             width = widths[sliding]
-            attn = step_attention(q, self.cache.keys[layer][:, :, :width], self.cache.values[layer][:, :, :width],
-                                  masks[sliding], info.softmax_scale)
+            attn = step_attention(
+                q,
+                self.cache.keys[layer][:, :, :width],
+                self.cache.values[layer][:, :, :width],
+                masks[sliding],
+                info.softmax_scale,
+            )
             hidden = dec.finish_layer(layer, hidden, attn)
         logits = dec.logits(hidden)
         t.add_(1)
@@ -225,9 +251,12 @@ class _Session:
         except Exception as exc:  # noqa: BLE001 - any capture/compile failure: fall back to the logits-only step
             if not self.select_in_step:
                 raise
-            log.warning("capturing the decode step with token selection failed (%s: %s); capturing the "
-                        "logits-only step (selection outside the graph)",
-                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.warning(
+                "capturing the decode step with token selection failed (%s: %s); capturing the "
+                "logits-only step (selection outside the graph)",
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
         try:
             torch.cuda.synchronize()
         except Exception:  # noqa: BLE001 - a failed capture may leave an error to report here; the retry decides
@@ -249,8 +278,11 @@ class _Session:
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to the eager step
                 if not self.compiled:
                     raise
-                log.warning("torch.compile of the decode step failed (%s: %s); capturing the eager step",
-                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                log.warning(
+                    "torch.compile of the decode step failed (%s: %s); capturing the eager step",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
                 self.compiled, self._run_step = False, self._entry()
                 for _ in range(2):
                     self._run_step()
@@ -307,8 +339,14 @@ def _raise_recompile_limit(limit: int = 64) -> None:
 class Engine:
     """Generates from token ids with a `Decoder`. Not thread-safe; one engine per model."""
 
-    def __init__(self, decoder: Decoder, cuda_graphs: bool | None = None, compile_step: bool | None = None,
-                 column_multiple: int = 128, tune_kernels: bool = False) -> None:
+    def __init__(
+        self,
+        decoder: Decoder,
+        cuda_graphs: bool | None = None,
+        compile_step: bool | None = None,
+        column_multiple: int = 128,
+        tune_kernels: bool = False,
+    ) -> None:
         self.decoder = decoder
         self.tune_kernels = tune_kernels  # see _Session._compile
         on_cuda = decoder.info.device.type == "cuda"
@@ -331,8 +369,15 @@ class Engine:
             self._session = None  # free the old cache first
             if self.compile_step and decoding:
                 _raise_recompile_limit()
-            s = _Session(self.decoder, batch, columns, self.cuda_graphs and decoding, self.compile_step and decoding,
-                         select_in_step=self.select_in_step, tune_kernels=self.tune_kernels)
+            s = _Session(
+                self.decoder,
+                batch,
+                columns,
+                self.cuda_graphs and decoding,
+                self.compile_step and decoding,
+                select_in_step=self.select_in_step,
+                tune_kernels=self.tune_kernels,
+            )
             s.for_decoding = decoding
             self._session = s
         return s
@@ -341,9 +386,15 @@ class Engine:
         check_lengths(prompt_lengths, max_new_tokens, self.decoder.info.max_positions)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int] = (),
-                 sampling: SamplingParams = SamplingParams(), pad_id: int = 0,
-                 on_token: TokenCallback | None = None) -> GenerationOutput:
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_ids: Sequence[int] = (),
+        sampling: SamplingParams = SamplingParams(),
+        pad_id: int = 0,
+        on_token: TokenCallback | None = None,
+    ) -> GenerationOutput:
         batch = left_pad(prompt_ids, pad_id)
         self.check_lengths(batch.lengths, max_new_tokens)
         info = self.decoder.info
@@ -396,9 +447,18 @@ class Engine:
                 launched += 1
             steps += 1
         end = time.perf_counter()
-        return GenerationOutput(tokens=out, finish_reasons=reasons, prompt_lengths=list(batch.lengths),
-                                time_to_first_token_s=first_token_at - start, decode_s=end - first_token_at,
-                                decode_steps=steps, timings={"session_setup_s": setup_s},
-                                decode_path={"cuda_graph": session.graph is not None, "compiled": session.compiled,
-                                             "selection_in_step": session.select_in_step and sampling.greedy,
-                                             "read_ahead": ahead})
+        return GenerationOutput(
+            tokens=out,
+            finish_reasons=reasons,
+            prompt_lengths=list(batch.lengths),
+            time_to_first_token_s=first_token_at - start,
+            decode_s=end - first_token_at,
+            decode_steps=steps,
+            timings={"session_setup_s": setup_s},
+            decode_path={
+                "cuda_graph": session.graph is not None,
+                "compiled": session.compiled,
+                "selection_in_step": session.select_in_step and sampling.greedy,
+                "read_ahead": ahead,
+            },
+        )

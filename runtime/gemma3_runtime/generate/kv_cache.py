@@ -22,10 +22,10 @@ import torch
 @dataclass(frozen=True)
 class CacheSpec:
     batch: int
-    columns: int                   # S = padded prompt width + new tokens (rounded up)
-    window: int                    # W of the sliding layers
-    sliding: tuple[bool, ...]      # per layer held by this rank
-    kv_heads: int                  # per rank
+    columns: int  # S = padded prompt width + new tokens (rounded up)
+    window: int  # W of the sliding layers
+    sliding: tuple[bool, ...]  # per layer held by this rank
+    kv_heads: int  # per rank
     head_dim: int
     dtype: torch.dtype
     device: torch.device

@@ -24,22 +24,34 @@ from gemma3_runtime.errors import UserInputError
 log = logging.getLogger("gemma3_runtime.generate")
 
 #: architecture fields that must agree between an HF reference and a Megatron checkpoint
-_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
-                "num_kv_heads", "head_dim", "query_pre_attn_scalar", "sliding_window", "layer_types",
-                "rope_local_base", "rope_global_base", "rope_global_scaling_factor")
+_ARCH_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_kv_heads",
+    "head_dim",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "layer_types",
+    "rope_local_base",
+    "rope_global_base",
+    "rope_global_scaling_factor",
+)
 
 
 @dataclass
 class Sources:
     """What to load, checked: the architecture, the tokenizer and where the weights come from."""
 
-    config: Any                       # Gemma3Config
+    config: Any  # Gemma3Config
     tokenizer: Any
     stop_ids: tuple[int, ...]
     pad_id: int
-    bridge: Any = None                # AutoBridge when an HF reference was given
-    checkpoint: Any = None            # ResolvedCheckpoint of --megatron-model-path
-    base_checkpoint: Any = None       # the PEFT run's base (ResolvedCheckpoint), or None
+    bridge: Any = None  # AutoBridge when an HF reference was given
+    checkpoint: Any = None  # ResolvedCheckpoint of --megatron-model-path
+    base_checkpoint: Any = None  # the PEFT run's base (ResolvedCheckpoint), or None
     peft_section: dict | None = None
 
     @property
@@ -67,8 +79,10 @@ def load_tokenizer(directory: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:
-        raise UserInputError(f"{directory}: no usable tokenizer ({exc.__class__.__name__}); expected "
-                             "tokenizer.json / tokenizer_config.json from the HF model") from None
+        raise UserInputError(
+            f"{directory}: no usable tokenizer ({exc.__class__.__name__}); expected "
+            "tokenizer.json / tokenizer_config.json from the HF model"
+        ) from None
 
 
 def _generation_eos(hf_dir: Path | None) -> Any:
@@ -85,8 +99,10 @@ def resolve_sources(hf_model: str | None, megatron_path: str | None) -> Sources:
     from gemma3_runtime.generate.prompts import stop_token_ids
 
     if not hf_model and not megatron_path:
-        raise UserInputError("--hf-model-path: missing; give an HF model (directory, hub id, .gguf, "
-                             "pypi:gemma3-270m) and/or --megatron-model-path")
+        raise UserInputError(
+            "--hf-model-path: missing; give an HF model (directory, hub id, .gguf, "
+            "pypi:gemma3-270m) and/or --megatron-model-path"
+        )
     bridge = None
     if hf_model:
         from gemma3_runtime.bridge.auto_bridge import AutoBridge
@@ -103,32 +119,48 @@ def resolve_sources(hf_model: str | None, megatron_path: str | None) -> Sources:
         if bridge is not None:
             mismatch = architecture_mismatch(bridge.config, config)
             if mismatch:
-                raise UserInputError(f"--megatron-model-path {megatron_path}: a different architecture than "
-                                     f"--hf-model-path {bridge.source} ({mismatch})")
+                raise UserInputError(
+                    f"--megatron-model-path {megatron_path}: a different architecture than "
+                    f"--hf-model-path {bridge.source} ({mismatch})"
+                )
         peft_section = checkpoint.run_config.get("peft") or None
         if peft_section:
             pretrained = (checkpoint.run_config.get("checkpoint") or {}).get("pretrained_checkpoint")
             if not pretrained:
-                raise UserInputError(f"{checkpoint.iter_dir / 'run_config.yaml'}: a PEFT checkpoint without "
-                                     "checkpoint.pretrained_checkpoint (its base weights)")
+                raise UserInputError(
+                    f"{checkpoint.iter_dir / 'run_config.yaml'}: a PEFT checkpoint without "
+                    "checkpoint.pretrained_checkpoint (its base weights)"
+                )
             base = resolve_checkpoint(pretrained)
             mismatch = architecture_mismatch(config, checkpoint_config(base))
             if mismatch:
-                raise UserInputError(f"{pretrained}: the PEFT base is a different architecture than "
-                                     f"{megatron_path} ({mismatch})")
+                raise UserInputError(
+                    f"{pretrained}: the PEFT base is a different architecture than {megatron_path} ({mismatch})"
+                )
     if bridge is not None:
         tokenizer_dir = bridge.hf_dir
     else:
         tokenizer_dir = checkpoint.tokenizer_dir or (base.tokenizer_dir if base is not None else None)
         if tokenizer_dir is None:
-            raise UserInputError(f"--megatron-model-path {megatron_path}: the checkpoint has no tokenizer/ "
-                                 "directory; pass --hf-model-path for one")
+            raise UserInputError(
+                f"--megatron-model-path {megatron_path}: the checkpoint has no tokenizer/ "
+                "directory; pass --hf-model-path for one"
+            )
     tokenizer = load_tokenizer(tokenizer_dir)
-    stops = stop_token_ids(tokenizer, config.eos_token_id,
-                           _generation_eos(bridge.hf_dir if bridge is not None else None))
+    stops = stop_token_ids(
+        tokenizer, config.eos_token_id, _generation_eos(bridge.hf_dir if bridge is not None else None)
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (config.pad_token_id or 0)
-    return Sources(config=config, tokenizer=tokenizer, stop_ids=stops, pad_id=int(pad_id), bridge=bridge,
-                   checkpoint=checkpoint, base_checkpoint=base, peft_section=peft_section)
+    return Sources(
+        config=config,
+        tokenizer=tokenizer,
+        stop_ids=stops,
+        pad_id=int(pad_id),
+        bridge=bridge,
+        checkpoint=checkpoint,
+        base_checkpoint=base,
+        peft_section=peft_section,
+    )
 
 
 def default_dtype(requested: str | None, device: torch.device, stored: torch.dtype | None) -> torch.dtype:
@@ -147,8 +179,11 @@ def build_model(sources: Sources, device: torch.device, dtype: str | None = None
     if sources.checkpoint is None:
         bridge = sources.bridge
         provider = bridge.to_megatron_provider(load_weights=True).replace(
-            params_dtype=default_dtype(dtype, device, bridge.params_dtype), device=device.type,
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=1)
+            params_dtype=default_dtype(dtype, device, bridge.params_dtype),
+            device=device.type,
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=1,
+        )
         try:
             provider.finalize()
         except ValueError as exc:
@@ -159,8 +194,7 @@ def build_model(sources: Sources, device: torch.device, dtype: str | None = None
 
         weights = sources.base_checkpoint or sources.checkpoint
         params_dtype = default_dtype(dtype, device, checkpoint_dtype(weights))
-        models, _, _ = load_megatron_model(weights.iter_dir, tp=tp, pp=1, device=device.type,
-                                           params_dtype=params_dtype)
+        models, _, _ = load_megatron_model(weights.iter_dir, tp=tp, pp=1, device=device.type, params_dtype=params_dtype)
         model = models[0]
         if sources.peft_section:
             _apply_adapters(model, sources.peft_section, sources.checkpoint)

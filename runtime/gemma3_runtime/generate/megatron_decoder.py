@@ -32,8 +32,10 @@ class MegatronGemma3Decoder:
         model = unwrap_model(model)
         self.model = model
         if not (model.pre_process and model.post_process):
-            raise NotImplementedError("generation runs one pipeline stage holding all layers "
-                                      "(pipeline_model_parallel_size=1); use tensor parallelism to split a model")
+            raise NotImplementedError(
+                "generation runs one pipeline stage holding all layers "
+                "(pipeline_model_parallel_size=1); use tensor parallelism to split a model"
+            )
         tconfig = model.config
         if tconfig.sequence_parallel:
             raise NotImplementedError("generation does not use sequence parallelism; build the model without it")
@@ -98,8 +100,9 @@ class MegatronGemma3Decoder:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         model = self.model
         last = model.decoder.final_layernorm(hidden[-1:])
-        logits, _ = model.output_layer(last, weight=model.shared_embedding_or_output_weight(),
-                                       runtime_gather_output=False)  # [1, b, V_pad / tp]
+        logits, _ = model.output_layer(
+            last, weight=model.shared_embedding_or_output_weight(), runtime_gather_output=False
+        )  # [1, b, V_pad / tp]
         if self.tp.size() > 1:
             logits = gather_from_tensor_model_parallel_region(logits, group=self.tp)
         return logits[0, :, : self.info.vocab_size]
@@ -109,12 +112,19 @@ def _is_plain(block: torch.nn.Module, tp_size: int) -> bool:
     """True when the layer's projection and MLP are exactly our spec's bias-free linears at TP=1 (no PEFT adapter:
     an adapted linear's class is a generated subclass) and the MLP is Gemma's GeGLU."""
     attn, proj, mlp = block.self_attention, block.self_attention.linear_proj, block.mlp
-    return (tp_size == 1 and type(attn.linear_qkv) is ColumnParallelLinear and attn.linear_qkv.bias is None
-            and not attn.config.test_mode and type(mlp) is MLP and mlp.config.gated_linear_unit
-            and mlp.config.activation_func is gelu_tanh
-            and type(mlp.linear_fc1) is ColumnParallelLinear and type(mlp.linear_fc2) is PostNormRowParallelLinear
-            and type(proj) is PostNormRowParallelLinear
-            and all(m.bias is None for m in (proj, mlp.linear_fc1, mlp.linear_fc2)))
+    return (
+        tp_size == 1
+        and type(attn.linear_qkv) is ColumnParallelLinear
+        and attn.linear_qkv.bias is None
+        and not attn.config.test_mode
+        and type(mlp) is MLP
+        and mlp.config.gated_linear_unit
+        and mlp.config.activation_func is gelu_tanh
+        and type(mlp.linear_fc1) is ColumnParallelLinear
+        and type(mlp.linear_fc2) is PostNormRowParallelLinear
+        and type(proj) is PostNormRowParallelLinear
+        and all(m.bias is None for m in (proj, mlp.linear_fc1, mlp.linear_fc2))
+    )
 
 
 def _plain_qkv(attn: torch.nn.Module, x: torch.Tensor, split: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

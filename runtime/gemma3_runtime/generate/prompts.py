@@ -8,8 +8,9 @@ in real tokens): `PromptBatch.starts` carries the first real column of each row 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -39,12 +40,14 @@ def chat_prompt_text(tokenizer: Any, user_message: str) -> str:
     """One user turn followed by the start of the model's turn, as text (special tokens spelled out)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=False)
+            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=False
+        )
     vocab = tokenizer.get_vocab()
     if START_OF_TURN not in vocab or END_OF_TURN not in vocab:
         raise UserInputError(
             f"--apply-chat-template: the tokenizer has no chat template and no {START_OF_TURN}/{END_OF_TURN} tokens; "
-            "expected an instruction-tuned Gemma 3 tokenizer")
+            "expected an instruction-tuned Gemma 3 tokenizer"
+        )
     return _GEMMA_TURN_FORMAT.format(bos=tokenizer.bos_token or "", content=user_message)
 
 
@@ -72,13 +75,14 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> PromptBatch:
     width = max(lengths)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
     starts = torch.tensor([width - n for n in lengths], dtype=torch.long)
     return PromptBatch(input_ids=ids, starts=starts, lengths=lengths)
 
 
-def stop_token_ids(tokenizer: Any, config_eos: int | Sequence[int] | None = None,
-                   generation_eos: int | Sequence[int] | None = None) -> tuple[int, ...]:
+def stop_token_ids(
+    tokenizer: Any, config_eos: int | Sequence[int] | None = None, generation_eos: int | Sequence[int] | None = None
+) -> tuple[int, ...]:
     """eos (tokenizer, config.json, generation_config.json) plus <end_of_turn> when the vocabulary has it.
 
     Stopping on <end_of_turn> always (not only with the chat template) is what the -it models need and is harmless

@@ -72,8 +72,9 @@ def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return logits
 
 
-def select_next_tokens(logits: torch.Tensor, params: SamplingParams,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def select_next_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """logits [b, V] (any float dtype) -> token ids [b] (int64) on the same device."""
     if params.greedy:
         return torch.argmax(logits, dim=-1)

@@ -8,12 +8,14 @@ an incomplete character (U+FFFD). Generations are short, so re-decoding is cheap
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class TextStream:
-    def __init__(self, tokenizer: Any, write: Callable[[str], Any] | None = None,
-                 hidden_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self, tokenizer: Any, write: Callable[[str], Any] | None = None, hidden_ids: Iterable[int] = ()
+    ) -> None:
         self.tokenizer = tokenizer
         self.write = write or _stdout_write
         self.hidden = set(int(i) for i in hidden_ids)  # e.g. stop tokens: never shown
@@ -40,7 +42,7 @@ class TextStream:
 
     def _emit(self, text: str) -> None:
         if len(text) > len(self.printed):
-            self.write(text[len(self.printed):])
+            self.write(text[len(self.printed) :])
             self.printed = text
 
 

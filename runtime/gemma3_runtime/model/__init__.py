@@ -1,8 +1,8 @@
 """Gemma 3 on megatron-core. `config` is torch-free; everything else is imported lazily."""
 
-from .config import Gemma3Config, Gemma3ConfigError  # noqa: F401  (torch-free)
-
 from gemma3_runtime._lazy import lazy_getattr
+
+from .config import Gemma3Config, Gemma3ConfigError  # noqa: F401  (torch-free)
 
 _LAZY = {
     "Gemma3ModelProvider": ("gemma3_runtime.model.provider", "Gemma3ModelProvider"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +41,9 @@ class AttentionContext:
     megatron recomputes activations, so a plain object is safe there.
     """
 
-    key_padding_mask: Optional[torch.Tensor] = None  # [b, sk] bool, True = real token
-    segment_ids: Optional[torch.Tensor] = None  # [b, s] int, packed documents (sq == sk only)
-    kv_cache: Optional[KVCache] = None
+    key_padding_mask: torch.Tensor | None = None  # [b, sk] bool, True = real token
+    segment_ids: torch.Tensor | None = None  # [b, s] int, packed documents (sq == sk only)
+    kv_cache: KVCache | None = None
     masks: dict[Any, Any] = field(default_factory=dict)  # built once per forward, shared by layers of one kind
     #: the decoder's activations are [b, s, ...] instead of megatron's [s, b, ...] (Gemma3Model's training path)
     batch_first: bool = False
@@ -134,9 +134,17 @@ class Gemma3CoreAttention(MegatronModule):
     (with a batch-first context: [b, s, heads, d] in, [b, sq, heads * d] out).
     """
 
-    def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type: str = "self",
-                 attention_dropout: float | None = None, softmax_scale: float | None = None,
-                 cp_comm_type: str | None = None, pg_collection=None) -> None:
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type=None,
+        attention_type: str = "self",
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ) -> None:
         super().__init__(config=config)
         self.layer_number = layer_number  # 1-based, global across pipeline stages
         layer_types = config.gemma3_layer_types
@@ -148,8 +156,9 @@ class Gemma3CoreAttention(MegatronModule):
         if self.kernel not in KERNELS:
             raise ValueError(f"attention kernel {self.kernel!r} is unknown, expected one of {KERNELS}")
 
-    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         ctx = packed_seq_params if isinstance(packed_seq_params, AttentionContext) else None
         if attention_bias is not None:
             raise NotImplementedError("Gemma3CoreAttention: attention_bias is not supported")
@@ -186,8 +195,9 @@ class Gemma3CoreAttention(MegatronModule):
             out = _flex_attention(q, k, v, cache[key_], self.softmax_scale)
         elif kernel == "sdpa" and self.window is None and sq == sk and _plain(ctx):
             # global layer, no padding: a pure causal mask lets torch pick its flash kernel
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
-                                                 scale=self.softmax_scale, enable_gqa=True)
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale, enable_gqa=True
+            )
         else:
             if key_ not in cache:
                 cache[key_] = allowed_mask(sq, sk, self.window, ctx, q.device)
@@ -198,8 +208,15 @@ class Gemma3CoreAttention(MegatronModule):
                     # torch fall back to the math kernel
                     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
                     v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                     scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
+                out = F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    scale=self.softmax_scale,
+                    enable_gqa=k.shape[1] != q.shape[1],
+                )
             else:
                 out = self._eager(q, k, v, mask, dropout)
         return out.permute(*from_bhsd).reshape(out_shape)
@@ -225,23 +242,45 @@ class Gemma3SelfAttention(SelfAttention):
     inference context (our KV cache replaces it), so the same code runs on CPU and CUDA.
     """
 
-    def __init__(self, config, submodules, layer_number: int, attn_mask_type=None, cp_comm_type=None,
-                 pg_collection=None) -> None:
+    def __init__(
+        self, config, submodules, layer_number: int, attn_mask_type=None, cp_comm_type=None, pg_collection=None
+    ) -> None:
         kwargs = {} if attn_mask_type is None else {"attn_mask_type": attn_mask_type}
-        super().__init__(config=config, submodules=submodules, layer_number=layer_number,
-                         cp_comm_type=cp_comm_type, pg_collection=pg_collection, **kwargs)
+        super().__init__(
+            config=config,
+            submodules=submodules,
+            layer_number=layer_number,
+            cp_comm_type=cp_comm_type,
+            pg_collection=pg_collection,
+            **kwargs,
+        )
         self.rope_index = LOCAL if config.gemma3_layer_types[layer_number - 1] == "sliding_attention" else GLOBAL
 
-    def forward(self, hidden_states, attention_mask=None, key_value_states=None, inference_context=None,
-                rotary_pos_emb=None, rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
-                attention_bias=None, packed_seq_params=None, sequence_len_offset=None, *, inference_params=None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        key_value_states=None,
+        inference_context=None,
+        rotary_pos_emb=None,
+        rotary_pos_cos=None,
+        rotary_pos_sin=None,
+        rotary_pos_cos_sin=None,
+        attention_bias=None,
+        packed_seq_params=None,
+        sequence_len_offset=None,
+        *,
+        inference_params=None,
+    ):
         if inference_context is not None or inference_params is not None:
-            raise NotImplementedError("Gemma3SelfAttention: use KVCache (model(..., kv_cache=...)), "
-                                      "not megatron's inference context")
+            raise NotImplementedError(
+                "Gemma3SelfAttention: use KVCache (model(..., kv_cache=...)), not megatron's inference context"
+            )
         ctx = packed_seq_params if isinstance(packed_seq_params, AttentionContext) else None
         if packed_seq_params is not None and ctx is None:
-            raise NotImplementedError("Gemma3SelfAttention: megatron PackedSeqParams are not supported; "
-                                      "pass segment_ids to the model instead")
+            raise NotImplementedError(
+                "Gemma3SelfAttention: megatron PackedSeqParams are not supported; pass segment_ids to the model instead"
+            )
         query, key, value = self.get_query_key_value_tensors(hidden_states, key_value_states)
         if rotary_pos_emb is not None:
             angles = rotary_pos_emb[self.rope_index]

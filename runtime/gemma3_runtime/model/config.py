@@ -10,8 +10,9 @@ from `layer_types` when present: never assume the 5:1 pattern silently (Megatron
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -123,8 +124,17 @@ class Gemma3Config:
             value = getattr(self, field_name)
             return Gemma3ConfigError(f"{source}: {field_name}={value!r}, expected {expected}")
 
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_attention_heads",
-                     "num_kv_heads", "head_dim", "sliding_window", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_attention_heads",
+            "num_kv_heads",
+            "head_dim",
+            "sliding_window",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise bad(name, "a positive integer")
@@ -132,19 +142,25 @@ class Gemma3Config:
             raise bad("num_kv_heads", f"a divisor of num_attention_heads ({self.num_attention_heads})")
         if len(self.layer_types) != self.num_layers:
             raise Gemma3ConfigError(
-                f"{source}: layer_types has {len(self.layer_types)} entries, expected num_layers={self.num_layers}")
+                f"{source}: layer_types has {len(self.layer_types)} entries, expected num_layers={self.num_layers}"
+            )
         unknown = sorted(set(self.layer_types) - set(_LAYER_TYPES))
         if unknown:
             raise Gemma3ConfigError(f"{source}: layer_types contains {unknown}, expected only {list(_LAYER_TYPES)}")
-        for name in ("query_pre_attn_scalar", "rope_local_base", "rope_global_base", "rope_global_scaling_factor",
-                     "rms_norm_eps"):
+        for name in (
+            "query_pre_attn_scalar",
+            "rope_local_base",
+            "rope_global_base",
+            "rope_global_scaling_factor",
+            "rms_norm_eps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise bad(name, "a positive number")
 
     # ---- presets --------------------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, size: str) -> "Gemma3Config":
+    def preset(cls, size: str) -> Gemma3Config:
         """The released sizes (reference/gemma3.md table 1.2): 270m, 1b, 4b, 12b, 27b."""
         key = size.lower().removeprefix("gemma3-").removeprefix("gemma-3-")
         if key not in _PRESETS:
@@ -155,7 +171,7 @@ class Gemma3Config:
 
     # ---- HF config.json -------------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, config: Mapping[str, Any], source: str = "config.json") -> "Gemma3Config":
+    def from_hf(cls, config: Mapping[str, Any], source: str = "config.json") -> Gemma3Config:
         """From an HF config dict (4.x or 5.x layout; text-only or multimodal)."""
         if not isinstance(config, Mapping):
             raise Gemma3ConfigError(f"{source}: expected a JSON object, got {type(config).__name__}")
@@ -165,16 +181,19 @@ class Gemma3Config:
             text = config.get("text_config")
             if not isinstance(text, Mapping):
                 raise Gemma3ConfigError(
-                    f"{source}: model_type 'gemma3' (multimodal) needs a 'text_config' object, none found")
+                    f"{source}: model_type 'gemma3' (multimodal) needs a 'text_config' object, none found"
+                )
             text_type = text.get("model_type", TEXT_MODEL_TYPE)
             if text_type != TEXT_MODEL_TYPE:
                 raise Gemma3ConfigError(
-                    f"{source}: text_config.model_type {text_type!r} is not Gemma 3 (expected {TEXT_MODEL_TYPE!r})")
+                    f"{source}: text_config.model_type {text_type!r} is not Gemma 3 (expected {TEXT_MODEL_TYPE!r})"
+                )
             config, from_multimodal, source = text, True, f"{source} (text_config)"
         elif model_type != TEXT_MODEL_TYPE:
             raise Gemma3ConfigError(
                 f"{source}: model_type {model_type!r} is not Gemma 3 "
-                f"(expected {TEXT_MODEL_TYPE!r} or {MULTIMODAL_MODEL_TYPE!r})")
+                f"(expected {TEXT_MODEL_TYPE!r} or {MULTIMODAL_MODEL_TYPE!r})"
+            )
 
         def get(key: str) -> Any:
             return config[key] if config.get(key) is not None else _HF_TEXT_DEFAULTS.get(key)
@@ -183,8 +202,12 @@ class Gemma3Config:
             if not cond:
                 raise Gemma3ConfigError(f"{source}: {key}={config.get(key)!r} is unsupported, expected {expected}")
 
-        need(get("hidden_activation") in ("gelu_pytorch_tanh", "gelu_tanh")
-             or config.get("hidden_act") == "gelu_pytorch_tanh", "hidden_activation", "'gelu_pytorch_tanh'")
+        need(
+            get("hidden_activation") in ("gelu_pytorch_tanh", "gelu_tanh")
+            or config.get("hidden_act") == "gelu_pytorch_tanh",
+            "hidden_activation",
+            "'gelu_pytorch_tanh'",
+        )
         need(get("final_logit_softcapping") is None, "final_logit_softcapping", "null (no Gemma 3 release uses it)")
         need(get("attn_logit_softcapping") is None, "attn_logit_softcapping", "null (no Gemma 3 release uses it)")
         need(not get("attention_bias"), "attention_bias", "false")
@@ -287,13 +310,14 @@ class Gemma3Config:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "run_config.yaml model") -> "Gemma3Config":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "run_config.yaml model") -> Gemma3Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise Gemma3ConfigError(f"{source}: unknown keys {unknown}, expected a subset of {sorted(known)}")
-        missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.name not in values and f.default is dataclasses.MISSING)
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is dataclasses.MISSING
+        )
         if missing:
             raise Gemma3ConfigError(f"{source}: missing keys {missing}")
         try:
@@ -316,7 +340,8 @@ def _rope_entry(params: Any, key: str, source: str) -> tuple[float | None, float
     if rope_type == "linear":
         return theta, float(params.get("factor", 1.0))
     raise Gemma3ConfigError(
-        f"{source}: rope_parameters[{key!r}].rope_type={rope_type!r} is unsupported, expected 'default' or 'linear'")
+        f"{source}: rope_parameters[{key!r}].rope_type={rope_type!r} is unsupported, expected 'default' or 'linear'"
+    )
 
 
 def _read_rope(config: Mapping[str, Any], source: str) -> tuple[float, float, float]:
@@ -341,8 +366,10 @@ def _read_rope(config: Mapping[str, Any], source: str) -> tuple[float, float, fl
             global_ = theta if theta is not None else global_
             theta_local, factor_local = _rope_entry(sliding, SLIDING, source)
             if factor_local != 1.0:
-                raise Gemma3ConfigError(f"{source}: rope_parameters['sliding_attention'] is scaled "
-                                        f"(factor {factor_local}); Gemma 3 local layers are never scaled")
+                raise Gemma3ConfigError(
+                    f"{source}: rope_parameters['sliding_attention'] is scaled "
+                    f"(factor {factor_local}); Gemma 3 local layers are never scaled"
+                )
             local = theta_local if theta_local is not None else local
     if local is None:
         local = _HF_TEXT_DEFAULTS["rope_local_base_freq"]
@@ -352,21 +379,69 @@ def _read_rope(config: Mapping[str, Any], source: str) -> tuple[float, float, fl
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "270m": dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_layers=18, num_attention_heads=4,
-                 num_kv_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
-                 max_position_embeddings=32768),
-    "1b": dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_layers=26, num_attention_heads=4,
-               num_kv_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
-               max_position_embeddings=32768),
-    "4b": dict(vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_layers=34, num_attention_heads=8,
-               num_kv_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
-               max_position_embeddings=131072, rope_global_scaling_factor=8.0),
-    "12b": dict(vocab_size=262208, hidden_size=3840, intermediate_size=15360, num_layers=48, num_attention_heads=16,
-                num_kv_heads=8, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
-                max_position_embeddings=131072, rope_global_scaling_factor=8.0),
-    "27b": dict(vocab_size=262208, hidden_size=5376, intermediate_size=21504, num_layers=62, num_attention_heads=32,
-                num_kv_heads=16, head_dim=128, query_pre_attn_scalar=168, sliding_window=1024,
-                max_position_embeddings=131072, rope_global_scaling_factor=8.0),
+    "270m": dict(
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_layers=18,
+        num_attention_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+    ),
+    "1b": dict(
+        vocab_size=262144,
+        hidden_size=1152,
+        intermediate_size=6912,
+        num_layers=26,
+        num_attention_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        max_position_embeddings=32768,
+    ),
+    "4b": dict(
+        vocab_size=262208,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_layers=34,
+        num_attention_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+        rope_global_scaling_factor=8.0,
+    ),
+    "12b": dict(
+        vocab_size=262208,
+        hidden_size=3840,
+        intermediate_size=15360,
+        num_layers=48,
+        num_attention_heads=16,
+        num_kv_heads=8,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+        rope_global_scaling_factor=8.0,
+    ),
+    "27b": dict(
+        vocab_size=262208,
+        hidden_size=5376,
+        intermediate_size=21504,
+        num_layers=62,
+        num_attention_heads=32,
+        num_kv_heads=16,
+        head_dim=128,
+        query_pre_attn_scalar=168,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+        rope_global_scaling_factor=8.0,
+    ),
 }
 
 PRESET_NAMES = tuple(_PRESETS)

@@ -12,7 +12,6 @@ forward(input_ids, position_ids, attention_mask=None, labels=None, kv_cache=None
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from megatron.core.models.gpt import GPTModel
@@ -27,10 +26,21 @@ from .rope import Gemma3RotaryEmbedding
 class Gemma3Model(GPTModel):
     """GPTModel + Gemma 3. `hf_vocab_size` is the real vocabulary; `vocab_size` (megatron's) the padded one."""
 
-    def __init__(self, config, transformer_layer_spec, vocab_size: int, hf_vocab_size: int, max_sequence_length: int,
-                 rope_local_base: float, rope_global_base: float, rope_global_scaling_factor: float,
-                 pre_process: bool = True, post_process: bool = True, vp_stage: Optional[int] = None,
-                 pg_collection=None) -> None:
+    def __init__(
+        self,
+        config,
+        transformer_layer_spec,
+        vocab_size: int,
+        hf_vocab_size: int,
+        max_sequence_length: int,
+        rope_local_base: float,
+        rope_global_base: float,
+        rope_global_scaling_factor: float,
+        pre_process: bool = True,
+        post_process: bool = True,
+        vp_stage: int | None = None,
+        pg_collection=None,
+    ) -> None:
         super().__init__(
             config=config,
             transformer_layer_spec=transformer_layer_spec,
@@ -46,7 +56,8 @@ class Gemma3Model(GPTModel):
         )
         self.hf_vocab_size = hf_vocab_size
         self.rotary_pos_emb = Gemma3RotaryEmbedding(
-            config.kv_channels, rope_local_base, rope_global_base, rope_global_scaling_factor)
+            config.kv_channels, rope_local_base, rope_global_base, rope_global_scaling_factor
+        )
         # sqrt(hidden) is rounded to the parameter dtype before the multiply, as HF (>= PR #37109) and the official
         # JAX implementation do: bf16(sqrt(640)) = 25.25, not 25.298 (see docs/MODEL.md).
         self.embedding_scale = math.sqrt(config.hidden_size)
@@ -61,8 +72,9 @@ class Gemma3Model(GPTModel):
         return super().setup_embeddings_and_output_layer()
 
     # ---- helpers ----------------------------------------------------------------------------------------------
-    def _scaled_embedding(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                          batch_first: bool = False) -> torch.Tensor:
+    def _scaled_embedding(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, batch_first: bool = False
+    ) -> torch.Tensor:
         if batch_first:  # megatron's LanguageModelEmbedding without its [b, s] -> [s, b] transpose copy
             emb = self.embedding.word_embeddings(input_ids)  # [b, s, D]
             if self.config.fp32_residual_connection:
@@ -85,11 +97,21 @@ class Gemma3Model(GPTModel):
         by the batch-first context, and the fused loss takes [b, s] directly.
         """
         cfg = self.config
-        return bool(cfg.gemma3_batch_first and labels is not None and not ctx_needed
-                    and cfg.gemma3_fused_linear_ce and self.pg_collection.tp.size() == 1
-                    and self.pre_process and self.post_process and decoder_input is None and input_ids is not None
-                    and not cfg.sequence_parallel and not cfg.attention_dropout and not cfg.hidden_dropout
-                    and cfg.mlp_chunks_for_prefill == 1)
+        return bool(
+            cfg.gemma3_batch_first
+            and labels is not None
+            and not ctx_needed
+            and cfg.gemma3_fused_linear_ce
+            and self.pg_collection.tp.size() == 1
+            and self.pre_process
+            and self.post_process
+            and decoder_input is None
+            and input_ids is not None
+            and not cfg.sequence_parallel
+            and not cfg.attention_dropout
+            and not cfg.hidden_dropout
+            and cfg.mlp_chunks_for_prefill == 1
+        )
 
     def _vocab_range(self) -> tuple[int, int]:
         per_rank = self.output_layer.output_size_per_partition
@@ -104,17 +126,25 @@ class Gemma3Model(GPTModel):
         return logits.masked_fill(cols, float("-inf"))
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def forward(self, input_ids: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, decoder_input: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None,
-                segment_ids: Optional[torch.Tensor] = None, **unsupported) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
+        **unsupported,
+    ) -> torch.Tensor:
         bad = {k for k, v in unsupported.items() if v is not None}
         if bad:
             raise TypeError(f"Gemma3Model.forward: unsupported arguments {sorted(bad)}")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
                 f"attention_mask must be None or a [batch, keys] padding mask (1 = token), got shape "
-                f"{tuple(attention_mask.shape)}; causal and sliding-window masks are built inside the model")
+                f"{tuple(attention_mask.shape)}; causal and sliding-window masks are built inside the model"
+            )
         if position_ids is None:
             position_ids = self._default_positions(input_ids, decoder_input, kv_cache)
 
@@ -129,8 +159,9 @@ class Gemma3Model(GPTModel):
         elif ctx_needed:
             ctx = AttentionContext(key_padding_mask=attention_mask, segment_ids=segment_ids, kv_cache=kv_cache)
 
-        hidden = self.decoder(hidden_states=decoder_input, attention_mask=None, rotary_pos_emb=angles,
-                              packed_seq_params=ctx)
+        hidden = self.decoder(
+            hidden_states=decoder_input, attention_mask=None, rotary_pos_emb=angles, packed_seq_params=ctx
+        )
         if not self.post_process:
             return hidden
 
@@ -139,8 +170,11 @@ class Gemma3Model(GPTModel):
             from gemma3_runtime.perf.linear_ce import linear_cross_entropy
 
             # same per-token loss as below without materialising [s, b, V] logits (labels < 0 give loss 0)
-            options = dict(vocab_size=self.hf_vocab_size, kernel=self.config.gemma3_ce_kernel,
-                           chunk_bytes=self.config.gemma3_ce_chunk_bytes or None)
+            options = dict(
+                vocab_size=self.hf_vocab_size,
+                kernel=self.config.gemma3_ce_kernel,
+                chunk_bytes=self.config.gemma3_ce_chunk_bytes or None,
+            )
             if batch_first:  # hidden [b, s, D]
                 return linear_cross_entropy(hidden, output_weight, labels, **options)
             return linear_cross_entropy(hidden, output_weight, labels.t(), **options).t().contiguous()
@@ -166,4 +200,3 @@ class Gemma3Model(GPTModel):
             device = hidden.device
         start = kv_cache.length if kv_cache is not None else 0
         return torch.arange(start, start + s, device=device).unsqueeze(0).expand(b, s)
-

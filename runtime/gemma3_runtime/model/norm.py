@@ -21,7 +21,7 @@ class Gemma3RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(hidden_size, dtype=dtype, device=device))
         # megatron's finalize_model_grads all-reduces grads of params marked sequence_parallel over TP
-        setattr(self.weight, "sequence_parallel", bool(getattr(config, "sequence_parallel", False)))
+        self.weight.sequence_parallel = bool(getattr(config, "sequence_parallel", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()

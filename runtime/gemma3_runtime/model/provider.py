@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -42,11 +43,11 @@ class Gemma3ModelProvider:
     _finalized: bool = field(default=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: Gemma3Config, **fields: Any) -> "Gemma3ModelProvider":
+    def from_config(cls, config: Gemma3Config, **fields: Any) -> Gemma3ModelProvider:
         return cls(config=config, **fields)
 
     # ---- validation -------------------------------------------------------------------------------------------
-    def finalize(self) -> "Gemma3ModelProvider":
+    def finalize(self) -> Gemma3ModelProvider:
         """Check the parallel layout against the architecture (clear errors instead of megatron asserts)."""
         from .attention import KERNELS
 
@@ -55,10 +56,12 @@ class Gemma3ModelProvider:
             raise ValueError(f"tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: expected >= 1")
         if cfg.num_attention_heads % tp:
             raise ValueError(
-                f"tensor_model_parallel_size={tp} must divide num_attention_heads={cfg.num_attention_heads}")
+                f"tensor_model_parallel_size={tp} must divide num_attention_heads={cfg.num_attention_heads}"
+            )
         if cfg.num_kv_heads % tp and tp % cfg.num_kv_heads:
-            raise ValueError(f"tensor_model_parallel_size={tp} and num_kv_heads={cfg.num_kv_heads}: one must divide "
-                             f"the other")
+            raise ValueError(
+                f"tensor_model_parallel_size={tp} and num_kv_heads={cfg.num_kv_heads}: one must divide the other"
+            )
         if cfg.intermediate_size % tp:
             raise ValueError(f"tensor_model_parallel_size={tp} must divide intermediate_size={cfg.intermediate_size}")
         if cfg.padded_vocab_size % tp:
@@ -97,8 +100,7 @@ class Gemma3ModelProvider:
         values.update(self.transformer_overrides)
         return build_transformer_config(self.config, **values)
 
-    def provide(self, pre_process: bool | None = None, post_process: bool | None = None,
-                vp_stage: int | None = None):
+    def provide(self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None):
         """One Gemma3Model for this rank's pipeline stage (parallel state must be initialised)."""
         from megatron.core import parallel_state
 
@@ -142,8 +144,9 @@ class Gemma3ModelProvider:
         if not self._finalized:
             self.finalize()
         device = self._device()
-        platform.init_distributed(device, self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
-                                  seed=self.seed)
+        platform.init_distributed(
+            device, self.tensor_model_parallel_size, self.pipeline_model_parallel_size, seed=self.seed
+        )
         model = self.provide()
         model = model.to(device)
         # zero rows beyond the HF vocab (both tied copies under PP): padded logits are masked anyway
@@ -168,7 +171,7 @@ class Gemma3ModelProvider:
             return state.device
         return platform.select_device(self.device)
 
-    def replace(self, **changes: Any) -> "Gemma3ModelProvider":
+    def replace(self, **changes: Any) -> Gemma3ModelProvider:
         return dataclasses.replace(self, **changes)
 
 

@@ -26,8 +26,9 @@ class Gemma3RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, local_base: float, global_base: float, global_scaling_factor: float = 1.0):
         super().__init__()
         self.head_dim = head_dim
-        inv = torch.stack([_inv_freq(head_dim, local_base, 1.0),
-                           _inv_freq(head_dim, global_base, global_scaling_factor)])
+        inv = torch.stack(
+            [_inv_freq(head_dim, local_base, 1.0), _inv_freq(head_dim, global_base, global_scaling_factor)]
+        )
         self.register_buffer("inv_freq", inv, persistent=False)  # [2, d/2]; derived, never checkpointed
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -35,7 +35,7 @@ ParallelMode = Literal["column", "row"]
 fuse_lora_add = True
 
 
-def _tp_size_rank(group: Optional[dist.ProcessGroup]) -> tuple[int, int]:
+def _tp_size_rank(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if group is None or not dist.is_initialized():
         return 1, 0
     return dist.get_world_size(group), dist.get_rank(group)
@@ -62,7 +62,7 @@ class LowRankAdapter(nn.Module):
         full_in_features: int,
         full_out_features: int,
         parallel_mode: ParallelMode,
-        tp_group: Optional[dist.ProcessGroup],
+        tp_group: dist.ProcessGroup | None,
         base_weight: torch.Tensor,
         init_key: str,
     ) -> None:

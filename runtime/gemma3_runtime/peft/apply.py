@@ -13,7 +13,8 @@ merge can represent; it exists only as the negative control of the exactness tes
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Literal, Optional, Union
+from collections.abc import Iterable, Iterator
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -67,7 +68,9 @@ _ADAPTED_CLASSES: dict[type, type] = {}
 
 def _adapted_class(base_cls: type) -> type:
     if base_cls not in _ADAPTED_CLASSES:
-        _ADAPTED_CLASSES[base_cls] = type(f"Adapted{base_cls.__name__}", (_AdaptedLinear, base_cls), {"_peft_base_class": base_cls})
+        _ADAPTED_CLASSES[base_cls] = type(
+            f"Adapted{base_cls.__name__}", (_AdaptedLinear, base_cls), {"_peft_base_class": base_cls}
+        )
     return _ADAPTED_CLASSES[base_cls]
 
 
@@ -82,7 +85,7 @@ def _is_post_normed(module: nn.Module) -> bool:
     return hasattr(module, "post_layernorm") and hasattr(module, "linear_forward")
 
 
-def _parallel_mode(module: nn.Module) -> Optional[ParallelMode]:
+def _parallel_mode(module: nn.Module) -> ParallelMode | None:
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
     if isinstance(module, RowParallelLinear):
@@ -107,13 +110,17 @@ def adapted_modules(model: ModelOrChunks) -> Iterator[tuple[str, nn.Module]]:
 
 def _check_supported(name: str, module: nn.Module, mode: ParallelMode) -> None:
     if getattr(module, "sequence_parallel", False):
-        raise UserInputError(f"peft: {name} runs with sequence_parallel, which LoRA/DoRA does not support yet; set model.sequence_parallel=false")
+        raise UserInputError(
+            f"peft: {name} runs with sequence_parallel, which LoRA/DoRA does not support yet; set model.sequence_parallel=false"
+        )
     if mode == "column" and getattr(module, "gather_output", False):
         raise UserInputError(f"peft: {name} gathers its output (gather_output=True); adapters need a sharded output")
     if getattr(module, "bias", None) is not None:
         raise UserInputError(f"peft: {name} has a bias; Gemma 3 linears have none and adapters here assume none")
     if getattr(module, "post_layernorm", None) is not None and not hasattr(module, "linear_forward"):
-        raise UserInputError(f"peft: {name} has a post-norm but no linear_forward(); the update could not act before the norm")
+        raise UserInputError(
+            f"peft: {name} has a post-norm but no linear_forward(); the update could not act before the norm"
+        )
 
 
 def apply_peft(model: ModelOrChunks, cfg: PeftConfig, *, update_position: UpdatePosition = "pre_norm") -> list[str]:
@@ -196,4 +203,3 @@ def merged_view(models: ModelOrChunks, params: dict[str, torch.Tensor]) -> dict[
         for _, linear in adapted_modules(models):  # named_modules() reaches through DDP-style wrappers too
             out[names[id(linear.weight)]] = linear.adapter.merged_weight(linear.weight).to(linear.weight.dtype)
     return out
-

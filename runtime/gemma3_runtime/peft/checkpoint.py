@@ -32,13 +32,19 @@ def base_checkpoint_of(resolved) -> Path:
         raise UserInputError(f"{where}: a PEFT checkpoint without checkpoint.pretrained_checkpoint (its base weights)")
     base = Path(path)
     if not base.exists():
-        raise UserInputError(f"{where}: checkpoint.pretrained_checkpoint {path!r} does not exist (the PEFT run's base "
-                             f"weights; run from the directory the training ran in, or restore that checkpoint)")
+        raise UserInputError(
+            f"{where}: checkpoint.pretrained_checkpoint {path!r} does not exist (the PEFT run's base "
+            f"weights; run from the directory the training ran in, or restore that checkpoint)"
+        )
     return base
 
 
-def load_peft_model(path: str | Path, tp: int = 1, pp: int = 1, device: str | None = None,
-                    ) -> tuple[list[nn.Module], Any, Any, PeftConfig]:
+def load_peft_model(
+    path: str | Path,
+    tp: int = 1,
+    pp: int = 1,
+    device: str | None = None,
+) -> tuple[list[nn.Module], Any, Any, PeftConfig]:
     """(models with adapters attached, Gemma3Config, resolved PEFT checkpoint, PeftConfig); collective."""
     from gemma3_runtime.bridge.megatron_io import load_megatron_model
     from gemma3_runtime.checkpoint.io import load_checkpoint
@@ -59,8 +65,12 @@ def load_peft_model(path: str | Path, tp: int = 1, pp: int = 1, device: str | No
     return models, config, resolved, peft_cfg
 
 
-def load_merged_peft_model(path: str | Path, tp: int = 1, pp: int = 1, device: str | None = None,
-                           ) -> tuple[list[nn.Module], Any, Any]:
+def load_merged_peft_model(
+    path: str | Path,
+    tp: int = 1,
+    pp: int = 1,
+    device: str | None = None,
+) -> tuple[list[nn.Module], Any, Any]:
     """The PEFT run's trained function as plain weights (adapters merged exactly), like `load_megatron_model`."""
     from gemma3_runtime.peft.apply import merge_peft
 

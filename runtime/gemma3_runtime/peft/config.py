@@ -6,8 +6,9 @@ Defaults follow the 1B PEFT recipe of the anchor (rank 8, alpha 16, all four lin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from gemma3_runtime.errors import UserInputError
 
@@ -65,7 +66,7 @@ class PeftConfig:
             raise UserInputError(f"peft.init: expected one of {', '.join(A_INITS)}, got {self.init!r}")
 
     @classmethod
-    def for_kind(cls, kind: str, **overrides: Any) -> "PeftConfig":
+    def for_kind(cls, kind: str, **overrides: Any) -> PeftConfig:
         """The recipe default for `kind` ("lora" | "dora"), e.g. for `gemma3_1b_finetune_config(peft="dora")`."""
         return cls(kind=kind, **overrides)
 
@@ -75,7 +76,7 @@ class PeftConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PeftConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> PeftConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
-from gemma3_runtime.peft.apply import adapter_tp_axes, adapted_modules
+from gemma3_runtime.peft.apply import adapted_modules, adapter_tp_axes
 from gemma3_runtime.peft.config import PeftConfig
 
 #: HF PEFT's name for the wrapped model inside `PeftModelForCausalLM` (`base_model.model.<hf module>`).
@@ -39,8 +39,9 @@ def _gather_tp(tensor: torch.Tensor, dim: int | None, group, size: int) -> torch
     return torch.cat(pieces, dim=dim)
 
 
-def hf_adapter_tensors(models: Sequence[torch.nn.Module], model_config, hf_prefix: str = "model.",
-                       dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def hf_adapter_tensors(
+    models: Sequence[torch.nn.Module], model_config, hf_prefix: str = "model.", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """{PEFT safetensors key: full tensor} for every adapter of the model (collective over TP and PP ranks)."""
     from gemma3_runtime.bridge.engine import Parallelism, WeightEngine, mapping_for, megatron_params, unwrap
     from gemma3_runtime.bridge.mapping import split_layer_name
@@ -106,9 +107,15 @@ def adapter_config_dict(cfg: PeftConfig, target_modules: list[str], base_model_n
     }
 
 
-def save_hf_adapter(models: Sequence[torch.nn.Module] | torch.nn.Module, peft_config: PeftConfig, model_config,
-                    out_dir: str | os.PathLike, base_model_name_or_path: str | None = None,
-                    hf_prefix: str = "model.", dtype: torch.dtype | None = None) -> Path:
+def save_hf_adapter(
+    models: Sequence[torch.nn.Module] | torch.nn.Module,
+    peft_config: PeftConfig,
+    model_config,
+    out_dir: str | os.PathLike,
+    base_model_name_or_path: str | None = None,
+    hf_prefix: str = "model.",
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write the adapter directory (collective: every rank calls it; rank 0 writes). Returns the directory.
 
     `hf_prefix` is the text model's module prefix in the HF base model ("model." for Gemma3ForCausalLM,

@@ -29,9 +29,12 @@ def provider_fields(perf: PerfConfig, tp: int = 1, device: torch.device | None =
     megatron's linears refuse the flag unless the kernel is installed); without it that switch stays off.
     """
     perf.validate()
-    overrides: dict[str, Any] = {"gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1),
-                                 "gemma3_ce_kernel": perf.ce_kernel, "gemma3_ce_chunk_bytes": perf.ce_chunk_mib << 20,
-                                 "gemma3_batch_first": bool(perf.batch_first)}
+    overrides: dict[str, Any] = {
+        "gemma3_fused_linear_ce": bool(perf.fused_linear_ce and tp == 1),
+        "gemma3_ce_kernel": perf.ce_kernel,
+        "gemma3_ce_chunk_bytes": perf.ce_chunk_mib << 20,
+        "gemma3_batch_first": bool(perf.batch_first),
+    }
     if perf.grad_accum_fusion and device is not None and device.type == "cuda":
         from .grad_fusion import install
 
@@ -58,8 +61,12 @@ def prepare_models(models: list, perf: PerfConfig, device: torch.device, seq_len
         prebuild_masks(models, seq_length, device)
     cudnn_status = prepare_cudnn_attention(models, device)
     if cudnn_status is not None:
-        log.info("core attention: %s", "cuDNN fused kernels (sliding window and causal)" if not cudnn_status
-                 else f"FlashAttention-2 / SDPA (cuDNN attention off: {cudnn_status})")
+        log.info(
+            "core attention: %s",
+            "cuDNN fused kernels (sliding window and causal)"
+            if not cudnn_status
+            else f"FlashAttention-2 / SDPA (cuDNN attention off: {cudnn_status})",
+        )
     if perf.fused_geglu and device.type == "cuda":
         from .geglu import use_fused_geglu
 

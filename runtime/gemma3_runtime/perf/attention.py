@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ FAST_KERNELS = ("auto", "cudnn", "cudnn-sliding", "cudnn-global", "flash", "flex
 _BLOCK_MASKS: dict[tuple, object] = {}
 #: why cuDNN attention is off ("" = loaded and probed); None = not tried yet. A module global, not a call, so that a
 #: compiled layer reads it as a constant instead of tracing an import.
-_CUDNN_STATUS: Optional[str] = None
+_CUDNN_STATUS: str | None = None
 _WINDOW_MASKS: dict[tuple, torch.Tensor] = {}
 
 
@@ -48,14 +48,14 @@ def default_kernel() -> str:
     return kernel
 
 
-def sliding_block_mask(s: int, window: Optional[int], device: torch.device):
+def sliding_block_mask(s: int, window: int | None, device: torch.device):
     """Cached flex BlockMask for causal (window None) or sliding-window causal attention over s positions."""
     mask = _BLOCK_MASKS.get((s, window, str(device)))
     return mask if mask is not None else _build_block_mask(s, window, device)
 
 
 @torch.compiler.disable
-def _build_block_mask(s: int, window: Optional[int], device: torch.device):
+def _build_block_mask(s: int, window: int | None, device: torch.device):
     """Outside any compiled graph (a compiled layer that meets a missing mask breaks once, then recompiles clean);
     `prebuild_masks` normally fills the cache before the first step."""
     key = (s, window, str(device))
@@ -64,11 +64,14 @@ def _build_block_mask(s: int, window: Optional[int], device: torch.device):
         from torch.nn.attention.flex_attention import create_block_mask
 
         if window is None:
+
             def mask_mod(b, h, q_idx, kv_idx):
                 return kv_idx <= q_idx
         else:
+
             def mask_mod(b, h, q_idx, kv_idx):
                 return (kv_idx <= q_idx) & (kv_idx > q_idx - window)
+
         mask = create_block_mask(mask_mod, None, None, s, s, device=device)
         _BLOCK_MASKS[key] = mask
     return mask
@@ -84,7 +87,7 @@ def _window_mask(s: int, window: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex() -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -102,8 +105,9 @@ def flash_window_supported(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
 
 
-def flash_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
-                           scale: float) -> torch.Tensor:
+def flash_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float
+) -> torch.Tensor:
     """Sliding-window causal attention with FlashAttention-2's own window (keys i - (W-1) .. i), GQA native.
 
     WHY: SDPA exposes no window argument, flex's block-sparse kernel is several times slower than flash at
@@ -113,8 +117,20 @@ def flash_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     b, _, s, _ = q.shape
     out = torch.ops.aten._flash_attention_forward(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None, s, s, 0.0, True, False,
-        scale=scale, window_size_left=window - 1, window_size_right=0)[0]
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        None,
+        None,
+        s,
+        s,
+        0.0,
+        True,
+        False,
+        scale=scale,
+        window_size_left=window - 1,
+        window_size_right=0,
+    )[0]
     return out.transpose(1, 2)
 
 
@@ -122,8 +138,9 @@ def cudnn_attention_ready(q: torch.Tensor) -> bool:
     return _CUDNN_STATUS == "" and flash_window_supported(q)
 
 
-def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],
-                    scale: float) -> torch.Tensor:
+def cudnn_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int | None, scale: float
+) -> torch.Tensor:
     """Causal (window None) or sliding-window causal attention on cuDNN's fused kernels, GQA native.
 
     WHY: with cuDNN for both layer kinds the 1B's training step ran 1.7-1.9% faster than with FlashAttention-2's
@@ -133,12 +150,13 @@ def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     (`window_left` = W keys including the query's own, the model's semantics). Layout: [b, h, s, d] views with any
     strides (the batch-major decoder's transposed views go in without a copy); the output adopts q's layout.
     """
-    out, _ = torch.ops.cudnn.sdpa_fwd(q, k, v, scale, is_causal=True, window_left=-1 if window is None else window,
-                                      return_lse=True)
+    out, _ = torch.ops.cudnn.sdpa_fwd(
+        q, k, v, scale, is_causal=True, window_left=-1 if window is None else window, return_lse=True
+    )
     return out
 
 
-def load_cudnn_attention(device: torch.device, head_dim: int, window: Optional[int]) -> str:
+def load_cudnn_attention(device: torch.device, head_dim: int, window: int | None) -> str:
     """Import the cuDNN frontend's torch op and prove it on this device once: a small bf16 forward + backward at the
     model's head_dim, global and sliding, against the fp32 reference. Returns "" when cuDNN attention is on, else
     why it is off (missing package, old cuDNN, no kernel for this head_dim or GPU, wrong numbers); never raises,
@@ -159,20 +177,22 @@ def load_cudnn_attention(device: torch.device, head_dim: int, window: Optional[i
     return _CUDNN_STATUS
 
 
-def _probe_cudnn(device: torch.device, head_dim: int, window: Optional[int]) -> str:
+def _probe_cudnn(device: torch.device, head_dim: int, window: int | None) -> str:
     s, w = 256, min(window or 64, 64)
     gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v, do = (torch.randn(1, heads, s, head_dim, device=device, generator=gen, dtype=torch.bfloat16)
-                   for heads in (2, 1, 1, 2))
+    q, k, v, do = (
+        torch.randn(1, heads, s, head_dim, device=device, generator=gen, dtype=torch.bfloat16) for heads in (2, 1, 1, 2)
+    )
     for band in (None, w):
         xs = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        out = cudnn_attention(*xs, window=band, scale=head_dim ** -0.5)
+        out = cudnn_attention(*xs, window=band, scale=head_dim**-0.5)
         out.backward(do)
         ref_xs = [t.float().requires_grad_(True) for t in (q, k, v)]
-        ref = reference_attention(*ref_xs, window=band, scale=head_dim ** -0.5)
+        ref = reference_attention(*ref_xs, window=band, scale=head_dim**-0.5)
         ref.backward(do.float())
-        for name, got, want in zip(("out", "dq", "dk", "dv"), [out] + [x.grad for x in xs],
-                                   [ref] + [x.grad for x in ref_xs]):
+        for name, got, want in zip(
+            ("out", "dq", "dk", "dv"), [out] + [x.grad for x in xs], [ref] + [x.grad for x in ref_xs], strict=False
+        ):
             err = float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
             if not err < 2e-2:
                 return f"probe: {name} of the {'window ' + str(band) if band else 'causal'} case is off by {err:.3g}"
@@ -187,8 +207,15 @@ def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
-def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int], scale: float,
-                   kernel: Optional[str] = None) -> torch.Tensor:
+def fast_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int | None,
+    scale: float,
+    kernel: str | None = None,
+) -> torch.Tensor:
     """q [b, hq, s, d], k/v [b, hkv, s, d] (same s, no padding) -> [b, hq, s, d].
 
     window None = causal (global layer); W = the W most recent keys including the query itself.
@@ -207,8 +234,11 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
         kernel = "cudnn" if (window is not None) == (kernel == "cudnn-sliding") else "flash"
     if kernel == "cudnn":
         if not cudnn_attention_ready(q):
-            why = ("load_cudnn_attention() has not run" if _CUDNN_STATUS is None else _CUDNN_STATUS
-                   or "it needs CUDA bf16/fp16 tensors with head_dim <= 256, a multiple of 8")
+            why = (
+                "load_cudnn_attention() has not run"
+                if _CUDNN_STATUS is None
+                else _CUDNN_STATUS or "it needs CUDA bf16/fp16 tensors with head_dim <= 256, a multiple of 8"
+            )
             raise RuntimeError(f"fast attention kernel 'cudnn' is not available: {why}")
         return cudnn_attention(q, k, v, window=window, scale=scale)
     if kernel == "flash" and window is not None and flash_window_supported(q):
@@ -223,11 +253,15 @@ def fast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window:
 
 def _auto_core_attentions(models) -> list:
     """The models' core attentions on the "auto" kernel (the ones that take this module's fast path)."""
-    return [m for model in (models if isinstance(models, (list, tuple)) else [models]) for m in model.modules()
-            if getattr(m, "kernel", None) == "auto" and hasattr(m, "window")]
+    return [
+        m
+        for model in (models if isinstance(models, (list, tuple)) else [models])
+        for m in model.modules()
+        if getattr(m, "kernel", None) == "auto" and hasattr(m, "window")
+    ]
 
 
-def prepare_cudnn_attention(models, device: torch.device) -> Optional[str]:
+def prepare_cudnn_attention(models, device: torch.device) -> str | None:
     """Load and probe cuDNN attention when the models' "auto" core attentions could use it (CUDA, half-precision
     parameters, the "auto" fast kernel). Returns `load_cudnn_attention`'s verdict, or None when it does not apply."""
     kernel = default_kernel()
@@ -247,8 +281,9 @@ def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
     if kernel == "auto":
         # bf16/fp16 models on CUDA take the flash window path (no mask); CPU and fp32 take the masked SDPA
         kernel = "sdpa"
-    windows = {m.window if m.window is not None and m.window < seq_length else None
-               for m in _auto_core_attentions(models)}
+    windows = {
+        m.window if m.window is not None and m.window < seq_length else None for m in _auto_core_attentions(models)
+    }
     built = 0
     for w in windows:
         if kernel == "flex" and device.type == "cuda" and w is not None:
@@ -260,8 +295,9 @@ def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
     return built
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],
-                        scale: float) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int | None, scale: float
+) -> torch.Tensor:
     """fp32 matmul + softmax reference (tests, benchmark checks)."""
     s = q.shape[2]
     k, v = _expand_kv(q, k, v)

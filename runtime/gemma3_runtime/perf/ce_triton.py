@@ -68,6 +68,7 @@ def ce_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n:
         block, warps = _launch_shape()
-        _ce_loss_grad_kernel[(n,)](logits, labels.contiguous(), loss, logits.stride(0), vocab, BLOCK=block,
-                                   num_warps=warps)
+        _ce_loss_grad_kernel[(n,)](
+            logits, labels.contiguous(), loss, logits.stride(0), vocab, BLOCK=block, num_warps=warps
+        )
     return loss, logits

@@ -21,7 +21,7 @@ model cost two compilations (sliding and global), not 26; the recompile limit is
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -62,7 +62,12 @@ def _quiet_tp_group_lookup() -> None:
     original = layers.get_tensor_model_parallel_group_if_none
 
     def get_group(tp_group=None, is_expert=False, check_initialized=True):
-        if tp_group is None and not is_expert and torch.distributed.is_initialized() and parallel_state.is_initialized():
+        if (
+            tp_group is None
+            and not is_expert
+            and torch.distributed.is_initialized()
+            and parallel_state.is_initialized()
+        ):
             return parallel_state.get_tensor_model_parallel_group(check_initialized=check_initialized)
         return original(tp_group, is_expert=is_expert, check_initialized=check_initialized)
 

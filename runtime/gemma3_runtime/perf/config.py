@@ -59,7 +59,7 @@ class PerfConfig:
     #: (perf/lora_triton.py). CUDA only.
     lora_triton_add: bool = True
 
-    def validate(self) -> "PerfConfig":
+    def validate(self) -> PerfConfig:
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"perf.attention: expected one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.compile not in COMPILE_CHOICES:
@@ -67,13 +67,22 @@ class PerfConfig:
         if not isinstance(self.ce_chunk_mib, int) or isinstance(self.ce_chunk_mib, bool) or self.ce_chunk_mib < 1:
             raise ValueError(f"perf.ce_chunk_mib: expected a positive whole number of MiB, got {self.ce_chunk_mib!r}")
         if self.ce_kernel not in CE_KERNEL_CHOICES:
-            raise ValueError(f"perf.ce_kernel: expected one of {', '.join(CE_KERNEL_CHOICES)}, "
-                             f"got {self.ce_kernel!r}")
+            raise ValueError(f"perf.ce_kernel: expected one of {', '.join(CE_KERNEL_CHOICES)}, got {self.ce_kernel!r}")
         return self
 
     @classmethod
-    def plain(cls) -> "PerfConfig":
+    def plain(cls) -> PerfConfig:
         """Every fast path off: the reference configuration the benchmark compares against."""
-        return cls(attention="sdpa", fused_linear_ce=False, compile="none", fused_adam=False, sync_free_optimizer=False,
-                   overlap_grad_reduce=False, grad_accum_fusion=False,
-                   fused_geglu=False, lora_triton_add=False, tune_kernels=False, batch_first=False)
+        return cls(
+            attention="sdpa",
+            fused_linear_ce=False,
+            compile="none",
+            fused_adam=False,
+            sync_free_optimizer=False,
+            overlap_grad_reduce=False,
+            grad_accum_fusion=False,
+            fused_geglu=False,
+            lora_triton_add=False,
+            tune_kernels=False,
+            batch_first=False,
+        )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +64,11 @@ def _run(name: str, fn: Callable, *args: torch.Tensor) -> torch.Tensor:
         return _kernel(name, fn, args[0])(*args)
     except Exception as exc:  # the lever must never take the run down: log once, keep the eager formula
         if _KERNELS.get(name) is not fn:
-            log.warning("fused GeGLU: compiling %s failed (%s); using the eager formula", name,
-                        str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+            log.warning(
+                "fused GeGLU: compiling %s failed (%s); using the eager formula",
+                name,
+                str(exc).splitlines()[0][:200] if str(exc) else repr(exc),
+            )
             _KERNELS[name] = fn
         return fn(*args)
 
@@ -95,8 +98,9 @@ def geglu_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
             return geglu_triton.geglu_backward(x, grad)
         except Exception as exc:  # the lever must never take the run down
             _TRITON_FAILED.append(str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
-            log.warning("fused GeGLU: the Triton backward kernel failed (%s); using the compiled formula",
-                        _TRITON_FAILED[0])
+            log.warning(
+                "fused GeGLU: the Triton backward kernel failed (%s); using the compiled formula", _TRITON_FAILED[0]
+            )
     return _run("bwd", _geglu_backward_math, x.contiguous(), grad.contiguous())
 
 
@@ -145,10 +149,16 @@ def _eligible(module) -> bool:
     from ..model.layers import gelu_tanh
 
     cfg = getattr(module, "config", None)
-    return (type(module) is MLP and cfg is not None and cfg.gated_linear_unit and cfg.activation_func is gelu_tanh
-            and not cfg.use_te_activation_func and not cfg.bias_activation_fusion
-            and getattr(cfg, "glu_linear_offset", 0.0) == 0.0
-            and getattr(cfg, "activation_func_clamp_value", None) is None)
+    return (
+        type(module) is MLP
+        and cfg is not None
+        and cfg.gated_linear_unit
+        and cfg.activation_func is gelu_tanh
+        and not cfg.use_te_activation_func
+        and not cfg.bias_activation_fusion
+        and getattr(cfg, "glu_linear_offset", 0.0) == 0.0
+        and getattr(cfg, "activation_func_clamp_value", None) is None
+    )
 
 
 def use_fused_geglu(models) -> int:

@@ -25,8 +25,9 @@ _BLOCK = 1024
 if triton is not None:
 
     @triton.jit
-    def _geglu_backward_kernel(x_ptr, grad_ptr, out_ptr, width, c0: tl.constexpr, c1: tl.constexpr,
-                               BLOCK: tl.constexpr):
+    def _geglu_backward_kernel(
+        x_ptr, grad_ptr, out_ptr, width, c0: tl.constexpr, c1: tl.constexpr, BLOCK: tl.constexpr
+    ):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < width

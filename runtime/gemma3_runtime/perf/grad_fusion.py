@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional
 
 import torch
 
@@ -79,15 +78,17 @@ class TorchWgradAccum:
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
-    def wgrad_gemm_accum_fp32(self, total_input: torch.Tensor, grad_output: torch.Tensor,
-                              main_grad: torch.Tensor) -> None:
+    def wgrad_gemm_accum_fp32(
+        self, total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor
+    ) -> None:
         if total_input.dtype == torch.float32:
             main_grad.addmm_(grad_output.t(), total_input)
         else:
             _accumulate(main_grad, grad_output.t(), total_input, self.mode)
 
-    def wgrad_gemm_accum_fp16(self, total_input: torch.Tensor, grad_output: torch.Tensor,
-                              main_grad: torch.Tensor) -> None:
+    def wgrad_gemm_accum_fp16(
+        self, total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor
+    ) -> None:
         main_grad.addmm_(grad_output.t().to(main_grad.dtype), total_input.to(main_grad.dtype))
 
 
@@ -125,7 +126,7 @@ def _(total_input: torch.Tensor, grad_output: torch.Tensor, weight: torch.Tensor
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-_SHIM: dict[str, Optional[TorchWgradAccum]] = {"shim": None}
+_SHIM: dict[str, TorchWgradAccum | None] = {"shim": None}
 
 
 class _FusedWgradLinear(torch.autograd.Function):
@@ -154,12 +155,28 @@ def _graph_safe_linear(original):
         return original(*args, **kwargs)
 
     @functools.wraps(original)
-    def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad=False, sequence_parallel=False,
-               grad_output_buffer=None, wgrad_deferral_limit=0, *args, **kwargs):
+    def linear(
+        input,
+        weight,
+        bias,
+        gradient_accumulation_fusion,
+        allreduce_dgrad=False,
+        sequence_parallel=False,
+        grad_output_buffer=None,
+        wgrad_deferral_limit=0,
+        *args,
+        **kwargs,
+    ):
         rest = (allreduce_dgrad, sequence_parallel, grad_output_buffer, wgrad_deferral_limit, *args)
         if gradient_accumulation_fusion:
-            if (bias is None and not allreduce_dgrad and not sequence_parallel and grad_output_buffer is None
-                    and not args and not kwargs.get("async_grad_allreduce")):
+            if (
+                bias is None
+                and not allreduce_dgrad
+                and not sequence_parallel
+                and grad_output_buffer is None
+                and not args
+                and not kwargs.get("async_grad_allreduce")
+            ):
                 return _FusedWgradLinear.apply(input, weight)
             return fused(input, weight, bias, gradient_accumulation_fusion, *rest, **kwargs)
         return original(input, weight, bias, gradient_accumulation_fusion, *rest, **kwargs)
@@ -169,7 +186,7 @@ def _graph_safe_linear(original):
     return linear
 
 
-def install(device: torch.device, mode: Optional[str] = None) -> bool:
+def install(device: torch.device, mode: str | None = None) -> bool:
     """Make megatron's `gradient_accumulation_fusion` usable with the torch shim; True when the flag may be set.
 
     CUDA only (the out_dtype GEMMs have no CPU kernels) unless `mode` is given explicitly (tests pass "reference").
@@ -178,7 +195,8 @@ def install(device: torch.device, mode: Optional[str] = None) -> bool:
     import megatron.core.tensor_parallel.layers as layers
 
     if getattr(layers, "_grad_accum_fusion_available", False) and not isinstance(
-            getattr(layers, "fused_weight_gradient_mlp_cuda", None), TorchWgradAccum):
+        getattr(layers, "fused_weight_gradient_mlp_cuda", None), TorchWgradAccum
+    ):
         _STATE.update(installed=True, mode="apex", reason=None)
         _SHIM["shim"] = layers.fused_weight_gradient_mlp_cuda  # same two functions; used by gemma3::wgrad_accum
         _wrap_linear(layers)
@@ -191,8 +209,10 @@ def install(device: torch.device, mode: Optional[str] = None) -> bool:
         mode = next((m for m in ("addmm_out", "mm_add") if _probe(dev, m)), None)
         if mode is None:
             _STATE.update(installed=False, mode=None, reason="no working fp32-accumulating GEMM form")
-            log.warning("grad-accum fusion off: neither addmm(out_dtype=fp32, out=acc) nor mm(out_dtype=fp32) "
-                        "works here; keeping the bf16 grad + DDP add path")
+            log.warning(
+                "grad-accum fusion off: neither addmm(out_dtype=fp32, out=acc) nor mm(out_dtype=fp32) "
+                "works here; keeping the bf16 grad + DDP add path"
+            )
             return False
     layers.fused_weight_gradient_mlp_cuda = _SHIM["shim"] = TorchWgradAccum(mode)
     layers._grad_accum_fusion_available = True

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -49,6 +49,8 @@ def uniform_upstream_grad() -> Iterator[None]:
         yield
     finally:
         _UNIFORM_UPSTREAM.reset(token)
+
+
 #: bf16 logits per chunk: 4096 tokens x 262,144 vocab. Each chunk after the first adds its weight gradient into the
 #: fp32 [V, D] accumulator (1.2 GB read + written inside the GEMM), so fewer, larger chunks pay: 2 GiB instead of
 #: 1 GiB was +1.2-1.5% tokens/s for the 1B model on an H200 at ~0.3 GB more peak memory (docs/PERFORMANCE.md).
@@ -77,7 +79,7 @@ def _ce_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return loss, grad.to(logits.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_ce() -> Callable:
     return torch.compile(_ce_loss_and_grad, dynamic=False, fullgraph=True)
 
@@ -85,7 +87,7 @@ def _compiled_ce() -> Callable:
 CE_KERNELS = CE_KERNEL_CHOICES  # the perf.ce_kernel choices (perf/config.py, torch-free)
 
 
-def _ce_kernel(device: torch.device, use_compile: Optional[bool], kernel: str = "auto") -> Callable:
+def _ce_kernel(device: torch.device, use_compile: bool | None, kernel: str = "auto") -> Callable:
     """The per-chunk loss + gradient pass: the hand-written Triton kernel (perf/ce_triton.py; "auto" or "triton",
     on CUDA where triton imports), else the torch formula compiled (CUDA) or eager (CPU, or use_compile=False)."""
     if use_compile is None:
@@ -100,7 +102,7 @@ def _ce_kernel(device: torch.device, use_compile: Optional[bool], kernel: str = 
     return _compiled_ce()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _aliased_fp32_addmm_ok(device_index: int) -> bool:
     """Whether `addmm(acc, a, b, out_dtype=fp32, out=acc)` on bf16 a, b accumulates correctly on this GPU.
 
@@ -120,7 +122,7 @@ def _aliased_fp32_addmm_ok(device_index: int) -> bool:
         return False
 
 
-def _accumulate_mm(acc: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _accumulate_mm(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """acc (fp32) += a @ b, with fp32 accumulation even for bf16 operands; allocates acc when None."""
     if a.dtype == torch.float32:
         return torch.mm(a, b) if acc is None else acc.addmm_(a, b)
@@ -152,7 +154,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_w = ctx.needs_input_grad[1]
         loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w: Optional[torch.Tensor] = None
+        grad_w: torch.Tensor | None = None
         for lo, hi in _chunks(n, chunk):
             h = hidden[lo:hi]
             logits = h @ w.t()
@@ -196,7 +198,7 @@ def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile, kernel_
     """Exact weight gradient for an arbitrary per-token upstream gradient: recomputes logits chunk by chunk."""
     w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
     kernel = _ce_kernel(hidden.device, use_compile, kernel_name)
-    acc: Optional[torch.Tensor] = None
+    acc: torch.Tensor | None = None
     for lo, hi in _chunks(hidden.shape[0], chunk):
         h = hidden[lo:hi]
         _, dlogits = kernel(h @ w.t(), labels[lo:hi])
@@ -205,7 +207,7 @@ def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile, kernel_
     return acc.to(weight.dtype)
 
 
-def default_chunk_tokens(vocab_size: int, itemsize: int = 2, chunk_bytes: Optional[int] = None) -> int:
+def default_chunk_tokens(vocab_size: int, itemsize: int = 2, chunk_bytes: int | None = None) -> int:
     """Tokens per chunk: `chunk_bytes` (default 2 GiB; perf.ce_chunk_mib) of logits."""
     return max(1, (chunk_bytes or DEFAULT_CHUNK_BYTES) // (vocab_size * itemsize))
 
@@ -215,11 +217,11 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     *,
-    vocab_size: Optional[int] = None,
-    loss_mask: Optional[torch.Tensor] = None,
-    chunk_tokens: Optional[int] = None,
-    chunk_bytes: Optional[int] = None,
-    use_compile: Optional[bool] = None,
+    vocab_size: int | None = None,
+    loss_mask: torch.Tensor | None = None,
+    chunk_tokens: int | None = None,
+    chunk_bytes: int | None = None,
+    use_compile: bool | None = None,
     kernel: str = "auto",
 ) -> torch.Tensor:
     """Per-token cross-entropy of softmax(hidden @ weight[:vocab_size].T) against labels, in fp32.
@@ -248,13 +250,19 @@ def linear_cross_entropy(
 
 
 def reference_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, vocab_size: Optional[int] = None,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """The plain path (full logits, fp32 CE) that the chunked one must equal; used by tests and the benchmark."""
     v = weight.shape[0] if vocab_size is None else vocab_size
     logits = (hidden @ weight[:v].t()).float()
     loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, v), labels.reshape(-1).long().masked_fill(labels.reshape(-1) < 0, IGNORE_INDEX),
-        reduction="none", ignore_index=IGNORE_INDEX
+        logits.reshape(-1, v),
+        labels.reshape(-1).long().masked_fill(labels.reshape(-1) < 0, IGNORE_INDEX),
+        reduction="none",
+        ignore_index=IGNORE_INDEX,
     )
     return loss.view(labels.shape)

@@ -27,16 +27,26 @@ _BM, _BN, _WARPS = 128, 128, 8
 if triton is not None:
 
     @triton.jit
-    def _lora_up_add_kernel(base_ptr, h_ptr, w_ptr, out_ptr, M, N, R: tl.constexpr, R_PAD: tl.constexpr,
-                            BM: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr):
+    def _lora_up_add_kernel(
+        base_ptr,
+        h_ptr,
+        w_ptr,
+        out_ptr,
+        M,
+        N,
+        R: tl.constexpr,
+        R_PAD: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
         rn = tl.program_id(1) * BN + tl.arange(0, BN)
         rk = tl.arange(0, R_PAD)
         in_m, in_n, in_k = rm < M, rn < N, rk < R
         rows = rm.to(tl.int64)[:, None]
         h = tl.load(h_ptr + rows * R + rk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
-        w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * R + rk[None, :], mask=in_n[:, None] & in_k[None, :],
-                    other=0.0)
+        w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * R + rk[None, :], mask=in_n[:, None] & in_k[None, :], other=0.0)
         # fp32 operands: exact for bf16 inputs even as tf32 (8 < 10 mantissa bits); "ieee" for fp32 inputs
         acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision=PRECISION)
         tile = rows * N + rn[None, :]
@@ -54,8 +64,9 @@ def lora_up_add_triton(base: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> 
         r_pad = max(16, triton.next_power_of_2(r))
         grid = (triton.cdiv(m, _BM), triton.cdiv(n, _BN))
         precision = "ieee" if base.dtype == torch.float32 else "tf32"
-        _lora_up_add_kernel[grid](base, h, w, out, m, n, R=r, R_PAD=r_pad, BM=_BM, BN=_BN, PRECISION=precision,
-                                  num_warps=_WARPS)
+        _lora_up_add_kernel[grid](
+            base, h, w, out, m, n, R=r, R_PAD=r_pad, BM=_BM, BN=_BN, PRECISION=precision, num_warps=_WARPS
+        )
     return out
 
 

@@ -12,7 +12,8 @@ as the fused kernel requires.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ def foreach_scale(chunk_size: int, noop_flag: Any, tensor_lists: list, scale: An
     src, dst = list(tensor_lists[0]), list(tensor_lists[1])
     if not src:
         return
-    if all(s is d for s, d in zip(src, dst)):
+    if all(s is d for s, d in zip(src, dst, strict=False)):
         torch._foreach_mul_(dst, scale)
     else:
         torch._foreach_copy_(dst, torch._foreach_mul(src, scale))
@@ -123,11 +124,15 @@ def sync_free_unsupported(opt: Any) -> str | None:
         if getattr(cfg, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False):
             return "precision-aware optimizer"
         adams = list(_torch_optimizers(getattr(o, "optimizer", None)))
-        if not adams or not all(isinstance(a, torch.optim.Adam) and all(g.get("fused") for g in a.param_groups)
-                                for a in adams):
+        if not adams or not all(
+            isinstance(a, torch.optim.Adam) and all(g.get("fused") for g in a.param_groups) for a in adams
+        ):
             return "not torch's fused Adam everywhere"
-    if len(chained) > 1 and hasattr(opt, "grads_states_parallel_group_is_shared") \
-            and not opt.grads_states_parallel_group_is_shared():
+    if (
+        len(chained) > 1
+        and hasattr(opt, "grads_states_parallel_group_is_shared")
+        and not opt.grads_states_parallel_group_is_shared()
+    ):
         return "chained optimizers reduce their grad norms over different groups"
     return None
 

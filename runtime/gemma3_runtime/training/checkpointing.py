@@ -49,9 +49,17 @@ def _rng_sharded_object(is_loading: bool) -> Any:
     return ShardedObject(RNG_KEY, None if is_loading else get_rng_state(), (world,), (rank,), replica_id=0)
 
 
-def save_training_checkpoint(save_dir: str | Path, models: list, optimizer: Any, train_state: TrainState,
-                             run_config: dict[str, Any], adapters_only: bool, save_optim: bool, save_rng: bool,
-                             tokenizer_dir: str | Path | None) -> Path:
+def save_training_checkpoint(
+    save_dir: str | Path,
+    models: list,
+    optimizer: Any,
+    train_state: TrainState,
+    run_config: dict[str, Any],
+    adapters_only: bool,
+    save_optim: bool,
+    save_rng: bool,
+    tokenizer_dir: str | Path | None,
+) -> Path:
     """Collective: every rank calls it. Returns the committed iteration directory."""
     model_sd = model_sharded_state_dict(models[0], adapters_only)
     state: dict[str, Any] = dict(model_sd)
@@ -70,8 +78,9 @@ def find_resume_checkpoint(load_dir: str | None) -> ResolvedCheckpoint | None:
     return resolve_checkpoint(load_dir)
 
 
-def load_training_checkpoint(resolved: ResolvedCheckpoint, models: list, optimizer: Any, adapters_only: bool,
-                             load_optim: bool = True) -> TrainState:
+def load_training_checkpoint(
+    resolved: ResolvedCheckpoint, models: list, optimizer: Any, adapters_only: bool, load_optim: bool = True
+) -> TrainState:
     """Restore model (or adapters), optimizer, RNG (same world size only) and train state, in place."""
     from megatron.core.dist_checkpointing import load_common_state_dict
 
@@ -85,8 +94,11 @@ def load_training_checkpoint(resolved: ResolvedCheckpoint, models: list, optimiz
     if same_world:
         request[RNG_KEY] = _rng_sharded_object(is_loading=True)
     else:
-        log.warning("checkpoint was written by %d ranks, this run has %d: RNG states are not restored",
-                    saved_state.world_size, torch.distributed.get_world_size())
+        log.warning(
+            "checkpoint was written by %d ranks, this run has %d: RNG states are not restored",
+            saved_state.world_size,
+            torch.distributed.get_world_size(),
+        )
     loaded = ckpt_io.load_checkpoint(resolved.iter_dir, request, strict=True)
     _copy_model_tensors(models[0], loaded, model_sd, adapters_only)
     if "optimizer" in request:
@@ -104,8 +116,9 @@ def load_pretrained_weights(resolved: ResolvedCheckpoint, models: list) -> None:
     _copy_model_tensors(models[0], loaded, model_sd, adapters_only=False)
 
 
-def _copy_model_tensors(model: torch.nn.Module, loaded: dict[str, Any], model_sd: dict[str, Any],
-                        adapters_only: bool) -> None:
+def _copy_model_tensors(
+    model: torch.nn.Module, loaded: dict[str, Any], model_sd: dict[str, Any], adapters_only: bool
+) -> None:
     inner = unwrap(model)
     tensors = {k: loaded[k] for k in model_sd if k in loaded and isinstance(loaded[k], torch.Tensor)}
     if adapters_only:

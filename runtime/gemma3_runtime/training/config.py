@@ -15,9 +15,10 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -175,7 +176,7 @@ class ConfigContainer:
         os.replace(tmp, path)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ConfigContainer":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ConfigContainer:
         data = dict(data)
         fmt = data.pop("format", RUN_CONFIG_FORMAT)
         if fmt != RUN_CONFIG_FORMAT:
@@ -192,7 +193,7 @@ class ConfigContainer:
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "ConfigContainer":
+    def from_yaml(cls, path: str | os.PathLike) -> ConfigContainer:
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"{path}: no such file (expected a run_config.yaml)")
@@ -267,7 +268,7 @@ def _set_in(obj: Any, parts: list[str], depth: int, raw: str, key: str, root: An
         value = _coerce(_parse_value(raw, hint_type), hint_type, key)
     else:
         value = _set_in(getattr(obj, name), parts, depth + 1, raw, key, root)
-    if getattr(type(obj), "__dataclass_params__").frozen:
+    if type(obj).__dataclass_params__.frozen:
         try:
             return dataclasses.replace(obj, **{name: value})
         except (ValueError, TypeError) as exc:
@@ -319,7 +320,11 @@ def _check_known(obj: Any, name: str, prefix: str, root: Any = None) -> None:
     if not near:  # a misspelled section with a right leaf: match on the leaf name
         leaf = name.lower()
         near = [k for k in candidates if k.rsplit(".", 1)[-1] == leaf][:3]
-    suggestion = f"; did you mean {', '.join(near)}?" if near else f"; valid keys under {prefix or 'the top level'}: {', '.join(names)}"
+    suggestion = (
+        f"; did you mean {', '.join(near)}?"
+        if near
+        else f"; valid keys under {prefix or 'the top level'}: {', '.join(names)}"
+    )
     raise UserInputError(f"unknown config key {dotted!r}{suggestion}")
 
 

@@ -5,7 +5,8 @@ Torch-free; bench/ imports it too."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 SLIDING = "sliding_attention"
 
@@ -13,9 +14,19 @@ SLIDING = "sliding_attention"
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
-def train_flops_per_token(hidden: int, layers: int, vocab: int, intermediate: int, heads: int, kv_heads: int,
-                          head_dim: int, layer_types: Sequence[str], sliding_window: int, seq: int,
-                          peft: bool = False) -> float:
+def train_flops_per_token(
+    hidden: int,
+    layers: int,
+    vocab: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    layer_types: Sequence[str],
+    sliding_window: int,
+    seq: int,
+    peft: bool = False,
+) -> float:
     q = heads * head_dim
     kv = kv_heads * head_dim
     dense = layers * (hidden * (q + 2 * kv) + q * hidden + 3 * hidden * intermediate) + hidden * vocab
@@ -29,9 +40,19 @@ def train_flops_per_token(hidden: int, layers: int, vocab: int, intermediate: in
 
 def flops_per_token_for(model_cfg: Any, seq: int, peft: bool = False) -> float:
     """Same count from a Gemma3Config."""
-    return train_flops_per_token(model_cfg.hidden_size, model_cfg.num_layers, model_cfg.vocab_size,
-                                 model_cfg.intermediate_size, model_cfg.num_attention_heads, model_cfg.num_kv_heads,
-                                 model_cfg.head_dim, model_cfg.layer_types, model_cfg.sliding_window, seq, peft)
+    return train_flops_per_token(
+        model_cfg.hidden_size,
+        model_cfg.num_layers,
+        model_cfg.vocab_size,
+        model_cfg.intermediate_size,
+        model_cfg.num_attention_heads,
+        model_cfg.num_kv_heads,
+        model_cfg.head_dim,
+        model_cfg.layer_types,
+        model_cfg.sliding_window,
+        seq,
+        peft,
+    )
 
 
 def peak_tflops(device_name: str | None) -> float | None:

@@ -48,8 +48,10 @@ def resolve_precision(cfg: ConfigContainer, device: torch.device) -> bool:
     if precision == "auto":
         return device.type == "cuda"
     if precision == "bf16-mixed" and device.type != "cuda":
-        raise UserInputError("train.precision=bf16-mixed needs CUDA (fp32 main weights live in megatron's "
-                             "optimizer); use train.precision=fp32 on CPU")
+        raise UserInputError(
+            "train.precision=bf16-mixed needs CUDA (fp32 main weights live in megatron's "
+            "optimizer); use train.precision=fp32 on CPU"
+        )
     return precision == "bf16-mixed"
 
 
@@ -58,22 +60,30 @@ def check_config(cfg: ConfigContainer, world_size: int) -> int:
     from gemma3_runtime.data.batches import num_microbatches
 
     t, par = cfg.train, cfg.parallelism
-    for key, value in (("train.train_iters", t.train_iters), ("train.global_batch_size", t.global_batch_size),
-                       ("train.micro_batch_size", t.micro_batch_size), ("data.seq_length", cfg.data.seq_length),
-                       ("parallelism.tensor_model_parallel_size", par.tensor_model_parallel_size),
-                       ("parallelism.pipeline_model_parallel_size", par.pipeline_model_parallel_size),
-                       ("logging.log_interval", cfg.logging.log_interval)):
+    for key, value in (
+        ("train.train_iters", t.train_iters),
+        ("train.global_batch_size", t.global_batch_size),
+        ("train.micro_batch_size", t.micro_batch_size),
+        ("data.seq_length", cfg.data.seq_length),
+        ("parallelism.tensor_model_parallel_size", par.tensor_model_parallel_size),
+        ("parallelism.pipeline_model_parallel_size", par.pipeline_model_parallel_size),
+        ("logging.log_interval", cfg.logging.log_interval),
+    ):
         if value <= 0:
             raise UserInputError(f"{key}={value}: expected a positive integer")
     model_parallel = par.tensor_model_parallel_size * par.pipeline_model_parallel_size
     if world_size % model_parallel:
-        raise UserInputError(f"parallelism: tensor x pipeline = {model_parallel} does not divide the world size "
-                             f"{world_size} (torchrun --nproc-per-node x nodes)")
+        raise UserInputError(
+            f"parallelism: tensor x pipeline = {model_parallel} does not divide the world size "
+            f"{world_size} (torchrun --nproc-per-node x nodes)"
+        )
     dp = world_size // model_parallel
     num_microbatches(t.global_batch_size, t.micro_batch_size, dp)
     if cfg.model is not None and cfg.data.seq_length > cfg.model.max_position_embeddings:
-        raise UserInputError(f"data.seq_length={cfg.data.seq_length} exceeds the model's "
-                             f"max_position_embeddings={cfg.model.max_position_embeddings}")
+        raise UserInputError(
+            f"data.seq_length={cfg.data.seq_length} exceeds the model's "
+            f"max_position_embeddings={cfg.model.max_position_embeddings}"
+        )
     if cfg.data.kind == "sft":
         from gemma3_runtime.data.builder import resolve_sft_paths
 
@@ -166,9 +176,18 @@ def train(cfg: ConfigContainer) -> TrainResult:
     nmb = num_microbatches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dp)
     is_rank0 = rank == 0
     if is_rank0:
-        log.info("run %s: world %d (tp %d, pp %d, dp %d), %d micro-batches of %d per step, %s%s", cfg.name, world,
-                 tp, pp, dp, nmb, cfg.train.micro_batch_size, "bf16+fp32 main" if bf16 else "fp32",
-                 f", resuming from {resume.iter_dir}" if resume else "")
+        log.info(
+            "run %s: world %d (tp %d, pp %d, dp %d), %d micro-batches of %d per step, %s%s",
+            cfg.name,
+            world,
+            tp,
+            pp,
+            dp,
+            nmb,
+            cfg.train.micro_batch_size,
+            "bf16+fp32 main" if bf16 else "fp32",
+            f", resuming from {resume.iter_dir}" if resume else "",
+        )
 
     # -- model: same seed -> same initial weights on every run and every TP layout ------------------------------
     _reseed(seed, device, parallel_state.get_tensor_model_parallel_rank())
@@ -180,11 +199,16 @@ def train(cfg: ConfigContainer) -> TrainResult:
     perf = getattr(cfg, "perf", None) or PerfConfig()
     perf_fields = perf_apply.provider_fields(perf, tp, device)
     provider = Gemma3ModelProvider.from_config(
-        cfg.model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        cfg.model,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
         sequence_parallel=cfg.parallelism.sequence_parallel,
-        params_dtype=torch.bfloat16 if bf16 else torch.float32, device=device.type, seed=seed,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        device=device.type,
+        seed=seed,
         attention_kernel=perf_fields["attention_kernel"],
-        transformer_overrides=dict(calculate_per_token_loss=True, **perf_fields["transformer_overrides"]))
+        transformer_overrides=dict(calculate_per_token_loss=True, **perf_fields["transformer_overrides"]),
+    )
     try:
         provider.finalize()
     except ValueError as exc:
@@ -200,12 +224,17 @@ def train(cfg: ConfigContainer) -> TrainResult:
 
         names = apply_peft(models, cfg.peft)
         if is_rank0:
-            log.info("peft %s on %d linears; trainable parameters: %d", cfg.peft.kind, len(names),
-                     sum(p.numel() for m in models for p in m.parameters() if p.requires_grad))
+            log.info(
+                "peft %s on %d linears; trainable parameters: %d",
+                cfg.peft.kind,
+                len(names),
+                sum(p.numel() for m in models for p in m.parameters() if p.requires_grad),
+            )
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         use_distributed_optimizer=device.type == "cuda" and cfg.optimizer.use_distributed_optimizer,
-        **perf_apply.ddp_fields(perf, dp))
+        **perf_apply.ddp_fields(perf, dp),
+    )
     models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in models]
     for m in models:
         m.config.finalize_model_grads_func = finalize_grads
@@ -216,12 +245,14 @@ def train(cfg: ConfigContainer) -> TrainResult:
 
     train_state = TrainState(world_size=world)
     if resume is not None:
-        train_state = ckpt.load_training_checkpoint(resume, models, optimizer, adapters_only,
-                                                    load_optim=cfg.checkpoint.save_optim)
+        train_state = ckpt.load_training_checkpoint(
+            resume, models, optimizer, adapters_only, load_optim=cfg.checkpoint.save_optim
+        )
         train_state.world_size = world
         if is_rank0:
-            log.info("resumed at iteration %d (%d samples consumed)", train_state.iteration,
-                     train_state.consumed_samples)
+            log.info(
+                "resumed at iteration %d (%d samples consumed)", train_state.iteration, train_state.consumed_samples
+            )
     start_iter = train_state.iteration
 
     # -- data --------------------------------------------------------------------------------------------------
@@ -229,16 +260,25 @@ def train(cfg: ConfigContainer) -> TrainResult:
     gbs, mbs = cfg.train.global_batch_size, cfg.train.micro_batch_size
     valid_samples = max(cfg.eval.iters, 1) * gbs
     cache_dir = os.path.join(cfg.checkpoint.save, "data_cache") if cfg.checkpoint.save else None
-    datasets = build_datasets(cfg.data, seed, cfg.model.vocab_size, tokenizer,
-                              cfg.train.train_iters * gbs, valid_samples, cache_dir)
+    datasets = build_datasets(
+        cfg.data, seed, cfg.model.vocab_size, tokenizer, cfg.train.train_iters * gbs, valid_samples, cache_dir
+    )
     train_index = EpochShuffledIndex(len(datasets.train), seed, datasets.shuffle)
     task_items = _task_items(cfg) if cfg.eval.task_accuracy else []
 
     # -- metrics -------------------------------------------------------------------------------------------------
     save_dir = cfg.checkpoint.save
     tb_dir = cfg.logging.tensorboard_dir or (os.path.join(save_dir, "tensorboard") if save_dir else None)
-    sink = MetricsSink(is_rank0, tb_dir, cfg.logging.wandb_project, cfg.name, cfg.to_dict(),
-                       cfg.train.train_iters, start_iter, cfg.logging.progress_bar)
+    sink = MetricsSink(
+        is_rank0,
+        tb_dir,
+        cfg.logging.wandb_project,
+        cfg.name,
+        cfg.to_dict(),
+        cfg.train.train_iters,
+        start_iter,
+        cfg.logging.progress_bar,
+    )
     flops_per_token = flops_per_token_for(cfg.model, seq, peft=adapters_only)
     peak = peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     run_config = cfg.to_dict()
@@ -254,8 +294,14 @@ def train(cfg: ConfigContainer) -> TrainResult:
             m.eval()
         with torch.no_grad():
             total, count = run_forward_backward(
-                models, microbatches(datasets.valid, index, 0, n, mbs, dp_rank, dp, device), n // unit, seq, mbs,
-                device, forward_only=True).tolist()
+                models,
+                microbatches(datasets.valid, index, 0, n, mbs, dp_rank, dp, device),
+                n // unit,
+                seq,
+                mbs,
+                device,
+                forward_only=True,
+            ).tolist()
         for m in models:
             m.train()
         return total / max(count, 1.0)
@@ -267,7 +313,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
 
         acc, outputs = task_accuracy(models[0], tokenizer, task_items, cfg.eval.task_max_new_tokens, device)
         if is_rank0:
-            for item, out in list(zip(task_items, outputs))[:3]:
+            for item, out in list(zip(task_items, outputs, strict=False))[:3]:
                 log.info("task sample: %r -> %r (expected %r)", item.prompt, out.strip(), item.completion.strip())
         return acc
 
@@ -284,15 +330,25 @@ def train(cfg: ConfigContainer) -> TrainResult:
             metrics["task_accuracy"] = acc
         if metrics and is_rank0:
             sink.log(iteration, metrics, line=False)
-            print(f"[{label}] iteration {iteration}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
-                  flush=True)
+            print(
+                f"[{label}] iteration {iteration}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True
+            )
 
     def save() -> Path | None:
         if not save_dir:
             return None
         t = time.time()
-        path = ckpt.save_training_checkpoint(save_dir, models, optimizer, train_state, run_config, adapters_only,
-                                             cfg.checkpoint.save_optim, cfg.checkpoint.save_rng, tokenizer_dir)
+        path = ckpt.save_training_checkpoint(
+            save_dir,
+            models,
+            optimizer,
+            train_state,
+            run_config,
+            adapters_only,
+            cfg.checkpoint.save_optim,
+            cfg.checkpoint.save_rng,
+            tokenizer_dir,
+        )
         if is_rank0:
             log.info("saved %s in %.1f s", path, time.time() - t)
         return path
@@ -320,21 +376,29 @@ def train(cfg: ConfigContainer) -> TrainResult:
             train_state.train_losses.append([v.iteration, v.loss, v.lr])
             sink.advance(v.loss)
             if steps_file is not None:
-                steps_file.write(json.dumps({"iteration": v.iteration, "loss": v.loss, "lr": v.lr,
-                                             "grad_norm": v.grad_norm}) + "\n")
+                steps_file.write(
+                    json.dumps({"iteration": v.iteration, "loss": v.loss, "lr": v.lr, "grad_norm": v.grad_norm}) + "\n"
+                )
                 steps_file.flush()
             latest = v
 
     try:
         for it in range(start_iter, cfg.train.train_iters):
             iteration = it + 1
-            lr = learning_rate(iteration, cfg.optimizer.lr, cfg.optimizer.min_lr, cfg.scheduler.lr_warmup_iters,
-                               cfg.scheduler.lr_decay_iters or cfg.train.train_iters, cfg.scheduler.lr_decay_style,
-                               cfg.scheduler.lr_warmup_init)
+            lr = learning_rate(
+                iteration,
+                cfg.optimizer.lr,
+                cfg.optimizer.min_lr,
+                cfg.scheduler.lr_warmup_iters,
+                cfg.scheduler.lr_decay_iters or cfg.train.train_iters,
+                cfg.scheduler.lr_decay_style,
+                cfg.scheduler.lr_warmup_init,
+            )
             for m in models:
                 m.zero_grad_buffer()
-            batches = microbatches(datasets.train, train_index, train_state.consumed_samples, gbs, mbs, dp_rank, dp,
-                                   device)
+            batches = microbatches(
+                datasets.train, train_index, train_state.consumed_samples, gbs, mbs, dp_rank, dp, device
+            )
             totals = run_forward_backward(models, batches, nmb, seq, mbs, device, forward_only=False)
             pending.append(PendingStep(iteration, lr, totals, optimizer.step(lr)))
             train_state.iteration = iteration
@@ -347,8 +411,11 @@ def train(cfg: ConfigContainer) -> TrainResult:
             eval_now = bool(cfg.eval.interval) and iteration % cfg.eval.interval == 0 and not last
             stop = watcher.agreed_stop()
             planned_exit = bool(cfg.train.exit_interval) and iteration % cfg.train.exit_interval == 0 and not last
-            save_now = stop or planned_exit or bool(cfg.checkpoint.save_interval
-                                                    and iteration % cfg.checkpoint.save_interval == 0)
+            save_now = (
+                stop
+                or planned_exit
+                or bool(cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0)
+            )
             settle(keep_newest=not (log_now or eval_now or save_now))
             if log_now:
                 if device.type == "cuda":
@@ -356,9 +423,17 @@ def train(cfg: ConfigContainer) -> TrainResult:
                 elapsed = time.time() - window_start
                 tokens_per_s = window_tokens / max(elapsed, 1e-9)
                 tflops = flops_per_token * tokens_per_s / world / 1e12
-                metrics = {"loss": latest.loss, "lr": lr, "grad_norm": latest.grad_norm, "tokens_per_s": tokens_per_s,
-                           "step_s": elapsed / window_steps, "tflops_per_gpu": tflops,
-                           "mfu": tflops / peak if peak else None, "loss_tokens": latest.count, **memory_gib(device)}
+                metrics = {
+                    "loss": latest.loss,
+                    "lr": lr,
+                    "grad_norm": latest.grad_norm,
+                    "tokens_per_s": tokens_per_s,
+                    "step_s": elapsed / window_steps,
+                    "tflops_per_gpu": tflops,
+                    "mfu": tflops / peak if peak else None,
+                    "loss_tokens": latest.count,
+                    **memory_gib(device),
+                }
                 sink.log(iteration, metrics)
                 window_start, window_tokens, window_steps = time.time(), 0, 0
             paused = time.time()
@@ -369,16 +444,19 @@ def train(cfg: ConfigContainer) -> TrainResult:
             if planned_exit and not stop:
                 status = "stopped"
                 if is_rank0:
-                    print(f"stopping at iteration {iteration} (train.exit_interval={cfg.train.exit_interval})",
-                          flush=True)
+                    print(
+                        f"stopping at iteration {iteration} (train.exit_interval={cfg.train.exit_interval})", flush=True
+                    )
                 break
             window_start += time.time() - paused  # evals and saves do not count as training time
             if stop:
                 status = "preempted"
                 if is_rank0:
-                    print(f"preempted ({watcher.received or 'another rank'}) at iteration {iteration}: "
-                          f"{'checkpoint committed, ' if last_saved else 'no save dir, '}exiting for requeue",
-                          flush=True)
+                    print(
+                        f"preempted ({watcher.received or 'another rank'}) at iteration {iteration}: "
+                        f"{'checkpoint committed, ' if last_saved else 'no save dir, '}exiting for requeue",
+                        flush=True,
+                    )
                 break
         settle(keep_newest=False)
     finally:
@@ -397,14 +475,21 @@ def train(cfg: ConfigContainer) -> TrainResult:
     sink.close()
     if is_rank0 and save_dir and cfg.logging.loss_curve_png and train_state.train_losses:
         try:
-            write_loss_curve(Path(save_dir) / "loss_curve.png", train_state.train_losses, train_state.eval_losses,
-                             cfg.name)
+            write_loss_curve(
+                Path(save_dir) / "loss_curve.png", train_state.train_losses, train_state.eval_losses, cfg.name
+            )
         except Exception as exc:  # a plot must never fail a finished run
             log.warning("loss curve not written: %s", exc)
-    return TrainResult(status=status, iteration=train_state.iteration, train_losses=train_state.train_losses,
-                       eval_losses=train_state.eval_losses, task_accuracies=train_state.task_accuracies,
-                       seconds=time.time() - started, save_dir=save_dir,
-                       checkpoint=str(last_saved) if last_saved else None)
+    return TrainResult(
+        status=status,
+        iteration=train_state.iteration,
+        train_losses=train_state.train_losses,
+        eval_losses=train_state.eval_losses,
+        task_accuracies=train_state.task_accuracies,
+        seconds=time.time() - started,
+        save_dir=save_dir,
+        checkpoint=str(last_saved) if last_saved else None,
+    )
 
 
 def _reseed(seed: int, device: torch.device, tp_rank: int) -> None:
@@ -428,8 +513,9 @@ def _task_items(cfg: ConfigContainer) -> list:
     if not paths and cfg.data.data_paths and any(p.startswith("bundled:") for p in cfg.data.data_paths):
         paths = [str(synthetic.bundled_path("heldout"))]
     if not paths:
-        raise UserInputError("eval.task_accuracy=true needs data.valid_paths with prompt/completion rows "
-                             "(or the bundled dataset)")
+        raise UserInputError(
+            "eval.task_accuracy=true needs data.valid_paths with prompt/completion rows (or the bundled dataset)"
+        )
     items = [it for p in paths for it in synthetic.load_items(p)]
     return items[: cfg.eval.task_items]
 
@@ -440,7 +526,10 @@ def _open_steps_file(save_dir: Path, start_iter: int):
     path = save_dir / "steps.jsonl"
     kept = []
     if path.exists() and start_iter > 0:
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= start_iter
+        ]
     path.write_text("".join(line + "\n" for line in kept))
     return open(path, "a")

@@ -8,8 +8,15 @@ from __future__ import annotations
 import math
 
 
-def learning_rate(iteration: int, max_lr: float, min_lr: float, warmup_iters: int, decay_iters: int,
-                  style: str = "cosine", warmup_init: float = 0.0) -> float:
+def learning_rate(
+    iteration: int,
+    max_lr: float,
+    min_lr: float,
+    warmup_iters: int,
+    decay_iters: int,
+    style: str = "cosine",
+    warmup_init: float = 0.0,
+) -> float:
     """LR for 1-based `iteration` (the step being taken)."""
     if warmup_iters > 0 and iteration <= warmup_iters:
         return warmup_init + (max_lr - warmup_init) * iteration / warmup_iters

@@ -18,8 +18,10 @@ log = logging.getLogger("gemma3_runtime.training")
 
 def memory_gib(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
-        return {"mem_alloc_gib": torch.cuda.memory_allocated(device) / 2**30,
-                "mem_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+        return {
+            "mem_alloc_gib": torch.cuda.memory_allocated(device) / 2**30,
+            "mem_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        }
     # Linux ru_maxrss is in KiB
     return {"rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -27,8 +29,17 @@ def memory_gib(device: torch.device) -> dict[str, float]:
 class MetricsSink:
     """Rank 0 only does anything; other ranks get a sink whose calls are no-ops."""
 
-    def __init__(self, enabled: bool, tensorboard_dir: str | None, wandb_project: str | None, run_name: str,
-                 config: dict[str, Any], total_iters: int, start_iter: int, progress_bar: bool | None) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        tensorboard_dir: str | None,
+        wandb_project: str | None,
+        run_name: str,
+        config: dict[str, Any],
+        total_iters: int,
+        start_iter: int,
+        progress_bar: bool | None,
+    ) -> None:
         self.enabled = enabled
         self.tb = None
         self.wandb = None
@@ -46,8 +57,9 @@ class MetricsSink:
             try:
                 import wandb  # type: ignore[import-not-found]
 
-                self.wandb = wandb.init(project=wandb_project or "gemma3-launch", name=run_name, config=config,
-                                        resume="allow")
+                self.wandb = wandb.init(
+                    project=wandb_project or "gemma3-launch", name=run_name, config=config, resume="allow"
+                )
             except ImportError:
                 log.warning("WANDB_API_KEY is set but wandb is not installed: W&B logging is off")
         show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar

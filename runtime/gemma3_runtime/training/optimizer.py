@@ -47,10 +47,14 @@ class TorchAdamW:
         params = trainable_params(model_chunks)
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           eps=cfg.adam_eps, foreach=False)
+        groups = [
+            g
+            for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]
+        ]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, foreach=False
+        )
         self.clip_grad = cfg.clip_grad
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]  # optimizer (state id) order
 
@@ -115,9 +119,16 @@ class MegatronAdam:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         mcfg = OptimizerConfig(
-            optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-            adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
-            bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+            optimizer="adam",
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2,
+            adam_eps=cfg.adam_eps,
+            clip_grad=cfg.clip_grad,
+            bf16=bf16,
+            params_dtype=torch.bfloat16 if bf16 else torch.float32,
             use_distributed_optimizer=distributed,
         )
         self.optimizer = get_megatron_optimizer(mcfg, model_chunks)
@@ -155,8 +166,9 @@ class MegatronAdam:
                         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     if "step" not in state:
-                        state["step"] = torch.zeros((), dtype=torch.float32,
-                                                    device=param.device if on_device else "cpu")
+                        state["step"] = torch.zeros(
+                            (), dtype=torch.float32, device=param.device if on_device else "cpu"
+                        )
 
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
         if is_loading:
@@ -165,8 +177,10 @@ class MegatronAdam:
         # 0.16.1's default "fully_sharded_model_space" builds flattened ShardedTensors that its own validation rejects
         # (seen on an H200: "ShardedTensor.flattened_range is not supported").
         return self.optimizer.sharded_state_dict(
-            model_sharded_state_dict, is_loading=is_loading,
-            metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+            model_sharded_state_dict,
+            is_loading=is_loading,
+            metadata={"distrib_optim_sharding_type": "fully_reshardable"},
+        )
 
     def load_state_dict(self, state: dict) -> None:
         for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):

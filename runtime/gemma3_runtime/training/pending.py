@@ -10,7 +10,7 @@ launches the next step, and only then reads the previous one - the host stays a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
@@ -32,11 +32,13 @@ class PendingStep:
     def __init__(self, iteration: int, lr: float, totals: torch.Tensor, grad_norm: Number) -> None:
         self.iteration, self.lr = iteration, lr
         values = [totals.reshape(-1)[:2].to(torch.float64)]
-        values.append(grad_norm.detach().reshape(1).to(device=totals.device, dtype=torch.float64)
-                      if isinstance(grad_norm, torch.Tensor)
-                      else torch.tensor([float(grad_norm)], dtype=torch.float64, device=totals.device))
+        values.append(
+            grad_norm.detach().reshape(1).to(device=totals.device, dtype=torch.float64)
+            if isinstance(grad_norm, torch.Tensor)
+            else torch.tensor([float(grad_norm)], dtype=torch.float64, device=totals.device)
+        )
         packed = torch.cat(values)
-        self._event: Optional[torch.cuda.Event] = None
+        self._event: torch.cuda.Event | None = None
         if packed.is_cuda:
             self._host = torch.empty(3, dtype=torch.float64, pin_memory=True)
             self._host.copy_(packed, non_blocking=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.training.config import (
@@ -63,9 +64,18 @@ def tiny_model_config() -> Any:
     from gemma3_runtime.model.config import FULL, SLIDING, Gemma3Config
 
     return Gemma3Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=4, num_attention_heads=4, num_kv_heads=2,
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=8, layer_types=(SLIDING, FULL, SLIDING, FULL),
-        max_position_embeddings=256, name="tiny",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=4,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        layer_types=(SLIDING, FULL, SLIDING, FULL),
+        max_position_embeddings=256,
+        name="tiny",
     )
 
 
@@ -103,14 +113,20 @@ def _pretrain(
     return ConfigContainer(
         name=name,
         model=_model(size),
-        train=TrainConfig(train_iters=train_iters, global_batch_size=global_batch_size,
-                          micro_batch_size=micro_batch_size, seed=seed),
-        optimizer=OptimizerConfig(lr=lr, min_lr=min_lr, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
-                                  adam_eps=1e-8, clip_grad=1.0),
+        train=TrainConfig(
+            train_iters=train_iters, global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, seed=seed
+        ),
+        optimizer=OptimizerConfig(
+            lr=lr, min_lr=min_lr, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0
+        ),
         scheduler=SchedulerConfig(lr_warmup_iters=lr_warmup_iters, lr_decay_style="cosine"),
         # no data paths = mock data, as the anchor's pretrain recipe does
-        data=DataConfig(kind="indexed" if data_paths else "mock", data_paths=list(data_paths) if data_paths else None,
-                        seq_length=seq_length, split="9999,8,2"),
+        data=DataConfig(
+            kind="indexed" if data_paths else "mock",
+            data_paths=list(data_paths) if data_paths else None,
+            seq_length=seq_length,
+            split="9999,8,2",
+        ),
         eval=EvalConfig(interval=2000, iters=32),
         checkpoint=CheckpointConfig(save=save, save_interval=500),
         logging=LoggingConfig(log_interval=10),
@@ -150,18 +166,31 @@ def _finetune(
         name=name,
         # replaced by the pretrained checkpoint's own architecture when training starts
         model=_model(size),
-        train=TrainConfig(train_iters=train_iters,
-                          global_batch_size=global_batch_size or (128 if is_peft else 64),
-                          micro_batch_size=micro_batch_size, seed=seed),
-        optimizer=OptimizerConfig(lr=finetune_lr if finetune_lr is not None else (1e-4 if is_peft else 5e-6),
-                                  min_lr=min_lr, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8,
-                                  clip_grad=1.0, use_distributed_optimizer=not is_peft),
+        train=TrainConfig(
+            train_iters=train_iters,
+            global_batch_size=global_batch_size or (128 if is_peft else 64),
+            micro_batch_size=micro_batch_size,
+            seed=seed,
+        ),
+        optimizer=OptimizerConfig(
+            lr=finetune_lr if finetune_lr is not None else (1e-4 if is_peft else 5e-6),
+            min_lr=min_lr,
+            weight_decay=0.1,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            adam_eps=1e-8,
+            clip_grad=1.0,
+            use_distributed_optimizer=not is_peft,
+        ),
         scheduler=SchedulerConfig(lr_warmup_iters=lr_warmup_iters, lr_decay_style="cosine"),
-        data=DataConfig(kind="sft", data_paths=list(data_paths) if data_paths else [BUNDLED_SFT_DATASET],
-                        seq_length=seq_length, packing=packing),
+        data=DataConfig(
+            kind="sft",
+            data_paths=list(data_paths) if data_paths else [BUNDLED_SFT_DATASET],
+            seq_length=seq_length,
+            packing=packing,
+        ),
         eval=EvalConfig(interval=50, iters=10),
-        checkpoint=CheckpointConfig(save=save, pretrained_checkpoint=pretrained_checkpoint,
-                                    save_interval=100),
+        checkpoint=CheckpointConfig(save=save, pretrained_checkpoint=pretrained_checkpoint, save_interval=100),
         logging=LoggingConfig(log_interval=10),
         parallelism=ParallelismConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
         peft=peft_cfg,
@@ -199,12 +228,28 @@ def _pretrain_recipe(size: str, *, default_seq: int, default_gbs: int) -> Callab
         pipeline_model_parallel_size: int | None = None,
         seed: int = 1234,
     ) -> ConfigContainer:
-        return _pretrain(size, name, data_paths, train_iters, global_batch_size, micro_batch_size, seq_length, lr,
-                         min_lr, lr_warmup_iters, dir, tensor_model_parallel_size, pipeline_model_parallel_size, seed)
+        return _pretrain(
+            size,
+            name,
+            data_paths,
+            train_iters,
+            global_batch_size,
+            micro_batch_size,
+            seq_length,
+            lr,
+            min_lr,
+            lr_warmup_iters,
+            dir,
+            tensor_model_parallel_size,
+            pipeline_model_parallel_size,
+            seed,
+        )
 
     recipe.__name__ = recipe.__qualname__ = f"gemma3_{size}_pretrain_config"
-    recipe.__doc__ = (f"Pretrain Gemma 3 {size.upper()} from random weights. data_paths: Megatron .bin/.idx prefixes "
-                      f"(`gemma3-runtime prepare-data`); none = mock data.")
+    recipe.__doc__ = (
+        f"Pretrain Gemma 3 {size.upper()} from random weights. data_paths: Megatron .bin/.idx prefixes "
+        f"(`gemma3-runtime prepare-data`); none = mock data."
+    )
     return recipe
 
 
@@ -227,14 +272,32 @@ def _finetune_recipe(size: str, *, default_seq: int) -> Callable[..., ConfigCont
         seed: int = 5678,
         packing: bool = True,
     ) -> ConfigContainer:
-        return _finetune(size, name, pretrained_checkpoint, peft, train_iters, global_batch_size, micro_batch_size,
-                         seq_length, finetune_lr, min_lr, lr_warmup_iters, data_paths, dir,
-                         tensor_model_parallel_size, pipeline_model_parallel_size, seed, packing)
+        return _finetune(
+            size,
+            name,
+            pretrained_checkpoint,
+            peft,
+            train_iters,
+            global_batch_size,
+            micro_batch_size,
+            seq_length,
+            finetune_lr,
+            min_lr,
+            lr_warmup_iters,
+            data_paths,
+            dir,
+            tensor_model_parallel_size,
+            pipeline_model_parallel_size,
+            seed,
+            packing,
+        )
 
     recipe.__name__ = recipe.__qualname__ = f"gemma3_{size}_finetune_config"
-    recipe.__doc__ = (f"Finetune Gemma 3 {size.upper()} from `pretrained_checkpoint` (a Megatron checkpoint, e.g. from "
-                      f"`gemma3-runtime convert import`): peft=None (full SFT, GBS 64, LR 5e-6) or 'lora'/'dora' "
-                      f"(GBS 128, LR 1e-4). data_paths: SFT JSONL files; default: the bundled synthetic dataset.")
+    recipe.__doc__ = (
+        f"Finetune Gemma 3 {size.upper()} from `pretrained_checkpoint` (a Megatron checkpoint, e.g. from "
+        f"`gemma3-runtime convert import`): peft=None (full SFT, GBS 64, LR 5e-6) or 'lora'/'dora' "
+        f"(GBS 128, LR 1e-4). data_paths: SFT JSONL files; default: the bundled synthetic dataset."
+    )
     return recipe
 
 
@@ -257,12 +320,18 @@ gemma3_27b_finetune_config = _finetune_recipe("27b", default_seq=4096)
 RECIPES: dict[str, Callable[..., ConfigContainer]] = {
     fn.__name__: fn
     for fn in (
-        gemma3_tiny_pretrain_config, gemma3_tiny_finetune_config,
-        gemma3_270m_pretrain_config, gemma3_270m_finetune_config,
-        gemma3_1b_pretrain_config, gemma3_1b_finetune_config,
-        gemma3_4b_pretrain_config, gemma3_4b_finetune_config,
-        gemma3_12b_pretrain_config, gemma3_12b_finetune_config,
-        gemma3_27b_pretrain_config, gemma3_27b_finetune_config,
+        gemma3_tiny_pretrain_config,
+        gemma3_tiny_finetune_config,
+        gemma3_270m_pretrain_config,
+        gemma3_270m_finetune_config,
+        gemma3_1b_pretrain_config,
+        gemma3_1b_finetune_config,
+        gemma3_4b_pretrain_config,
+        gemma3_4b_finetune_config,
+        gemma3_12b_pretrain_config,
+        gemma3_12b_finetune_config,
+        gemma3_27b_pretrain_config,
+        gemma3_27b_finetune_config,
     )
 }
 

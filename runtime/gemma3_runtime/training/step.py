@@ -10,8 +10,9 @@ Packed SFT batches pass `segment_ids` so attention never crosses packed examples
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -39,13 +40,19 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.
     batch = next(data_iterator)
     segment_ids = batch.get("segment_ids")  # absent when every row is one document (data/batches.py collate)
     with uniform_upstream_grad():  # loss_func sums the per-token losses: one upstream value on every loss token
-        output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
-                       labels=_masked_labels(batch), segment_ids=segment_ids)
+        output = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=None,
+            labels=_masked_labels(batch),
+            segment_ids=segment_ids,
+        )
     return output, partial(loss_func, batch["loss_mask"])
 
 
-def finalize_grads(model: list, num_tokens: torch.Tensor | None = None, pg_collection: Any = None,
-                   force_all_reduce: bool = False) -> None:
+def finalize_grads(
+    model: list, num_tokens: torch.Tensor | None = None, pg_collection: Any = None, force_all_reduce: bool = False
+) -> None:
     """megatron's `finalize_model_grads` (the schedules' `config.finalize_model_grads_func`), with the per-token
     gradient scaling done on the device.
 
@@ -84,8 +91,15 @@ def schedule_context(device: torch.device):
     return stack
 
 
-def run_forward_backward(models: list, microbatches: Iterator, num_microbatches: int, seq_length: int,
-                         micro_batch_size: int, device: torch.device, forward_only: bool) -> torch.Tensor:
+def run_forward_backward(
+    models: list,
+    microbatches: Iterator,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    device: torch.device,
+    forward_only: bool,
+) -> torch.Tensor:
     """Returns [loss sum, loss-token count] over the global batch (float64, on `device`), identical on every rank.
 
     A device tensor, not floats: reading it makes the host wait for the GPU, and the training loop reads it only
@@ -96,9 +110,14 @@ def run_forward_backward(models: list, microbatches: Iterator, num_microbatches:
 
     with schedule_context(device):
         reports = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=microbatches, model=models,
-            num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
-            forward_only=forward_only)
+            forward_step_func=forward_step,
+            data_iterator=microbatches,
+            model=models,
+            num_microbatches=num_microbatches,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=forward_only,
+        )
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     # last pipeline stage holds the losses; count each DP replica once (TP rank 0 only)
     if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:

@@ -10,15 +10,17 @@ pipelining of batches): this is a small held-out eval, where simplicity beats th
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from gemma3_runtime.training.checkpointing import unwrap
 
 
-def _next_tokens(inner: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 cache: Any) -> torch.Tensor:
+def _next_tokens(
+    inner: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
+) -> torch.Tensor:
     """One forward over all layers; returns the greedy next token [b] of each row, the same on every rank."""
     from megatron.core import parallel_state as ps
 
@@ -39,21 +41,30 @@ def _next_tokens(inner: torch.nn.Module, ids: torch.Tensor, positions: torch.Ten
     else:
         torch.distributed.send(out.to(dtype).contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
         tokens = torch.empty(ids.shape[0], dtype=torch.long, device=ids.device)
-    torch.distributed.broadcast(tokens, src=ps.get_pipeline_model_parallel_last_rank(),
-                                group=ps.get_pipeline_model_parallel_group())
+    torch.distributed.broadcast(
+        tokens, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+    )
     return tokens
 
 
 @torch.no_grad()
-def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
-                   device: torch.device, batch_size: int = 16) -> list[str]:
+def greedy_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    device: torch.device,
+    batch_size: int = 16,
+) -> list[str]:
     from gemma3_runtime.model.kv_cache import KVCache
 
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     stop = {tokenizer.eos_token_id}
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>") if hasattr(tokenizer, "convert_tokens_to_ids") else None
+    end_of_turn = (
+        tokenizer.convert_tokens_to_ids("<end_of_turn>") if hasattr(tokenizer, "convert_tokens_to_ids") else None
+    )
     if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
         stop.add(end_of_turn)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -61,7 +72,10 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str
     answers: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = [bos + list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts[start:start + batch_size]]
+            chunk = [
+                bos + list(tokenizer(p, add_special_tokens=False)["input_ids"])
+                for p in prompts[start : start + batch_size]
+            ]
             width = max(len(c) for c in chunk)
             ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
@@ -89,10 +103,11 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str
     return answers
 
 
-def task_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[Any], max_new_tokens: int,
-                  device: torch.device) -> tuple[float, list[str]]:
+def task_accuracy(
+    model: torch.nn.Module, tokenizer: Any, items: Sequence[Any], max_new_tokens: int, device: torch.device
+) -> tuple[float, list[str]]:
     from gemma3_runtime.data.synthetic import is_correct
 
     outputs = greedy_answers(model, tokenizer, [it.prompt for it in items], max_new_tokens, device)
-    correct = sum(is_correct(o, it.completion) for o, it in zip(outputs, items))
+    correct = sum(is_correct(o, it.completion) for o, it in zip(outputs, items, strict=False))
     return correct / max(len(items), 1), outputs
