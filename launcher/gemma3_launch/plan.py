@@ -11,6 +11,7 @@ import hashlib
 import json
 import posixpath
 import shlex
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
@@ -27,6 +28,22 @@ RUNTIME_EXE = "gemma3-runtime"
 RUNTIME_MODULE = "gemma3_runtime.cli.main"
 #: how the runtime names the SFT dataset shipped inside its package (training/recipes.py BUNDLED_SFT_DATASET).
 BUNDLED_DATASET = "bundled:wordcode"
+
+#: The job wrapper module each step's command runs (`node` per node, `rank` per torchrun worker).
+JOBWRAP_MODULE = "gemma3_launch.jobwrap"
+#: The one run-time value a SLURM step's command holds as a reference: the container name, unique per job AND attempt
+#: (`gemma3-<SLURM job id>-<restart count>`, exported by the batch script). The job wrapper substitutes it in exactly
+#: this argv element and nowhere else, so no user text is ever expanded.
+CONTAINER_NAME_ENV = "GEMMA3_CONTAINER_NAME"
+CONTAINER_NAME_ARG = f"--container-name=${{{CONTAINER_NAME_ENV}}}"
+#: torchrun reads its rendezvous from these variables (torch.distributed.run takes every option from PET_<OPTION>);
+#: the node wrapper sets them from the scheduler (SLURM_NODEID, the batch script's MASTER_ADDR / MASTER_PORT), and
+#: Kubeflow Trainer v2 injects them itself. So the torchrun line in the plan is complete as printed.
+RENDEZVOUS_ENV = ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+#: Values longer than this (bytes), or holding a line break, travel as a file in the run dir instead of an argument.
+MAX_ARG_BYTES = 1024
+#: What a SLURM container step receives from the batch environment besides the plan's env and the named secrets.
+SLURM_ESSENTIAL_ENV = ("MASTER_ADDR", "MASTER_PORT", CONTAINER_NAME_ENV, "SUBMITIT_EXECUTOR")
 
 #: Set on every GPU job; harmless on CPU jobs, so they are GPU-only to keep CPU renders short.
 NCCL_ENV = {
@@ -55,6 +72,11 @@ class Cluster:
     require_pinned_image: bool = False
     #: image used when the spec names none (containers/image.env, via the generated container_image module).
     default_image: str = DEFAULT_IMAGE
+    #: the submitting directory (absolute) for local / SLURM: relative run dirs are resolved against it and it is the
+    #: container's working directory. Empty: run dirs stay as written (pure renders in tests).
+    workdir: str = ""
+    #: the Python that runs the job wrapper: the image's own `python3` on clusters; the launcher's on `local`.
+    python: str = "python3"
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,10 @@ class Step:
     nproc_per_node: int = 1
     #: the step handles SIGTERM/SIGUSR2 by saving and exiting with REQUEUE_EXIT_CODE (training only).
     preemptible: bool = False
+    #: what the job wrapper executes for this step (SLURM: the srun line; elsewhere the node wrapper itself).
+    command: tuple[str, ...] = ()
+    #: what the node wrapper executes on each node: `gemma3-runtime ...`, or torchrun (rendezvous from RENDEZVOUS_ENV).
+    node_command: tuple[str, ...] = ()
 
     @property
     def world_size(self) -> int:
@@ -187,10 +213,25 @@ class JobPlan:
     outputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     inputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
+    #: files written into the run dir before the backend sees the job: {relative path: text}. Long or multi-line
+    #: values (a multi-line prompt) travel this way; the steps' arguments name them by absolute path.
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: SLURM: the command that runs the job wrapper inside the container (srun ... python3); the batch script runs it.
+    wrapper_command: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-able view (plan.json in the run dir; `render --format plan`)."""
         return _jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> JobPlan:
+        """The plan back from its JSON view (plan.json), typed: what the job wrapper reads. Raises ValueError."""
+        return _from_jsonable(cls, data, "plan")
+
+    @property
+    def export_names(self) -> tuple[str, ...]:
+        """The environment allowlist a container step gets: the plan's env, the named secrets, the essentials."""
+        return tuple(dict.fromkeys([*self.env, *self.secrets, *SLURM_ESSENTIAL_ENV]))
 
 
 def _jsonable(obj: object) -> object:
@@ -201,6 +242,40 @@ def _jsonable(obj: object) -> object:
     if isinstance(obj, (tuple, list)):
         return [_jsonable(v) for v in obj]
     return obj
+
+
+def _from_jsonable(kind: object, value: object, where: str) -> object:
+    """Inverse of `_jsonable` for the plan's types (dataclasses, tuples, mappings, optionals, scalars)."""
+    if is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        hints = typing.get_type_hints(kind)
+        known = {f.name for f in fields(kind)}
+        args = {k: _from_jsonable(hints[k], v, f"{where}.{k}") for k, v in value.items() if k in known}
+        try:
+            return kind(**args)  # type: ignore[operator]
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    origin, params = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        return _from_jsonable(next(p for p in params if p is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return tuple(_from_jsonable(params[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        return MappingProxyType({str(k): _from_jsonable(params[1], v, f"{where}.{k}") for k, v in value.items()})
+    if origin is Literal:
+        if value not in params:
+            raise ValueError(f"{where}: expected one of {', '.join(map(str, params))}")
+        return value
+    if kind in (int, str, bool) and not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {kind.__name__}")  # type: ignore[union-attr]
+    return value
 
 
 def spec_hash(spec: JobSpec) -> str:
@@ -234,8 +309,11 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         warnings.append(msg)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
+    if cluster.workdir and cluster.backend != "k8s":
+        run_dir = posixpath.normpath(posixpath.join(cluster.workdir, run_dir))  # records hold absolute run dirs
+    files: dict[str, str] = {}
     steps, inputs, outputs = _steps(
-        _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir
+        _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir, files=files
     )
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
@@ -247,6 +325,25 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         env["OMP_NUM_THREADS"] = str(max(1, res.cpus_per_task // nproc))
     env.update(spec.env)  # the user's word wins over our defaults
 
+    secrets = tuple(spec.secrets)
+    export_names = tuple(dict.fromkeys([*env, *secrets, *SLURM_ESSENTIAL_ENV]))
+    container = _container_args(spec, cluster, image, run_dir, export_names) if cluster.backend == "slurm" else ()
+    steps = tuple(
+        _with_commands(step, index, cluster, run_dir, container, res.cpus_per_task, res.gpus_per_node)
+        for index, step in enumerate(steps)
+    )
+    wrapper_command: tuple[str, ...] = ()
+    if cluster.backend == "slurm":
+        wrapper_command = (
+            "srun",
+            "--nodes=1",
+            "--ntasks=1",
+            "--overlap",  # the job wrapper shares the allocation with the steps it starts
+            "--kill-on-bad-exit=1",
+            *container,
+            cluster.python,
+        )
+
     return JobPlan(
         job_id=jid,
         job_name=spec.name,
@@ -254,7 +351,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         backend=cluster.backend,
         steps=steps,
         env=MappingProxyType(env),
-        secrets=tuple(spec.secrets),
+        secrets=secrets,
         resources=ResourcePlan(
             nodes=res.nodes,
             gpus_per_node=res.gpus_per_node,
@@ -297,7 +394,66 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         outputs=MappingProxyType(outputs),
         inputs=MappingProxyType(inputs),
         warnings=tuple(warnings),
+        files=MappingProxyType(files),
+        wrapper_command=wrapper_command,
     )
+
+
+def _container_args(
+    spec: JobSpec, cluster: Cluster, image: str, run_dir: str, export_names: tuple[str, ...]
+) -> tuple[str, ...]:
+    """pyxis options shared by every container step of a SLURM job: one image, one container name per job and
+    attempt (steps reuse the imported container), the run dir / working dir / spec mounts, and an environment
+    allowlist (`--export` names what srun passes; `--container-env` lets those win over the image's own values)."""
+    workdir = cluster.workdir or "."
+    mounts = [f"{run_dir}:{run_dir}"]
+    if cluster.workdir:
+        mounts.append(f"{workdir}:{workdir}")
+    mounts += [f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in spec.mounts]
+    for path in (run_dir, workdir, *(m.source for m in spec.mounts), *(m.target for m in spec.mounts)):
+        if "," in path or ":" in path:
+            raise PlanError("mounts", f"expected paths without ',' or ':' on SLURM (pyxis mount syntax), got {path!r}")
+    names = ",".join(export_names)
+    return (
+        f"--export={names}",
+        f"--container-image={image}",
+        CONTAINER_NAME_ARG,
+        f"--container-mounts={','.join(dict.fromkeys(mounts))}",
+        f"--container-workdir={workdir}",
+        f"--container-env={names}",
+        "--no-container-mount-home",
+    )
+
+
+def _with_commands(
+    step: Step, index: int, cluster: Cluster, run_dir: str, container: tuple[str, ...], cpus: int, gpus: int
+) -> Step:
+    """The step with the exact commands that run it: the node command, and what the job wrapper executes."""
+    # a local job runs the launcher's own Python environment, which need not be on PATH: its console scripts by module
+    local = cluster.backend == "local"
+    if step.world_size == 1:
+        node_command = (cluster.python, "-m", RUNTIME_MODULE, *step.args) if local else step.runtime_argv
+    else:
+        node_command = (
+            *((cluster.python, "-m", "torch.distributed.run") if local else ("torchrun",)),
+            f"--nnodes={step.nnodes}",
+            f"--nproc-per-node={step.nproc_per_node}",
+            "-m",
+            JOBWRAP_MODULE,
+            "rank",
+            RUNTIME_MODULE,
+            *step.args,
+        )
+    node = (cluster.python, "-m", JOBWRAP_MODULE, "node", run_dir, str(index))
+    if cluster.backend != "slurm":
+        command = node
+    else:
+        srun = ["srun", f"--nodes={step.nnodes}", f"--ntasks={step.nnodes}", "--ntasks-per-node=1"]
+        srun.append(f"--cpus-per-task={cpus}")
+        if gpus:
+            srun.append(f"--gpus-per-node={gpus}")
+        command = (*srun, "--kill-on-bad-exit=1", "--overlap", *container, *node)
+    return Step(step.name, step.args, step.nnodes, step.nproc_per_node, step.preemptible, command, node_command)
 
 
 #: In checkpoint / export paths: this submission's run directory, so every submission gets fresh outputs
@@ -323,7 +479,8 @@ def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
     if res.gpus_per_node > cluster.max_gpus_per_node:
         raise PlanError(
             "resources.gpus_per_node",
-            f"expected at most {cluster.max_gpus_per_node} GPUs per node on the {cluster.backend} cluster, got {res.gpus_per_node}",
+            f"expected at most {cluster.max_gpus_per_node} GPUs per node on the {cluster.backend} cluster, "
+            f"got {res.gpus_per_node}",
         )
     if cluster.max_nodes is not None and res.nodes > cluster.max_nodes:
         raise PlanError(
@@ -343,7 +500,9 @@ def _data_overrides(spec: JobSpec) -> list[str]:
     return [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
 
 
-def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str) -> tuple[tuple[Step, ...], dict, dict]:
+def _steps(
+    spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str, files: dict[str, str]
+) -> tuple[tuple[Step, ...], dict, dict]:
     dev = ("--device", device)
     dtype = ("--torch-dtype", spec.torch_dtype) if spec.torch_dtype else ()
     ck = spec.checkpoint
@@ -356,7 +515,14 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
     def gen_step(name: str, hf_path: str) -> Step:
         g = spec.generate
         assert g is not None
-        src = ("--prompts-file", g.prompts_file) if g.prompts_file else ("--prompt", g.prompt)
+        if g.prompts_file:
+            src: tuple[str, ...] = ("--prompts-file", g.prompts_file)
+        elif _needs_file(g.prompt):
+            # one JSONL record: a multi-line prompt stays ONE prompt (the runtime reads JSONL 'prompt' fields)
+            files[PROMPT_FILE] = json.dumps({"prompt": g.prompt}, ensure_ascii=False) + "\n"
+            src = ("--prompts-file", posixpath.join(run_dir, PROMPT_FILE))
+        else:
+            src = ("--prompt", g.prompt)
         out = ("--output", posixpath.join(run_dir, f"{name}.jsonl"))  # the answers, for the record and the summary
         return Step(
             name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *out, *dev)
@@ -397,7 +563,7 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
             run += ["--pretrained-checkpoint", pretrained]
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
-        # save AND load: the run resumes from its own checkpoints after a requeue (the recipe default is $SAVE_DIR/<name>)
+        # save AND load: the run resumes from its own checkpoints after a requeue (recipe default: $SAVE_DIR/<name>)
         run += [*dev, f"checkpoint.save={ck.dir}", f"checkpoint.load={ck.dir}", *_data_overrides(spec), *spec.overrides]
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
@@ -407,6 +573,17 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
             if spec.generate:
                 steps.append(gen_step("generate_after", spec.export.hf_path))
     return tuple(steps), inputs, outputs
+
+
+#: the run-dir file a long or multi-line generate.prompt travels in.
+PROMPT_FILE = "prompt.jsonl"
+
+
+def _needs_file(value: str | None) -> bool:
+    """A value that cannot be one safe argument: it holds a control character / line break, or is long."""
+    from .quoting import has_control_chars
+
+    return value is not None and (has_control_chars(value) or len(value.encode()) > MAX_ARG_BYTES)
 
 
 def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tuple[str, ...]:

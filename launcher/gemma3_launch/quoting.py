@@ -73,6 +73,14 @@ def sbatch_value(value: str, *, filename: bool = False) -> str:
     return value
 
 
+def sbatch_filename(value: str) -> str:
+    """A file name for an sbatch option built by a script builder that shell-quotes the value itself (submitit's
+    `_as_sbatch_flag`; sbatch's directive reader honours those quotes): only `%` is doubled, so sbatch's filename
+    patterns (`%j`, `%x`...) never apply to a literal `%` of the path."""
+    _refuse_control(value, "an #SBATCH directive")
+    return value.replace("%", "%%")
+
+
 def k8s_command_word(value: str) -> str:
     """`value` for a container's `command` / `args`: the kubelet's `$(VAR)` expansion and `$$` escape are defeated
     by doubling every `$` (the kubelet turns `$$` back into one `$`)."""
