@@ -145,10 +145,11 @@ def executed_command(step: Step) -> list[str]:
     return [f"--container-name={name}" if arg == CONTAINER_NAME_ARG else arg for arg in step.command]
 
 
-def _log_command(run_dir: Path, level: str, argv: Sequence[str]) -> None:
+def _log_command(run_dir: Path, level: str, step: Step, argv: Sequence[str]) -> None:
     """Append what this wrapper executes to commands.jsonl: `render` shows the same lines (tests compare them)."""
     entry = {
         "level": level,
+        "step": step.name,
         "argv": list(argv),
         "attempt": _attempt(),
         "host": socket.gethostname(),
@@ -228,7 +229,7 @@ def run_job(run_dir: Path) -> int:
         print(f"jobwrap: step {index + 1}/{len(plan.steps)} {step.name}: {' '.join(step.args)}", flush=True)
         t0 = time.time()
         command = executed_command(step)
-        _log_command(run_dir, "job", command)
+        _log_command(run_dir, "job", step, command)
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         child[:] = [proc]
         _pump(proc, redact)
@@ -368,7 +369,7 @@ def run_node(run_dir: Path, index: int) -> int:
         _record_runtime_facts(run_dir)
     _exit_dir(run_dir, step).mkdir(parents=True, exist_ok=True)
     env = node_env(plan, step, run_dir, rank)
-    _log_command(run_dir, "node", step.node_command)
+    _log_command(run_dir, "node", step, step.node_command)
 
     def ignore_usr2() -> None:  # inherited through exec: torchrun never dies of USR2; workers install their handler
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -429,6 +430,7 @@ def _record_runtime_facts(run_dir: Path) -> None:
         "python_prefix": sys.prefix,
         # names only (never values): which variables reached the container (the allowlist at work)
         "env_names": sorted(os.environ),
+        "path": os.environ.get("PATH", ""),
         "container_name": os.environ.get("FAKE_PYXIS_NAME") or os.environ.get(CONTAINER_NAME_ENV),
         "image": os.environ.get("GEMMA3_IMAGE") or os.environ.get("GEMMA3_LAUNCH_IMAGE"),
         "image_source": "GEMMA3_IMAGE (set in the image)" if os.environ.get("GEMMA3_IMAGE") else "requested",

@@ -73,12 +73,12 @@ def sbatch_value(value: str, *, filename: bool = False) -> str:
     return value
 
 
-def sbatch_filename(value: str) -> str:
-    """A file name for an sbatch option built by a script builder that shell-quotes the value itself (submitit's
-    `_as_sbatch_flag`; sbatch's directive reader honours those quotes): only `%` is doubled, so sbatch's filename
-    patterns (`%j`, `%x`...) never apply to a literal `%` of the path."""
+def submitit_sbatch_value(value: str, *, filename: bool = False) -> str:
+    """A value for an sbatch option that submitit's script builder writes (`_as_sbatch_flag` shell-quotes it, and
+    sbatch's directive reader honours those quotes): control characters refused, and in file-name options `%` doubled
+    so sbatch's filename patterns (`%j`, `%x`...) never apply to a literal `%` of the path."""
     _refuse_control(value, "an #SBATCH directive")
-    return value.replace("%", "%%")
+    return value.replace("%", "%%") if filename else value
 
 
 def k8s_command_word(value: str) -> str:

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from ..plan import CONTAINER_NAME_ARG, CONTAINER_NAME_ENV, JobPlan
-from ..quoting import comment_text, sbatch_filename, shell_command, shell_word
+from ..quoting import comment_text, shell_command, shell_word, submitit_sbatch_value
 from ..record import LOG_FILE, TERMINAL_STATES, read_record, read_terminal_state
 from . import BackendError
 from ._follow import print_log
@@ -96,7 +96,7 @@ def _extra_parameters(extra: tuple[str, ...]) -> dict[str, object]:
     """`slurm.extra_sbatch` entries (`--opt=value` / `--flag`) as submitit `additional_parameters`."""
     out: dict[str, object] = {}
     for item in extra:
-        key, eq, value = item.lstrip("-").partition("=")
+        key, eq, value = submitit_sbatch_value(item).lstrip("-").partition("=")
         out[key] = value if eq else True
     return out
 
@@ -122,11 +122,11 @@ def executor_parameters(plan: JobPlan) -> dict[str, object]:
         params["mem"] = r.memory
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(s, key):
-            params[key] = getattr(s, key)
+            params[key] = submitit_sbatch_value(getattr(s, key))
     if s.exclusive:
         params["exclusive"] = True
     additional: dict[str, object] = {
-        "output": sbatch_filename(str(Path(plan.run_dir).absolute() / LOG_FILE)),  # a requeued run appends
+        "output": submitit_sbatch_value(str(Path(plan.run_dir).absolute() / LOG_FILE), filename=True),
         "requeue": True,
         "export": ",".join(plan.secrets) or "NONE",  # secrets by name; nothing else of the login environment
     }
