@@ -147,7 +147,9 @@ def test_master_entrypoint_with_the_real_job_wrapper(tmp_path: Path) -> None:
     from gemma3_launch.record import read_record
 
     plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": "1"})
-    plan = dataclasses.replace(plan, steps=(Step("hello", ("--help",)),))
+    node = ("python3", "-m", "gemma3_launch.jobwrap", "node", plan.run_dir, "0")  # the plan's commands run as given
+    hello = Step("hello", ("--help",), command=node, node_command=("gemma3-runtime", "--help"))
+    plan = dataclasses.replace(plan, steps=(hello,))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
