@@ -352,9 +352,12 @@ def node_env(plan: JobPlan, step: Step, run_dir: Path, rank: str) -> dict[str, s
     env = dict(os.environ)
     env[RANK_EXIT_DIR_ENV] = str(_exit_dir(run_dir, step))
     env[RESULT_FILE_ENV] = str(_result_file(run_dir, step, _attempt()))
-    if step.world_size > 1:
-        port = os.environ.get("MASTER_PORT") or str(plan.slurm.master_port or 29500)
-        env.update(PET_NODE_RANK=rank, PET_MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), PET_MASTER_PORT=port)
+    if step.world_size > 1:  # an operator's own PET_* (Kubeflow Trainer v2) stand; SLURM / local get them here
+        addr = os.environ.get("PET_MASTER_ADDR") or os.environ.get("MASTER_ADDR") or "127.0.0.1"
+        port = (
+            os.environ.get("PET_MASTER_PORT") or os.environ.get("MASTER_PORT") or str(plan.slurm.master_port or 29500)
+        )
+        env.update(PET_NODE_RANK=rank, PET_MASTER_ADDR=addr, PET_MASTER_PORT=port)
     return env
 
 
