@@ -300,13 +300,8 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
     device: Literal["cpu", "cuda"] = "cuda" if res.gpus_per_node > 0 else "cpu"
     nproc = res.procs_per_node
 
-    image = spec.container.image or cluster.default_image
     warnings: list[str] = []
-    if cluster.backend != "local" and not image_is_pinned(image):
-        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
-        if cluster.require_pinned_image:
-            raise PlanError("container.image", msg.split(": ", 1)[1])
-        warnings.append(msg)
+    image = _image(spec, cluster, warnings)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
     if cluster.workdir and cluster.backend != "k8s":
@@ -316,15 +311,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir, files=files
     )
 
-    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
-    if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
-        env["SAVE_DIR"] = outputs["checkpoint"]
-    if device == "cuda":
-        env.update(NCCL_ENV)
-    else:
-        env["OMP_NUM_THREADS"] = str(max(1, res.cpus_per_task // nproc))
-    env.update(spec.env)  # the user's word wins over our defaults
-
+    env = _job_env(spec, image, jid, outputs, device, nproc)
     secrets = tuple(spec.secrets)
     export_names = tuple(dict.fromkeys([*env, *secrets, *SLURM_ESSENTIAL_ENV]))
     container = _container_args(spec, cluster, image, run_dir, export_names) if cluster.backend == "slurm" else ()
@@ -332,17 +319,12 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         _with_commands(step, index, cluster, run_dir, container, res.cpus_per_task, res.gpus_per_node)
         for index, step in enumerate(steps)
     )
-    wrapper_command: tuple[str, ...] = ()
-    if cluster.backend == "slurm":
-        wrapper_command = (
-            "srun",
-            "--nodes=1",
-            "--ntasks=1",
-            "--overlap",  # the job wrapper shares the allocation with the steps it starts
-            "--kill-on-bad-exit=1",
-            *container,
-            cluster.python,
-        )
+    # SLURM: the batch script runs the job wrapper in the container too; it shares the allocation with its steps
+    wrapper_command = (
+        ("srun", "--nodes=1", "--ntasks=1", "--overlap", "--kill-on-bad-exit=1", *container, cluster.python)
+        if cluster.backend == "slurm"
+        else ()
+    )
 
     return JobPlan(
         job_id=jid,
@@ -367,17 +349,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         device=device,
         spec_hash=shash,
         requeue_exit_code=REQUEUE_EXIT_CODE,
-        slurm=SlurmPlan(
-            partition=spec.slurm.partition,
-            account=spec.slurm.account,
-            qos=spec.slurm.qos,
-            constraint=spec.slurm.constraint,
-            exclusive=spec.slurm.exclusive,
-            extra_sbatch=tuple(spec.slurm.extra_sbatch),
-            signal_lead_s=spec.slurm.signal_lead_s,
-            max_requeues=spec.slurm.max_requeues,
-            master_port=spec.slurm.master_port,
-        ),
+        slurm=_slurm_plan(spec),
         k8s=K8sPlan(
             namespace=spec.k8s.namespace,
             pvcs=tuple(PvcPlan(p.claim, p.mount_path, p.read_only) for p in spec.k8s.pvcs),
@@ -396,6 +368,47 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         warnings=tuple(warnings),
         files=MappingProxyType(files),
         wrapper_command=wrapper_command,
+    )
+
+
+def _image(spec: JobSpec, cluster: Cluster, warnings: list[str]) -> str:
+    """The job's image; on a cluster, one not pinned by digest is a warning (an error with require_pinned_image)."""
+    image = spec.container.image or cluster.default_image
+    if cluster.backend != "local" and not image_is_pinned(image):
+        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
+        if cluster.require_pinned_image:
+            raise PlanError("container.image", msg.split(": ", 1)[1])
+        warnings.append(msg)
+    return image
+
+
+def _job_env(
+    spec: JobSpec, image: str, job_id: str, outputs: Mapping[str, str], device: str, nproc: int
+) -> dict[str, str]:
+    """The job's non-secret environment: our defaults, then the spec's (the user's word wins)."""
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": job_id}
+    if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
+        env["SAVE_DIR"] = outputs["checkpoint"]
+    if device == "cuda":
+        env.update(NCCL_ENV)
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, spec.resources.cpus_per_task // nproc))
+    env.update(spec.env)
+    return env
+
+
+def _slurm_plan(spec: JobSpec) -> SlurmPlan:
+    s = spec.slurm
+    return SlurmPlan(
+        partition=s.partition,
+        account=s.account,
+        qos=s.qos,
+        constraint=s.constraint,
+        exclusive=s.exclusive,
+        extra_sbatch=tuple(s.extra_sbatch),
+        signal_lead_s=s.signal_lead_s,
+        max_requeues=s.max_requeues,
+        master_port=s.master_port,
     )
 
 
