@@ -13,7 +13,7 @@ import posixpath
 import shlex
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -369,6 +369,19 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         files=MappingProxyType(files),
         wrapper_command=wrapper_command,
     )
+
+
+def replace_steps(plan: JobPlan, steps: tuple[Step, ...], cluster: Cluster) -> JobPlan:
+    """`plan` running `steps` instead, each given its commands as make_plan gives them (tests and tools that run a
+    hand-made step). Not for SLURM plans, whose step commands carry the spec's container arguments."""
+    if cluster.backend == "slurm":
+        raise ValueError("replace_steps: SLURM steps need the spec's container arguments (use make_plan)")
+    res = plan.resources
+    made = tuple(
+        _with_commands(step, i, cluster, plan.run_dir, (), res.cpus_per_task, res.gpus_per_node)
+        for i, step in enumerate(steps)
+    )
+    return replace(plan, steps=made)
 
 
 def _image(spec: JobSpec, cluster: Cluster, warnings: list[str]) -> str:

@@ -140,16 +140,13 @@ def test_single_node_job_has_no_worker_part(tmp_path: Path) -> None:
 def test_master_entrypoint_with_the_real_job_wrapper(tmp_path: Path) -> None:
     """No stand-in: the real gemma3_launch.jobwrap runs a one-step plan (`gemma3-runtime --help`) as the master
     pod would, and leaves the job's own record (job.json: COMPLETED, the step, the versions it ran with)."""
-    import dataclasses
     import sys
 
-    from gemma3_launch.plan import Step
+    from gemma3_launch.plan import Cluster, Step, replace_steps
     from gemma3_launch.record import read_record
 
     plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": "1"})
-    node = ("python3", "-m", "gemma3_launch.jobwrap", "node", plan.run_dir, "0")  # the plan's commands run as given
-    hello = Step("hello", ("--help",), command=node, node_command=("gemma3-runtime", "--help"))
-    plan = dataclasses.replace(plan, steps=(hello,))
+    plan = replace_steps(plan, (Step("hello", ("--help",)),), Cluster("k8s", python=sys.executable))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
