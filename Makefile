@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast package-smoke ci clean constraints
+.PHONY: setup demo test test-fast lint package-smoke ci clean constraints
 
 setup: $(VENV)/.installed
 
@@ -28,11 +28,16 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)
 
+# ruff format check + lint (rules and line length in pyproject.toml); zero findings is the bar.
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
 # Build the wheel and smoke-test the CLIs from a NON-editable install outside the source tree.
 package-smoke: setup
 	bash scripts/package_smoke.sh
 
-ci: test package-smoke
+ci: lint test package-smoke
 
 constraints: setup
 	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > /tmp/constraints.new && echo "review /tmp/constraints.new"
