@@ -108,3 +108,14 @@ def test_help_stays_fast_and_never_loads_the_hook():
     assert proc.returncode == 0, proc.stderr
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < 0.5, f"gemma3-launch --help took {cpu:.2f} s of CPU"
+
+
+def test_the_runtime_modules_the_launcher_imports_never_import_the_launcher():
+    """No module-level import cycle: run_args and everything it pulls stay clear of gemma3_launch."""
+    code = (
+        "import sys\nimport gemma3_runtime.training.run_args\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gemma3_launch', 'torch', 'numpy'))\n"
+        "print(bad)\nsys.exit(3 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
