@@ -6,6 +6,8 @@ and the YAML written into each checkpoint is plain data any tool can read. This 
 
 Sections: model (Gemma3Config.to_dict(), owned by the model package), train, optimizer, scheduler, data, eval,
 checkpoint, logging, parallelism, peft (None or the peft package's config dataclass) and perf (speed switches).
+Type checking lives in config_types.py; the checks across fields (batch divisibility, parallel sizes, ...) in
+validate.py.
 """
 
 from __future__ import annotations
