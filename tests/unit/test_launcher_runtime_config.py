@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gemma3_launch.cli import main
 
@@ -119,3 +122,29 @@ def test_the_runtime_modules_the_launcher_imports_never_import_the_launcher():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.sampled_from(["train.train_iters", "train.global_batch_size", "data.data_paths", "optimizer.lr", "trian.x"]),
+    value=st.text(max_size=30),
+)
+def test_any_override_value_validates_or_exits_2_in_one_line(tmp_path, capsys, key, value):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "check",
+                "kind": "pretrain",
+                "recipe": "gemma3_tiny_pretrain",
+                "overrides": [f"{key}={value}"],
+                "resources": {"nodes": 1, "gpus_per_node": 2},
+                "checkpoint": {"dir": str(tmp_path / "ck")},
+                "runs_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    code = main(["validate", str(spec), "--cluster", "slurm"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert code in (0, 2)
+    assert (code == 0 and not err) or (code == 2 and len(err) == 1 and err[0].startswith("gemma3-launch validate:"))
