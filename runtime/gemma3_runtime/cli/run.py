@@ -1,7 +1,9 @@
 """`gemma3-runtime run --recipe NAME [--pretrained-checkpoint P] [--peft lora|dora] [--device D] [KEY=VALUE ...]`
 
 Single process, or under `torchrun --nproc-per-node N -m gemma3_runtime.cli.main run ...` (gloo on CPU, NCCL on
-CUDA). Overrides are dotted config keys with YAML values (`train.global_batch_size=64 checkpoint.save=/ckpt`).
+CUDA). Overrides are dotted config keys with YAML values (`train.global_batch_size=64 checkpoint.save=/ckpt`); a
+value replaces the field's value. `--dry-run [--world-size N]` runs every config check that reads no file (the same
+`validate()` the job and `gemma3-launch validate` run) and prints the resolved run_config.yaml.
 Environment: SAVE_DIR (default parent of the save dir: $SAVE_DIR/<run name>), HF_TOKEN / HF_HOME (tokenizer and
 hub access, read by transformers), WANDB_API_KEY (W&B logging when set and wandb is installed).
 Exit codes: 0 done; 2 bad input (one line); REQUEUE_EXIT_CODE (199) checkpoint committed after SIGTERM/SIGUSR2.
