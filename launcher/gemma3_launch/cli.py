@@ -112,6 +112,15 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
     return spec, plan
 
 
+def _check_runtime_config(plan, spec_path: str, warn: bool = True) -> None:
+    """The runtime's own config validation of the plan's training steps (torch-free; runtime_config.py)."""
+    from .runtime_config import check_plan
+
+    warnings = check_plan(plan, spec_path)
+    for w in warnings if warn else ():
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+
+
 def _render_text(plan, backend: str, fmt: str) -> str:
     import json
 
@@ -145,6 +154,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     targets = [args.cluster] if args.cluster else ["slurm", "k8s"]
     for i, cluster in enumerate(targets):
         spec, plan = _plan(argparse.Namespace(**{**vars(args), "cluster": cluster}), warn=i == 0)
+        _check_runtime_config(plan, args.spec, warn=i == 0)
         if cluster == "k8s":
             _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
     steps = ", ".join(s.name for s in plan.steps)
@@ -162,6 +172,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .submit import new_job_id, submit
 
     spec, plan = _plan(args, job_id=None if args.dry_run else new_job_id(_spec_name(args)))
+    _check_runtime_config(plan, args.spec)
     if args.dry_run:
         sys.stdout.write(_render_text(plan, args.cluster, "native"))
         print(f"{PROG}: dry run: nothing submitted", file=sys.stderr)
