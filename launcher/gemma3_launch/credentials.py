@@ -23,7 +23,7 @@ _PREFIXED = re.compile(
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|xox[abprs]-[A-Za-z0-9-]{10,}"
     r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*)?"
-    r"|(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])"
+    r"|[0-9a-fA-F]{32,}"
 )
 #: Candidates for a random key without a prefix: 32+ characters of a base64 / base64url alphabet.
 _BASE64ISH = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
