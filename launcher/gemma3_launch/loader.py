@@ -131,8 +131,8 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...], warn: Warn | None 
 
 
 def _set_value(key: str, value: str) -> Any:
-    if value == "":
-        return ""
+    if value == "" or has_control_chars(value):
+        return value  # taken as typed: YAML would fold a newline into a space (the string checks judge it)
     try:
         return load_strict(value)
     except StrictYamlError as exc:

@@ -356,6 +356,8 @@ def _set_cases() -> list[Case]:
         "secret-env": ("env.HF_TOKEN=x", "env.HF_TOKEN"),
         "tag": ("generate.prompt=!!binary aGk=", "--set generate.prompt: expected no YAML tag"),
         "control-escape": ('runs_dir="/a\\eb"', "runs_dir: expected text without control"),
+        "control-raw-newline": ("runs_dir=/a\nb", "runs_dir: expected text without control"),
+        "control-raw-esc-prompt": ("generate.prompt=a\x1b[2Jb", "generate.prompt: expected text without control"),
         "dup-key": ("resources={nodes: 1, nodes: 2}", "--set resources: expected each key once"),
         "depth": ("overrides=" + "[" * 40 + "]" * 40, "--set overrides: expected at most 32"),
         "null-required": ("name=null", "name"),

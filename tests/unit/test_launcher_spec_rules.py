@@ -110,6 +110,7 @@ def test_set_value_is_read_by_the_strict_reader():
     assert apply_sets({}, ["resources.time_limit=4:00:00"])["resources"]["time_limit"] == "4:00:00"
     assert apply_sets({}, ["slurm.exclusive=yes"])["slurm"]["exclusive"] == "yes"
     assert apply_sets({}, ["generate.prompt=a: b: c"])["generate"]["prompt"] == "a: b: c"  # not YAML: the text
+    assert apply_sets({}, ["generate.prompt=one\ntwo"])["generate"]["prompt"] == "one\ntwo"  # not folded
     with pytest.raises(SpecError, match="--set resources: expected each key once"):
         apply_sets({}, ["resources={nodes: 1, nodes: 2}"])
 
