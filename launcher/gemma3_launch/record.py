@@ -80,6 +80,7 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "secrets": (list,),
 }
 _REQUIRED = ("job_id", "backend", "run_dir")
+BACKENDS = ("local", "slurm", "k8s")
 
 
 def load_record_file(path: str | Path) -> tuple[dict | None, str | None]:
@@ -109,6 +110,8 @@ def record_problem(rec: Any) -> str | None:
             return (
                 f"expected field '{key}' to be {' or '.join(t.__name__ for t in types)}, got {type(rec[key]).__name__}"
             )
+    if rec["backend"] not in BACKENDS:
+        return f"expected field 'backend' to be one of {', '.join(BACKENDS)}"
     if not all(isinstance(s, dict) for s in rec.get("states", [])):
         return "expected field 'states' to be a list of objects"
     return None

@@ -99,8 +99,20 @@ def test_a_corrupt_index_heals_for_status_and_on_write(state, capsys):
         ('{"job_id": "job-b", "backend": "local", "run_dir": "/x", "states": "RUNNING"}', "'states' to be list"),
         ('{"job_id": "job-b", "backend": "local", "run_dir": "/x", "git": "abc"}', "'git' to be dict"),
         ('{"job_id": "job-b", "backend": "local"}', "'run_dir' (missing or empty)"),
+        ('{"job_id": "job-b", "backend": "lsf", "run_dir": "/x"}', "'backend' to be one of local, slurm, k8s"),
     ],
-    ids=["garbage", "truncated", "empty", "list", "int-id", "list-backend", "str-states", "str-git", "no-run-dir"],
+    ids=[
+        "garbage",
+        "truncated",
+        "empty",
+        "list",
+        "int-id",
+        "list-backend",
+        "str-states",
+        "str-git",
+        "no-run-dir",
+        "unknown-backend",
+    ],
 )
 def test_a_bad_job_json_is_skipped_with_one_warning_naming_it(state, content, problem, capsys):
     reg, root = state
