@@ -50,21 +50,30 @@ class StrictLoader(yaml.SafeLoader):
 
     def __init__(self, stream: str):
         super().__init__(stream)
+        self._path: list[str] = []  # dotted path of the node being composed, for error lines
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
+        # `index` is the key node of a mapping value, the position of a list item, None for a key or the root
+        name = index.value if isinstance(index, ScalarNode) else str(index) if isinstance(index, int) else None
+        path = ".".join(self._path if name is None else [*self._path, name])
         event = self.peek_event()
+        line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
-            raise StrictYamlError(event.start_mark.line + 1, "", "expected no aliases (*name): write the value out")
+            raise StrictYamlError(line, path, "expected no aliases (*name): write the value out")
         if getattr(event, "anchor", None):
-            raise StrictYamlError(event.start_mark.line + 1, "", "expected no anchors (&name): write the value out")
+            raise StrictYamlError(line, path, "expected no anchors (&name): write the value out")
+        if self._depth >= MAX_DEPTH:
+            raise StrictYamlError(line, ".".join(self._path[:3]), f"expected at most {MAX_DEPTH} levels of nesting")
         self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise StrictYamlError(event.start_mark.line + 1, "", f"expected at most {MAX_DEPTH} levels of nesting")
+        if name is not None:
+            self._path.append(name)
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+            if name is not None:
+                self._path.pop()
 
     def construct_yaml_int(self, node: ScalarNode) -> int:
         text = node.value.lstrip("+")
