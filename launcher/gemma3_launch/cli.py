@@ -228,6 +228,10 @@ def _find(job: str) -> dict:
     from .record import load_record_file
     from .registry import Registry
 
+    try:
+        job.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("job: expected a job id (UTF-8 text)") from None
     row = Registry().get(job)
     if row is None:
         raise InputError(f"job: no job '{job}' in the index (see `{PROG} list`, or `{PROG} list --rebuild`)")

@@ -173,3 +173,10 @@ def test_list_escapes_control_characters_from_a_job_json(state, capsys):
     assert main(["list", "--rebuild"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "job-evil\\x1b[2J-01" in out and len(out.splitlines()) == 42
+
+
+@pytest.mark.parametrize("job", ["\udcff", "job-\x1b[2J", "%", "_"])
+def test_odd_job_ids_are_one_line_input_errors(state, job, capsys):
+    assert main(["status", job]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "\x1b" not in err and "Traceback" not in err
