@@ -227,7 +227,7 @@ def validate(data: dict) -> JobSpec:
 
 
 def format_error(err: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in err.get("loc", ())]
+    loc = [str(p) for p in err.get("loc", ()) if p != "[key]"]  # a dict key's error: its path names the key
     typ = err.get("type", "")
     msg = str(err.get("msg", ""))
     if typ == "extra_forbidden":

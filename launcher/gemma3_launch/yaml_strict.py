@@ -7,7 +7,7 @@ dependency for what a small SafeLoader subclass does with its own resolvers; the
 - scalars: null (`~`, `null`, empty), booleans `true`/`false` only, integers decimal / `0o` octal / `0x` hex,
   floats with `.inf` / `.nan`; everything else (times, dates, `yes`, `on`, `1_000`) is a string;
 - a duplicate key is an error naming both lines; anchors and aliases are refused; explicit tags other than the
-  core ones (`!!str`, `!!int`, ...) are refused; keys must be scalars;
+  core ones (`!!str`, `!!int`, ...) are refused; keys must be strings (`1:` or `true:` is no field name);
 - the text is at most MAX_BYTES and nested at most MAX_DEPTH deep.
 """
 
@@ -36,7 +36,7 @@ _FLOAT = re.compile(
 
 
 class StrictYamlError(ValueError):
-    """A rule of the strict reader broken at `line` (1-based; 0 = the text as a whole) in the mapping at `path`."""
+    """A rule of the strict reader broken at `line` (1-based; 0 = the text as a whole) at the field `path`."""
 
     def __init__(self, line: int, path: str, message: str):
         super().__init__(message)
@@ -115,11 +115,13 @@ def _check_tree(loader: StrictLoader, node: Node, path: str) -> None:
     elif isinstance(node, MappingNode):
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag not in CORE_TAGS:
-                raise StrictYamlError(key_node.start_mark.line + 1, path or "spec", "expected plain scalar keys")
-            key = loader.construct_object(key_node)
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in CORE_TAGS:
+                raise StrictYamlError(line, path or "spec", "expected plain scalar keys")
+            key = key_node.value
             key_path = f"{path}.{key}" if path else str(key)
+            if key_node.tag != _T + "str":  # `1:`, `true:`, `~:` - every key in a spec is a name
+                raise StrictYamlError(line, key_path, "expected a name as key (quote it if it is one)")
             if key in first_line:
                 raise StrictYamlError(
                     line,
