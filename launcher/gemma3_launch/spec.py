@@ -108,7 +108,7 @@ class Resources(Strict):
     cpus_per_task: int = Field(4, ge=1, le=512)
     memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = None
     #: sbatch's formats; an integer is minutes (see parse_time_limit).
-    time_limit: str | int = "04:00:00"
+    time_limit: str | int = Field("04:00:00", description=f"sbatch's time limit: {TIME_FORMS}")
 
     @field_validator("time_limit", mode="before")
     @classmethod
