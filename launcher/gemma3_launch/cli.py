@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a spec field, e.g. --set resources.nodes=2 (repeatable)",
+            help="override a spec field (repeatable; VALUE is YAML): KEY=VALUE replaces it, e.g. resources.nodes=2"
+            " (a replaced list's dropped entries are noted); KEY+=VALUE appends to a list, e.g. overrides+=a.b=1",
         )
         c.add_argument(
             "--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning"
