@@ -3,7 +3,6 @@ pinned by digest, and `make image` passes exactly those values (and the OCI labe
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
