@@ -34,7 +34,8 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     env = dict(os.environ, PYTHONPATH=str(REPO / "launcher"))
     print(
-        f"gemma3-launch start-up, {n} fresh processes each (python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f})"
+        f"gemma3-launch start-up, {n} fresh processes each "
+        f"(python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f})"
     )
     for name, argv in CASES.items():
         times, cpu, torch = [], [], False

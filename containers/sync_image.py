@@ -42,7 +42,7 @@ def render_module(values: dict[str, str]) -> str:
     return (
         '"""Container image references. GENERATED from containers/image.env by containers/sync_image.py: edit that\n'
         'file and re-run the script; never edit this one (a unit test checks they agree)."""\n\n'
-        f"#: The image jobs run in unless the spec names another (what containers/build.sh builds and tags).\n"
+        f"#: The image jobs run in unless the spec names another (what `make image` builds and tags).\n"
         f"DEFAULT_IMAGE = {json.dumps(values['IMAGE'])}\n\n"
         f"#: NVIDIA's PyTorch base image the job image is built FROM (pinned by digest).\n"
         f"BASE_IMAGE = {json.dumps(values['BASE_IMAGE'])}\n"

@@ -52,8 +52,8 @@ def long_input_ids(real_270m_dir):
     return torch.tensor([ids], dtype=torch.long)
 
 
-from procs import free_port as _free_port  # noqa: E402
-from procs import pythonpath as _pythonpath
+from procs import free_port as _free_port  # noqa: E402 - importable once TESTS is on sys.path (above)
+from procs import pythonpath as _pythonpath  # noqa: E402
 
 
 def torchrun(

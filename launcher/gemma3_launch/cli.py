@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a spec field, e.g. --set resources.nodes=2 (repeatable)",
+            help="override a spec field (repeatable; VALUE is YAML): KEY=VALUE replaces it, e.g. resources.nodes=2"
+            " (a replaced list's dropped entries are noted); KEY+=VALUE appends to a list, e.g. overrides+=a.b=1",
         )
         c.add_argument(
             "--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning"
@@ -74,24 +75,37 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error reaches the user as ONE line (credentials.one_line: no control characters, nothing shaped like a
+    credential), never as a traceback; GEMMA3_LAUNCH_TRACEBACK=1 re-raises unexpected errors for debugging."""
     args = _parser().parse_args(argv)
     from .backends import BackendError
+    from .credentials import one_line
     from .loader import SpecError
     from .plan import PlanError
+    from .quoting import UnsafeValueError
 
     try:
         return int(_COMMANDS[args.command](args) or 0)
-    except (SpecError, PlanError, InputError) as exc:
-        print(f"{PROG} {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (SpecError, PlanError, InputError, UnsafeValueError) as exc:
+        print(f"{PROG} {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return INVALID_INPUT_EXIT_CODE
     except BackendError as exc:
-        print(
-            f"{PROG} {args.command}: {getattr(args, 'cluster', None) or 'backend'} error: {' '.join(str(exc).split())}",
-            file=sys.stderr,
-        )
+        where = getattr(args, "cluster", None) or "backend"
+        print(f"{PROG} {args.command}: {where} error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if os.environ.get("GEMMA3_LAUNCH_TRACEBACK"):
+            raise
+        print(f"{PROG} {args.command}: error: {one_line(f'{exc.__class__.__name__}: {exc}')}", file=sys.stderr)
+        return 1
+
+
+def _warn(message: str) -> None:
+    from .credentials import one_line
+
+    print(f"{PROG}: warning: {one_line(message)}", file=sys.stderr)
 
 
 # ---- spec commands -----------------------------------------------------------------------------------------------
@@ -100,7 +114,7 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
     from .loader import load_spec
     from .plan import PlanError, make_plan
 
-    spec = load_spec(args.spec, args.sets)
+    spec = load_spec(args.spec, args.sets, warn=_warn if warn else None)
     if args.cluster != "k8s" and not os.path.isabs(spec.runs_dir):  # a cluster's run dir must not depend on cwd
         spec = spec.model_copy(update={"runs_dir": os.path.abspath(spec.runs_dir)})
     try:
@@ -108,8 +122,17 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
     except PlanError as exc:
         raise InputError(f"{args.spec}: {exc}") from None
     for w in plan.warnings if warn else ():
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+        _warn(w)
     return spec, plan
+
+
+def _check_runtime_config(plan, spec_path: str, warn: bool = True) -> None:
+    """The runtime's own config validation of the plan's training steps (torch-free; runtime_config.py)."""
+    from .runtime_config import check_plan
+
+    warnings = check_plan(plan, spec_path)
+    for w in warnings if warn else ():
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
 
 
 def _render_text(plan, backend: str, fmt: str) -> str:
@@ -145,6 +168,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     targets = [args.cluster] if args.cluster else ["slurm", "k8s"]
     for i, cluster in enumerate(targets):
         spec, plan = _plan(argparse.Namespace(**{**vars(args), "cluster": cluster}), warn=i == 0)
+        _check_runtime_config(plan, args.spec, warn=i == 0)
         if cluster == "k8s":
             _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
     steps = ", ".join(s.name for s in plan.steps)
@@ -162,6 +186,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .submit import new_job_id, submit
 
     spec, plan = _plan(args, job_id=None if args.dry_run else new_job_id(_spec_name(args)))
+    _check_runtime_config(plan, args.spec)
     if args.dry_run:
         sys.stdout.write(_render_text(plan, args.cluster, "native"))
         print(f"{PROG}: dry run: nothing submitted", file=sys.stderr)
@@ -210,15 +235,24 @@ def _follow(rec: dict) -> int:
 
 # ---- job commands ------------------------------------------------------------------------------------------------
 def _find(job: str) -> dict:
-    from .record import read_record
+    """The job.json record of `job` (an id or a unique prefix), checked: a wrong-typed record is an input error."""
+    from .contract import JOB_RECORD_FILE
+    from .record import load_record_file
     from .registry import Registry
 
+    try:
+        job.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("job: expected a job id (UTF-8 text)") from None
     row = Registry().get(job)
     if row is None:
         raise InputError(f"job: no job '{job}' in the index (see `{PROG} list`, or `{PROG} list --rebuild`)")
-    rec = read_record(row["run_dir"])
+    if not row.get("run_dir"):
+        raise InputError(f"job: {row['job_id']}: expected a run directory in the index (try `{PROG} list --rebuild`)")
+    path = os.path.join(row["run_dir"], JOB_RECORD_FILE)
+    rec, problem = load_record_file(path)
     if rec is None:
-        raise InputError(f"job: {row['run_dir']}/job.json: expected the job's record (run dir moved or deleted?)")
+        raise InputError(f"job: {path}: {problem}")
     return rec
 
 
@@ -234,7 +268,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         print(json.dumps(read_record(rec["run_dir"]), indent=2))
     else:
-        print(f"{rec['job_id']}  {state}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}")
+        from .quoting import comment_text
+
+        line = f"{rec['job_id']}  {state}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
+        print(comment_text(line))
     return 0
 
 
@@ -259,11 +296,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import Registry
 
-    reg = Registry()
+    reg = Registry(warn=_warn)
     if args.rebuild:
         n = reg.rebuild(args.runs_dir)
         print(f"index rebuilt from run directories: {n} job(s)", file=sys.stderr)
     rows = reg.all(args.cluster)
+    from .quoting import comment_text
     from .record import TERMINAL_STATES
     from .submit import refresh
 
@@ -273,14 +311,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             try:
                 refresh(job_id)
             except Exception as exc:  # noqa: BLE001 - a listing must not die on one unreachable backend
-                print(f"{PROG}: warning: {job_id}: state not refreshed ({exc.__class__.__name__})", file=sys.stderr)
+                _warn(f"{job_id}: state not refreshed ({exc.__class__.__name__})")
         rows = reg.all(args.cluster)
     print(f"{'JOB ID':<44} {'KIND':<9} {'BACKEND':<7} {'STATE':<11} SUBMITTED")
     for r in rows:
-        print(
-            f"{r['job_id']:<44} {r['kind'] or '':<9} {r['backend'] or '':<7} {r['state'] or '':<11} {r['submitted_at'] or ''}"
-        )
+        # index values come from job.json files: shown with control characters escaped
+        job_id, kind, backend, state, at = (comment_text(str(r[c] or "")) for c in _LIST_COLUMNS)
+        print(f"{job_id:<44} {kind:<9} {backend:<7} {state:<11} {at}")
     return 0
+
+
+_LIST_COLUMNS = ("job_id", "kind", "backend", "state", "submitted_at")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

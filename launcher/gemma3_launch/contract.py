@@ -18,8 +18,9 @@ JOB_RECORD_FILE = "job.json"
 #: the job (SLURM MinJobAge) and without accounting.
 TERMINAL_STATE_FILE = "state.json"
 
-#: Recipe names `gemma3-runtime run --recipe` accepts (the runtime's recipe functions are `<name>_config`; a unit
-#: test checks this list against gemma3_runtime.training.recipes.RECIPES). `tiny` is for mechanics tests only.
+#: Recipe names `gemma3-runtime run --recipe` accepts: the runtime's recipe functions are `<name>_config`
+#: (gemma3_runtime.training.recipes; tests/unit/test_training_validate.py checks the two lists agree, in this order).
+#: `tiny` is for mechanics tests only.
 MODEL_SIZES = ("tiny", "270m", "1b", "4b", "12b", "27b")
 KNOWN_RECIPES = tuple(f"gemma3_{size}_{mode}" for size in MODEL_SIZES for mode in ("pretrain", "finetune"))
 

@@ -1,15 +1,22 @@
-"""Load a job spec: YAML -> `--set` overrides -> `${VAR}` expansion -> strict validation -> JobSpec.
+"""Load a job spec: strict YAML -> `--set` overrides -> `${VAR}` expansion -> string checks -> validation -> JobSpec.
 
-Every failure is a SpecError whose str() is ONE line: `<file>: <dotted.field>: <what was expected>`; the CLI prints
-it and exits 2. Error text never echoes a value that could be a secret.
+Every failure is a SpecError whose str() is ONE line: `<file>[:<line>]: <dotted.field>: <what was expected>`; the
+CLI prints it and exits 2. Error text never echoes a value that could be a secret (credentials.scrub).
+
+String rules checked here, before the typed model (spec.py documents each field's own grammar):
+- no control characters (C0, DEL, C1, Unicode line separators) and no lone surrogates in any key or value, except
+  that `generate.prompt` may hold newlines and tabs (a prompt travels to the job as a file in the run dir);
+- `secrets` entries, `k8s.secret_name`, and `env` names and values must not look like a credential (a token
+  pasted where a name belongs); the error says so without showing it.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,62 +24,93 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .contract import SECRET_ENV_NAMES
-from .spec import SECRET_KEY_HINT, SECRET_VALUE_HINT, JobSpec
+from .credentials import looks_like_credential, scrub
+from .quoting import has_control_chars
+from .spec import SECRET_KEY_HINT, JobSpec
+from .yaml_strict import MAX_BYTES, StrictYamlError, load_strict, yaml_error_text
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SET_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: The one field that may hold multi-line text, and the control characters it may hold.
+MULTILINE_FIELDS = {"generate.prompt": "\n\t"}
+
+Warn = Callable[[str], None]
 
 
 class SpecError(ValueError):
-    """Invalid input: one line naming the file/field and what was expected."""
+    """Invalid input: one line naming the file/field and what was expected (credential-shaped text redacted)."""
+
+    def __init__(self, message: str):
+        super().__init__(scrub(message))
 
 
 def load_spec(
-    path: str | Path, sets: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None
+    path: str | Path,
+    sets: list[str] | tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+    warn: Warn | None = None,
 ) -> JobSpec:
+    """The validated spec at `path` with `sets` applied; `warn` receives notes (a `--set` that drops entries)."""
     path = Path(path)
     environ = os.environ if environ is None else environ
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            blob = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{where}: expected an existing job spec file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{where}: expected a readable UTF-8 YAML file ({exc.__class__.__name__})") from None
+    except OSError as exc:
+        raise SpecError(f"{where}: expected a readable job spec file ({exc.__class__.__name__})") from None
+    if len(blob) > MAX_BYTES:
+        raise SpecError(f"{where}: expected at most {MAX_BYTES // 1024} KiB of YAML")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise SpecError(f"{where}{loc}: expected valid YAML ({problem})") from None
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{where}: expected a UTF-8 text file") from None
+    raw = parse_yaml(text, where)
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: expected a YAML mapping of spec fields at the top level, got {type(raw).__name__}")
+        kind = type(raw).__name__ if raw is not None else "an empty document"
+        raise SpecError(f"{where}: expected a YAML mapping of spec fields at the top level, got {kind}")
     try:
-        data = apply_sets(raw, sets)
+        data = apply_sets(raw, sets, warn)
         declared_secrets = {s for s in data.get("secrets") or [] if isinstance(s, str)}
         data = expand_vars(data, environ, declared_secrets)
+        check_strings(data)
         return validate(data)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
 
 
-def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
-    """`--set resources.gpus_per_node=2`: the value is parsed as YAML (numbers, booleans, lists)."""
-    import copy
+def parse_yaml(text: str, where: str) -> Any:
+    """`text` through the strict reader; errors become `<where>:<line>: [<path>: ]<what was expected>`."""
+    try:
+        return load_strict(text)
+    except StrictYamlError as exc:
+        line = f":{exc.line}" if exc.line else ""
+        field = f" {exc.path}:" if exc.path else ""
+        raise SpecError(f"{where}{line}:{field} {exc.message}") from None
+    except yaml.YAMLError as exc:
+        line, problem = yaml_error_text(exc, text)
+        raise SpecError(f"{where}{':' + str(line) if line else ''}: {problem}") from None
 
+
+def apply_sets(data: dict, sets: list[str] | tuple[str, ...], warn: Warn | None = None) -> dict:
+    """`--set KEY=VALUE` replaces a field; `--set KEY+=VALUE` appends to a list (VALUE: one item or a list). VALUE
+    is read by the same strict YAML reader as the spec (text that is not valid YAML is taken as a string). A
+    replace that drops list entries or section keys is reported through `warn`."""
     data = copy.deepcopy(data)
     for item in sets:
         key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        append = key.endswith("+")
+        key = key[:-1] if append else key
+        if not sep or not _SET_KEY.fullmatch(key):
             raise SpecError(
-                f"--set {item.split('=')[0]!s}: expected KEY=VALUE with a dotted key such as resources.nodes=2"
+                f"--set {key}: expected KEY=VALUE (or KEY+=VALUE) with a dotted key such as resources.nodes=2"
             )
-        try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        node = data
+        parsed = _set_value(key, value)
         parts = key.split(".")
+        node = data
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
             if nxt is None:
@@ -80,8 +118,41 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
             if not isinstance(nxt, dict):
                 raise SpecError(f"--set {key}: expected '{'.'.join(parts[: i + 1])}' to be a section")
             node = nxt
-        node[parts[-1]] = parsed
+        last, old = parts[-1], node.get(parts[-1])
+        if append:
+            if old is not None and not isinstance(old, list):
+                raise SpecError(f"--set {key}+=: expected {key} to be a list (use {key}=VALUE to replace it)")
+            node[last] = [*(old or []), *(parsed if isinstance(parsed, list) else [parsed])]
+            continue
+        if warn is not None:
+            _note_dropped(key, old, parsed, warn)
+        node[last] = parsed
     return data
+
+
+def _set_value(key: str, value: str) -> Any:
+    if value == "" or has_control_chars(value):
+        return value  # taken as typed: YAML would fold a newline into a space (the string checks judge it)
+    try:
+        return load_strict(value)
+    except StrictYamlError as exc:
+        raise SpecError(f"--set {key}: {exc.message}") from None
+    except yaml.YAMLError:
+        return value  # not YAML (e.g. `a: b: c`): the text itself
+
+
+def _note_dropped(key: str, old: Any, new: Any, warn: Warn) -> None:
+    if isinstance(old, list):
+        kept = new if isinstance(new, list) else [new]
+        dropped = [str(v) for v in old if v not in kept]
+        how = f"use {key}+=VALUE to append"
+    elif isinstance(old, dict):
+        dropped = [str(k) for k in old if not (isinstance(new, dict) and k in new)]
+        how = f"set {key}.FIELD=VALUE to change one field"
+    else:
+        return
+    if dropped:
+        warn(f"--set {key}=: replaces the spec's {key}, dropping {len(dropped)}: {', '.join(dropped)} ({how})")
 
 
 def expand_vars(obj: Any, environ: Mapping[str, str], secrets: set[str], path: str = "") -> Any:
@@ -110,6 +181,41 @@ def expand_vars(obj: Any, environ: Mapping[str, str], secrets: set[str], path: s
     return _VAR.sub(sub, obj)
 
 
+_LOOKS_SECRET = "got something that looks like a credential (not shown)"
+
+
+def check_strings(obj: Any, path: str = "") -> None:
+    """The string rules of this module's docstring, on every key and value (after `${VAR}` expansion)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str):
+                _check_text(key, sub, "")
+                if path == "env" and looks_like_credential(key):
+                    raise SpecError(f"{sub}: expected an environment variable name, {_LOOKS_SECRET}")
+            check_strings(value, sub)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            check_strings(value, f"{path}.{i}")
+    elif isinstance(obj, str):
+        _check_text(obj, path, MULTILINE_FIELDS.get(path, ""))
+        if not looks_like_credential(obj):
+            return
+        if re.fullmatch(r"secrets\.\d+", path):
+            raise SpecError(f"{path}: expected an environment variable NAME such as HF_TOKEN, {_LOOKS_SECRET}")
+        if path == "k8s.secret_name":
+            raise SpecError(f"{path}: expected the NAME of a Kubernetes Secret, {_LOOKS_SECRET}")
+        if path.startswith("env."):
+            raise SpecError(f"{path}: expected a non-secret value ({_LOOKS_SECRET}); list it under 'secrets' instead")
+
+
+def _check_text(text: str, path: str, allowed: str) -> None:
+    bad = next((c for c in text if c not in allowed and (has_control_chars(c) or _SURROGATE.match(c))), None)
+    if bad is not None:
+        also = " other than newline and tab" if allowed else ""
+        raise SpecError(f"{path}: expected text without control characters{also} (found U+{ord(bad):04X})")
+
+
 def validate(data: dict) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
@@ -121,7 +227,7 @@ def validate(data: dict) -> JobSpec:
 
 
 def format_error(err: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in err.get("loc", ())]
+    loc = [str(p) for p in err.get("loc", ()) if p != "[key]"]  # a dict key's error: its path names the key
     typ = err.get("type", "")
     msg = str(err.get("msg", ""))
     if typ == "extra_forbidden":
@@ -175,7 +281,7 @@ def _got(err: Mapping[str, Any], loc: list[str]) -> str:
     if isinstance(value, (bool, int, float)):
         return "" if sensitive else f", got {value!r}"
     if isinstance(value, str):
-        if sensitive or SECRET_VALUE_HINT.match(value) or len(value) > 60:
+        if sensitive or looks_like_credential(value) or has_control_chars(value) or len(value) > 60:
             return ", got a string"
         return f", got {value!r}"
     return f", got {type(value).__name__ if value is not None else 'null'}"

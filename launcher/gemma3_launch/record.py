@@ -53,11 +53,68 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> dict | None:
+    """The JSON object in `path`; None when it is missing, unreadable, not JSON or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+            obj = json.load(f)
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return None
+    return obj if isinstance(obj, dict) else None
+
+
+#: job.json fields the launcher reads, and the types it can use.
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": (str,),
+    "backend": (str,),
+    "run_dir": (str,),
+    "name": (str, type(None)),
+    "kind": (str, type(None)),
+    "state": (str, type(None)),
+    "submitted_at": (str, type(None)),
+    "spec_hash": (str, type(None)),
+    "backend_id": (str, int, type(None)),
+    "git": (dict, type(None)),
+    "states": (list,),
+    "inputs": (dict,),
+    "outputs": (dict,),
+    "secrets": (list,),
+}
+_REQUIRED = ("job_id", "backend", "run_dir")
+BACKENDS = ("local", "slurm", "k8s")
+
+
+def load_record_file(path: str | Path) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable job.json at `path`, else (None, what is wrong with it in a few words)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        return None, "expected a job.json (it is missing)"
+    except OSError as exc:
+        return None, f"expected a readable job.json ({exc.__class__.__name__})"
+    except ValueError:
+        return None, "expected a job.json holding JSON (it is garbage or truncated)"
+    problem = record_problem(obj)
+    return (None, problem) if problem else (obj, None)
+
+
+def record_problem(rec: Any) -> str | None:
+    """What makes `rec` unusable as a job record (a wrong type in a field the launcher reads), or None."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    for key in _REQUIRED:
+        if not rec.get(key):
+            return f"expected field '{key}' (missing or empty)"
+    for key, types in _RECORD_TYPES.items():
+        if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], types)):
+            return (
+                f"expected field '{key}' to be {' or '.join(t.__name__ for t in types)}, got {type(rec[key]).__name__}"
+            )
+    if rec["backend"] not in BACKENDS:
+        return f"expected field 'backend' to be one of {', '.join(BACKENDS)}"
+    if not all(isinstance(s, dict) for s in rec.get("states", [])):
+        return "expected field 'states' to be a list of objects"
+    return None
 
 
 @contextlib.contextmanager

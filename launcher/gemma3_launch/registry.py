@@ -1,21 +1,30 @@
 """The job index: a SQLite cache over the run directories' job.json files, in the user's state directory.
 
 job.json is the truth; this index only makes `list` / `status JOB` fast and finds a job's run dir from its id.
-SQLite locking is unreliable on NFS home directories, so nothing here is needed to recover: `list --rebuild`
-re-reads every run dir under the runs roots the index has seen (and any given explicitly).
+It heals itself, because nothing in it is needed to recover:
+- a corrupt or truncated index.sqlite is moved aside (`index.sqlite.corrupt-<UTC time>`) with one warning and
+  rebuilt from the run dirs under the runs roots seen so far;
+- those roots are also kept in a plain text file beside it (runs-roots.txt, one path a line, replaced atomically),
+  so a lost index still knows where to look;
+- `rebuild` writes a NEW index file and swaps it in with one rename: the old one serves readers until then;
+- a job.json that is garbage, truncated or holds wrong types is skipped with one warning naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .contract import JOB_RECORD_FILE
-from .record import read_record
+from .credentials import one_line
+from .record import load_record_file
 
 COLUMNS = (
     "job_id",
@@ -29,6 +38,15 @@ COLUMNS = (
     "spec_hash",
     "git_sha",
 )
+INDEX_FILE = "index.sqlite"
+ROOTS_FILE = "runs-roots.txt"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, name TEXT, kind TEXT, backend TEXT,"
+    " backend_id TEXT, state TEXT, run_dir TEXT, submitted_at TEXT, spec_hash TEXT, git_sha TEXT)",
+    "CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY)",
+)
+_INSERT = f"INSERT OR REPLACE INTO jobs ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
+_T = TypeVar("_T")
 
 
 def state_dir() -> Path:
@@ -36,55 +54,138 @@ def state_dir() -> Path:
     return Path(base) / "gemma3-launch"
 
 
+def print_warning(message: str) -> None:
+    print(f"gemma3-launch: warning: {one_line(message)}", file=sys.stderr)
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _text(value: Any) -> str | None:
+    """A column value: text or NULL (a record is checked before it is indexed; this guards direct callers)."""
+    return None if value is None else str(value)
+
+
+def _row(rec: dict, run_dir: str | None = None) -> tuple:
+    git = rec.get("git") if isinstance(rec.get("git"), dict) else {}
+    values = [rec.get(c) for c in COLUMNS[:-1]]
+    if run_dir is not None:
+        values[COLUMNS.index("run_dir")] = run_dir
+    return tuple(_text(v) for v in (*values, git.get("sha")))
+
+
 class Registry:
-    def __init__(self, path: Path | None = None):
-        self.path = path or state_dir() / "index.sqlite"
+    def __init__(self, path: Path | None = None, warn: Callable[[str], None] = print_warning):
+        self.path = Path(path) if path else state_dir() / INDEX_FILE
+        self.roots_file = self.path.with_name(ROOTS_FILE)
+        self.warn = warn
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
+    # ---- the database, healed once on corruption --------------------------------------------------------------
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path, timeout=30)
         try:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, name TEXT, kind TEXT, backend TEXT,"
-                " backend_id TEXT, state TEXT, run_dir TEXT, submitted_at TEXT, spec_hash TEXT, git_sha TEXT)"
-            )
-            con.execute("CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY)")
-            yield con
-            con.commit()
-        finally:
+            for statement in _SCHEMA:
+                con.execute(statement)
+        except BaseException:
             con.close()
+            raise
+        return con
 
+    def _with_db(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `work` (idempotent) in one transaction; a corrupt index is healed and `work` run once more."""
+        for attempt in (1, 2):
+            try:
+                con = self._connect(self.path)
+                try:
+                    out = work(con)
+                    con.commit()
+                    return out
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2 or not _is_corrupt(exc):
+                    raise
+                self._heal()
+        raise AssertionError("unreachable")
+
+    def _heal(self) -> None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it aside first
+            os.replace(self.path, aside)
+        for suffix in ("-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{self.path}{suffix}")
+        n = self.rebuild()
+        self.warn(
+            f"the job index {self.path} was unreadable (corrupt or truncated): moved aside to {aside.name} and"
+            f" rebuilt from the run directories ({n} job(s))"
+        )
+
+    # ---- roots ---------------------------------------------------------------------------------------------------
+    def _file_roots(self) -> list[str]:
+        try:
+            lines = self.roots_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError):
+            return []
+        return [line for line in lines if line.startswith("/")]
+
+    def _remember_roots(self, roots: Iterable[str]) -> None:
+        known = self._file_roots()
+        new = [r for r in dict.fromkeys(roots) if r not in known and r.startswith("/") and "\n" not in r]
+        if not new:
+            return
+        self.roots_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.roots_file.with_name(f".{ROOTS_FILE}.tmp-{os.getpid()}")
+        tmp.write_text("".join(f"{r}\n" for r in sorted({*known, *new})), encoding="utf-8")
+        os.replace(tmp, self.roots_file)
+
+    def roots(self) -> list[str]:
+        """Every runs root seen: those in the roots file and those in the index (when it is readable)."""
+        found = self._file_roots()
+        try:
+            con = self._connect(self.path)
+            try:
+                found += [r[0] for r in con.execute("SELECT path FROM roots") if isinstance(r[0], str)]
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            pass  # a corrupt index: the roots file is what is left
+        return sorted(set(found))
+
+    # ---- records -------------------------------------------------------------------------------------------------
     def upsert(self, rec: dict) -> None:
         """Index one job.json record (only non-secret summary columns)."""
-        row = (
-            rec["job_id"],
-            rec.get("name"),
-            rec.get("kind"),
-            rec.get("backend"),
-            rec.get("backend_id"),
-            rec.get("state"),
-            rec.get("run_dir"),
-            rec.get("submitted_at"),
-            rec.get("spec_hash"),
-            (rec.get("git") or {}).get("sha"),
-        )
-        with self._db() as con:
-            con.execute(
-                f"INSERT OR REPLACE INTO jobs ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", row
-            )
+        row = _row(rec)
+
+        def work(con: sqlite3.Connection) -> None:
+            con.execute(_INSERT, row)
             if rec.get("run_dir"):
                 con.execute("INSERT OR IGNORE INTO roots VALUES (?)", (str(Path(rec["run_dir"]).parent),))
 
+        self._with_db(work)
+        if rec.get("run_dir"):
+            self._remember_roots([str(Path(str(rec["run_dir"])).parent)])
+
     def get(self, job_id: str) -> dict | None:
         """Exact id, else a unique prefix."""
-        with self._db() as con:
+        pattern = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+        def work(con: sqlite3.Connection) -> list:
             rows = con.execute(f"SELECT {','.join(COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
             if not rows:
-                rows = con.execute(
-                    f"SELECT {','.join(COLUMNS)} FROM jobs WHERE job_id LIKE ? ESCAPE '\\'",
-                    (job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
-                ).fetchall()
+                sql = f"SELECT {','.join(COLUMNS)} FROM jobs WHERE job_id LIKE ? ESCAPE '\\'"
+                rows = con.execute(sql, (pattern,)).fetchall()
+            return rows
+
+        rows = self._with_db(work)
         return dict(zip(COLUMNS, rows[0], strict=False)) if len(rows) == 1 else None
 
     def all(self, backend: str | None = None) -> list[dict]:
@@ -93,29 +194,33 @@ class Registry:
         if backend:
             q += " WHERE backend = ?"
             args = (backend,)
-        with self._db() as con:
-            rows = con.execute(q + " ORDER BY submitted_at DESC, job_id", args).fetchall()
+        rows = self._with_db(lambda con: con.execute(q + " ORDER BY submitted_at DESC, job_id", args).fetchall())
         return [dict(zip(COLUMNS, r, strict=False)) for r in rows]
 
-    def roots(self) -> list[str]:
-        with self._db() as con:
-            return [r[0] for r in con.execute("SELECT path FROM roots ORDER BY path")]
-
     def rebuild(self, extra_roots: Iterable[str] = ()) -> int:
-        """Drop the cache and re-read every job.json under the known roots; returns how many jobs were found."""
-        roots = dict.fromkeys([*self.roots(), *(str(Path(r).resolve()) for r in extra_roots)])
-        with self._db() as con:
-            con.execute("DELETE FROM jobs")
+        """Re-read every job.json under the known roots (and `extra_roots`) into a NEW index file, then swap it in
+        with one rename; returns how many jobs were indexed. Unusable job.json files are skipped with a warning."""
+        roots = list(dict.fromkeys([*self.roots(), *(str(Path(r).resolve()) for r in extra_roots)]))
+        new = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(new)
+        con = self._connect(new)
         n = 0
-        for root in roots:
-            for rec_path in sorted(Path(root).glob(f"*/{JOB_RECORD_FILE}")):
-                rec = read_record(rec_path.parent)
-                if rec and rec.get("job_id"):
-                    self.upsert(rec)
-                    n += 1
-        with self._db() as con:
+        try:
             for root in roots:
+                for rec_path in sorted(Path(root).glob(f"*/{JOB_RECORD_FILE}")):
+                    rec, problem = load_record_file(rec_path)
+                    if rec is None:
+                        self.warn(f"skipped {rec_path}: {problem}")
+                        continue
+                    con.execute(_INSERT, _row(rec, run_dir=str(rec_path.parent)))
+                    n += 1
                 con.execute("INSERT OR IGNORE INTO roots VALUES (?)", (root,))
+            con.commit()
+        finally:
+            con.close()
+        os.replace(new, self.path)
+        self._remember_roots(roots)
         return n
 
 

@@ -1,8 +1,23 @@
 """The job spec: the YAML a user writes, validated strictly (unknown keys and wrong types are errors).
 
 Strict because a typo such as `gpus_per_nod: 8` that is silently ignored costs a cluster-day; every error names
-the dotted field path and what was expected (see errors.py). Secrets are names only: a value in the spec would
-end up in rendered scripts, logs and the registry.
+the dotted field path and what was expected (loader.format_error). Secrets are names only: a value in the spec
+would end up in rendered scripts, logs and the registry.
+
+String grammars. Every string field is free text except for control characters (loader.check_strings refuses
+them everywhere but `generate.prompt`, which may hold newlines and tabs); printable Unicode, spaces, quotes, `$`
+and `%` are valid in prompts, paths and env values (the renderers quote them). Fields with their own grammar:
+- `name`: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 40 characters
+  (a Kubernetes object name with room for a run suffix);
+- `env` keys and `secrets` entries: environment variable names `[A-Za-z_][A-Za-z0-9_]*`; a secret's value never
+  appears in the spec (a credential-looking entry is refused);
+- `resources.memory`: a whole number followed by K, M, G or T (sbatch's --mem);
+- `resources.time_limit`: minutes as an integer (as sbatch), or sbatch's strings 'MM', 'MM:SS', 'HH:MM:SS',
+  'D-HH', 'D-HH:MM', 'D-HH:MM:SS'; more than 0, at most 365 days, and more than `slurm.signal_lead_s` plus
+  TIME_LIMIT_MARGIN_S (time to train at least some steps before the requeue signal);
+- `overrides`: `dotted.key=value`; `slurm.extra_sbatch`: long options `--name[=value]`;
+- `mounts[].source` / `target`: absolute paths without ':' or ',' (pyxis' mount syntax);
+- `model`: an HF hub id, a local path, a .gguf file, or `pypi:gemma3-270m`.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .contract import KNOWN_RECIPES, SECRET_ENV_NAMES
+from .credentials import looks_like_credential
 
 JobKind = Literal["import", "export", "pretrain", "finetune", "generate"]
 PeftKind = Literal["none", "lora", "dora"]
@@ -20,12 +36,20 @@ PeftKind = Literal["none", "lora", "dora"]
 #: k8s object names are DNS-1123 labels (63 chars); we leave room for a run suffix.
 JOB_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-#: SLURM's accepted forms we support: MM, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (minutes-only and D-forms per sbatch(1)).
-TIME_RE = re.compile(r"^(?:(?P<d>\d+)-)?(?P<h>\d{1,2}):(?P<m>[0-5]\d):(?P<s>[0-5]\d)$")
+#: sbatch(1)'s time formats: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+#: "days-hours:minutes", "days-hours:minutes:seconds".
+TIME_RE = re.compile(
+    r"^(?:(?P<d>\d{1,3})-(?P<dh>\d{1,2})(?::(?P<dm>\d{1,2})(?::(?P<ds>\d{1,2}))?)?"
+    r"|(?P<a>\d{1,6})(?::(?P<b>\d{1,2})(?::(?P<c>\d{1,2}))?)?)$"
+)
+TIME_FORMS = "minutes (an integer), or 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS'"
+#: Upper bound of a time limit: a year is beyond any cluster's MaxTime, and keeps every number small.
+MAX_TIME_LIMIT_S = 365 * 86400
+#: A time limit must exceed the requeue signal's lead by this much, or the job requeues without training.
+TIME_LIMIT_MARGIN_S = 600
 MEMORY_RE = r"^[1-9][0-9]*[KMGT]$"
 #: Heuristics for a secret VALUE written where a name or plain setting belongs.
 SECRET_KEY_HINT = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)", re.I)
-SECRET_VALUE_HINT = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|[0-9a-f]{40})$")
 
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
@@ -36,18 +60,36 @@ class Strict(BaseModel):
 
 
 def parse_time_limit(value: str | int) -> int:
-    """Seconds from 'HH:MM:SS' / 'D-HH:MM:SS' (or an int of seconds: YAML 1.1 reads unquoted 04:00:00 as 14400)."""
+    """Seconds from a time limit in sbatch's formats (an integer is minutes, as sbatch reads it)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a time limit: {TIME_FORMS}")
     if isinstance(value, int):
-        return value
-    m = TIME_RE.match(value)
-    if not m:
-        raise ValueError("expected a time limit 'HH:MM:SS' or 'D-HH:MM:SS'")
-    d, h, mi, s = (int(m.group(k) or 0) for k in ("d", "h", "m", "s"))
-    if m.group("d") is None and h > 99:
-        raise ValueError("expected hours below 100 in 'HH:MM:SS' (use 'D-HH:MM:SS')")
-    if m.group("d") is not None and h > 23:
-        raise ValueError("expected hours 0-23 in 'D-HH:MM:SS'")
-    return ((d * 24 + h) * 60 + mi) * 60 + s
+        seconds = value * 60
+    else:
+        m = TIME_RE.match(value)
+        if not m:
+            raise ValueError(f"expected a time limit: {TIME_FORMS}")
+        g = {k: int(v) if v is not None else None for k, v in m.groupdict().items()}
+        if g["d"] is not None:
+            h, mi, sec = g["dh"], g["dm"] or 0, g["ds"] or 0
+            if h > 23 or mi > 59 or sec > 59:
+                raise ValueError("expected hours 0-23, minutes and seconds 0-59 in 'D-HH:MM:SS'")
+            seconds = ((g["d"] * 24 + h) * 60 + mi) * 60 + sec
+        elif g["c"] is not None:  # HH:MM:SS
+            if g["b"] > 59 or g["c"] > 59:
+                raise ValueError("expected minutes and seconds 0-59 in 'HH:MM:SS'")
+            seconds = (g["a"] * 60 + g["b"]) * 60 + g["c"]
+        elif g["b"] is not None:  # MM:SS
+            if g["b"] > 59:
+                raise ValueError("expected seconds 0-59 in 'MM:SS'")
+            seconds = g["a"] * 60 + g["b"]
+        else:  # MM
+            seconds = g["a"] * 60
+    if seconds <= 0:
+        raise ValueError("expected a positive time limit (sbatch reads 0 as no limit)")
+    if seconds > MAX_TIME_LIMIT_S:
+        raise ValueError(f"expected at most 365 days ({MAX_TIME_LIMIT_S // 60} minutes)")
+    return seconds
 
 
 def format_time_limit(seconds: int) -> str:
@@ -65,21 +107,21 @@ class Resources(Strict):
     nproc_per_node: int | None = Field(None, ge=1, le=64)
     cpus_per_task: int = Field(4, ge=1, le=512)
     memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = None
-    time_limit: str | int = "04:00:00"
+    #: sbatch's formats; an integer is minutes (see parse_time_limit).
+    time_limit: str | int = Field("04:00:00", description=f"sbatch's time limit: {TIME_FORMS}")
 
-    @field_validator("time_limit")
+    @field_validator("time_limit", mode="before")
     @classmethod
-    def _time(cls, v: str | int) -> str | int:
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("expected a positive time limit")
-        parse_time_limit(v)
+    def _time(cls, v: object) -> object:
+        parse_time_limit(v)  # type: ignore[arg-type]  # refuses anything but an int or a str in sbatch's formats
         return v
 
     @model_validator(mode="after")
     def _procs(self) -> Resources:
         if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
             raise ValueError(
-                f"nproc_per_node: expected at most gpus_per_node ({self.gpus_per_node}) processes, got {self.nproc_per_node}"
+                f"nproc_per_node: expected at most gpus_per_node ({self.gpus_per_node}) processes,"
+                f" got {self.nproc_per_node}"
             )
         return self
 
@@ -244,7 +286,7 @@ class JobSpec(Strict):
         for key, value in v.items():
             if key in SECRET_ENV_NAMES or SECRET_KEY_HINT.search(key):
                 raise ValueError(f"{key}: expected no secret in the spec; list the NAME {key} under 'secrets' instead")
-            if SECRET_VALUE_HINT.match(value):
+            if looks_like_credential(value):
                 raise ValueError(
                     f"{key}: expected a non-secret value (this one looks like a token); list {key} under 'secrets'"
                 )
@@ -290,12 +332,10 @@ class JobSpec(Strict):
                 raise ValueError("model: expected the HF model to import")
             if not self.checkpoint.dir:
                 raise ValueError("checkpoint.dir: expected where to write the Megatron checkpoint")
-        if k == "export":
-            if not (self.model and self.checkpoint.dir and self.export):
-                raise ValueError("export: expected model, checkpoint.dir and export.hf_path for an export job")
-        if k == "generate":
-            if not self.model or not self.generate:
-                raise ValueError("generate: expected model and generate.prompt (or prompts_file) for a generate job")
+        if k == "export" and not (self.model and self.checkpoint.dir and self.export):
+            raise ValueError("export: expected model, checkpoint.dir and export.hf_path for an export job")
+        if k == "generate" and (not self.model or not self.generate):
+            raise ValueError("generate: expected model and generate.prompt (or prompts_file) for a generate job")
         if self.export and k not in ("export", "pretrain", "finetune"):
             raise ValueError(f"export: expected no export section for a {k} job")
         if self.generate and self.generate.before and k != "finetune":
@@ -306,6 +346,13 @@ class JobSpec(Strict):
             raise ValueError(f"data: expected no data for a {k} job")
         if self.resources.nodes > 1 and k not in ("pretrain", "finetune"):
             raise ValueError(f"resources.nodes: expected 1 for a {k} job (only training spans nodes)")
+        lead = self.slurm.signal_lead_s + TIME_LIMIT_MARGIN_S
+        if self.resources.time_limit_s <= lead:
+            raise ValueError(
+                f"resources.time_limit: expected more than slurm.signal_lead_s + {TIME_LIMIT_MARGIN_S // 60} min"
+                f" ({lead // 60} min {lead % 60} s; the requeue signal would come before any training), got"
+                f" {self.resources.time_limit_s // 60} min {self.resources.time_limit_s % 60} s"
+            )
         missing_secret = [s for s in self.secrets if s in self.env]
         if missing_secret:
             raise ValueError(f"env.{missing_secret[0]}: expected a secret to be listed only under 'secrets'")

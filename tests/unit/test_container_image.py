@@ -1,9 +1,8 @@
 """The one image definition (containers/image.env) and the launcher's generated copy agree, the base image is
-pinned by digest, and containers/build.sh passes exactly those values to `docker build`."""
+pinned by digest, and `make image` passes exactly those values (and the OCI labels) to the engine's build."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -50,18 +49,64 @@ def test_base_image_is_nvidia_pytorch_pinned_by_digest() -> None:
     assert re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3@sha256:[0-9a-f]{64}", container_image.BASE_IMAGE)
 
 
-def test_build_script_passes_the_one_definition_to_docker(tmp_path: Path) -> None:
-    """No docker engine here: a stand-in `docker` on PATH records the argv build.sh would run."""
-    fake = tmp_path / "docker"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\n')
+def _make_image(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make image` with a stand-in engine on PATH (no container engine here) that records each argv it is given."""
+    fake = tmp_path / "engine"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv-$1\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    subprocess.run(
-        ["bash", str(REPO / "containers" / "build.sh")], check=True, env=env, timeout=60, capture_output=True
+    return subprocess.run(
+        ["make", "-s", "-C", str(REPO), "image", f"ENGINE={fake}", f"PY={sys.executable}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    argv = (tmp_path / "argv").read_text().splitlines()
+
+
+def test_make_image_builds_from_the_one_definition_with_oci_labels(tmp_path: Path) -> None:
+    res = _make_image(tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    argv = (tmp_path / "argv-build").read_text().splitlines()
     values = sync_image.read_image_env()
-    assert argv[0] == "build"
     assert f"BASE_IMAGE={values['BASE_IMAGE']}" in argv and f"IMAGE={values['IMAGE']}" in argv
     assert argv[argv.index("-t") + 1] == values["IMAGE"]
-    assert argv[argv.index("-f") + 1] == str(REPO / "containers" / "Dockerfile") and argv[-1] == str(REPO)
+    assert argv[argv.index("-f") + 1] == "containers/Dockerfile" and argv[-1] == "."
+    build_args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if "=" in a}
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", build_args["REVISION"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", build_args["CREATED"])
+    assert build_args["VERSION"] and build_args["SOURCE"]
+    assert not (tmp_path / "argv-push").exists(), "pushed without a REGISTRY"
+    labels = (REPO / "containers" / "Dockerfile").read_text()
+    for key in ("source", "revision", "version", "created"):
+        assert f'org.opencontainers.image.{key}="${{{key.upper()}}}"' in labels
+
+
+def test_make_image_with_a_registry_builds_and_pushes_there(tmp_path: Path) -> None:
+    res = _make_image(tmp_path, "REGISTRY=example.invalid/x")
+    assert res.returncode == 0, res.stdout + res.stderr
+    tag = sync_image.read_image_env()["IMAGE"].rsplit(":", 1)[1]
+    name = f"example.invalid/x/gemma3-launch:{tag}"
+    build = (tmp_path / "argv-build").read_text().splitlines()
+    assert build[build.index("-t") + 1] == name and f"IMAGE={name}" in build
+    assert (tmp_path / "argv-push").read_text().splitlines() == ["push", name]
+
+
+def test_make_n_image_prints_the_build_and_push_commands() -> None:
+    res = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "image", "REGISTRY=example.invalid/x", "ENGINE=docker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("docker build ") and "-t example.invalid/x/gemma3-launch:" in line for line in lines)
+    assert any(line.startswith("docker push example.invalid/x/gemma3-launch:") for line in lines)
+
+
+def test_the_job_image_runs_as_a_non_root_user() -> None:
+    users = [
+        line.split()[1]
+        for line in (REPO / "containers" / "Dockerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    ]
+    assert users and users[-1].split(":")[0] not in ("root", "0")

@@ -128,7 +128,8 @@ def test_cli_imports_no_torch(argv):
     code = (
         "import sys, time; t=time.perf_counter(); from gemma3_launch.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'transformers', 'gemma3_runtime'))\n"
+        "heavy = ('torch', 'megatron', 'transformers', 'gemma3_runtime')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print('BAD', bad, file=sys.stderr) if bad else None\nsys.exit(3 if bad else 0)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO / "launcher"))

@@ -146,9 +146,7 @@ def test_default_image_comes_from_the_container_definition():
 
 def test_time_limits_are_canonical():
     assert make_plan(spec(resources={"time_limit": "1-02:03:04"}), SLURM).resources.time_limit_s == 93784
-    assert (
-        make_plan(spec(resources={"time_limit": 14400}), SLURM).resources.time_limit == "04:00:00"
-    )  # YAML 1.1 04:00:00
+    assert make_plan(spec(resources={"time_limit": 240}), SLURM).resources.time_limit == "04:00:00"  # minutes
     assert make_plan(spec(resources={"time_limit": "48:00:00"}), SLURM).resources.time_limit == "2-00:00:00"
 
 

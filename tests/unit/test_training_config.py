@@ -156,3 +156,19 @@ def test_flops_match_the_hf_baseline_count():
     from gemma3_runtime.training.flops import flops_per_token_for
 
     assert flops_per_token_for(Gemma3Config.preset("1b"), 4096) / 1e9 == pytest.approx(6.24, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "peft, message",
+    [
+        ({"rnak": 4}, "unknown config key 'peft.rnak'; did you mean peft.rank"),
+        ({"rank": "four"}, "config key 'peft.rank': expected int, got 'four'"),
+        ({"rank": 0}, "peft.rank: expected a positive integer"),
+    ],
+)
+def test_the_peft_section_is_read_by_the_same_typed_parser(peft, message):
+    data = get_recipe("gemma3_1b_finetune")(pretrained_checkpoint="/ckpt", peft="lora").to_dict()
+    data["peft"] = {**data["peft"], **peft}
+    with pytest.raises(UserInputError) as info:
+        ConfigContainer.from_dict(data)
+    assert message in str(info.value)

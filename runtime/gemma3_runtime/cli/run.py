@@ -1,7 +1,9 @@
 """`gemma3-runtime run --recipe NAME [--pretrained-checkpoint P] [--peft lora|dora] [--device D] [KEY=VALUE ...]`
 
 Single process, or under `torchrun --nproc-per-node N -m gemma3_runtime.cli.main run ...` (gloo on CPU, NCCL on
-CUDA). Overrides are dotted config keys with YAML values (`train.global_batch_size=64 checkpoint.save=/ckpt`).
+CUDA). Overrides are dotted config keys with YAML values (`train.global_batch_size=64 checkpoint.save=/ckpt`); a
+value replaces the field's value. `--dry-run [--world-size N]` runs every config check that reads no file (the same
+`validate()` the job and `gemma3-launch validate` run) and prints the resolved run_config.yaml.
 Environment: SAVE_DIR (default parent of the save dir: $SAVE_DIR/<run name>), HF_TOKEN / HF_HOME (tokenizer and
 hub access, read by transformers), WANDB_API_KEY (W&B logging when set and wandb is installed).
 Exit codes: 0 done; 2 bad input (one line); REQUEUE_EXIT_CODE (199) checkpoint committed after SIGTERM/SIGUSR2.
@@ -22,67 +24,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from gemma3_runtime.training.run_args import add_run_arguments
+
+    add_run_arguments(parser)
     parser.add_argument(
-        "--recipe",
-        required=True,
-        help="recipe function name, e.g. gemma3_1b_finetune_config (the _config suffix is optional)",
+        "--dry-run",
+        action="store_true",
+        help="validate the config (every check that reads no file) and print the resolved run_config.yaml",
     )
     parser.add_argument(
-        "--pretrained-checkpoint",
-        "--pretrained_checkpoint",
-        dest="pretrained_checkpoint",
+        "--world-size",
+        type=int,
         default=None,
-        help="Megatron checkpoint to finetune from (e.g. from `convert import`)",
+        help="with --dry-run: check against this many processes (default: $WORLD_SIZE, else 1)",
     )
-    parser.add_argument(
-        "--peft",
-        "--peft_scheme",
-        "--peft-scheme",
-        dest="peft",
-        choices=["lora", "dora", "none"],
-        default=None,
-        help="parameter-efficient finetuning (finetune recipes only)",
-    )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available (logged either way)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved run_config.yaml and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
 
 def build_config(args: argparse.Namespace):
-    """Recipe + flags + overrides -> ConfigContainer (torch-free; every error is a UserInputError)."""
+    """Recipe + flags + overrides -> a validated ConfigContainer (torch-free; every error is a UserInputError)."""
     from gemma3_runtime.errors import UserInputError
-    from gemma3_runtime.training.config import apply_overrides
-    from gemma3_runtime.training.recipes import get_recipe
+    from gemma3_runtime.training.run_args import config_from_args, world_size_from_env
+    from gemma3_runtime.training.validate import validate
 
-    recipe = get_recipe(args.recipe)
-    is_pretrain = recipe.__name__.endswith("_pretrain_config")
-    peft = None if args.peft in (None, "none") else args.peft
-    kwargs = {}
-    if is_pretrain:
-        if peft is not None:
-            raise UserInputError(
-                f"--peft {peft}: LoRA/DoRA needs a finetune recipe, {recipe.__name__} is a "
-                f"pretrain recipe (use {recipe.__name__.replace('_pretrain_', '_finetune_')})"
-            )
-    else:
-        kwargs["pretrained_checkpoint"] = args.pretrained_checkpoint
-        kwargs["peft"] = peft
-    cfg = recipe(**kwargs)
-    if is_pretrain and args.pretrained_checkpoint:
-        cfg.checkpoint.pretrained_checkpoint = args.pretrained_checkpoint  # continued pretraining
-    bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
-    if bad:
-        raise UserInputError(
-            f"argument {bad[0]!r}: expected KEY=VALUE (a dotted config key), e.g. train.train_iters=10"
-        )
-    apply_overrides(cfg, args.overrides)
-    if args.device:
-        cfg.train.device = args.device
-    if cfg.peft is not None and is_pretrain:
-        raise UserInputError(f"peft: {recipe.__name__} is a pretrain recipe; LoRA/DoRA needs a finetune recipe")
+    if args.world_size is not None and not args.dry_run:
+        raise UserInputError("--world-size: only with --dry-run (a real run takes it from torchrun's WORLD_SIZE)")
+    cfg = config_from_args(args)
+    validate(cfg, world_size=args.world_size if args.world_size is not None else world_size_from_env())
     return cfg
 
 

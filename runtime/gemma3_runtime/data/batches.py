@@ -17,15 +17,6 @@ import torch
 from gemma3_runtime.errors import UserInputError
 
 
-def num_microbatches(global_batch_size: int, micro_batch_size: int, dp_size: int) -> int:
-    if global_batch_size % (micro_batch_size * dp_size):
-        raise UserInputError(
-            f"train.global_batch_size={global_batch_size} is not divisible by train.micro_batch_size x "
-            f"data-parallel size = {micro_batch_size} x {dp_size} = {micro_batch_size * dp_size}"
-        )
-    return global_batch_size // (micro_batch_size * dp_size)
-
-
 class EpochShuffledIndex:
     """Global sample index -> dataset index, reshuffled each epoch with (seed, epoch)."""
 

@@ -6,15 +6,14 @@ and the YAML written into each checkpoint is plain data any tool can read. This 
 
 Sections: model (Gemma3Config.to_dict(), owned by the model package), train, optimizer, scheduler, data, eval,
 checkpoint, logging, parallelism, peft (None or the peft package's config dataclass) and perf (speed switches).
+Type checking lives in config_types.py; the checks across fields (batch divisibility, parallel sizes, ...) in
+validate.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,35 @@ import yaml
 
 from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.perf.config import PerfConfig
+from gemma3_runtime.training.config_types import (
+    all_keys,
+    check_known,
+    coerce,
+    dataclass_from_dict,
+    field_types,
+    is_plain_str,
+    shown,
+    to_plain,
+)
+
+__all__ = [
+    "RUN_CONFIG_FORMAT",
+    "CheckpointConfig",
+    "ConfigContainer",
+    "DataConfig",
+    "EvalConfig",
+    "LoggingConfig",
+    "OptimizerConfig",
+    "ParallelismConfig",
+    "SchedulerConfig",
+    "TrainConfig",
+    "all_keys",
+    "apply_overrides",
+    "model_config_from_dict",
+    "parse_override",
+    "peft_config_from_dict",
+    "set_dotted",
+]
 
 RUN_CONFIG_FORMAT = "gemma3-launch/megatron/v1"
 
@@ -162,7 +190,7 @@ class ConfigContainer:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": RUN_CONFIG_FORMAT}
         for f in dataclasses.fields(self):
-            out[f.name] = _to_plain(getattr(self, f.name))
+            out[f.name] = to_plain(getattr(self, f.name))
         return out
 
     def to_yaml(self) -> str:
@@ -180,16 +208,18 @@ class ConfigContainer:
         data = dict(data)
         fmt = data.pop("format", RUN_CONFIG_FORMAT)
         if fmt != RUN_CONFIG_FORMAT:
-            raise UserInputError(f"{source}: format {fmt!r} is not {RUN_CONFIG_FORMAT!r}")
+            raise UserInputError(f"{source}: format {shown(fmt)} is not {RUN_CONFIG_FORMAT!r}")
         cfg = cls()
         for key, value in data.items():
-            _check_known(cfg, key, "")
+            if not isinstance(key, str):
+                raise UserInputError(f"{source}: expected text keys, got {shown(key)}")
+            check_known(cfg, key, "")
             if key == "model":
                 cfg.model = model_config_from_dict(value, f"{source}: model") if value is not None else None
             elif key == "peft":
                 cfg.peft = peft_config_from_dict(value, f"{source}: peft") if value is not None else None
             else:
-                setattr(cfg, key, _coerce(value, _field_types(cls)[key], key))
+                setattr(cfg, key, coerce(value, field_types(cls)[key], key))
         return cfg
 
     @classmethod
@@ -220,33 +250,43 @@ def model_config_from_dict(data: Any, where: str) -> Any:
 
 
 def peft_config_from_dict(data: Any, where: str) -> Any:
-    """The peft package's config from its dict form."""
-    from gemma3_runtime.peft import config as peft_config_module
+    """The peft package's config from its dict form (unknown keys suggest the nearest, values type-checked)."""
+    from gemma3_runtime.peft.config import PeftConfig
 
     if not isinstance(data, dict):
         raise UserInputError(f"{where}: expected a mapping of PEFT fields")
-    cls = peft_config_module.PeftConfig
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(data)
-    return _dataclass_from_dict(cls, data, "peft")
+    return dataclass_from_dict(PeftConfig, data, "peft")
 
 
 # ---- overrides -----------------------------------------------------------------------------------------------------
 def apply_overrides(cfg: ConfigContainer, overrides: Sequence[str]) -> ConfigContainer:
-    """Apply `section.key=value` overrides in order; values are YAML (`true`, `64`, `[a, b]`, `null`)."""
+    """Apply `section.key=value` overrides in order; values are YAML (`true`, `64`, `[a, b]`, `null`).
+
+    The one override parser of the runtime (the launcher's spec `overrides` and `gemma3-runtime run KEY=VALUE` both
+    end here). A value replaces the field's value: `data.data_paths=[a, b]` sets the whole list.
+    """
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserInputError(f"override {item!r}: expected KEY=VALUE, e.g. train.global_batch_size=64")
+        key, raw = parse_override(item)
         set_dotted(cfg, key, raw)
     return cfg
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    """`KEY=VALUE` -> (key, raw value); the key is a dotted name, the value its text after the first `=`."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or key.startswith("-"):
+        shown_item = key if not sep else f"{key}=..."
+        raise UserInputError(
+            f"override {shown(shown_item)}: expected KEY=VALUE (a dotted config key), e.g. train.train_iters=10"
+        )
+    return key, raw
 
 
 def set_dotted(cfg: ConfigContainer, key: str, raw: str) -> None:
     """Set one dotted key from its raw string, type-checked against the field's annotation.
 
-    Frozen sections (Gemma3Config) are rebuilt with dataclasses.replace, which re-runs their validation.
+    Frozen sections (Gemma3Config, PeftConfig) are rebuilt with dataclasses.replace, which re-runs their validation.
     """
     parts = key.split(".")
     if parts[0] in ("model", "peft") and len(parts) == 1:
@@ -262,10 +302,10 @@ def _set_in(obj: Any, parts: list[str], depth: int, raw: str, key: str, root: An
     if not dataclasses.is_dataclass(obj):
         raise UserInputError(f"override {key!r}: {prefix!r} is a value, not a section")
     name = parts[depth]
-    _check_known(obj, name, prefix, root=root)
+    check_known(obj, name, prefix, root=root)
     if depth == len(parts) - 1:
-        hint_type = _field_types(type(obj)).get(name, Any)
-        value = _coerce(_parse_value(raw, hint_type), hint_type, key)
+        hint_type = field_types(type(obj)).get(name, Any)
+        value = coerce(_parse_value(raw, hint_type), hint_type, key)
     else:
         value = _set_in(getattr(obj, name), parts, depth + 1, raw, key, root)
     if type(obj).__dataclass_params__.frozen:
@@ -279,176 +319,9 @@ def _set_in(obj: Any, parts: list[str], depth: int, raw: str, key: str, root: An
 
 def _parse_value(raw: str, hint: Any) -> Any:
     """YAML-typed, except that a string field keeps the text as typed (so `checkpoint.save=123` is the path "123")."""
-    if _is_plain_str(hint) and raw.strip() not in ("null", "~", "None"):
+    if is_plain_str(hint) and raw.strip() not in ("null", "~", "None"):
         return raw
     try:
         return yaml.safe_load(raw) if raw.strip() != "" else None
     except yaml.YAMLError:
         return raw
-
-
-def _is_plain_str(hint: Any) -> bool:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint is str or (_is_union(hint) and args == [str])
-
-
-def all_keys(obj: Any, prefix: str = "") -> list[str]:
-    """Every dotted key reachable from `obj` (sections that are None contribute only their own name)."""
-    keys: list[str] = []
-    for f in dataclasses.fields(obj):
-        dotted = f"{prefix}{f.name}"
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            keys.extend(all_keys(value, dotted + "."))
-        else:
-            keys.append(dotted)
-    return keys
-
-
-def _check_known(obj: Any, name: str, prefix: str, root: Any = None) -> None:
-    names = [f.name for f in dataclasses.fields(obj)]
-    if name in names:
-        return
-    dotted = f"{prefix}.{name}" if prefix else name
-    candidates = all_keys(root if root is not None else obj)
-    if root is None and prefix:
-        candidates = [f"{prefix}.{k}" for k in candidates]
-    siblings = [f"{prefix}.{n}" if prefix else n for n in names]
-    near = difflib.get_close_matches(dotted, siblings, n=3, cutoff=0.6)
-    near += [k for k in difflib.get_close_matches(dotted, candidates, n=3, cutoff=0.5) if k not in near]
-    near = near[:3]
-    if not near:  # a misspelled section with a right leaf: match on the leaf name
-        leaf = name.lower()
-        near = [k for k in candidates if k.rsplit(".", 1)[-1] == leaf][:3]
-    suggestion = (
-        f"; did you mean {', '.join(near)}?"
-        if near
-        else f"; valid keys under {prefix or 'the top level'}: {', '.join(names)}"
-    )
-    raise UserInputError(f"unknown config key {dotted!r}{suggestion}")
-
-
-# ---- type checking -------------------------------------------------------------------------------------------------
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _type_name(hint: Any) -> str:
-    if hint is Any:
-        return "any value"
-    if _is_union(hint):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (list, tuple):
-        inner = (typing.get_args(hint) or (Any,))[0]
-        return f"a list of {_type_name(inner)}"
-    if origin is dict:
-        return "a mapping"
-    if hint is type(None):
-        return "null"
-    if dataclasses.is_dataclass(hint):
-        return f"a {hint.__name__} mapping"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Return `value` as `hint` or raise naming the key and the expected type. No silent lossy conversions."""
-    if hint is Any:
-        return value
-    origin = typing.get_origin(hint)
-    if _is_union(hint):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except UserInputError:
-                continue
-        raise _type_error(key, value, hint)
-    if origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise _type_error(key, value, hint)
-    if origin is list:
-        (inner,) = typing.get_args(hint) or (Any,)
-        if isinstance(value, (list, tuple)):
-            return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        if inner is str and isinstance(value, str):
-            return [value]
-        raise _type_error(key, value, hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        inner = args[0] if args else Any
-        if isinstance(value, (list, tuple)):
-            return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
-        raise _type_error(key, value, hint)
-    if origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise _type_error(key, value, hint)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, value, hint)
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(key, value, hint)
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(key, value, hint)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise _type_error(key, value, hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if isinstance(value, dict):
-            return _dataclass_from_dict(hint, value, key)
-        raise _type_error(key, value, hint)
-    return value
-
-
-def _dataclass_from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = _field_types(cls)
-    obj = cls()
-    for k, v in data.items():
-        _check_known(obj, k, prefix)
-        setattr(obj, k, _coerce(v, hints[k], f"{prefix}.{k}"))
-    return obj
-
-
-def _type_error(key: str, value: Any, hint: Any) -> UserInputError:
-    return UserInputError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _to_plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return _to_plain(value.to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return str(value)

@@ -56,45 +56,17 @@ def resolve_precision(cfg: ConfigContainer, device: torch.device) -> bool:
 
 
 def check_config(cfg: ConfigContainer, world_size: int) -> int:
-    """Validate what can be checked without a model; returns the data-parallel size."""
-    from gemma3_runtime.data.batches import num_microbatches
+    """The config checks (training/validate.py), then those that read files; returns the data-parallel size."""
+    from gemma3_runtime.training.validate import validate
 
-    t, par = cfg.train, cfg.parallelism
-    for key, value in (
-        ("train.train_iters", t.train_iters),
-        ("train.global_batch_size", t.global_batch_size),
-        ("train.micro_batch_size", t.micro_batch_size),
-        ("data.seq_length", cfg.data.seq_length),
-        ("parallelism.tensor_model_parallel_size", par.tensor_model_parallel_size),
-        ("parallelism.pipeline_model_parallel_size", par.pipeline_model_parallel_size),
-        ("logging.log_interval", cfg.logging.log_interval),
-    ):
-        if value <= 0:
-            raise UserInputError(f"{key}={value}: expected a positive integer")
-    model_parallel = par.tensor_model_parallel_size * par.pipeline_model_parallel_size
-    if world_size % model_parallel:
-        raise UserInputError(
-            f"parallelism: tensor x pipeline = {model_parallel} does not divide the world size "
-            f"{world_size} (torchrun --nproc-per-node x nodes)"
-        )
-    dp = world_size // model_parallel
-    num_microbatches(t.global_batch_size, t.micro_batch_size, dp)
-    if cfg.model is not None and cfg.data.seq_length > cfg.model.max_position_embeddings:
-        raise UserInputError(
-            f"data.seq_length={cfg.data.seq_length} exceeds the model's "
-            f"max_position_embeddings={cfg.model.max_position_embeddings}"
-        )
+    dp = validate(cfg, world_size=world_size)
     if cfg.data.kind == "sft":
         from gemma3_runtime.data.builder import resolve_sft_paths
 
-        if not cfg.data.data_paths:
-            raise UserInputError("data.data_paths is empty (data.kind=sft needs JSONL files, or bundled:wordcode)")
         resolve_sft_paths(cfg.data.data_paths)
     elif cfg.data.kind == "indexed":
         from gemma3_runtime.data.indexed import check_prefixes, parse_blend
 
-        if not cfg.data.data_paths:
-            raise UserInputError("data.data_paths is empty (data.kind=indexed needs .bin/.idx prefixes)")
         check_prefixes(parse_blend(cfg.data.data_paths)[0], "data.data_paths")
     return dp
 
@@ -127,7 +99,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from gemma3_runtime import platform
-    from gemma3_runtime.data.batches import EpochShuffledIndex, microbatches, num_microbatches
+    from gemma3_runtime.data.batches import EpochShuffledIndex, microbatches
     from gemma3_runtime.data.builder import build_datasets, load_tokenizer
     from gemma3_runtime.model.provider import Gemma3ModelProvider
     from gemma3_runtime.training import checkpointing as ckpt
@@ -139,6 +111,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
     from gemma3_runtime.training.preemption import PreemptionWatcher
     from gemma3_runtime.training.state import TrainState
     from gemma3_runtime.training.step import finalize_grads, run_forward_backward
+    from gemma3_runtime.training.validate import num_microbatches
 
     started = time.time()
     try:
@@ -154,8 +127,6 @@ def train(cfg: ConfigContainer) -> TrainResult:
         cfg.model = _model_from_checkpoint(pretrained, "checkpoint.pretrained_checkpoint")
     if cfg.model is None:
         raise UserInputError("model: no architecture (set a recipe or checkpoint.pretrained_checkpoint)")
-    if cfg.peft is not None and pretrained is None:
-        raise UserInputError("peft needs checkpoint.pretrained_checkpoint (the frozen base weights)")
     dp = check_config(cfg, world_env)
     tokenizer_dir = cfg.data.tokenizer
     if tokenizer_dir is None:
