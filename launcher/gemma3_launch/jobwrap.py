@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .contract import REQUEUE_EXIT_CODE, TERMINAL_STATE_FILE
+from .operator_env import single_process_env
 from .record import (
     PLAN_FILE,
     STEPS_DONE_FILE,
@@ -342,7 +343,8 @@ def run_node(run_dir: Path, index: int) -> int:
     exit_dir = _exit_dir(run_dir, step)
     exit_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **{RANK_EXIT_DIR_ENV: str(exit_dir)})
-    if world == 1:
+    if world == 1:  # the operator's RANK/WORLD_SIZE/PET_* describe the pod, not this one-process step
+        env = single_process_env(env)
         cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", *step["args"]]
     else:
         cmd = [
