@@ -49,6 +49,8 @@ REPLICATED_JOB = "node"
 #: The label Trainer v2 uses to find the trainer step of a runtime.
 LABEL_ANCESTOR = f"{GROUP}/trainjob-ancestor-step"
 LABEL_FRAMEWORK = f"{GROUP}/framework"
+#: The controller that reconciles the TrainJob (Kueue's MultiKueue would be the other choice).
+MANAGED_BY = f"{GROUP}/trainjob-controller"
 #: The labels JobSet and the Job controller put on every pod (`logs` selects by them).
 LABEL_JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -129,7 +131,10 @@ def runtime_spec(plan: JobPlan) -> dict[str, Any]:
             "spec": {
                 "ttlSecondsAfterFinished": plan.k8s.ttl_seconds_after_finished,
                 "failurePolicy": jobset_failure_policy(plan),
-                "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": job_template}],
+                # groupName: the CRD default, explicit so the stored object equals the rendered one
+                "replicatedJobs": [
+                    {"name": REPLICATED_JOB, "groupName": "default", "replicas": 1, "template": job_template}
+                ],
             }
         },
     }
@@ -171,6 +176,7 @@ def render_trainjob(plan: JobPlan) -> dict[str, Any]:
         },
         "spec": {
             "runtimeRef": {"apiGroup": GROUP, "kind": plan.k8s.runtime_kind, "name": runtime_name(plan)},
+            "managedBy": MANAGED_BY,  # the CRD default, explicit so the stored object equals the rendered one
             "suspend": bool(plan.k8s.queue),
             "activeDeadlineSeconds": plan.resources.time_limit_s,
             "trainer": {

@@ -103,7 +103,7 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     os.rename(tmp, final)
     try:
         backend_id = get_backend(plan.backend).submit(plan, final)
-    except BackendError:
+    except BackendError as exc:
         rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=str(exc)))
         registry.upsert(rec)
         raise

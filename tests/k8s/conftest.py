@@ -10,6 +10,7 @@ import copy
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def kube_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "ETCD_PORT": str(_free_port()),
         "ETCD_PEER_PORT": str(_free_port()),
         "API_PORT": str(_free_port()),
+        "PYTHON": sys.executable,  # installs the CRDs with this interpreter's kubernetes client
     }
     try:
         up = subprocess.run([str(TESTBED / "up.sh"), str(state)], capture_output=True, text=True, env=env, timeout=300)
