@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .spec_base import NonEmpty, Strict
 
@@ -175,14 +175,15 @@ class K8s(Strict):
     ttl_seconds_after_finished: int = Field(86400, ge=0)
     shm_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = "16Gi"
 
-    @model_validator(mode="after")
-    def _mounts(self) -> K8s:
+    @field_validator("pvcs")
+    @classmethod
+    def _mount_paths(cls, pvcs: list[Pvc]) -> list[Pvc]:
         seen: set[str] = set()
-        for index, pvc in enumerate(self.pvcs):
+        for index, pvc in enumerate(pvcs):
             path = pvc.mount_path.rstrip("/") or "/"
             if path == SHM_PATH:
-                raise ValueError(f"pvcs[{index}].mount_path: expected a path other than {SHM_PATH} (the pod's shm)")
+                raise ValueError(f"entry {index}: expected a mount_path other than {SHM_PATH} (the pod's shm)")
             if path in seen:
-                raise ValueError(f"pvcs[{index}].mount_path: expected each mount path once, {path} is mounted twice")
+                raise ValueError(f"entry {index}: expected each mount_path once, {path} is mounted twice")
             seen.add(path)
-        return self
+        return pvcs
