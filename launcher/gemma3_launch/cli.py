@@ -118,7 +118,7 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
         from .render_k8s import run_dir_problem
 
         problem = run_dir_problem(plan)
-        if problem and not args.ephemeral_run_dir_ok:
+        if problem and not args.ephemeral_run_dir_ok and args.command != "render":  # render only shows the job
             raise InputError(f"{args.spec}: {problem}")
         if problem and warn:
             print(f"{PROG}: warning: {problem}", file=sys.stderr)

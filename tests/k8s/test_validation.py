@@ -93,17 +93,26 @@ def test_accepted_as_the_api_server_would(value: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_run_dir_outside_a_persistent_volume_is_refused_or_warned(tmp_path: Path) -> None:
-    refused = _cli(tmp_path, "render", "runs_dir=./runs")
+@pytest.mark.parametrize("command", ["validate", "submit"])
+def test_run_dir_outside_a_persistent_volume_is_refused_or_warned(tmp_path: Path, command: str) -> None:
+    refused = _cli(tmp_path, command, "runs_dir=./runs")
     assert refused.returncode == 2 and refused.stdout == ""
     (line,) = refused.stderr.strip().splitlines()
     assert "runs_dir: expected an absolute directory under a writable k8s.pvcs mount_path" in line
-    read_only = _cli(tmp_path, "render", "runs_dir=/root/.cache/huggingface/runs")  # a read-only PVC
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "state").exists()  # nothing written
+    read_only = _cli(tmp_path, command, "runs_dir=/root/.cache/huggingface/runs")  # a read-only PVC
     assert read_only.returncode == 2 and "runs_dir" in read_only.stderr
-    warned = _cli(tmp_path, "render", "runs_dir=./runs", extra=("--ephemeral-run-dir-ok",))
-    assert warned.returncode == 0 and "warning: runs_dir" in warned.stderr
-    assert f"gemma3-launch/run-dir: {tmp_path}/runs/" in warned.stdout  # made absolute: records never hold ./runs
-    assert _cli(tmp_path, "render", "runs_dir=/checkpoints/runs").returncode == 0
+    if command == "validate":
+        warned = _cli(tmp_path, command, "runs_dir=./runs", extra=("--ephemeral-run-dir-ok",))
+        assert warned.returncode == 0 and "warning: runs_dir" in warned.stderr
+        assert _cli(tmp_path, command, "runs_dir=/checkpoints/runs").returncode == 0
+
+
+def test_render_warns_and_records_an_absolute_run_dir(tmp_path: Path) -> None:
+    """render only shows the job (a warning); every run dir is absolute, so records never hold ./runs."""
+    shown = _cli(tmp_path, "render", "runs_dir=./runs")
+    assert shown.returncode == 0 and "warning: runs_dir" in shown.stderr
+    assert f"gemma3-launch/run-dir: {tmp_path}/runs/" in shown.stdout
 
 
 @settings(max_examples=300, deadline=None)
