@@ -223,3 +223,13 @@ def test_a_name_whose_derived_names_are_too_long_is_refused(api: str) -> None:
         render_objects(plan)
     short = k8s_plan(FEATURES, **{"name": "a" * 25, "k8s.api": api, "resources.nodes": "16"})
     assert render_objects(short)
+
+
+def test_every_vendored_crd_names_its_upstream() -> None:
+    readme = (CRD_FILES["TrainJob"].parent / "README.md").read_text()
+    vendored = sorted(p.name for p in CRD_FILES["TrainJob"].parent.glob("*.yaml"))
+    assert vendored == sorted(p.name for p in CRD_FILES.values())
+    for name in vendored:
+        (row,) = [line for line in readme.splitlines() if line.startswith(f"| {name} |")]
+        project, upstream_path, version = (cell.strip() for cell in row.strip("|").split("|")[1:4])
+        assert "/" in project and upstream_path.endswith(name) and version
