@@ -28,7 +28,7 @@ import yaml
 
 from .k8s_entrypoint import entrypoint_script
 from .plan import JobPlan
-from .quoting import k8s_command_word
+from .quoting import UnsafeValueError, k8s_command_word
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -141,7 +141,13 @@ def container_command(plan: JobPlan, api: str) -> list[str]:
 
 
 def container_env(plan: JobPlan) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in plan.env.items()]
+    """Plain values through quoting.k8s_command_word too: the kubelet expands `$(VAR)` in env values as well."""
+    env: list[dict[str, Any]] = []
+    for name, value in plan.env.items():
+        try:
+            env.append({"name": name, "value": k8s_command_word(value)})
+        except UnsafeValueError:
+            raise K8sRenderError(f"env.{name}: expected a value without control characters") from None
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": plan.k8s.secret_name, "key": name}}}
         for name in plan.secrets

@@ -233,3 +233,26 @@ def test_every_vendored_crd_names_its_upstream() -> None:
         (row,) = [line for line in readme.splitlines() if line.startswith(f"| {name} |")]
         project, upstream_path, version = (cell.strip() for cell in row.strip("|").split("|")[1:4])
         assert "/" in project and upstream_path.endswith(name) and version
+
+
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_the_kubelet_expands_nothing_of_ours(api: str) -> None:
+    """`$(VAR)` in a command or env value is expanded by the kubelet and `$$` becomes `$`: every `$` we render is
+    doubled, so after the kubelet's pass the container sees exactly the entrypoint script and the spec's values."""
+    from gemma3_launch.k8s_entrypoint import entrypoint_script
+
+    hostile = "$(HOSTNAME) $$ 100%"
+    plan = _plan(FEATURES, **{"k8s.api": api, "env": "{NOTE: '" + hostile + "'}"})
+    job = render_objects(plan)[-1]
+    if api == "trainjob":
+        container = job["spec"]["trainer"]
+    else:
+        container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+    def kubelet(text: str) -> str:  # the kubelet's expansion with no variable defined: only `$$` -> `$` applies
+        return re.sub(r"\$\$", "$", text)
+
+    assert kubelet(container["command"][2]) == entrypoint_script(plan, api)
+    assert re.search(r"(?<!\$)\$\((?!\$)", container["command"][2].replace("$$", "")) is None
+    (note,) = [e["value"] for e in container["env"] if e["name"] == "NOTE"]
+    assert "$(HOSTNAME)" in plan.env["NOTE"] and kubelet(note) == plan.env["NOTE"]  # the loader's own ${VAR} aside
