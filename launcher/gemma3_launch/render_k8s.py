@@ -307,7 +307,3 @@ def render_yaml(plan: JobPlan) -> str:
     return yaml.dump_all(
         render_objects(plan), Dumper=_ReadableDumper, sort_keys=False, width=120, default_flow_style=False
     )
-
-
-def render_pytorchjob_yaml(plan: JobPlan) -> str:
-    return dump_yaml(render_pytorchjob(plan))
