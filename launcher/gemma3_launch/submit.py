@@ -104,7 +104,8 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     try:
         backend_id = get_backend(plan.backend).submit(plan, final)
     except BackendError as exc:
-        rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=str(exc)))
+        error = str(exc)
+        rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=error))
         registry.upsert(rec)
         raise
 
