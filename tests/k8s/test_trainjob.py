@@ -195,6 +195,10 @@ def test_every_k8s_knob_lands_in_the_trainjob_or_its_runtime() -> None:
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"} and len(pod["tolerations"]) == 2
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert {"/dev/shm", "/checkpoints", "/root/.cache/huggingface", "/data"} == mounts
+    pod_labels = jobset["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]["labels"]
+    for labels in (job["metadata"]["labels"], runtime["metadata"]["labels"], pod_labels):
+        assert labels["team"] == "ml-research" and labels["example.com/cost-center"] == "c-42"
+    assert job["metadata"]["annotations"]["example.com/owner"] == "ML research <ml@example.com>"
 
 
 def test_a_cluster_runtime_is_named_by_its_content() -> None:
