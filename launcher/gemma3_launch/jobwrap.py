@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .contract import REQUEUE_EXIT_CODE, RESULT_FILE_ENV, TERMINAL_STATE_FILE
+from .operator_env import single_process_env
 from .plan import CONTAINER_NAME_ARG, CONTAINER_NAME_ENV, JobPlan, Step
 from .record import (
     PLAN_FILE,
@@ -350,6 +351,8 @@ def node_env(plan: JobPlan, step: Step, run_dir: Path, rank: str) -> dict[str, s
     """The node command's environment: ours, plus the documented run-time values it reads - torchrun's rendezvous
     (RENDEZVOUS_ENV: node rank, master address and port) and where rank 0 writes the step's result.json."""
     env = dict(os.environ)
+    if step.world_size == 1:  # the operator's RANK/WORLD_SIZE/PET_* describe the pod, not this one-process step
+        env = single_process_env(env)
     env[RANK_EXIT_DIR_ENV] = str(_exit_dir(run_dir, step))
     env[RESULT_FILE_ENV] = str(_result_file(run_dir, step, _attempt()))
     if step.world_size > 1:  # an operator's own PET_* (Kubeflow Trainer v2) stand; SLURM / local get them here

@@ -189,6 +189,10 @@ class K8sPlan:
     backoff_limit: int
     ttl_seconds_after_finished: int
     shm_size: str
+    api: str = "trainjob"  # trainjob (Kubeflow Trainer v2) | pytorchjob (Training Operator v1)
+    runtime_kind: str = "TrainingRuntime"
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,10 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
             backoff_limit=spec.k8s.backoff_limit,
             ttl_seconds_after_finished=spec.k8s.ttl_seconds_after_finished,
             shm_size=spec.k8s.shm_size,
+            api=spec.k8s.api,
+            runtime_kind=spec.k8s.runtime_kind,
+            labels=MappingProxyType(dict(spec.k8s.labels)),
+            annotations=MappingProxyType(dict(spec.k8s.annotations)),
         ),
         outputs=MappingProxyType(outputs),
         inputs=MappingProxyType(inputs),

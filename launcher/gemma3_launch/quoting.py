@@ -81,8 +81,9 @@ def sbatch_value(value: str, *, filename: bool = False) -> str:
     return value
 
 
-def k8s_command_word(value: str) -> str:
+def k8s_command_word(value: str, *, script: bool = False) -> str:
     """`value` for a container's `command` / `args`: the kubelet's `$(VAR)` expansion and `$$` escape are defeated
-    by doubling every `$` (the kubelet turns `$$` back into one `$`)."""
-    _refuse_control(value, "a Kubernetes command string")
+    by doubling every `$` (the kubelet turns `$$` back into one `$`). `script=True`: the value is a whole bash
+    script (`bash -c`), whose line breaks are its own; any other control character is still refused."""
+    _refuse_control(value.replace("\n", "") if script else value, "a Kubernetes command string")
     return value.replace("$", "$$")

@@ -25,16 +25,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .contract import KNOWN_RECIPES, SECRET_ENV_NAMES
 from .credentials import looks_like_credential
+from .spec_base import NonEmpty, Strict
+from .spec_k8s import K8s
 
 JobKind = Literal["import", "export", "pretrain", "finetune", "generate"]
 PeftKind = Literal["none", "lora", "dora"]
 
-#: k8s object names are DNS-1123 labels (63 chars); we leave room for a run suffix.
-JOB_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+#: k8s object names are DNS-1035 labels (63 chars, a letter first); we leave room for the run suffix and the
+#: names the operator derives (render_k8s.check_derived_names).
+JOB_NAME_RE = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: sbatch(1)'s time formats: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
 #: "days-hours:minutes", "days-hours:minutes:seconds".
@@ -52,11 +55,6 @@ MEMORY_RE = r"^[1-9][0-9]*[KMGT]$"
 SECRET_KEY_HINT = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)", re.I)
 
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
-NonEmpty = Annotated[str, StringConstraints(min_length=1)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def parse_time_limit(value: str | int) -> int:
@@ -215,35 +213,6 @@ class Slurm(Strict):
     max_requeues: int = Field(3, ge=0, le=100)
     #: torchrun rendezvous port; default: 20000 + SLURM_JOB_ID % 20000, so jobs sharing a node never collide.
     master_port: int | None = Field(None, ge=1024, le=65535)
-
-
-class Toleration(Strict):
-    key: NonEmpty | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
-class Pvc(Strict):
-    claim: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
-    mount_path: NonEmpty
-    read_only: bool = False
-
-
-class K8s(Strict):
-    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = "default"
-    pvcs: list[Pvc] = Field(default_factory=list)
-    #: the Kubernetes Secret holding the values of `secrets` (keys = the secret names).
-    secret_name: NonEmpty | None = None
-    node_selector: dict[NonEmpty, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class: NonEmpty | None = None
-    #: Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); none = no Kueue.
-    queue: NonEmpty | None = None
-    service_account: NonEmpty | None = None
-    backoff_limit: int = Field(3, ge=0, le=100)
-    ttl_seconds_after_finished: int = Field(86400, ge=0)
-    shm_size: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = "16Gi"
 
 
 class JobSpec(Strict):

@@ -64,7 +64,9 @@ def test_render_local_and_plan_formats(capsys):
 def test_render_k8s_uses_the_k8s_renderer(capsys):
     assert main(["render", LORA, "--cluster", "k8s"]) == 0
     out = capsys.readouterr().out
-    assert "kind: PyTorchJob" in out
+    assert "kind: TrainingRuntime" in out and "kind: TrainJob" in out  # Kubeflow Trainer v2 by default
+    assert main(["render", LORA, "--cluster", "k8s", "--set", "k8s.api=pytorchjob"]) == 0
+    assert "kind: PyTorchJob" in capsys.readouterr().out
 
 
 def test_helm_values_needs_k8s(capsys):
