@@ -550,22 +550,23 @@ def _steps(
         g = spec.generate
         assert g is not None
         if g.prompts_file:
-            src: tuple[str, ...] = ("--prompts-file", g.prompts_file)
+            src: tuple[str, ...] = (_opt("--prompts-file", g.prompts_file),)
         elif _needs_file(g.prompt):
             # one JSONL record: a multi-line prompt stays ONE prompt (the runtime reads JSONL 'prompt' fields)
             files[PROMPT_FILE] = json.dumps({"prompt": g.prompt}, ensure_ascii=False) + "\n"
-            src = ("--prompts-file", posixpath.join(run_dir, PROMPT_FILE))
+            src = (_opt("--prompts-file", posixpath.join(run_dir, PROMPT_FILE)),)
         else:
-            src = ("--prompt", g.prompt)
-        out = ("--output", posixpath.join(run_dir, f"{name}.jsonl"))  # the answers, for the record and the summary
+            src = (_opt("--prompt", g.prompt),)
+        out = (
+            _opt("--output", posixpath.join(run_dir, f"{name}.jsonl")),
+        )  # the answers, for the record and the summary
         return Step(
-            name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *out, *dev)
+            name,
+            ("generate", _opt("--hf-model-path", hf_path), *src, "--max-new-tokens", str(g.max_new_tokens), *out, *dev),
         )
 
     if spec.kind == "import":
-        steps.append(
-            Step("import", ("convert", "import", "--hf-model", spec.model, "--megatron-path", ck.dir, *dtype, *dev))
-        )
+        steps.append(Step("import", ("convert", "import", *_import_args(spec.model, ck.dir), *dtype, *dev)))
         outputs["checkpoint"] = ck.dir
     elif spec.kind == "export":
         steps.append(Step("export", _export_args(spec, ck.dir, dev)))
@@ -574,7 +575,7 @@ def _steps(
     elif spec.kind == "generate":
         args = list(gen_step("generate", spec.model).args)
         if ck.dir:
-            args[3:3] = ["--megatron-model-path", ck.dir]
+            args[2:2] = [_opt("--megatron-model-path", ck.dir)]
             inputs["checkpoint"] = ck.dir
         steps.append(Step("generate", tuple(args)))
     else:  # pretrain / finetune
@@ -588,13 +589,13 @@ def _steps(
                 steps.append(
                     Step(
                         "import",
-                        ("convert", "import", "--hf-model", spec.model, "--megatron-path", pretrained, *dtype, *dev),
+                        ("convert", "import", *_import_args(spec.model, pretrained), *dtype, *dev),
                     )
                 )
                 outputs["base_checkpoint"] = pretrained
             else:
                 inputs["checkpoint"] = pretrained
-            run += ["--pretrained-checkpoint", pretrained]
+            run += [_opt("--pretrained-checkpoint", pretrained)]
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
         # save AND load: the run resumes from its own checkpoints after a requeue (recipe default: $SAVE_DIR/<name>)
@@ -607,6 +608,15 @@ def _steps(
             if spec.generate:
                 steps.append(gen_step("generate_after", spec.export.hf_path))
     return tuple(steps), inputs, outputs
+
+
+def _opt(flag: str, value: str) -> str:
+    """`--flag=VALUE` as ONE argument: a user's value that starts with '-' is never read as another option."""
+    return f"{flag}={value}"
+
+
+def _import_args(model: str, megatron_path: str) -> tuple[str, str]:
+    return _opt("--hf-model", model), _opt("--megatron-path", megatron_path)
 
 
 #: the run-dir file a long or multi-line generate.prompt travels in.
@@ -625,12 +635,9 @@ def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tup
     args = [
         "convert",
         "export",
-        "--hf-model",
-        spec.model,
-        "--megatron-path",
-        megatron_path,
-        "--hf-path",
-        spec.export.hf_path,
+        _opt("--hf-model", spec.model),
+        _opt("--megatron-path", megatron_path),
+        _opt("--hf-path", spec.export.hf_path),
     ]
     if spec.export.overwrite:
         args.append("--overwrite")

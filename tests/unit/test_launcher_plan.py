@@ -34,9 +34,9 @@ def test_finetune_from_hf_model_imports_first_then_trains_with_peft():
     plan = make_plan(spec(peft="lora", data={"format": "bundled"}), SLURM)
     assert [s.name for s in plan.steps] == ["import", "train"]
     imp, train = plan.steps
-    assert imp.args[:2] == ("convert", "import") and "/ck/run_base" in imp.args
+    assert imp.args[:2] == ("convert", "import") and "--megatron-path=/ck/run_base" in imp.args
     assert train.args[:3] == ("run", "--recipe", "gemma3_270m_finetune")
-    assert train.args[3:5] == ("--pretrained-checkpoint", "/ck/run_base")
+    assert train.args[3] == "--pretrained-checkpoint=/ck/run_base"
     assert "--peft" in train.args and "lora" in train.args
     assert "checkpoint.save=/ck/run" in train.args and "checkpoint.load=/ck/run" in train.args  # resume = own ckpt
     assert 'data.data_paths=["bundled:wordcode"]' in train.args and "data.kind=sft" in train.args
@@ -57,8 +57,8 @@ def test_demo_pipeline_steps_and_cpu_device():
     )
     assert [s.name for s in plan.steps] == ["generate_before", "import", "train", "export", "generate_after"]
     assert all(s.args[s.args.index("--device") + 1] == "cpu" for s in plan.steps)
-    assert plan.steps[0].args[plan.steps[0].args.index("--hf-model-path") + 1] == "pypi:gemma3-270m"
-    assert plan.steps[-1].args[plan.steps[-1].args.index("--hf-model-path") + 1] == plan.outputs["hf_path"]
+    assert "--hf-model-path=pypi:gemma3-270m" in plan.steps[0].args
+    assert f"--hf-model-path={plan.outputs['hf_path']}" in plan.steps[-1].args
     assert plan.device == "cpu" and "OMP_NUM_THREADS" in plan.env
 
 
@@ -90,10 +90,8 @@ def test_single_process_step_runs_runtime_directly():
         "gemma3-runtime",
         "convert",
         "import",
-        "--hf-model",
-        "pypi:gemma3-270m",
-        "--megatron-path",
-        "/c",
+        "--hf-model=pypi:gemma3-270m",
+        "--megatron-path=/c",
         "--device",
         "cpu",
     )
@@ -205,14 +203,15 @@ def test_a_multi_line_or_long_prompt_travels_as_one_jsonl_record_in_the_run_dir(
     prompt = "first line\nsecond 'line' with $HOME and 100%"
     plan = make_plan(gen_spec(prompt), Cluster("slurm", workdir="/w"))
     (step,) = plan.steps
-    assert "--prompt" not in step.args and prompt not in step.args
-    file_arg = step.args[step.args.index("--prompts-file") + 1]
+    assert not any(a.startswith("--prompt=") or prompt in a for a in step.args)
+    (file_arg,) = [a.split("=", 1)[1] for a in step.args if a.startswith("--prompts-file=")]
     assert file_arg == f"{plan.run_dir}/prompt.jsonl" and plan.run_dir.startswith("/w/")
     assert [json.loads(line)["prompt"] for line in plan.files["prompt.jsonl"].splitlines()] == [prompt]
     long = make_plan(gen_spec("x" * 2000), SLURM)
-    assert "--prompts-file" in long.steps[0].args and "x" * 2000 not in long.steps[0].args
+    assert any(a.startswith("--prompts-file=") for a in long.steps[0].args)
+    assert not any("x" * 2000 in a for a in long.steps[0].args)
     short = make_plan(gen_spec("one line"), SLURM)
-    assert short.files == {} and "one line" in short.steps[0].args
+    assert short.files == {} and "--prompt=one line" in short.steps[0].args
 
 
 def test_slurm_steps_are_container_sruns_with_an_environment_allowlist():
