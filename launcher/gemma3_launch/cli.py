@@ -35,11 +35,22 @@ class InputError(Exception):
     """Bad input found by the CLI itself (unknown job id, missing secret): exit 2."""
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata costs start-up time on every other command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Run Gemma 3 jobs on SLURM, Kubernetes or locally from one YAML spec."
     )
-    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--version", action=_VersionAction, help="print the launcher's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:

@@ -283,3 +283,21 @@ def test_version_flag(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("gemma3-launch ") and out.split()[1][0].isdigit()
+
+
+def test_version_imports_neither_torch_nor_pydantic():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo / "launcher"))
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gemma3_launch.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0 and res.stdout.startswith("gemma3-launch ")
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "pydantic", "numpy", "gemma3_runtime"}
