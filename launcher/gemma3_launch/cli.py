@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning"
         )
+        c.add_argument(
+            "--ephemeral-run-dir-ok",
+            action="store_true",
+            help="k8s: a run dir outside a persistent volume is a warning, not an error (restarts redo finished steps)",
+        )
         return c
 
     v = spec_cmd("validate", "check a spec (and, with --cluster, that it fits that cluster)")
@@ -151,7 +156,7 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
     from .plan import PlanError, make_plan
 
     spec = load_spec(args.spec, args.sets, warn=_warn if warn else None)
-    if args.cluster != "k8s" and not os.path.isabs(spec.runs_dir):  # a cluster's run dir must not depend on cwd
+    if not os.path.isabs(spec.runs_dir):  # a record's run dir must not depend on cwd
         spec = spec.model_copy(update={"runs_dir": os.path.abspath(spec.runs_dir)})
     try:
         plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
@@ -159,6 +164,14 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
         raise InputError(f"{args.spec}: {exc}") from None
     for w in plan.warnings if warn else ():
         _warn(w)
+    if args.cluster == "k8s":
+        from .render_k8s import run_dir_problem
+
+        problem = run_dir_problem(plan)
+        if problem and not args.ephemeral_run_dir_ok and args.command != "render":  # render only shows the job
+            raise InputError(f"{args.spec}: {problem}")
+        if problem and warn:
+            _warn(problem)
     return spec, plan
 
 
@@ -183,9 +196,9 @@ def _render_text(plan, backend: str, fmt: str) -> str:
 
         return _k8s_render(helm_values_yaml, plan)
     if backend == "k8s":
-        from .render_k8s import render_pytorchjob_yaml
+        from .render_k8s import render_yaml
 
-        return _k8s_render(render_pytorchjob_yaml, plan)
+        return _k8s_render(render_yaml, plan)
     from .backends import get_backend
 
     return get_backend(backend).render(plan)
@@ -203,7 +216,11 @@ def _k8s_render(fn, plan) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     targets = [args.cluster] if args.cluster else ["slurm", "k8s"]
     for i, cluster in enumerate(targets):
-        spec, plan = _plan(argparse.Namespace(**{**vars(args), "cluster": cluster}), warn=i == 0)
+        # without --cluster, a k8s run dir outside a persistent volume is a warning: the spec may target SLURM
+        lenient = args.ephemeral_run_dir_ok or not args.cluster
+        spec, plan = _plan(
+            argparse.Namespace(**{**vars(args), "cluster": cluster, "ephemeral_run_dir_ok": lenient}), warn=i == 0
+        )
         _check_runtime_config(plan, args.spec, warn=i == 0)
         if cluster == "k8s":
             _render_text(plan, "k8s", "native")  # the manifest's own checks (e.g. a Secret for secrets)
@@ -308,7 +325,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     from .quoting import comment_text
 
-    line = f"{rec['job_id']}  {state}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
+    detail = ""
+    if state in ("FAILED", "TIMEOUT") and rec["backend"] == "k8s":  # the failing step's exit code
+        from .backends import k8s
+
+        code = k8s.exit_code(rec)
+        detail = f" (exit {code})" if code is not None else ""
+    line = f"{rec['job_id']}  {state}{detail}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
     print(comment_text(line))
     for text in _progress_lines(progress):
         print(comment_text(text))

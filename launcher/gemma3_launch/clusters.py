@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from .plan import Cluster
 
@@ -14,6 +15,14 @@ def cluster_for(backend: str, *, require_pinned_image: bool = False) -> Cluster:
     if backend == "local":
         from .backends.local import detect_gpus
 
-        return Cluster("local", max_gpus_per_node=detect_gpus(), max_nodes=1, require_pinned_image=require_pinned_image)
+        return Cluster(
+            "local",
+            max_gpus_per_node=detect_gpus(),
+            max_nodes=1,
+            require_pinned_image=require_pinned_image,
+            workdir=os.getcwd(),
+            python=sys.executable,  # the launcher's own environment runs local jobs
+        )
     max_gpus = int(os.environ.get(MAX_GPUS_ENV, "8"))
-    return Cluster(backend, max_gpus_per_node=max_gpus, require_pinned_image=require_pinned_image)  # type: ignore[arg-type]
+    workdir = os.getcwd() if backend == "slurm" else ""  # the SLURM job's working dir; k8s run dirs are in-pod
+    return Cluster(backend, max_gpus_per_node=max_gpus, require_pinned_image=require_pinned_image, workdir=workdir)  # type: ignore[arg-type]

@@ -26,3 +26,6 @@ KNOWN_RECIPES = tuple(f"gemma3_{size}_{mode}" for size in MODEL_SIZES for mode i
 
 #: Environment variables that are secrets: passed by name, never written into a spec, script, manifest or record.
 SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+
+#: Set by the job wrapper for each step: where the runtime writes the step's structured result (result.json).
+RESULT_FILE_ENV = "GEMMA3_RESULT_FILE"

@@ -11,8 +11,9 @@ import hashlib
 import json
 import posixpath
 import shlex
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -27,6 +28,22 @@ RUNTIME_EXE = "gemma3-runtime"
 RUNTIME_MODULE = "gemma3_runtime.cli.main"
 #: how the runtime names the SFT dataset shipped inside its package (training/recipes.py BUNDLED_SFT_DATASET).
 BUNDLED_DATASET = "bundled:wordcode"
+
+#: The job wrapper module each step's command runs (`node` per node, `rank` per torchrun worker).
+JOBWRAP_MODULE = "gemma3_launch.jobwrap"
+#: The one run-time value a SLURM step's command holds as a reference: the container name, unique per job AND attempt
+#: (`gemma3-<SLURM job id>-<restart count>`, exported by the batch script). The job wrapper substitutes it in exactly
+#: this argv element and nowhere else, so no user text is ever expanded.
+CONTAINER_NAME_ENV = "GEMMA3_CONTAINER_NAME"
+CONTAINER_NAME_ARG = f"--container-name=${{{CONTAINER_NAME_ENV}}}"
+#: torchrun reads its rendezvous from these variables (torch.distributed.run takes every option from PET_<OPTION>);
+#: the node wrapper sets them from the scheduler (SLURM_NODEID, the batch script's MASTER_ADDR / MASTER_PORT), and
+#: Kubeflow Trainer v2 injects them itself. So the torchrun line in the plan is complete as printed.
+RENDEZVOUS_ENV = ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+#: Values longer than this (bytes), or holding a line break, travel as a file in the run dir instead of an argument.
+MAX_ARG_BYTES = 1024
+#: What a SLURM container step receives from the batch environment besides the plan's env and the named secrets.
+SLURM_ESSENTIAL_ENV = ("MASTER_ADDR", "MASTER_PORT", CONTAINER_NAME_ENV, "SUBMITIT_EXECUTOR")
 
 #: Set on every GPU job; harmless on CPU jobs, so they are GPU-only to keep CPU renders short.
 NCCL_ENV = {
@@ -55,6 +72,11 @@ class Cluster:
     require_pinned_image: bool = False
     #: image used when the spec names none (containers/image.env, via the generated container_image module).
     default_image: str = DEFAULT_IMAGE
+    #: the submitting directory (absolute) for local / SLURM: relative run dirs are resolved against it and it is the
+    #: container's working directory. Empty: run dirs stay as written (pure renders in tests).
+    workdir: str = ""
+    #: the Python that runs the job wrapper: the image's own `python3` on clusters; the launcher's on `local`.
+    python: str = "python3"
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,10 @@ class Step:
     nproc_per_node: int = 1
     #: the step handles SIGTERM/SIGUSR2 by saving and exiting with REQUEUE_EXIT_CODE (training only).
     preemptible: bool = False
+    #: what the job wrapper executes for this step (SLURM: the srun line; elsewhere the node wrapper itself).
+    command: tuple[str, ...] = ()
+    #: what the node wrapper executes on each node: `gemma3-runtime ...`, or torchrun (rendezvous from RENDEZVOUS_ENV).
+    node_command: tuple[str, ...] = ()
 
     @property
     def world_size(self) -> int:
@@ -163,6 +189,10 @@ class K8sPlan:
     backoff_limit: int
     ttl_seconds_after_finished: int
     shm_size: str
+    api: str = "trainjob"  # trainjob (Kubeflow Trainer v2) | pytorchjob (Training Operator v1)
+    runtime_kind: str = "TrainingRuntime"
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -187,10 +217,25 @@ class JobPlan:
     outputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     inputs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
+    #: files written into the run dir before the backend sees the job: {relative path: text}. Long or multi-line
+    #: values (a multi-line prompt) travel this way; the steps' arguments name them by absolute path.
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: SLURM: the command that runs the job wrapper inside the container (srun ... python3); the batch script runs it.
+    wrapper_command: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-able view (plan.json in the run dir; `render --format plan`)."""
         return _jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> JobPlan:
+        """The plan back from its JSON view (plan.json), typed: what the job wrapper reads. Raises ValueError."""
+        return _from_jsonable(cls, data, "plan")
+
+    @property
+    def export_names(self) -> tuple[str, ...]:
+        """The environment allowlist a container step gets: the plan's env, the named secrets, the essentials."""
+        return tuple(dict.fromkeys([*self.env, *self.secrets, *SLURM_ESSENTIAL_ENV]))
 
 
 def _jsonable(obj: object) -> object:
@@ -201,6 +246,40 @@ def _jsonable(obj: object) -> object:
     if isinstance(obj, (tuple, list)):
         return [_jsonable(v) for v in obj]
     return obj
+
+
+def _from_jsonable(kind: object, value: object, where: str) -> object:
+    """Inverse of `_jsonable` for the plan's types (dataclasses, tuples, mappings, optionals, scalars)."""
+    if is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        hints = typing.get_type_hints(kind)
+        known = {f.name for f in fields(kind)}
+        args = {k: _from_jsonable(hints[k], v, f"{where}.{k}") for k, v in value.items() if k in known}
+        try:
+            return kind(**args)  # type: ignore[operator]
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    origin, params = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        return _from_jsonable(next(p for p in params if p is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return tuple(_from_jsonable(params[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        return MappingProxyType({str(k): _from_jsonable(params[1], v, f"{where}.{k}") for k, v in value.items()})
+    if origin is Literal:
+        if value not in params:
+            raise ValueError(f"{where}: expected one of {', '.join(map(str, params))}")
+        return value
+    if kind in (int, str, bool) and not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {kind.__name__}")  # type: ignore[union-attr]
+    return value
 
 
 def spec_hash(spec: JobSpec) -> str:
@@ -225,27 +304,31 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
     device: Literal["cpu", "cuda"] = "cuda" if res.gpus_per_node > 0 else "cpu"
     nproc = res.procs_per_node
 
-    image = spec.container.image or cluster.default_image
     warnings: list[str] = []
-    if cluster.backend != "local" and not image_is_pinned(image):
-        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
-        if cluster.require_pinned_image:
-            raise PlanError("container.image", msg.split(": ", 1)[1])
-        warnings.append(msg)
+    image = _image(spec, cluster, warnings)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
+    if cluster.workdir and cluster.backend != "k8s":
+        run_dir = posixpath.normpath(posixpath.join(cluster.workdir, run_dir))  # records hold absolute run dirs
+    files: dict[str, str] = {}
     steps, inputs, outputs = _steps(
-        _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir
+        _with_run_dir(spec, run_dir), device=device, nnodes=res.nodes, nproc=nproc, run_dir=run_dir, files=files
     )
 
-    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": jid}
-    if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
-        env["SAVE_DIR"] = outputs["checkpoint"]
-    if device == "cuda":
-        env.update(NCCL_ENV)
-    else:
-        env["OMP_NUM_THREADS"] = str(max(1, res.cpus_per_task // nproc))
-    env.update(spec.env)  # the user's word wins over our defaults
+    env = _job_env(spec, image, jid, outputs, device, nproc)
+    secrets = tuple(spec.secrets)
+    export_names = tuple(dict.fromkeys([*env, *secrets, *SLURM_ESSENTIAL_ENV]))
+    container = _container_args(spec, cluster, image, run_dir, export_names) if cluster.backend == "slurm" else ()
+    steps = tuple(
+        _with_commands(step, index, cluster, run_dir, container, res.cpus_per_task, res.gpus_per_node)
+        for index, step in enumerate(steps)
+    )
+    # SLURM: the batch script runs the job wrapper in the container too; it shares the allocation with its steps
+    wrapper_command = (
+        ("srun", "--nodes=1", "--ntasks=1", "--overlap", "--kill-on-bad-exit=1", *container, cluster.python)
+        if cluster.backend == "slurm"
+        else ()
+    )
 
     return JobPlan(
         job_id=jid,
@@ -254,7 +337,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         backend=cluster.backend,
         steps=steps,
         env=MappingProxyType(env),
-        secrets=tuple(spec.secrets),
+        secrets=secrets,
         resources=ResourcePlan(
             nodes=res.nodes,
             gpus_per_node=res.gpus_per_node,
@@ -270,17 +353,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         device=device,
         spec_hash=shash,
         requeue_exit_code=REQUEUE_EXIT_CODE,
-        slurm=SlurmPlan(
-            partition=spec.slurm.partition,
-            account=spec.slurm.account,
-            qos=spec.slurm.qos,
-            constraint=spec.slurm.constraint,
-            exclusive=spec.slurm.exclusive,
-            extra_sbatch=tuple(spec.slurm.extra_sbatch),
-            signal_lead_s=spec.slurm.signal_lead_s,
-            max_requeues=spec.slurm.max_requeues,
-            master_port=spec.slurm.master_port,
-        ),
+        slurm=_slurm_plan(spec),
         k8s=K8sPlan(
             namespace=spec.k8s.namespace,
             pvcs=tuple(PvcPlan(p.claim, p.mount_path, p.read_only) for p in spec.k8s.pvcs),
@@ -293,11 +366,128 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
             backoff_limit=spec.k8s.backoff_limit,
             ttl_seconds_after_finished=spec.k8s.ttl_seconds_after_finished,
             shm_size=spec.k8s.shm_size,
+            api=spec.k8s.api,
+            runtime_kind=spec.k8s.runtime_kind,
+            labels=MappingProxyType(dict(spec.k8s.labels)),
+            annotations=MappingProxyType(dict(spec.k8s.annotations)),
         ),
         outputs=MappingProxyType(outputs),
         inputs=MappingProxyType(inputs),
         warnings=tuple(warnings),
+        files=MappingProxyType(files),
+        wrapper_command=wrapper_command,
     )
+
+
+def replace_steps(plan: JobPlan, steps: tuple[Step, ...], cluster: Cluster) -> JobPlan:
+    """`plan` running `steps` instead, each given its commands as make_plan gives them (tests and tools that run a
+    hand-made step). Not for SLURM plans, whose step commands carry the spec's container arguments."""
+    if cluster.backend == "slurm":
+        raise ValueError("replace_steps: SLURM steps need the spec's container arguments (use make_plan)")
+    res = plan.resources
+    made = tuple(
+        _with_commands(step, i, cluster, plan.run_dir, (), res.cpus_per_task, res.gpus_per_node)
+        for i, step in enumerate(steps)
+    )
+    return replace(plan, steps=made)
+
+
+def _image(spec: JobSpec, cluster: Cluster, warnings: list[str]) -> str:
+    """The job's image; on a cluster, one not pinned by digest is a warning (an error with require_pinned_image)."""
+    image = spec.container.image or cluster.default_image
+    if cluster.backend != "local" and not image_is_pinned(image):
+        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
+        if cluster.require_pinned_image:
+            raise PlanError("container.image", msg.split(": ", 1)[1])
+        warnings.append(msg)
+    return image
+
+
+def _job_env(
+    spec: JobSpec, image: str, job_id: str, outputs: Mapping[str, str], device: str, nproc: int
+) -> dict[str, str]:
+    """The job's non-secret environment: our defaults, then the spec's (the user's word wins)."""
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "GEMMA3_LAUNCH_IMAGE": image, "GEMMA3_LAUNCH_JOB_ID": job_id}
+    if spec.kind in ("pretrain", "finetune") and outputs.get("checkpoint"):
+        env["SAVE_DIR"] = outputs["checkpoint"]
+    if device == "cuda":
+        env.update(NCCL_ENV)
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, spec.resources.cpus_per_task // nproc))
+    env.update(spec.env)
+    return env
+
+
+def _slurm_plan(spec: JobSpec) -> SlurmPlan:
+    s = spec.slurm
+    return SlurmPlan(
+        partition=s.partition,
+        account=s.account,
+        qos=s.qos,
+        constraint=s.constraint,
+        exclusive=s.exclusive,
+        extra_sbatch=tuple(s.extra_sbatch),
+        signal_lead_s=s.signal_lead_s,
+        max_requeues=s.max_requeues,
+        master_port=s.master_port,
+    )
+
+
+def _container_args(
+    spec: JobSpec, cluster: Cluster, image: str, run_dir: str, export_names: tuple[str, ...]
+) -> tuple[str, ...]:
+    """pyxis options shared by every container step of a SLURM job: one image, one container name per job and
+    attempt (steps reuse the imported container), the run dir / working dir / spec mounts, and an environment
+    allowlist (`--export` names what srun passes; `--container-env` lets those win over the image's own values)."""
+    workdir = cluster.workdir or "."
+    mounts = [f"{run_dir}:{run_dir}"]
+    if cluster.workdir:
+        mounts.append(f"{workdir}:{workdir}")
+    mounts += [f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in spec.mounts]
+    for path in (run_dir, workdir, *(m.source for m in spec.mounts), *(m.target for m in spec.mounts)):
+        if "," in path or ":" in path:
+            raise PlanError("mounts", f"expected paths without ',' or ':' on SLURM (pyxis mount syntax), got {path!r}")
+    names = ",".join(export_names)
+    return (
+        f"--export={names}",
+        f"--container-image={image}",
+        CONTAINER_NAME_ARG,
+        f"--container-mounts={','.join(dict.fromkeys(mounts))}",
+        f"--container-workdir={workdir}",
+        f"--container-env={names}",
+        "--no-container-mount-home",
+    )
+
+
+def _with_commands(
+    step: Step, index: int, cluster: Cluster, run_dir: str, container: tuple[str, ...], cpus: int, gpus: int
+) -> Step:
+    """The step with the exact commands that run it: the node command, and what the job wrapper executes."""
+    # a local job runs the launcher's own Python environment, which need not be on PATH: its console scripts by module
+    local = cluster.backend == "local"
+    if step.world_size == 1:
+        node_command = (cluster.python, "-m", RUNTIME_MODULE, *step.args) if local else step.runtime_argv
+    else:
+        node_command = (
+            *((cluster.python, "-m", "torch.distributed.run") if local else ("torchrun",)),
+            f"--nnodes={step.nnodes}",
+            f"--nproc-per-node={step.nproc_per_node}",
+            "-m",
+            JOBWRAP_MODULE,
+            "rank",
+            RUNTIME_MODULE,
+            *step.args,
+        )
+    node = (cluster.python, "-m", JOBWRAP_MODULE, "node", run_dir, str(index))
+    if cluster.backend != "slurm":
+        command = node
+    else:
+        srun = ["srun", f"--nodes={step.nnodes}", f"--ntasks={step.nnodes}", "--ntasks-per-node=1"]
+        srun.append(f"--cpus-per-task={cpus}")
+        if gpus:
+            srun.append(f"--gpus-per-node={gpus}")
+        command = (*srun, "--kill-on-bad-exit=1", "--overlap", *container, *node)
+    return Step(step.name, step.args, step.nnodes, step.nproc_per_node, step.preemptible, command, node_command)
 
 
 #: In checkpoint / export paths: this submission's run directory, so every submission gets fresh outputs
@@ -329,7 +519,8 @@ def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
     if res.gpus_per_node > cluster.max_gpus_per_node:
         raise PlanError(
             "resources.gpus_per_node",
-            f"expected at most {cluster.max_gpus_per_node} GPUs per node on the {cluster.backend} cluster, got {res.gpus_per_node}",
+            f"expected at most {cluster.max_gpus_per_node} GPUs per node on the {cluster.backend} cluster, "
+            f"got {res.gpus_per_node}",
         )
     if cluster.max_nodes is not None and res.nodes > cluster.max_nodes:
         raise PlanError(
@@ -349,7 +540,9 @@ def _data_overrides(spec: JobSpec) -> list[str]:
     return [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
 
 
-def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str) -> tuple[tuple[Step, ...], dict, dict]:
+def _steps(
+    spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str, files: dict[str, str]
+) -> tuple[tuple[Step, ...], dict, dict]:
     dev = ("--device", device)
     dtype = ("--torch-dtype", spec.torch_dtype) if spec.torch_dtype else ()
     ck = spec.checkpoint
@@ -362,7 +555,14 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
     def gen_step(name: str, hf_path: str) -> Step:
         g = spec.generate
         assert g is not None
-        src = ("--prompts-file", g.prompts_file) if g.prompts_file else ("--prompt", g.prompt)
+        if g.prompts_file:
+            src: tuple[str, ...] = ("--prompts-file", g.prompts_file)
+        elif _needs_file(g.prompt):
+            # one JSONL record: a multi-line prompt stays ONE prompt (the runtime reads JSONL 'prompt' fields)
+            files[PROMPT_FILE] = json.dumps({"prompt": g.prompt}, ensure_ascii=False) + "\n"
+            src = ("--prompts-file", posixpath.join(run_dir, PROMPT_FILE))
+        else:
+            src = ("--prompt", g.prompt)
         out = ("--output", posixpath.join(run_dir, f"{name}.jsonl"))  # the answers, for the record and the summary
         return Step(
             name, ("generate", "--hf-model-path", hf_path, *src, "--max-new-tokens", str(g.max_new_tokens), *out, *dev)
@@ -403,7 +603,7 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
             run += ["--pretrained-checkpoint", pretrained]
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
-        # save AND load: the run resumes from its own checkpoints after a requeue (the recipe default is $SAVE_DIR/<name>)
+        # save AND load: the run resumes from its own checkpoints after a requeue (recipe default: $SAVE_DIR/<name>)
         run += [*dev, f"checkpoint.save={ck.dir}", f"checkpoint.load={ck.dir}", *_data_overrides(spec), *spec.overrides]
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
@@ -413,6 +613,17 @@ def _steps(spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str)
             if spec.generate:
                 steps.append(gen_step("generate_after", spec.export.hf_path))
     return tuple(steps), inputs, outputs
+
+
+#: the run-dir file a long or multi-line generate.prompt travels in.
+PROMPT_FILE = "prompt.jsonl"
+
+
+def _needs_file(value: str | None) -> bool:
+    """A value that cannot be one safe argument: it holds a control character / line break, or is long."""
+    from .quoting import has_control_chars
+
+    return value is not None and (has_control_chars(value) or len(value.encode()) > MAX_ARG_BYTES)
 
 
 def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tuple[str, ...]:

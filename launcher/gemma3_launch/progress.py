@@ -246,15 +246,18 @@ def job_progress(rec: dict, now: float | None = None) -> Progress:
     ckpt = outputs.get("checkpoint") if isinstance(outputs.get("checkpoint"), str) else None
     save_dir = Path(ckpt) if ckpt else None
     prog = Progress()
-    if not run_dir.is_dir():
+    # a Kubernetes job's files live on the cluster's volume: the run dir here may hold only what `submit` wrote
+    on_cluster_only = rec.get("backend") == "k8s" and save_dir is not None and not save_dir.is_dir()
+    if not run_dir.is_dir() or on_cluster_only:
         prog.note = _unreachable_note(rec)
-        return prog
+        if not run_dir.is_dir():
+            return prog
     start, end = _started_at(rec), _ended_at(rec, run_dir)
     if start is not None:
         prog.elapsed_s = round(max(0.0, (end or now) - start), 1)
     prog.wandb = _wandb([d for d in (save_dir, run_dir) if d is not None])
-    if save_dir is None:
-        return prog  # import / export / generate: no training steps
+    if save_dir is None or on_cluster_only:
+        return prog  # import / export / generate: no training steps; or the steps are not readable from here
     records = read_steps(save_dir / STEPS_FILE)
     prog.sources["steps"] = str(save_dir / STEPS_FILE)
     cfg = _config_from_plan(run_dir) or _config_from_checkpoint(save_dir) or {}
@@ -296,8 +299,10 @@ def _unreachable_note(rec: dict) -> str:
     if rec.get("backend") == "k8s":
         spec = rec.get("spec") if isinstance(rec.get("spec"), dict) else {}
         ns = (spec.get("k8s") or {}).get("namespace", "default") if isinstance(spec.get("k8s"), dict) else "default"
+        outputs = rec.get("outputs") if isinstance(rec.get("outputs"), dict) else {}
+        where = outputs.get("checkpoint") or rec.get("run_dir")
         return (
-            f"the run dir {rec.get('run_dir')} is on the cluster's volume, not reachable from here: progress is in"
+            f"the job's files ({where}) are on the cluster's volume, not reachable from here: progress is in"
             f" the master pod's log (`gemma3-launch logs {job}`; namespace {ns}) and in steps.jsonl in the"
             " checkpoint dir on that volume"
         )

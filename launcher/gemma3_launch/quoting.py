@@ -62,6 +62,14 @@ def comment_text(value: str) -> str:
     return _LINE_BREAKS.sub(escape, _CONTROL.sub(escape, value))
 
 
+def submitit_sbatch_value(value: str, *, filename: bool = False) -> str:
+    """A value for an sbatch option that submitit's script builder writes (`_as_sbatch_flag` shell-quotes it, and
+    sbatch's directive reader honours those quotes): control characters refused, and in file-name options `%` doubled
+    so sbatch's filename patterns (`%j`, `%x`...) never apply to a literal `%` of the path."""
+    _refuse_control(value, "an #SBATCH directive")
+    return value.replace("%", "%%") if filename else value
+
+
 def sbatch_value(value: str, *, filename: bool = False) -> str:
     """A value for `#SBATCH --opt=VALUE`: double-quoted when it holds blanks or quotes (sbatch's own directive
     tokenizer honours double quotes and backslashes), `%` doubled in file-name options (sbatch expands `%j` etc.)."""
@@ -73,8 +81,9 @@ def sbatch_value(value: str, *, filename: bool = False) -> str:
     return value
 
 
-def k8s_command_word(value: str) -> str:
+def k8s_command_word(value: str, *, script: bool = False) -> str:
     """`value` for a container's `command` / `args`: the kubelet's `$(VAR)` expansion and `$$` escape are defeated
-    by doubling every `$` (the kubelet turns `$$` back into one `$`)."""
-    _refuse_control(value, "a Kubernetes command string")
+    by doubling every `$` (the kubelet turns `$$` back into one `$`). `script=True`: the value is a whole bash
+    script (`bash -c`), whose line breaks are its own; any other control character is still refused."""
+    _refuse_control(value.replace("\n", "") if script else value, "a Kubernetes command string")
     return value.replace("$", "$$")

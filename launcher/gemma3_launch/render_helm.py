@@ -1,8 +1,9 @@
 """JobPlan -> values for the Helm chart in helm/gemma3-launch (`gemma3-launch render SPEC --format helm-values`).
 
-The values are cut FROM the PyTorchJob that render_k8s builds, never computed a second way: argv, the entrypoint
-script, env, defaults and `${VAR}` expansion all come from the one plan function, and the chart only lays them
-out. tests/k8s compare chart(values(spec)) with render_pytorchjob(plan(spec)) for every spec in jobspecs/.
+The values are cut FROM the objects render_k8s builds (a TrainJob + TrainingRuntime, or a PyTorchJob), never
+computed a second way: the entrypoint script, env, defaults, restart rules and `${VAR}` expansion all come from the
+one plan function, and the chart only lays them out. tests/k8s compare chart(values(spec)) with
+render_objects(plan(spec)) for every spec in jobspecs/ and both APIs, apart from Helm's own labels.
 """
 
 from __future__ import annotations
@@ -16,41 +17,16 @@ from .render_k8s import (
     LABEL_KIND,
     LABEL_KUEUE_QUEUE,
     dump_yaml,
-    render_pytorchjob,
+    render_objects,
 )
 
 CHART_PATH = "helm/gemma3-launch"
 
 
-def helm_values(plan: JobPlan) -> dict[str, Any]:
-    """Values that make the chart render exactly render_pytorchjob(plan)."""
-    job = render_pytorchjob(plan)
-    meta, spec = job["metadata"], job["spec"]
-    master = spec["pytorchReplicaSpecs"]["Master"]
-    pod = master["template"]["spec"]
-    container = pod["containers"][0]
+def _pod_values(pod: dict[str, Any], container_mounts: list[dict[str, Any]]) -> dict[str, Any]:
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    mounts = [m for m in container["volumeMounts"] if m["name"] != "dshm"]
+    mounts = [m for m in container_mounts if m["name"] != "dshm"]
     return {
-        "job": {
-            "name": meta["name"],
-            "kind": meta["labels"][LABEL_KIND],
-            "specHash": meta["annotations"][ANNOTATION_SPEC_HASH],
-            "runDir": meta["annotations"][ANNOTATION_RUN_DIR],
-            "queue": meta["labels"].get(LABEL_KUEUE_QUEUE, ""),
-        },
-        "image": container["image"],
-        "imagePullPolicy": container["imagePullPolicy"],
-        "command": container["command"],
-        "nodes": plan.resources.nodes,
-        "nprocPerNode": int(spec["nprocPerNode"]),
-        "resources": container["resources"],
-        "env": [e for e in container["env"] if "value" in e],
-        "secrets": {
-            "secretName": plan.k8s.secret_name or "",
-            "names": [e["name"] for e in container["env"] if "valueFrom" in e],
-        },
-        "runPolicy": spec["runPolicy"],
         "shmSize": volumes["dshm"]["emptyDir"]["sizeLimit"],
         "pvcs": [
             {
@@ -73,11 +49,78 @@ def helm_values(plan: JobPlan) -> dict[str, Any]:
     }
 
 
+def _job_values(plan: JobPlan, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "api": plan.k8s.api,
+        "job": {
+            "name": meta["name"],
+            "kind": meta["labels"][LABEL_KIND],
+            "specHash": meta["annotations"][ANNOTATION_SPEC_HASH],
+            "runDir": meta["annotations"][ANNOTATION_RUN_DIR],
+            "queue": meta["labels"].get(LABEL_KUEUE_QUEUE, ""),
+        },
+        "labels": dict(plan.k8s.labels),
+        "annotations": dict(plan.k8s.annotations),
+        "nodes": plan.resources.nodes,
+    }
+
+
+def _env_values(env: list[dict[str, Any]], plan: JobPlan) -> dict[str, Any]:
+    return {
+        "env": [e for e in env if "value" in e],
+        "secrets": {"secretName": plan.k8s.secret_name or "", "names": [e["name"] for e in env if "valueFrom" in e]},
+    }
+
+
+def helm_values(plan: JobPlan) -> dict[str, Any]:
+    """Values that make the chart render exactly render_objects(plan)."""
+    objects = render_objects(plan)
+    if plan.k8s.api == "pytorchjob":
+        (job,) = objects
+        pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        container = pod["containers"][0]
+        return {
+            **_job_values(plan, job["metadata"]),
+            "image": container["image"],
+            "imagePullPolicy": container["imagePullPolicy"],
+            "command": container["command"],
+            "nprocPerNode": int(job["spec"]["nprocPerNode"]),
+            "resources": container["resources"],
+            **_env_values(container["env"], plan),
+            "runPolicy": job["spec"]["runPolicy"],
+            **_pod_values(pod, container["volumeMounts"]),
+        }
+    runtime, job = objects
+    jobset = runtime["spec"]["template"]["spec"]
+    (replicated,) = jobset["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    trainer = job["spec"]["trainer"]
+    return {
+        **_job_values(plan, job["metadata"]),
+        "image": trainer["image"],
+        "imagePullPolicy": pod["containers"][0]["imagePullPolicy"],
+        "command": trainer["command"],
+        "nprocPerNode": trainer["numProcPerNode"],
+        "resources": trainer["resourcesPerNode"],
+        **_env_values(trainer["env"], plan),
+        "trainJob": {"activeDeadlineSeconds": job["spec"]["activeDeadlineSeconds"], "suspend": job["spec"]["suspend"]},
+        "runtime": {
+            "kind": runtime["kind"],
+            "name": "" if runtime["kind"] == "TrainingRuntime" else runtime["metadata"]["name"],
+            "ttlSecondsAfterFinished": jobset["ttlSecondsAfterFinished"],
+            "failurePolicy": jobset["failurePolicy"],
+            "podFailurePolicy": replicated["template"]["spec"]["podFailurePolicy"],
+        },
+        **_pod_values(pod, pod["containers"][0]["volumeMounts"]),
+    }
+
+
 def helm_values_yaml(plan: JobPlan) -> str:
     """The values file `render --format helm-values` prints, with how to install it."""
     header = (
         f"# Helm values for job {plan.job_id}, generated by `gemma3-launch render --format helm-values` from the\n"
-        f"# job plan (do not hand-edit argv or env here: change the spec and re-render).\n"
+        f"# job plan (do not hand-edit argv or env here: change the spec and re-render). The release name is the\n"
+        f"# objects' name: use the job id.\n"
         f"#   helm install {plan.job_id} {CHART_PATH} -n {plan.k8s.namespace} -f values.yaml\n"
     )
     return header + dump_yaml(helm_values(plan))

@@ -25,16 +25,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from .contract import KNOWN_RECIPES, MODEL_SIZES, SECRET_ENV_NAMES
 from .credentials import looks_like_credential
+from .spec_base import NonEmpty, Strict
+from .spec_k8s import K8s
 
 JobKind = Literal["import", "export", "pretrain", "finetune", "generate"]
 PeftKind = Literal["none", "lora", "dora"]
 
-#: k8s object names are DNS-1123 labels (63 chars); we leave room for a run suffix.
-JOB_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+#: k8s object names are DNS-1035 labels (63 chars, a letter first); we leave room for the run suffix and the
+#: names the operator derives (render_k8s.check_derived_names).
+JOB_NAME_RE = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: sbatch(1)'s time formats: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
 #: "days-hours:minutes", "days-hours:minutes:seconds".
@@ -52,11 +55,6 @@ MEMORY_RE = r"^[1-9][0-9]*[KMGT]$"
 SECRET_KEY_HINT = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)", re.I)
 
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
-NonEmpty = Annotated[str, StringConstraints(min_length=1)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def parse_time_limit(value: str | int) -> int:
@@ -257,49 +255,6 @@ class Slurm(Strict):
         le=65535,
         description="torchrun's rendezvous port; default: 20000 + SLURM_JOB_ID % 20000 (jobs sharing a node never"
         " collide).",
-    )
-
-
-class Toleration(Strict):
-    key: NonEmpty | None = Field(None, description="The taint key tolerated; none (with Exists) tolerates every taint.")
-    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal: key and value match; Exists: key only.")
-    value: str | None = Field(None, description="The taint value (operator Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        None, description="The taint effect tolerated; none: every effect."
-    )
-
-
-class Pvc(Strict):
-    claim: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = Field(
-        description="The PersistentVolumeClaim's name (in k8s.namespace)."
-    )
-    mount_path: NonEmpty = Field(description="Where the claim is mounted in every pod (absolute path).")
-    read_only: bool = Field(False, description="Mount the claim read-only.")
-
-
-class K8s(Strict):
-    namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = Field(
-        "default", description="The namespace the job runs in."
-    )
-    pvcs: list[Pvc] = Field(
-        default_factory=list, description="PersistentVolumeClaims mounted in every pod (run dirs, checkpoints, data)."
-    )
-    secret_name: NonEmpty | None = Field(
-        None, description="The Kubernetes Secret holding the values of `secrets` (its keys are the secret names)."
-    )
-    node_selector: dict[NonEmpty, str] = Field(default_factory=dict, description="Pod nodeSelector labels.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations.")
-    priority_class: NonEmpty | None = Field(None, description="The pods' PriorityClass.")
-    queue: NonEmpty | None = Field(
-        None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name); none: no Kueue."
-    )
-    service_account: NonEmpty | None = Field(None, description="The pods' service account.")
-    backoff_limit: int = Field(3, ge=0, le=100, description="Restarts of a failed job before it counts as failed.")
-    ttl_seconds_after_finished: int = Field(
-        86400, ge=0, description="Seconds a finished job object is kept before Kubernetes deletes it."
-    )
-    shm_size: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = Field(
-        "16Gi", description="Size of the pods' /dev/shm (a memory-backed volume), e.g. 16Gi."
     )
 
 

@@ -77,6 +77,12 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     write_json_atomic(tmp / PLAN_FILE, plan.to_dict())
+    for relpath, text in plan.files.items():  # long / multi-line values the steps read (e.g. a multi-line prompt)
+        target = (tmp / relpath).resolve()
+        if tmp.resolve() not in target.parents:
+            raise ValueError(f"plan file {relpath!r} is outside the run dir")  # the plan names only its own files
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     rec = {
         "job_id": plan.job_id,
@@ -103,8 +109,9 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     os.rename(tmp, final)
     try:
         backend_id = get_backend(plan.backend).submit(plan, final)
-    except BackendError:
-        rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=str(exc)))
+    except BackendError as exc:
+        error = str(exc)
+        rec = update_record(final, lambda r: add_state(r, "SUBMIT_FAILED", error=error))
         registry.upsert(rec)
         raise
 

@@ -1,15 +1,12 @@
 #!/bin/bash
-# Build kube-apiserver ONCE (Debian's kubernetes source package + the reflect2 patch, via the shared testbed
-# recipe) and cache it outside the repo so every later test run reuses it.
+# Build kube-apiserver ONCE (Debian's kubernetes source package + the reflect2 patch, via build_apiserver.sh
+# beside this file) and cache it outside the repo so every later test run reuses it.
 # Usage: build.sh            -> prints the cached binary path
 # Env:   GEMMA3_K8S_CACHE  (default ~/.cache/gemma3-launch/k8s)
-#        GEMMA3_SHARED     (default: ../shared next to the repo root, as on CI)
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-SHARED=${GEMMA3_SHARED:-$(cd "$REPO/../shared" 2>/dev/null && pwd || true)}
+HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${GEMMA3_K8S_CACHE:-$HOME/.cache/gemma3-launch/k8s}
-RECIPE="$SHARED/testbeds/k8s/build_apiserver.sh"
-[ -x "$RECIPE" ] || { echo "build.sh: shared testbed recipe not found at $RECIPE (set GEMMA3_SHARED)" >&2; exit 2; }
+RECIPE="$HERE/build_apiserver.sh"
 mkdir -p "$CACHE"
 # One builder at a time: parallel test sessions wait for the first build instead of starting a second one.
 exec 9>"$CACHE/.build.lock"

@@ -1,8 +1,12 @@
-"""Install a CRD into the test apiserver and wait until it is Established.
+"""Install CRDs into the test apiserver and wait until each is Established.
 
-Raw (non-preloaded) calls: the client's typed models are newer than the 1.20 server and the CRD carries fields
-(x-kubernetes-validations) that 1.20 drops, so we neither validate client-side nor deserialize the echo.
-Usage: install_crd.py KUBECONFIG CRD_YAML
+The test apiserver is Kubernetes 1.20 (scripts/k8s_testbed/build_apiserver.sh); the vendored CRDs are newer, so each
+is first made loadable there (`for_old_apiserver`, after the gemma3-launch shared testbed's
+crd_sanitize_for_old_k8s.py): CEL rules (x-kubernetes-validations, needs >= 1.25) are dropped - the offline tier
+checks them instead (tests/k8s/cel_rules.py) - and 1.20 mis-reads empty-string defaults, so such properties lose
+the default and become `required` (1.20 insists list-map keys have one or the other). Raw (non-preloaded) calls:
+the client's typed models are newer than the server.
+Usage: install_crd.py KUBECONFIG CRD_YAML...
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import urllib3
 import yaml
@@ -17,10 +22,31 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 
-def install_crd(kubeconfig: str, crd_path: str, timeout_s: float = 30.0) -> str:
+def for_old_apiserver(node: Any) -> Any:
+    """`node` (a CRD or part of one) made loadable by a 1.20 apiserver, in place."""
+    if isinstance(node, dict):
+        node.pop("x-kubernetes-validations", None)
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and sub.get("default", None) == "":
+                    sub.pop("default")
+                    required = node.setdefault("required", [])
+                    if name not in required:
+                        required.append(name)
+        for value in node.values():
+            for_old_apiserver(value)
+    elif isinstance(node, list):
+        for value in node:
+            for_old_apiserver(value)
+    return node
+
+
+def install_crd(kubeconfig: str, crd_path: str, timeout_s: float = 60.0) -> str:
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the test server's self-signed cert
     with open(crd_path, encoding="utf-8") as handle:
-        crd = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 600 KB
+        crd = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # up to 800 KB
+    crd = for_old_apiserver(crd)
     api = client.ApiextensionsV1Api(config.new_client_from_config(config_file=kubeconfig))
     name = crd["metadata"]["name"]
     try:
@@ -39,4 +65,5 @@ def install_crd(kubeconfig: str, crd_path: str, timeout_s: float = 30.0) -> str:
 
 
 if __name__ == "__main__":
-    print(f"installed CRD {install_crd(sys.argv[1], sys.argv[2])}")
+    for path in sys.argv[2:]:
+        print(f"installed CRD {install_crd(sys.argv[1], path)}")

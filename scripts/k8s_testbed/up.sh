@@ -1,5 +1,6 @@
 #!/bin/bash
-# Start etcd + the cached kube-apiserver on loopback, write a kubeconfig and install the PyTorchJob CRD.
+# Start etcd + the cached kube-apiserver on loopback, write a kubeconfig and install the five vendored CRDs
+# (tests/k8s/crds: PyTorchJob, TrainJob, TrainingRuntime, ClusterTrainingRuntime, JobSet).
 # No kubelet/scheduler/operator: objects are validated and stored, pods never run; tests patch a job's
 # status subresource to play the training operator.
 # Usage: up.sh STATE_DIR   -> prints STATE_DIR/kubeconfig
@@ -11,7 +12,6 @@ D=$(mkdir -p "${1:?STATE_DIR}" && cd "$1" && pwd); mkdir -p "$D/etcd" "$D/pki"
 ETCD_PORT=${ETCD_PORT:-2379}; ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}; API_PORT=${API_PORT:-6443}
 PYTHON=${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3 )}
 BIN=$("$HERE/build.sh")
-SHARED=${GEMMA3_SHARED:-$(cd "$REPO/../shared" && pwd)}
 command -v etcd >/dev/null || { echo "up.sh: etcd not installed (build.sh installs etcd-server)" >&2; exit 1; }
 
 [ -s "$D/pki/sa.key" ] || openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
@@ -51,5 +51,5 @@ for _ in $(seq 1 240); do
 done
 curl -sk -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$API_PORT/readyz" | grep -q '^ok' \
   || { echo "up.sh: kube-apiserver not ready, see $D/apiserver.log" >&2; exit 1; }
-"$PYTHON" "$HERE/install_crd.py" "$D/kubeconfig" "$SHARED/testbeds/k8s/crds/kubeflow.org_pytorchjobs.yaml" >&2
+"$PYTHON" "$HERE/install_crd.py" "$D/kubeconfig" "$REPO"/tests/k8s/crds/*.yaml >&2
 echo "$D/kubeconfig"

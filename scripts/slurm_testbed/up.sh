@@ -1,17 +1,17 @@
 #!/bin/bash
 # gemma3-launch's SLURM test cluster: a REAL Slurm 22.05 (Debian 12 packages) on this one host.
 # munge + slurmctld + two emulated nodes n1, n2 (2 CPUs, 8 count-only fake GPUs each) + a test-only SPANK plugin
-# that accepts pyxis' --container-* flags (it runs no container: the "container" is the host env) and, with
-# WITH_DBD=1 (default), MariaDB + slurmdbd so sacct works. Idempotent: re-running with another WITH_DBD or
-# MIN_JOB_AGE rewrites slurm.conf and restarts slurmctld (job state survives in StateSaveLocation).
-# Root only; no systemd/cgroups/Docker needed. Stop with down.sh (by PID files, never by name).
-# Recipe credit: ../shared/testbeds/slurm (the fake pyxis source is read from there, or from FAKE_PYXIS_C).
+# (fake_pyxis.c, beside this file) that accepts pyxis' --container-* flags and "imports" an image stand-in
+# (make_image.sh: a Python environment put first on the task's PATH; no container runs) and records every task's
+# argv in $FAKE_PYXIS_LOG; with WITH_DBD=1 (default), MariaDB + slurmdbd so sacct works. Idempotent: re-running
+# with another WITH_DBD or MIN_JOB_AGE rewrites slurm.conf and restarts slurmctld (job state survives in
+# StateSaveLocation). Root only; no systemd/cgroups/Docker needed. Stop with down.sh (by PID files, never by name).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 WITH_DBD=${WITH_DBD:-1}
 MIN_JOB_AGE=${MIN_JOB_AGE:-300}
 HOST=$(hostname -s)
-FAKE_PYXIS_C=${FAKE_PYXIS_C:-$HERE/../../../shared/testbeds/slurm/fake_pyxis.c}
+FAKE_PYXIS_LOG=${FAKE_PYXIS_LOG:-/var/log/slurm/fake_pyxis.tasks}
 export DEBIAN_FRONTEND=noninteractive
 log() { echo "[slurm_testbed] $*"; }
 
@@ -99,8 +99,14 @@ printf 'AutoDetect=off\nName=gpu File=/dev/fakegpu/nvidia[0-7]\n' > /etc/slurm/g
 grep -qE '\sn1 n2$' /etc/hosts || echo '127.0.0.1 n1 n2' >> /etc/hosts   # MASTER_ADDR=n1 must resolve
 mkdir -p /dev/fakegpu; for i in 0 1 2 3 4 5 6 7; do ln -sf /dev/null /dev/fakegpu/nvidia$i; done
 plugin=/usr/lib/x86_64-linux-gnu/slurm-wlm/fake_pyxis.so
-[ -s "$plugin" ] || gcc -shared -fPIC -o "$plugin" "$FAKE_PYXIS_C"
-echo "required $plugin" > /etc/slurm/plugstack.conf.d/fake_pyxis.conf
+if [ ! -s "$plugin" ] || ! cmp -s "$HERE/fake_pyxis.c" "$plugin.c"; then
+  gcc -shared -fPIC -Wall -o "$plugin" "$HERE/fake_pyxis.c" && cp "$HERE/fake_pyxis.c" "$plugin.c" && changed=1
+fi
+touch "$FAKE_PYXIS_LOG"
+plugstack="required $plugin log=$FAKE_PYXIS_LOG"
+if [ "$(cat /etc/slurm/plugstack.conf.d/fake_pyxis.conf 2>/dev/null)" != "$plugstack" ]; then
+  echo "$plugstack" > /etc/slurm/plugstack.conf.d/fake_pyxis.conf; changed=1
+fi
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 stop() { if alive "$1"; then local pid; pid=$(cat "$1"); kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done; fi; }

@@ -1,4 +1,4 @@
-"""Helpers of the k8s tier: every job spec as a plan, the PyTorchJob CRD schema made strict."""
+"""Helpers of the k8s tier: every job spec as a plan, the vendored CRD schemas made strict, their CEL rules."""
 
 from __future__ import annotations
 
@@ -12,9 +12,19 @@ from gemma3_launch.loader import load_spec
 from gemma3_launch.plan import Cluster, JobPlan, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("GEMMA3_SHARED", REPO.parent / "shared"))
-CRD_DIR = SHARED / "testbeds" / "k8s" / "crds"
+#: The five CRDs, vendored (tests/k8s/crds/README.md names each one's upstream project, path and version).
+CRD_DIR = Path(__file__).parent / "crds"
 PYTORCHJOB_CRD = CRD_DIR / "kubeflow.org_pytorchjobs.yaml"
+CRD_FILES = {
+    "PyTorchJob": PYTORCHJOB_CRD,
+    "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.yaml",
+    "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.yaml",
+    "ClusterTrainingRuntime": CRD_DIR / "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+    "JobSet": CRD_DIR / "jobset.x-k8s.io_jobsets.yaml",
+}
+#: Set to 1 to run the k8s tier without the real kube-apiserver (its tests then skip, saying so); without it, a
+#: missing prerequisite (no Go/etcd to build with) FAILS the tier.
+OFFLINE_ENV = "GEMMA3_K8S_OFFLINE"
 TESTBED = REPO / "scripts" / "k8s_testbed"
 CHART = REPO / "helm" / "gemma3-launch"
 #: every example spec plus this tier's own, which turns on every k8s knob (PVCs, Kueue, tolerations, 2 nodes...)

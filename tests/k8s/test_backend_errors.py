@@ -35,6 +35,7 @@ def _submit(tmp_path: Path, kubeconfig: Path) -> subprocess.CompletedProcess:
             "k8s",
             "--set",
             f"runs_dir={tmp_path}/runs",
+            "--ephemeral-run-dir-ok",  # the run dir is this machine's: the test is about reaching the cluster
         ],
         cwd=tmp_path,
         env=env,
@@ -47,7 +48,7 @@ def _submit(tmp_path: Path, kubeconfig: Path) -> subprocess.CompletedProcess:
 def test_no_kubeconfig_and_not_in_a_cluster(tmp_path: Path) -> None:
     result = _submit(tmp_path, tmp_path / "missing-kubeconfig")
     assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    line = result.stderr.strip().splitlines()[-1]  # after the warning about the ephemeral run dir
     assert line.startswith("gemma3-launch submit: k8s error: no Kubernetes access")
     assert "Traceback" not in result.stderr
 
@@ -57,5 +58,5 @@ def test_unreachable_api_server(tmp_path: Path) -> None:
     kubeconfig.write_text(UNREACHABLE)
     result = _submit(tmp_path, kubeconfig)
     assert result.returncode == 1
-    (last,) = result.stderr.strip().splitlines()
+    last = result.stderr.strip().splitlines()[-1]
     assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in last and "Traceback" not in result.stderr

@@ -31,8 +31,26 @@ exit "${FAKE_RC:-0}"
 """
 
 
-def _setup(tmp_path: Path, nodes: int = 2) -> tuple:
-    plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": str(nodes)})
+#: How each operator tells a pod its node rank and the master's address and port.
+OPERATOR_VARS = {
+    "pytorchjob": ("RANK", "MASTER_ADDR", "MASTER_PORT"),
+    "trainjob": ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"),
+}
+
+
+@pytest.fixture(params=sorted(OPERATOR_VARS))
+def api(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _op(api: str, rank: int, port: int | str) -> dict[str, str]:
+    """The operator's variables for node `rank`; RANK too, which only names the fake's output files."""
+    rank_var, addr_var, port_var = OPERATOR_VARS[api]
+    return {"RANK": str(rank), rank_var: str(rank), addr_var: "127.0.0.1", port_var: str(port)}
+
+
+def _setup(tmp_path: Path, nodes: int = 2, api: str = "pytorchjob") -> tuple:
+    plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": str(nodes), "k8s.api": api})
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / "python3").write_text(FAKE_PYTHON)
@@ -45,25 +63,25 @@ def _run(script: str, env: dict, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", script], env={**env, **extra}, capture_output=True, text=True, timeout=60)
 
 
-def test_master_writes_the_plan_and_runs_the_job_wrapper(tmp_path: Path) -> None:
-    script, env, run_dir, plan = _setup(tmp_path)
-    result = _run(script, env, RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
+def test_master_writes_the_plan_and_runs_the_job_wrapper(tmp_path: Path, api: str) -> None:
+    script, env, run_dir, plan = _setup(tmp_path, api=api)
+    result = _run(script, env, **_op(api, 0, 1))
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "plan.json").read_text()) == json.loads(json.dumps(plan.to_dict()))
     assert (tmp_path / "argv.0").read_text().split("\n")[:-1] == ["-m", "gemma3_launch.jobwrap", "job", str(run_dir)]
     assert not list(run_dir.glob(".plan.json.*")), "temporary plan copy left behind"
 
 
-def test_requeue_exit_code_reaches_the_operator(tmp_path: Path) -> None:
-    script, env, _, _ = _setup(tmp_path)
-    result = _run(script, env, RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1", FAKE_RC=str(REQUEUE_EXIT_CODE))
+def test_requeue_exit_code_reaches_the_operator(tmp_path: Path, api: str) -> None:
+    script, env, _, _ = _setup(tmp_path, api=api)
+    result = _run(script, env, **_op(api, 0, 1), FAKE_RC=str(REQUEUE_EXIT_CODE))
     assert result.returncode == REQUEUE_EXIT_CODE
-    result = _run(script, env, RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1", FAKE_RC="1")
+    result = _run(script, env, **_op(api, 0, 1), FAKE_RC="1")
     assert result.returncode == 1
 
 
-def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path: Path) -> None:
-    script, env, run_dir, plan = _setup(tmp_path)
+def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path: Path, api: str) -> None:
+    script, env, run_dir, plan = _setup(tmp_path, api=api)
     train = [i for i, step in enumerate(plan.steps) if step.nnodes > 1]
     assert [plan.steps[i].name for i in train] == ["train"]
     with socket.socket() as listener:
@@ -71,7 +89,7 @@ def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path:
         port = listener.getsockname()[1]
         proc = subprocess.Popen(
             ["bash", "-c", script],
-            env={**env, "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "FAKE_RC": "3"},
+            env={**env, **_op(api, 1, port), "FAKE_RC": "3"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -84,8 +102,8 @@ def test_worker_waits_for_the_master_then_runs_only_the_multinode_step(tmp_path:
     assert (tmp_path / "node_rank.1").read_text().strip() == "1"  # the wrapper's torchrun --node-rank
 
 
-def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path) -> None:
-    script, env, _, _ = _setup(tmp_path)
+def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path, api: str) -> None:
+    script, env, _, _ = _setup(tmp_path, api=api)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -93,9 +111,7 @@ def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path) -> 
         ["bash", "-c", script],
         env={
             **env,
-            "RANK": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(listener.getsockname()[1]),
+            **_op(api, 1, listener.getsockname()[1]),
             "FAKE_SLEEP": "2",
             "FAKE_RC": "1",
         },
@@ -107,11 +123,11 @@ def test_worker_restarts_to_rejoin_when_the_master_went_away(tmp_path: Path) -> 
         time.sleep(0.1)
     listener.close()  # the master's torchrun is gone while this node's step fails
     assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE
-    assert "master went away" in proc.stderr.read()
+    assert "node 0 went away" in proc.stderr.read()
 
 
-def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
-    script, env, _, _ = _setup(tmp_path)
+def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path, api: str) -> None:
+    script, env, _, _ = _setup(tmp_path, api=api)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -119,9 +135,7 @@ def test_sigterm_on_a_worker_pod_reaches_the_step(tmp_path: Path) -> None:
             ["bash", "-c", script],
             env={
                 **env,
-                "RANK": "1",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(listener.getsockname()[1]),
+                **_op(api, 1, listener.getsockname()[1]),
                 "FAKE_SLEEP": "30",
             },
         )
@@ -140,14 +154,13 @@ def test_single_node_job_has_no_worker_part(tmp_path: Path) -> None:
 def test_master_entrypoint_with_the_real_job_wrapper(tmp_path: Path) -> None:
     """No stand-in: the real gemma3_launch.jobwrap runs a one-step plan (`gemma3-runtime --help`) as the master
     pod would, and leaves the job's own record (job.json: COMPLETED, the step, the versions it ran with)."""
-    import dataclasses
     import sys
 
-    from gemma3_launch.plan import Step
+    from gemma3_launch.plan import Cluster, Step, replace_steps
     from gemma3_launch.record import read_record
 
     plan = k8s_plan(FEATURES, runs_dir=str(tmp_path / "runs"), **{"resources.nodes": "1"})
-    plan = dataclasses.replace(plan, steps=(Step("hello", ("--help",)),))
+    plan = replace_steps(plan, (Step("hello", ("--help",)),), Cluster("k8s", python=sys.executable))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

@@ -1,5 +1,6 @@
 """The Helm chart (through helm-python-sdk: Helm v4's Go SDK, no helm binary here): it lints clean, renders the
-SAME PyTorchJob as the Python renderer for every job spec, and its values.schema.json rejects malformed values."""
+SAME objects as the Python renderer for every job spec and both APIs (TrainJob + TrainingRuntime, PyTorchJob) apart
+from Helm's recommended labels, names them after the release, and its values.schema.json rejects malformed values."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from k8s_helpers import CHART, REPO, SPECS, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.container_image import DEFAULT_IMAGE
 from gemma3_launch.render_helm import helm_values
-from gemma3_launch.render_k8s import render_pytorchjob
+from gemma3_launch.render_k8s import render_objects
 
 pytestmark = pytest.mark.k8s
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
@@ -25,17 +26,48 @@ def chart() -> helm.Chart:
     return helm.Chart.load(str(CHART))
 
 
-def _plan(path: Path):
-    plan = k8s_plan(path)
-    return k8s_plan(path, **{"k8s.secret_name": "gemma3-credentials"}) if needs_k8s_secret(plan) else plan
+#: Helm's recommended labels (and the keep policy of a shared ClusterTrainingRuntime): the chart's own additions.
+HELM_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+)
+HELM_ANNOTATIONS = ("helm.sh/resource-policy",)
+
+
+def _plan(path: Path, api: str = "trainjob", **sets: str):
+    plan = k8s_plan(path, **{"k8s.api": api}, **sets)
+    if needs_k8s_secret(plan):
+        return k8s_plan(path, **{"k8s.api": api, "k8s.secret_name": "gemma3-credentials"}, **sets)
+    return plan
 
 
 def _documents(rendered: dict[str, str]) -> list[dict]:
     return [doc for name, text in rendered.items() if name.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
 
 
-def _render(chart: helm.Chart, values: dict, namespace: str = "default") -> list[dict]:
-    return _documents(chart.render(values, name="release", namespace=namespace, is_install=True))
+def _without_helm_labels(document: dict) -> dict:
+    document = copy.deepcopy(document)
+    meta = document["metadata"]
+    for key in HELM_LABELS:
+        meta.get("labels", {}).pop(key, None)
+    for key in HELM_ANNOTATIONS:
+        meta.get("annotations", {}).pop(key, None)
+    if meta.get("annotations") == {}:
+        del meta["annotations"]
+    return document
+
+
+def _render(chart: helm.Chart, values: dict, namespace: str = "default", release: str = "release") -> list[dict]:
+    return _documents(chart.render(values, name=release, namespace=namespace, is_install=True))
+
+
+def _jobs(chart: helm.Chart, plan, values: dict | None = None) -> list[dict]:
+    """The chart's job objects (not PVCs / ExternalSecrets) for `plan`, release name = job id, Helm labels off."""
+    documents = _render(chart, values or helm_values(plan), namespace=plan.k8s.namespace, release=plan.job_id)
+    kinds = ("TrainingRuntime", "ClusterTrainingRuntime", "TrainJob", "PyTorchJob")
+    return [_without_helm_labels(d) for d in documents if d["kind"] in kinds]
 
 
 def test_chart_lints_clean() -> None:
@@ -56,12 +88,30 @@ def test_lint_does_catch_a_broken_chart(tmp_path: Path) -> None:
     assert any(m["severity"] == 3 for m in report["messages"]) or report["errors"]
 
 
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
 @pytest.mark.parametrize("path", SPECS, ids=spec_id)
-def test_chart_renders_the_same_pytorchjob_as_the_launcher(chart: helm.Chart, path: Path) -> None:
-    plan = _plan(path)
-    documents = _render(chart, helm_values(plan), namespace=plan.k8s.namespace)
-    jobs = [d for d in documents if d["kind"] == "PyTorchJob"]
-    assert jobs == [render_pytorchjob(plan)]
+def test_chart_renders_the_same_objects_as_the_launcher(chart: helm.Chart, path: Path, api: str) -> None:
+    plan = _plan(path, api)
+    assert _jobs(chart, plan) == render_objects(plan)
+
+
+def test_chart_renders_a_shared_cluster_runtime_kept_on_uninstall(chart: helm.Chart) -> None:
+    plan = _plan(FEATURES, **{"k8s.runtime_kind": "ClusterTrainingRuntime"})
+    assert _jobs(chart, plan) == render_objects(plan)
+    (runtime,) = [d for d in _render(chart, helm_values(plan)) if d["kind"] == "ClusterTrainingRuntime"]
+    assert runtime["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_every_object_has_helms_recommended_labels_and_the_release_name(chart: helm.Chart, api: str) -> None:
+    plan = _plan(FEATURES, api)
+    for document in _render(chart, helm_values(plan), namespace="ml-training", release="my-release"):
+        labels = document["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "gemma3-launch"
+        assert labels["app.kubernetes.io/instance"] == "my-release"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "gemma3-launch-0.1.0" and labels["app.kubernetes.io/version"] == "0.1.0"
+        assert document["metadata"]["name"] == "my-release"
 
 
 def test_pvc_template_creates_only_requested_claims_and_keeps_them(chart: helm.Chart) -> None:
@@ -73,23 +123,33 @@ def test_pvc_template_creates_only_requested_claims_and_keeps_them(chart: helm.C
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Ti"
     kubernetes_validate.validate(pvc, "1.30.0", strict=True)
-    (job,) = [d for d in documents if d["kind"] == "PyTorchJob"]
-    assert job == render_pytorchjob(_plan(FEATURES))  # creating a claim does not change the job
+    assert _jobs(chart, _plan(FEATURES), values) == render_objects(_plan(FEATURES))  # the job is unchanged
 
 
-def test_default_values_render_a_valid_job_with_the_default_image(chart: helm.Chart) -> None:
-    (job,) = _render(chart, {})
-    assert job["kind"] == "PyTorchJob"
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
+def test_default_values_render_a_valid_job_with_the_default_image(chart: helm.Chart, crd_schemas) -> None:
+    from k8s_helpers import crd_errors
+
+    runtime, job = _render(chart, {})
+    assert (runtime["kind"], job["kind"]) == ("TrainingRuntime", "TrainJob")
+    assert job["spec"]["trainer"]["image"] == DEFAULT_IMAGE
+    for document in (runtime, job):
+        assert crd_errors(crd_schemas.get(document["apiVersion"], document["kind"])[0], document) == []
+    (pytorchjob,) = _render(chart, {"api": "pytorchjob"})
+    assert (
+        pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"]
+        == DEFAULT_IMAGE
+    )
 
 
 MALFORMED = {
     "unknown key": lambda v: v.__setitem__("node", 2),
     "zero nodes": lambda v: v.__setitem__("nodes", 0),
     "nodes as text": lambda v: v.__setitem__("nodes", "two"),
-    "bad cleanPodPolicy": lambda v: v["runPolicy"].__setitem__("cleanPodPolicy", "Sometimes"),
-    "negative backoff": lambda v: v["runPolicy"].__setitem__("backoffLimit", -1),
-    "run policy field nulled": lambda v: v["runPolicy"].__setitem__("activeDeadlineSeconds", None),
+    "unknown api": lambda v: v.__setitem__("api", "mpijob"),
+    "bad runtime kind": lambda v: v["runtime"].__setitem__("kind", "Runtime"),
+    "runtime field nulled": lambda v: v["runtime"].__setitem__("failurePolicy", None),
+    "zero deadline": lambda v: v["trainJob"].__setitem__("activeDeadlineSeconds", 0),
+    "label value not text": lambda v: v["labels"].__setitem__("team", 3),
     "bad job name": lambda v: v["job"].__setitem__("name", "Not_A_DNS_Name"),
     "bad memory quantity": lambda v: v["resources"]["requests"].__setitem__("memory", "lots"),
     "secret value in env": lambda v: v["env"].append({"name": "HF_TOKEN", "valueFrom": "x"}),
@@ -114,12 +174,13 @@ def test_secrets_without_a_secret_name_fail_the_render(chart: helm.Chart) -> Non
         chart.render(values, name="release", namespace="default")
 
 
-def test_notes_say_how_to_follow_the_job_and_create_the_secret(chart: helm.Chart) -> None:
-    plan = _plan(FEATURES)
-    notes = chart.render(helm_values(plan), name="release", namespace="ml-training")[
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_notes_say_how_to_follow_the_job_and_create_the_secret(chart: helm.Chart, api: str) -> None:
+    plan = _plan(FEATURES, api)
+    notes = chart.render(helm_values(plan), name=plan.job_id, namespace="ml-training")[
         "gemma3-launch/templates/NOTES.txt"
     ]
-    assert f"get pytorchjob {plan.job_id}" in notes and "logs -f" in notes
+    assert f"get {api} {plan.job_id}" in notes and "logs -f" in notes
     assert 'create secret generic gemma3-credentials --from-literal=HF_TOKEN="$HF_TOKEN"' in notes
 
 
@@ -155,7 +216,7 @@ def test_render_format_helm_values_prints_these_values(chart: helm.Chart) -> Non
     values = yaml.safe_load(cli.stdout)
     plan = make_plan(load_spec(FEATURES), Cluster("k8s"))
     assert values == helm_values(plan)
-    assert _render(chart, values, namespace=plan.k8s.namespace) == [render_pytorchjob(plan)]
+    assert _jobs(chart, plan, values) == render_objects(plan)
 
 
 def test_optional_external_secret_references_the_store_not_the_values(chart: helm.Chart) -> None:
@@ -169,7 +230,7 @@ def test_optional_external_secret_references_the_store_not_the_values(chart: hel
     (external,) = [d for d in documents if d["kind"] == "ExternalSecret"]
     assert external["spec"]["target"]["name"] == "gemma3-credentials"
     assert [d["secretKey"] for d in external["spec"]["data"]] == ["HF_TOKEN", "WANDB_API_KEY"]
-    assert [d for d in documents if d["kind"] == "PyTorchJob"] == [render_pytorchjob(plan)]
+    assert _jobs(chart, plan, values) == render_objects(plan)
     del values["secrets"]["external"]["remoteRefs"]["WANDB_API_KEY"]
     with pytest.raises(helm.HelmError, match="remoteRefs.WANDB_API_KEY"):
         chart.render(values, name="release", namespace="ml-training")

@@ -15,16 +15,18 @@ import yaml
 from k8s_helpers import REPO, SPECS, crd_errors, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from gemma3_launch.render_k8s import K8sRenderError, render_pytorchjob, render_pytorchjob_yaml
+from gemma3_launch.render_k8s import K8sRenderError, render_objects, render_pytorchjob, render_yaml
 
 pytestmark = pytest.mark.k8s
 KUBE_VERSION = "1.30.0"
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"
 
 
-def _plan(path: Path):
-    plan = k8s_plan(path)
-    return k8s_plan(path, **{"k8s.secret_name": "gemma3-credentials"}) if needs_k8s_secret(plan) else plan
+def _plan(path: Path, api: str = "pytorchjob"):
+    plan = k8s_plan(path, **{"k8s.api": api})
+    if needs_k8s_secret(plan):
+        return k8s_plan(path, **{"k8s.api": api, "k8s.secret_name": "gemma3-credentials"})
+    return plan
 
 
 def _replicas(job: dict) -> dict:
@@ -162,39 +164,52 @@ def test_secrets_without_a_kubernetes_secret_is_a_one_line_input_error() -> None
     assert len(cli.stderr.strip().splitlines()) == 1 and "k8s.secret_name" in cli.stderr
 
 
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
 @pytest.mark.parametrize("path", SPECS, ids=spec_id)
-def test_no_secret_value_in_any_manifest(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sentinel values in the submitting environment never reach the PyTorchJob or the Helm values."""
+def test_no_secret_value_in_any_manifest(path: Path, api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sentinel values in the submitting environment never reach the objects or the Helm values."""
     sentinel = "hf_SENTINELsecretVALUE0123456789abcdef"
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY"):
         monkeypatch.setenv(name, sentinel)
     from gemma3_launch.render_helm import helm_values_yaml
 
-    plan = _plan(path)
-    rendered = render_pytorchjob_yaml(plan) + helm_values_yaml(plan)
+    plan = _plan(path, api)
+    rendered = render_yaml(plan) + helm_values_yaml(plan)
     assert sentinel not in rendered
     for name in plan.secrets:
         assert f"name: {name}\n" in rendered  # present, but only as a reference
 
 
-def test_render_cli_prints_the_manifest_submit_would_create() -> None:
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_render_cli_prints_the_objects_submit_would_create(api: str) -> None:
     cli = subprocess.run(
-        [sys.executable, "-m", "gemma3_launch.cli", "render", str(FEATURES), "--cluster", "k8s"],
+        [
+            sys.executable,
+            "-m",
+            "gemma3_launch.cli",
+            "render",
+            str(FEATURES),
+            "--cluster",
+            "k8s",
+            "--set",
+            f"k8s.api={api}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
-    job = yaml.safe_load(cli.stdout)
-    assert job == render_pytorchjob(make_cli_plan(FEATURES))
+    objects = list(yaml.safe_load_all(cli.stdout))
+    assert objects == render_objects(make_cli_plan(FEATURES, api))
+    assert [o["kind"] for o in objects] == (["TrainingRuntime", "TrainJob"] if api == "trainjob" else ["PyTorchJob"])
 
 
-def make_cli_plan(path: Path):
-    """The plan exactly as the CLI builds it (default job id, no --set)."""
+def make_cli_plan(path: Path, api: str):
+    """The plan exactly as the CLI builds it (default job id)."""
     from gemma3_launch.loader import load_spec
     from gemma3_launch.plan import Cluster, make_plan
 
-    return make_plan(load_spec(path), Cluster("k8s"))
+    return make_plan(load_spec(path, [f"k8s.api={api}"]), Cluster("k8s"))
 
 
 def test_render_loads_neither_torch_nor_the_kubernetes_client() -> None:

@@ -1,5 +1,6 @@
-"""The SLURM backend against a real cluster: import of the real 270M, a 2-node torchrun rendezvous, preemption ->
-checkpoint -> requeue -> resume to the same weights, cancel, and status with/without slurmdbd and after MinJobAge.
+"""The SLURM backend against a real cluster, jobs created through submitit and run inside the image stand-in: import
+of the real 270M, a 2-node torchrun rendezvous (`render` is what ran), preemption -> checkpoint -> requeue -> resume to
+the same weights (a new container name per attempt), cancel, and status with/without slurmdbd and after MinJobAge.
 
 Tests run in file order and share jobs (the import job doubles as "finished longer ago than MinJobAge").
 """
@@ -13,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import MIN_JOB_AGE, SENTINEL, start_cluster
+from slurm_helpers import MIN_JOB_AGE, SENTINEL, assert_render_is_what_ran, pyxis_tasks, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-IMAGE = "ghcr.io/gemma3-launch/gemma3-launch@sha256:" + "0" * 64
 JOBS: dict[str, dict] = {}
 TRAIN_ITERS = 200
 PRETRAIN_SETS = [
@@ -45,12 +45,13 @@ def test_import_real_270m_through_sbatch_and_srun(slurm, real_270m_dir):
     assert (ckpt / "iter_0000000" / "run_config.yaml").exists()
     rec = slurm.record(job)
     assert rec["state"] == "COMPLETED" and rec["exit_code"] == 0
-    # the pyxis flags were accepted by sbatch/srun and reached the task (fake pyxis exports them)
-    assert rec["runtime"]["container_image_flag"] == IMAGE
+    # the pyxis flags reached the task (the fake pyxis exports them) and the image stand-in's Python ran the job
+    assert rec["runtime"]["container_image_flag"] == str(slurm.image)
+    assert rec["runtime"]["python_executable"].startswith(str(slurm.image))
     assert rec["runtime"]["versions"]["megatron-core"] == "0.16.1"
     assert rec["outputs"]["checkpoint"] == str(ckpt)
     assert rec["git"]["sha"] and rec["spec_hash"] and rec["backend_id"].isdigit()
-    assert "--container-image=" not in (job["run_dir"] / "sbatch.sh").read_text()  # pyxis flags go on srun
+    assert "#SBATCH --container-image" not in (job["run_dir"] / "sbatch.sh").read_text()  # pyxis flags go on srun
     assert slurm.status(job["job_id"]) == "COMPLETED"
     _no_secret_anywhere(slurm, job["run_dir"])
 
@@ -58,13 +59,14 @@ def test_import_real_270m_through_sbatch_and_srun(slurm, real_270m_dir):
 @pytest.fixture(scope="module")
 def pretrain_pair(slurm):
     """The same 2-node tiny pretrain twice, submitted together: one runs through, one is preempted mid-run with
-    exactly what `--signal=B:USR2@LEAD` delivers near the time limit: USR2 to the batch step (our wrapper)."""
+    exactly what submitit's `--signal=USR2@LEAD` delivers near the time limit: USR2 to every step of the job (the
+    job wrapper's, and the training step's node wrappers and workers), not to the batch shell."""
     pair = {
         "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="preempted"),
         "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
     }
     slurm.wait_log(pair["preempted"], "iteration      20 |")
-    subprocess.run(["scancel", "--signal=USR2", "--batch", pair["preempted"]["slurm_id"]], check=True)
+    subprocess.run(["scancel", "--signal=USR2", pair["preempted"]["slurm_id"]], check=True)
     return pair
 
 
@@ -80,6 +82,7 @@ def test_two_node_job_gets_a_torchrun_rendezvous_from_slurm(slurm, pretrain_pair
     ).stdout.split()[0]
     assert {r["master_addr"] for r in ranks} == {first_host} == {"n1"}
     assert {r["exit_code"] for r in ranks} == {0}
+    assert_render_is_what_ran(job)
 
 
 def _final_state_dict(ckpt: Path) -> tuple[int, dict]:
@@ -104,6 +107,11 @@ def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(s
     assert [(s["name"], s["exit_code"], s["attempt"]) for s in rec["steps"]] == [("train", 199, 0), ("train", 0, 1)]
     log = (job["run_dir"] / "job.log").read_text()
     assert "received SIGUSR2" in log and "requeueing SLURM job" in log and "resuming from" in log
+    # one container per attempt, shared by every step of that attempt (pyxis imports the image once per attempt)
+    names = {t["name"] for t in pyxis_tasks(job["slurm_id"])}
+    assert names == {f"gemma3-{job['slurm_id']}-0", f"gemma3-{job['slurm_id']}-1"}
+    assert [a["container_name"] for a in rec["attempts"]] == sorted(names)
+    assert_render_is_what_ran(job)
 
     assert slurm.wait(pretrain_pair["reference"]["job_id"]) == "COMPLETED"
     it_ref, ref = _final_state_dict(slurm.root / "ckpt" / "reference")

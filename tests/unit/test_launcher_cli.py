@@ -30,15 +30,15 @@ def test_render_slurm_script(capsys):
         "--cpus-per-task=64",
         "--mem=400G",
         "--time=08:00:00",
-        "--signal=B:USR2@300",
+        "--signal=USR2@300",
         "--requeue",
         "--open-mode=append",
-        "--export=ALL",
+        "--export=HF_TOKEN,WANDB_API_KEY",
         "--ntasks-per-node=1",
     ):
         assert f"#SBATCH {opt}" in lines, opt
     assert 'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in lines
-    assert lines[-1].startswith("exec ") and "-m gemma3_launch.jobwrap job " in lines[-1]
+    assert lines[-1].startswith("srun ") and " python3 -u -m submitit.core._submit " in lines[-1]
     assert "# secrets (by name, from the submitting environment): HF_TOKEN, WANDB_API_KEY" in lines
 
 
@@ -46,7 +46,10 @@ def test_render_multi_node_shows_torchrun_with_slurm_rendezvous(capsys):
     assert main(["render", str(REPO / "jobspecs" / "pretrain_1b.yaml"), "--cluster", "slurm"]) == 0
     out = capsys.readouterr().out
     assert "#SBATCH --nodes=2" in out and "#SBATCH --exclusive" in out
-    assert "torchrun --nnodes=2 --nproc-per-node=8 '--node-rank=$SLURM_NODEID' '--master-addr=$MASTER_ADDR'" in out
+    assert (
+        "#     torchrun --nnodes=2 --nproc-per-node=8 -m gemma3_launch.jobwrap rank gemma3_runtime.cli.main run" in out
+    )
+    assert "#     srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 --gpus-per-node=8 " in out
 
 
 def test_render_local_and_plan_formats(capsys):
@@ -61,7 +64,9 @@ def test_render_local_and_plan_formats(capsys):
 def test_render_k8s_uses_the_k8s_renderer(capsys):
     assert main(["render", LORA, "--cluster", "k8s"]) == 0
     out = capsys.readouterr().out
-    assert "kind: PyTorchJob" in out
+    assert "kind: TrainingRuntime" in out and "kind: TrainJob" in out  # Kubeflow Trainer v2 by default
+    assert main(["render", LORA, "--cluster", "k8s", "--set", "k8s.api=pytorchjob"]) == 0
+    assert "kind: PyTorchJob" in capsys.readouterr().out
 
 
 def test_helm_values_needs_k8s(capsys):

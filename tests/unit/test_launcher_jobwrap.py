@@ -1,4 +1,4 @@
-"""The job wrapper's pieces that need no scheduler: torchrun worker exit codes, highlights, records, the index."""
+"""The job wrapper's pieces that need no scheduler: worker exit codes, result.json, the plan's commands, records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import sys
 import pytest
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from gemma3_launch.jobwrap import RANK_EXIT_DIR_ENV, _children, _every_rank_asked_for_requeue, _exit_dir, highlights
+from gemma3_launch.jobwrap import (
+    RANK_EXIT_DIR_ENV,
+    _children,
+    _every_rank_asked_for_requeue,
+    _exit_dir,
+    executed_command,
+    node_env,
+    step_result,
+)
+from gemma3_launch.plan import CONTAINER_NAME_ENV, Cluster, JobPlan, Step, make_plan
 from gemma3_launch.record import add_state, read_record, update_record, write_json_atomic
 from gemma3_launch.registry import Registry
 
@@ -45,7 +54,7 @@ def test_rank_wrapper_records_the_workers_exit_code(tmp_path):
 def test_job_level_requeue_needs_every_rank_to_have_asked(tmp_path, monkeypatch, codes, requeue):
     """A 2-node step whose srun ended non-zero is a requeue only when all workers recorded {0, 199} with a 199."""
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    step = {"name": "train", "nnodes": 2, "nproc_per_node": 1}
+    step = Step("train", (), nnodes=2, nproc_per_node=1)
     exit_dir = _exit_dir(tmp_path, step)
     exit_dir.mkdir(parents=True)
     for rank, code in codes.items():
@@ -58,7 +67,8 @@ def test_children_finds_direct_children_only():
         [
             sys.executable,
             "-c",
-            "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); time.sleep(30)",
+            "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); "
+            "time.sleep(30)",
         ]
     )  # noqa: E501
     try:
@@ -77,17 +87,54 @@ def test_children_finds_direct_children_only():
         proc.wait()
 
 
-def test_highlights_pick_the_runtime_summary_and_answers():
-    out = (
-        "iteration 5 | loss 1\r\n--- [0] 'Wordcode: a b ->'\n b-ka a-ka\n2026 INFO x: saved\n== summary ==\n"
-        "run completed at iteration 6 in 10 s\ntask accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)\n"
-    )
-    assert highlights(out) == [
-        "run completed at iteration 6 in 10 s",
-        "task accuracy: 0.0% (iteration 0) -> 80.0% (iteration 6)",
-        "--- [0] 'Wordcode: a b ->'",
-        "    b-ka a-ka",
-    ]
+def test_the_step_summary_comes_from_the_runtimes_result_json(tmp_path, monkeypatch):
+    """The runtime's result writer (gemma3_runtime.cli.result) and the wrapper's reader meet at one path."""
+    from gemma3_runtime.cli import result
+
+    step = Step("train", ("run",))
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    plan = make_plan(_spec(), Cluster("local"))
+    monkeypatch.setenv("GEMMA3_RESULT_FILE", node_env(plan, step, tmp_path, "0")["GEMMA3_RESULT_FILE"])
+    assert step_result(tmp_path, step, 0) == {}  # a crashed step wrote none
+    monkeypatch.setattr(result, "_summary", ["run completed at iteration 6 in 10 s"])
+    result.write("run", 0)
+    assert step_result(tmp_path, step, 0) == {
+        "command": "run",
+        "exit_code": 0,
+        "summary": ["run completed at iteration 6 in 10 s"],
+        "outputs": {},
+        "answers_file": None,
+    }
+
+
+def _spec(**over):
+    from gemma3_launch.spec import JobSpec
+
+    base = {"name": "t", "kind": "pretrain", "recipe": "gemma3_tiny_pretrain", "data": {"format": "mock"}}
+    base["checkpoint"] = {"dir": "/ck"}
+    base.update(over)
+    return JobSpec.model_validate(base)
+
+
+def test_the_wrapper_executes_the_plans_command_substituting_only_the_container_name(monkeypatch):
+    plan = make_plan(_spec(resources={"nodes": 2}), Cluster("slurm", workdir="/w"))
+    monkeypatch.setenv(CONTAINER_NAME_ENV, "gemma3-41-2")
+    step = plan.steps[0]
+    executed = executed_command(step)
+    changed = [(a, b) for a, b in zip(step.command, executed, strict=True) if a != b]
+    assert changed == [("--container-name=${GEMMA3_CONTAINER_NAME}", "--container-name=gemma3-41-2")]
+    assert step.node_command[:3] == ("torchrun", "--nnodes=2", "--nproc-per-node=1")
+    env = node_env(plan, step, __import__("pathlib").Path("/w/runs/x"), "1")
+    assert env["PET_NODE_RANK"] == "1" and {"PET_MASTER_ADDR", "PET_MASTER_PORT"} <= env.keys()
+
+
+def test_the_plan_round_trips_through_json_typed(tmp_path):
+    plan = make_plan(_spec(env={"A": "x y"}, secrets=["HF_TOKEN"]), Cluster("slurm", workdir="/w"))
+    back = JobPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back == plan and isinstance(back.steps[0], Step) and back.resources.nodes == 1
+    with pytest.raises(ValueError, match=r"plan.steps\[0\].nnodes: expected int"):
+        JobPlan.from_dict({**plan.to_dict(), "steps": [{**plan.to_dict()["steps"][0], "nnodes": "2"}]})
 
 
 def test_record_updates_are_atomic_and_keep_history(tmp_path):
@@ -123,10 +170,10 @@ def test_registry_lookup_by_prefix_and_rebuild(tmp_path):
     assert {r["job_id"] for r in fresh.all()} == {"alpha-1", "alpha-2", "beta-1"}
 
 
-def test_generate_answers_come_from_the_steps_output_file(tmp_path):
+def test_generate_answers_come_from_the_results_answers_file(tmp_path):
     from gemma3_launch.jobwrap import _answers
 
     out = tmp_path / "generate_after.jsonl"
     out.write_text(json.dumps({"prompt": "Wordcode: a b ->", "text": " b-ka a-ka\n", "tokens": 5}) + "\n")
-    assert _answers(["generate", "--prompt", "x", "--output", str(out)]) == ["'Wordcode: a b ->' -> 'b-ka a-ka'"]
-    assert _answers(["convert", "import"]) == [] and _answers(["generate", "--output", str(tmp_path / "no")]) == []
+    assert _answers(str(out)) == ["'Wordcode: a b ->' -> 'b-ka a-ka'"]
+    assert _answers(None) == [] and _answers(str(tmp_path / "no")) == []

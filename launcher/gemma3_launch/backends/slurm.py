@@ -1,25 +1,29 @@
-"""SLURM backend: our own sbatch script (rendered from the plan) submitted with `sbatch --parsable`.
+"""SLURM backend: the job is created through submitit's SlurmExecutor (`submit()`), and `render` prints the exact
+script it submits (submitit's own builder, `_make_sbatch_string`, fed the same parameters; a test equates the two).
 
-Why not submitit's executor: `render` must print the exact script BEFORE submitting (submitit writes it only at
-submit time), submitit pickles a Python callable whose result/status path leans on sacct (its known pain point:
-state UNKNOWN without accounting), and the batch step must `exec` our job wrapper so `--signal=B:USR2@LEAD` reaches
-it. What we keep from submitit's design: signal -> checkpoint -> explicit `scontrol requeue`.
+Layout of a job. The batch script (submitit's) exports the plan's env, the rendezvous (MASTER_ADDR = first host of
+`scontrol show hostnames`, MASTER_PORT) and the container name (`gemma3-<job id>-<restart count>`: one per job and
+attempt), then runs the plan's `wrapper_command`: `srun --overlap ... --container-image=IMAGE python3` with
+`-u -m submitit.core._submit FOLDER` appended by submitit, i.e. the job wrapper (`jobwrap.submitit_job`) runs INSIDE
+the container with the image's Python. It executes each step's srun line from the plan (same image, same container
+name, so pyxis imports the image once per attempt), each task running `jobwrap node` -> the step's node command.
+Nothing of the login node's Python environment is named: sbatch gets `--export=<secret names>` (or NONE) and every
+srun `--export=<allowlist>` (the plan's env, the secrets, MASTER_ADDR/PORT, the container name).
 
-Layout of a job: the batch script exports the plan's env and the rendezvous (MASTER_ADDR = first host of
-`scontrol show hostnames`), then execs `jobwrap job`, which runs each step with `srun` (one task per node, pyxis
-`--container-image/--container-mounts`), each task running `jobwrap node` -> torchrun with node rank SLURM_NODEID.
+Where submitit's API does not fit, we stay minimal (docs/CONTRACTS.md): `use_srun=False` with the executor's
+`python` set to our srun line (submitit would quote an env reference in `srun_args`, and the container name must
+come from the batch environment); the signal is submitit's `USR2@<lead>` to every step; requeue is ours
+(`scontrol requeue` from the wrapper after the checkpoint is committed), not submitit's checkpoint pickling.
 Status: squeue, then scontrol (until MinJobAge), then the job's own terminal-state file, then sacct if present.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-from ..plan import JobPlan
+from ..plan import CONTAINER_NAME_ARG, CONTAINER_NAME_ENV, JobPlan
+from ..quoting import comment_text, shell_command, shell_word, submitit_sbatch_value
 from ..record import LOG_FILE, TERMINAL_STATES, read_record, read_terminal_state
 from . import BackendError
 from ._follow import print_log
@@ -41,66 +45,103 @@ _ACTIVE = {
     "RESV_DEL_HOLD",
     "SPECIAL_EXIT",
 }
+#: submitit's job-side entry (what its executor appends to `python`).
+SUBMITIT_ENTRY = "-u -m submitit.core._submit"
+#: the batch script's name for the container of this attempt (the plan's srun lines reference it).
+CONTAINER_NAME_VALUE = '"gemma3-${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}"'
 
 
-def job_python() -> str:
-    """Python that runs the batch-level wrapper on the first node: the launcher's own (a shared-FS install)."""
-    return os.environ.get("GEMMA3_JOB_PYTHON", sys.executable)
+def submitit_folder(plan: JobPlan) -> Path:
+    """Where submitit keeps the submission file and the pickled call: inside the run dir (shared with the nodes)."""
+    return Path(plan.run_dir).absolute() / "submitit"
+
+
+def wrapper_shell(plan: JobPlan) -> str:
+    """The plan's wrapper command as shell text, the container name left for the batch shell to expand."""
+    head, _, tail = _split_at_ref(plan.wrapper_command)
+    return " ".join(filter(None, [shell_command(head), f'"{CONTAINER_NAME_ARG}"' if _ else "", shell_command(tail)]))
+
+
+def _split_at_ref(argv: tuple[str, ...]) -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+    if CONTAINER_NAME_ARG not in argv:
+        return argv, False, ()
+    i = argv.index(CONTAINER_NAME_ARG)
+    return argv[:i], True, argv[i + 1 :]
+
+
+def _setup_lines(plan: JobPlan) -> list[str]:
+    """Lines the batch script runs before the job wrapper: what it will run (comments), env, rendezvous, names."""
+    lines = [
+        f"# gemma3-launch {plan.kind} job {plan.job_id} (spec {plan.spec_hash}); run dir {comment_text(plan.run_dir)}",
+        "# Steps, run in order by the job wrapper inside the container (STEP COMMAND, then each node's command):",
+    ]
+    for i, step in enumerate(plan.steps, 1):
+        lines.append(f"#   {i}. {step.name} [{step.nnodes} node(s) x {step.nproc_per_node}]:")
+        lines.append(f"#     {comment_text(shell_command(step.command))}")
+        lines.append(f"#     {comment_text(shell_command(step.node_command))}")
+    if plan.secrets:
+        lines.append(f"# secrets (by name, from the submitting environment): {comment_text(', '.join(plan.secrets))}")
+    lines.append("set -euo pipefail")
+    lines += [f"export {k}={shell_word(v)}" for k, v in plan.env.items()]
+    port = str(plan.slurm.master_port) if plan.slurm.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+    lines += [
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f"export MASTER_PORT={port}",
+        f"export {CONTAINER_NAME_ENV}={CONTAINER_NAME_VALUE}",
+    ]
+    return lines
+
+
+def _extra_parameters(extra: tuple[str, ...]) -> dict[str, object]:
+    """`slurm.extra_sbatch` entries (`--opt=value` / `--flag`) as submitit `additional_parameters`."""
+    out: dict[str, object] = {}
+    for item in extra:
+        key, eq, value = submitit_sbatch_value(item).lstrip("-").partition("=")
+        out[key] = value if eq else True
+    return out
+
+
+def executor_parameters(plan: JobPlan) -> dict[str, object]:
+    """The submitit SlurmExecutor parameters for `plan` (`update_parameters` keywords)."""
+    r, s = plan.resources, plan.slurm
+    params: dict[str, object] = {
+        "job_name": plan.job_id,
+        "time": r.time_limit,
+        "nodes": r.nodes,
+        "ntasks_per_node": 1,
+        "cpus_per_task": r.cpus_per_task,
+        "signal_delay_s": s.signal_lead_s,
+        "stderr_to_stdout": True,
+        "use_srun": False,  # the plan's wrapper_command is the srun line (see the module docstring)
+        "wckey": None,
+        "setup": _setup_lines(plan),
+    }
+    if r.gpus_per_node:
+        params["gpus_per_node"] = r.gpus_per_node
+    if r.memory:
+        params["mem"] = r.memory
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key):
+            params[key] = submitit_sbatch_value(getattr(s, key))
+    if s.exclusive:
+        params["exclusive"] = True
+    additional: dict[str, object] = {
+        "output": submitit_sbatch_value(str(Path(plan.run_dir).absolute() / LOG_FILE), filename=True),
+        "requeue": True,
+        "export": ",".join(plan.secrets) or "NONE",  # secrets by name; nothing else of the login environment
+    }
+    additional.update(_extra_parameters(s.extra_sbatch))
+    params["additional_parameters"] = additional
+    return params
 
 
 def render(plan: JobPlan) -> str:
-    r, s = plan.resources, plan.slurm
-    log = os.path.join(plan.run_dir, LOG_FILE)
-    opts = [
-        f"--job-name={plan.job_id}",
-        f"--nodes={r.nodes}",
-        "--ntasks-per-node=1",
-        f"--cpus-per-task={r.cpus_per_task}",
-        f"--time={r.time_limit}",
-        f"--output={log}",
-        f"--error={log}",
-        "--open-mode=append",  # a requeued run appends to the same log
-        f"--signal=B:USR2@{s.signal_lead_s}",  # to the batch step (our wrapper), which forwards it to the workers
-        "--requeue",
-        f"--chdir={os.getcwd()}",
-        "--export=ALL",  # secrets reach the job from the submitting environment, never through this file
-    ]
-    if r.gpus_per_node:
-        opts.append(f"--gpus-per-node={r.gpus_per_node}")
-    if r.memory:
-        opts.append(f"--mem={r.memory}")
-    for flag, value in (
-        ("partition", s.partition),
-        ("account", s.account),
-        ("qos", s.qos),
-        ("constraint", s.constraint),
-    ):
-        if value:
-            opts.append(f"--{flag}={value}")
-    if s.exclusive:
-        opts.append("--exclusive")
-    opts += list(s.extra_sbatch)
-    lines = [
-        "#!/bin/bash",
-        f"# gemma3-launch {plan.kind} job {plan.job_id} (spec {plan.spec_hash}); run dir {plan.run_dir}",
-    ]
-    lines += [f"#SBATCH {o}" for o in opts]
-    lines.append("# Steps, run in order by the job wrapper (srun, one task per node; torchrun when >1 process):")
-    for i, step in enumerate(plan.steps, 1):
-        argv = step.launch_argv(node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR", master_port="$MASTER_PORT")
-        lines.append(f"#   {i}. {step.name} [{step.nnodes} node(s) x {step.nproc_per_node}]: {shlex.join(argv)}")
-    if plan.secrets:
-        lines.append(f"# secrets (by name, from the submitting environment): {', '.join(plan.secrets)}")
-    lines.append("set -euo pipefail")
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in plan.env.items()]
-    lines += [
-        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT={s.master_port}"
-        if s.master_port
-        else "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-        f"exec {shlex.quote(job_python())} -m gemma3_launch.jobwrap job {shlex.quote(plan.run_dir)}",
-    ]
-    return "\n".join(lines) + "\n"
+    """Exactly the text submitit submits for `plan` (its `_make_sbatch_string`, as its executor calls it)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = submitit_folder(plan)
+    command = f"{wrapper_shell(plan)} {SUBMITIT_ENTRY} {shell_word(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, **executor_parameters(plan))
 
 
 def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -116,13 +157,19 @@ def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.
 
 
 def submit(plan: JobPlan, run_dir: Path) -> str:
-    script = run_dir / "sbatch.sh"
-    script.write_text(render(plan), encoding="utf-8")
-    res = _run(["sbatch", "--parsable", str(script)])
-    job_id = res.stdout.strip().split(";")[0]
-    if not job_id.isdigit():
-        raise BackendError(f"sbatch: unexpected answer {res.stdout.strip()!r}")
-    return job_id
+    """Create the job through submitit's executor; the batch script is also kept as run_dir/sbatch.sh."""
+    import submitit
+
+    from ..jobwrap import submitit_job
+
+    try:
+        executor = submitit.SlurmExecutor(folder=submitit_folder(plan), python=wrapper_shell(plan), max_num_timeout=0)
+        executor.update_parameters(**executor_parameters(plan))
+        job = executor.submit(submitit_job, str(Path(plan.run_dir).absolute()))
+    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+        raise BackendError(f"submitit: {' '.join(str(exc).split())[:400]}") from None
+    (run_dir / "sbatch.sh").write_text(job.paths.submission_file.read_text(encoding="utf-8"), encoding="utf-8")
+    return str(job.job_id)
 
 
 def scheduler_state(job_id: str) -> str | None:

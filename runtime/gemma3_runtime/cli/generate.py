@@ -195,6 +195,9 @@ def main(args: argparse.Namespace) -> int:
         )
     results = run_batches(engine, sources, prompts, encoded, args, sampling, rank0, log)
     if rank0 and args.output:
+        from gemma3_runtime.cli import result as step_result
+
+        step_result.set_answers_file(args.output)
         with open(args.output, "w", encoding="utf-8") as fh:
             for record in results:
                 fh.write(json.dumps(record) + "\n")

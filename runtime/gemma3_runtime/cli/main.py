@@ -62,8 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry(argv: Sequence[str] | None = None) -> int:
     """The process entry (console script, `python -m`, torchrun): `main`, then the distributed state released.
     In-process callers (tests) use `main` and keep their process group."""
+    from gemma3_runtime.cli import result
+
     code = main(argv)
     release_distributed()
+    args = list(sys.argv[1:] if argv is None else argv)
+    result.write(args[0] if args else "", code)
     return code
 
 

@@ -100,4 +100,7 @@ def _print_summary(result) -> None:
         lines.append(f"task accuracy: {first[1]:.1%} (iteration {first[0]}) -> {last[1]:.1%} (iteration {last[0]})")
     if result.checkpoint:
         lines.append(f"checkpoint: {result.checkpoint}")
+    from gemma3_runtime.cli import result as step_result
+
+    step_result.add_summary(lines)
     print("\n".join(["== summary =="] + lines), flush=True)
