@@ -364,7 +364,8 @@ def _progress_lines(progress) -> list[str]:
         lines.append(f"  checkpoint: iteration {ckpt['iteration']} ({ckpt['time'] or 'time unknown'})  {ckpt['path']}")
     if progress.wandb:
         wb = progress.wandb
-        lines.append(f"  wandb: {wb.get('url') or wb.get('id')}" + (f" ({wb['mode']})" if wb.get("mode") else ""))
+        where = f" ({wb['mode']}, {wb['dir']})" if wb.get("mode") else ""
+        lines.append(f"  wandb: run {wb['id']}{where}")
     return lines
 
 

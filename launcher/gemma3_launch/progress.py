@@ -9,7 +9,8 @@ an error):
   a checkpoint counts only once the tracker names it);
 - the total number of steps and the tokens per step: the runtime's own resolution of the plan's `run` argv (the
   torch-free `gemma3_runtime.training.run_args`), else the checkpoint dir's `run_config.yaml`;
-- `wandb_run.json` in the checkpoint dir or the run dir: the W&B run (`id`, `url`, `project`, `entity`, `mode`).
+- `<checkpoint dir>/wandb_run_id` (the job's one W&B run id) and `<checkpoint dir>/wandb/` (W&B's own files, one
+  `run-<time>-<id>` or `offline-run-<time>-<id>` directory per attempt): the W&B run's id, mode and local files.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from .record import TERMINAL_STATES, read_json
 STEPS_FILE = "steps.jsonl"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RUN_CONFIG_FILE = "run_config.yaml"
-WANDB_RUN_FILE = "wandb_run.json"
+#: the runtime's W&B run id for the job (training/wandb_run.py RUN_ID_FILE), in the checkpoint dir.
+WANDB_ID_FILE = "wandb_run_id"
+WANDB_ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
 ITER_DIR_RE = re.compile(r"^iter_(\d{7})$")
 #: steps.jsonl is read from its end: enough for the recent rate without reading a long run's whole history.
 TAIL_BYTES = 256 * 1024
@@ -155,14 +158,25 @@ def list_checkpoints(save_dir: Path) -> list[CheckpointInfo]:
     return found
 
 
-def _wandb(dirs: list[Path]) -> dict | None:
-    for d in dirs:
-        info = read_json(d / WANDB_RUN_FILE)
-        if info:
-            keep = {k: info[k] for k in ("id", "url", "project", "entity", "mode") if isinstance(info.get(k), str)}
-            if keep:
-                return keep
-    return None
+def _wandb(save_dir: Path) -> dict | None:
+    """The job's W&B run: its id (the runtime keeps one per job in `wandb_run_id`), and the mode and local directory
+    of the newest attempt W&B wrote under `wandb/` (`offline-run-<time>-<id>` or `run-<time>-<id>`)."""
+    try:
+        run_id = (save_dir / WANDB_ID_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return None
+    if not WANDB_ID_RE.match(run_id):
+        return None
+    info: dict = {"id": run_id}
+    try:
+        attempts = sorted(p for p in (save_dir / "wandb").iterdir() if p.name.endswith(f"-{run_id}"))
+    except OSError:
+        attempts = []
+    if attempts:
+        newest = attempts[-1]
+        info["mode"] = "offline" if newest.name.startswith("offline-") else "online"
+        info["dir"] = str(newest)
+    return info
 
 
 # ---- run configuration: total steps and tokens per step ----------------------------------------------------------
@@ -255,7 +269,7 @@ def job_progress(rec: dict, now: float | None = None) -> Progress:
     start, end = _started_at(rec), _ended_at(rec, run_dir)
     if start is not None:
         prog.elapsed_s = round(max(0.0, (end or now) - start), 1)
-    prog.wandb = _wandb([d for d in (save_dir, run_dir) if d is not None])
+    prog.wandb = _wandb(save_dir) if save_dir is not None else None
     if save_dir is None or on_cluster_only:
         return prog  # import / export / generate: no training steps; or the steps are not readable from here
     records = read_steps(save_dir / STEPS_FILE)

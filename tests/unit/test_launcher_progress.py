@@ -82,14 +82,21 @@ def _commit(save_dir: Path, iteration: int, payload: int = 1000) -> None:
 def test_status_json_of_a_running_job_shows_step_loss_tokens_per_s_and_eta(state, capsys):
     rec = _train_job(state, "pre-20260101-000000-aaaa", state="RUNNING", steps=_steps(40, NOW - 40, 1.0))
     _commit(Path(rec["outputs"]["checkpoint"]), 30)
-    (Path(rec["run_dir"]) / "wandb_run.json").write_text(json.dumps({"id": "abc123", "mode": "offline"}))
+    save_dir = Path(rec["outputs"]["checkpoint"])
+    (save_dir / "wandb_run_id").write_text("abc123\n")
+    for attempt in ("offline-run-20260101_000000-abc123", "offline-run-20260101_010000-abc123", "run-x-other"):
+        (save_dir / "wandb" / attempt).mkdir(parents=True)
     progress = job_progress(rec, now=NOW)
     assert (progress.step, progress.total, progress.loss) == (40, 100, pytest.approx(6.0))
     assert progress.eta_s == pytest.approx(60.0, abs=0.2)  # 60 steps left at 1 step/s
     assert progress.tokens_per_s == pytest.approx(4 * 32, rel=0.01)  # 1 step/s x gbs 4 x seq 32 (the tiny recipe)
     assert progress.elapsed_s == pytest.approx(500, abs=1)
     assert progress.last_checkpoint["iteration"] == 30
-    assert progress.wandb == {"id": "abc123", "mode": "offline"}
+    assert progress.wandb == {
+        "id": "abc123",
+        "mode": "offline",
+        "dir": str(save_dir / "wandb" / "offline-run-20260101_010000-abc123"),
+    }
     # a later look: the ETA went down
     with open(Path(rec["outputs"]["checkpoint"]) / "steps.jsonl", "a") as f:
         for s in _steps(60, NOW - 40, 1.0)[40:]:
@@ -127,7 +134,7 @@ def test_garbage_steps_file_never_breaks_status(state, capsys, content):
     (save_dir / "steps.jsonl").write_bytes(content)
     (save_dir / "latest_checkpointed_iteration.txt").write_text("not a number")
     (save_dir / "run_config.yaml").write_text(": : [")
-    (Path(rec["run_dir"]) / "wandb_run.json").write_text("[]")
+    (save_dir / "wandb_run_id").write_text("../../not an id")
     assert main(["status", rec["job_id"], "--json"]) == 0
     progress = json.loads(capsys.readouterr().out)["progress"]
     assert progress["step"] in (None, 3) and progress["last_checkpoint"] is None and progress["wandb"] is None
