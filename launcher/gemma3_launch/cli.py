@@ -1,4 +1,4 @@
-"""`gemma3-launch`: validate | render | submit | status | logs | cancel | list | schema.
+"""`gemma3-launch`: validate | render | submit | status | logs | cancel | list | checkpoints | schema.
 
 Exit codes: 0 ok; 2 invalid input (one line naming the file/field and what was expected; nothing submitted or
 registered); 1 a backend failure; a followed job's own non-zero exit code otherwise. Imports are lazy so that
@@ -15,16 +15,42 @@ from collections.abc import Sequence
 from .contract import INVALID_INPUT_EXIT_CODE
 
 PROG = "gemma3-launch"
+#: the spec's job kinds (spec.JobKind), repeated here so that `--help` does not import pydantic; a unit test compares.
+JOB_KINDS = ("import", "export", "pretrain", "finetune", "generate")
+
+
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata), else the package's own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 class InputError(Exception):
     """Bad input found by the CLI itself (unknown job id, missing secret): exit 2."""
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata costs start-up time on every other command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Run Gemma 3 jobs on SLURM, Kubernetes or locally from one YAML spec."
     )
+    p.add_argument("--version", action=_VersionAction, help="print the launcher's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -63,18 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit and record nothing")
     s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends; exit with its code")
 
-    st = sub.add_parser("status", help="state of a job")
+    st = sub.add_parser("status", help="state and progress of a job (step, loss, tokens/s, ETA, last checkpoint)")
     st.add_argument("job", help="job id (or a unique prefix)")
-    st.add_argument("--json", action="store_true", help="print the job record")
+    st.add_argument("--json", action="store_true", help="print the job record with its progress as JSON")
     lg = sub.add_parser("logs", help="print a job's log")
     lg.add_argument("job")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     cn = sub.add_parser("cancel", help="cancel a job")
     cn.add_argument("job")
-    ls = sub.add_parser("list", help="jobs in the index")
+    ls = sub.add_parser("list", help="jobs in the index, newest first")
     ls.add_argument("--cluster", choices=("local", "slurm", "k8s"), default=None)
+    ls.add_argument("--state", action="append", default=[], help="only jobs in this state, e.g. RUNNING (repeatable)")
+    ls.add_argument(
+        "--kind", action="append", default=[], choices=JOB_KINDS, help="only jobs of this kind (repeatable)"
+    )
+    ls.add_argument("--since", help="only jobs submitted since: an age (30m, 2h, 3d, 1w) or an ISO date[-time] (UTC)")
+    ls.add_argument("--name", help="only jobs whose name or id matches this shell glob, e.g. 'demo-*'")
+    ls.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     ls.add_argument("--rebuild", action="store_true", help="rebuild the index from the run directories' job.json")
     ls.add_argument("--runs-dir", action="append", default=[], help="also scan this runs directory when rebuilding")
+    ck = sub.add_parser("checkpoints", help="a training job's committed checkpoints (iteration, size, time)")
+    ck.add_argument("job", help="job id (or a unique prefix)")
+    ck.add_argument("--json", action="store_true", help="print them as a JSON list")
     sub.add_parser("schema", help="print the job spec's JSON schema (for editors)")
     return p
 
@@ -276,26 +312,61 @@ def _find(job: str) -> dict:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
+    from .progress import job_progress
+    from .record import read_record
     from .submit import refresh
 
     rec = _find(args.job)
     state = refresh(rec["job_id"])
+    current = read_record(rec["run_dir"]) or {**rec, "state": state}
+    progress = job_progress(current)
     if args.json:
-        from .record import read_record
+        print(json.dumps({**current, "progress": progress.to_dict()}, indent=2))
+        return 0
+    from .quoting import comment_text
 
-        print(json.dumps(read_record(rec["run_dir"]), indent=2))
-    else:
-        from .quoting import comment_text
+    detail = ""
+    if state in ("FAILED", "TIMEOUT") and rec["backend"] == "k8s":  # the failing step's exit code
+        from .backends import k8s
 
-        detail = ""
-        if state in ("FAILED", "TIMEOUT") and rec["backend"] == "k8s":  # the failing step's exit code
-            from .backends import k8s
-
-            code = k8s.exit_code(rec)
-            detail = f" (exit {code})" if code is not None else ""
-        line = f"{rec['job_id']}  {state}{detail}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
-        print(comment_text(line))
+        code = k8s.exit_code(rec)
+        detail = f" (exit {code})" if code is not None else ""
+    line = f"{rec['job_id']}  {state}{detail}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
+    print(comment_text(line))
+    for text in _progress_lines(progress):
+        print(comment_text(text))
     return 0
+
+
+def _progress_lines(progress) -> list[str]:
+    """`status`'s lines under the job line: only what is known."""
+    from .progress import format_duration
+
+    lines = []
+    if progress.note:
+        lines.append(f"  progress: {progress.note}")
+    if progress.step is not None or progress.elapsed_s is not None:
+        parts = []
+        if progress.step is not None:
+            of = f"/{progress.total}" if progress.total else ""
+            pct = f" ({100 * progress.step / progress.total:.0f}%)" if progress.total else ""
+            parts.append(f"step {progress.step}{of}{pct}")
+        if progress.loss is not None:
+            parts.append(f"loss {progress.loss:.4f}")
+        if progress.tokens_per_s is not None:
+            parts.append(f"{progress.tokens_per_s:,.0f} tokens/s")
+        parts.append(f"elapsed {format_duration(progress.elapsed_s)}")
+        if progress.eta_s is not None:
+            parts.append(f"ETA {format_duration(progress.eta_s)}")
+        lines.append("  progress: " + "  ".join(parts))
+    if progress.last_checkpoint:
+        ckpt = progress.last_checkpoint
+        lines.append(f"  checkpoint: iteration {ckpt['iteration']} ({ckpt['time'] or 'time unknown'})  {ckpt['path']}")
+    if progress.wandb:
+        wb = progress.wandb
+        where = f" ({wb['mode']}, {wb['dir']})" if wb.get("mode") else ""
+        lines.append(f"  wandb: run {wb['id']}{where}")
+    return lines
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -316,9 +387,32 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_filter(args: argparse.Namespace):
+    import time
+
+    from .record import ACTIVE_STATES, TERMINAL_STATES
+    from .registry import JobFilter, parse_since
+
+    known = (*ACTIVE_STATES, *TERMINAL_STATES, "SUBMIT_FAILED", "UNKNOWN")
+    states = tuple(s.strip().upper() for s in args.state)
+    for state in states:
+        if state not in known:
+            raise InputError(f"--state: expected one of {', '.join(known)}")
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since, time.time())
+        except ValueError as exc:
+            raise InputError(f"--since: {exc}") from None
+    return JobFilter(states=states, kinds=tuple(args.kind), since=since, name=args.name)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .registry import Registry
 
+    job_filter = _job_filter(args)
     reg = Registry(warn=_warn)
     if args.rebuild:
         n = reg.rebuild(args.runs_dir)
@@ -328,14 +422,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .record import TERMINAL_STATES
     from .submit import refresh
 
-    active = [r["job_id"] for r in rows if r["state"] not in TERMINAL_STATES]
-    if active:  # only unfinished jobs need the scheduler; finished states are final
+    # only unfinished jobs need the scheduler (finished states are final); the state filter applies after refreshing
+    others = dataclasses.replace(job_filter, states=())
+    active = [r["job_id"] for r in rows if r["state"] not in TERMINAL_STATES and others.keeps(r)]
+    if active:
         for job_id in active:
             try:
                 refresh(job_id)
             except Exception as exc:  # noqa: BLE001 - a listing must not die on one unreachable backend
                 _warn(f"{job_id}: state not refreshed ({exc.__class__.__name__})")
-        rows = reg.all(args.cluster)
+    rows = reg.all(args.cluster, job_filter)
+    if args.json:
+        from .registry import dump_rows
+
+        print(dump_rows(rows))
+        return 0
     print(f"{'JOB ID':<44} {'KIND':<9} {'BACKEND':<7} {'STATE':<11} SUBMITTED")
     for r in rows:
         # index values come from job.json files: shown with control characters escaped
@@ -345,6 +446,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 _LIST_COLUMNS = ("job_id", "kind", "backend", "state", "submitted_at")
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .progress import format_size, list_checkpoints
+    from .quoting import comment_text
+
+    rec = _find(args.job)
+    outputs = rec.get("outputs") if isinstance(rec.get("outputs"), dict) else {}
+    save_dir = outputs.get("checkpoint")
+    if not isinstance(save_dir, str) or not save_dir:
+        raise InputError(f"job: {rec['job_id']} is a {rec.get('kind')} job: expected a job that writes checkpoints")
+    if not Path(save_dir).is_dir() and not Path(rec["run_dir"]).is_dir():
+        raise InputError(f"job: {rec['job_id']}: its checkpoint dir {save_dir} is not reachable from this machine")
+    found = list_checkpoints(Path(save_dir))
+    if args.json:
+        print(json.dumps([asdict(c) for c in found], indent=2))
+        return 0
+    if not found:
+        print(comment_text(f"no committed checkpoint in {save_dir}"))
+        return 0
+    print(f"{'ITERATION':>9}  {'SIZE':>10}  {'TIME (UTC)':<25} PATH")
+    for c in found:
+        print(comment_text(f"{c.iteration:>9}  {format_size(c.size_bytes):>10}  {c.time or '-':<25} {c.path}"))
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -364,6 +493,7 @@ _COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "list": cmd_list,
+    "checkpoints": cmd_checkpoints,
     "schema": cmd_schema,
 }
 

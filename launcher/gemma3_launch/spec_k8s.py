@@ -128,10 +128,12 @@ SHM_PATH = "/dev/shm"
 
 
 class Toleration(Strict):
-    key: NonEmpty | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    key: NonEmpty | None = Field(None, description="The taint key tolerated; none (with Exists) tolerates every taint.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal: key and value match; Exists: key only.")
+    value: str | None = Field(None, description="The taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect tolerated; none: every effect."
+    )
 
     @model_validator(mode="after")
     def _as_the_api_server(self) -> Toleration:
@@ -147,33 +149,51 @@ class Toleration(Strict):
 
 
 class Pvc(Strict):
-    claim: DnsSubdomain
-    mount_path: AbsPath
-    read_only: bool = False
+    claim: DnsSubdomain = Field(description="The PersistentVolumeClaim's name (in k8s.namespace).")
+    mount_path: AbsPath = Field(description="Where the claim is mounted in every pod (absolute path).")
+    read_only: bool = Field(False, description="Mount the claim read-only.")
 
 
 class K8s(Strict):
-    #: trainjob: Kubeflow Trainer v2 (TrainJob + a TrainingRuntime); pytorchjob: Training Operator v1 clusters.
-    api: Literal["trainjob", "pytorchjob"] = "trainjob"
-    #: trainjob only: the runtime is a per-job namespaced TrainingRuntime, or a ClusterTrainingRuntime named by its
-    #: content (jobs with the same settings share it; it is created once and never deleted by `cancel`).
-    runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = "TrainingRuntime"
-    namespace: DnsLabel = "default"
-    pvcs: list[Pvc] = Field(default_factory=list)
-    #: the Kubernetes Secret holding the values of `secrets` (keys = the secret names).
-    secret_name: DnsSubdomain | None = None
-    node_selector: Annotated[dict[str, str], AfterValidator(_node_selector)] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class: DnsSubdomain | None = None
-    #: Kueue LocalQueue name (label kueue.x-k8s.io/queue-name); none = no Kueue.
-    queue: LabelValue | None = None
-    service_account: DnsSubdomain | None = None
-    #: extra labels / annotations on the job object and its pods.
-    labels: Annotated[dict[str, str], AfterValidator(_labels)] = Field(default_factory=dict)
-    annotations: Annotated[dict[str, str], AfterValidator(_annotations)] = Field(default_factory=dict)
-    backoff_limit: int = Field(3, ge=0, le=100)
-    ttl_seconds_after_finished: int = Field(86400, ge=0)
-    shm_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = "16Gi"
+    api: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob",
+        description="trainjob: Kubeflow Trainer v2 (a TrainJob and a TrainingRuntime); pytorchjob: the Training"
+        " Operator's PyTorchJob (v1 clusters).",
+    )
+    runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = Field(
+        "TrainingRuntime",
+        description="trainjob only: a per-job namespaced TrainingRuntime, or a ClusterTrainingRuntime named by its"
+        " content (jobs with the same settings share it; created once, never deleted by `cancel`).",
+    )
+    namespace: DnsLabel = Field("default", description="The namespace the job runs in.")
+    pvcs: list[Pvc] = Field(
+        default_factory=list, description="PersistentVolumeClaims mounted in every pod (run dirs, checkpoints, data)."
+    )
+    secret_name: DnsSubdomain | None = Field(
+        None, description="The Kubernetes Secret holding the values of `secrets` (its keys are the secret names)."
+    )
+    node_selector: Annotated[dict[str, str], AfterValidator(_node_selector)] = Field(
+        default_factory=dict, description="Pod nodeSelector labels."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations.")
+    priority_class: DnsSubdomain | None = Field(None, description="The pods' PriorityClass.")
+    queue: LabelValue | None = Field(
+        None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name); none: no Kueue."
+    )
+    service_account: DnsSubdomain | None = Field(None, description="The pods' service account.")
+    labels: Annotated[dict[str, str], AfterValidator(_labels)] = Field(
+        default_factory=dict, description="Extra labels on the job object and its pods."
+    )
+    annotations: Annotated[dict[str, str], AfterValidator(_annotations)] = Field(
+        default_factory=dict, description="Extra annotations on the job object and its pods (256 KiB in all)."
+    )
+    backoff_limit: int = Field(3, ge=0, le=100, description="Restarts of a failed job before it counts as failed.")
+    ttl_seconds_after_finished: int = Field(
+        86400, ge=0, description="Seconds a finished job object is kept before Kubernetes deletes it."
+    )
+    shm_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*(Mi|Gi)$")] = Field(
+        "16Gi", description="Size of the pods' /dev/shm (a memory-backed volume), e.g. 16Gi."
+    )
 
     @field_validator("pvcs")
     @classmethod
