@@ -105,14 +105,13 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(seq_len, device=q.device)
         # natural order: row p is position p
-        keys = gather_sequence(k, state.group).index_select(1, inverse)
-        values = gather_sequence(v, state.group).index_select(1, inverse)
+        keys_values = gather_sequence(torch.cat([k, v], dim=2), state.group).index_select(1, inverse)
         key_pos = torch.arange(seq_len, device=q.device)
     else:
         requests = halo_requests(seq_len, cp_size, window)
-        keys = fetch_positions(k, requests, seq_len, state.group)
-        values = fetch_positions(v, requests, seq_len, state.group)
+        keys_values = fetch_positions(torch.cat([k, v], dim=2), requests, seq_len, state.group)
         key_pos = requests[rank].to(q.device)
+    keys, values = keys_values.split([k.shape[2], v.shape[2]], dim=2)  # one message carries both
     segments = state.full_segment_ids()
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)
     outputs = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .context_split import chunk_length, positions_for_rank
+from .context_split import chunk_length
 
 _REDUCE_SCATTER_BACKENDS = ("nccl", "xccl")
 
@@ -123,6 +123,3 @@ def fetch_positions(local: torch.Tensor, requests: list[torch.Tensor], seq_len: 
     if local.shape[1] * cp_size != seq_len:
         raise ValueError(f"local sequence: expected {seq_len // cp_size} tokens per rank, got {local.shape[1]}")
     return _FetchPositions.apply(local, _Route(requests, seq_len, cp_size, rank), group)
-
-
-__all__ = ["fetch_positions", "gather_sequence", "owner_of", "positions_for_rank"]
