@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gemma3_runtime.model.attention import AttentionContext, allowed_mask
 from gemma3_runtime.parallel.context_attention import allowed_by_position, halo_requests, key_range
-from gemma3_runtime.parallel.context_comm import owner_of
+from gemma3_runtime.parallel.context_comm import HaloRoute, owner_of
 from gemma3_runtime.parallel.context_split import (
     chunk_ids,
     gathered_positions,
@@ -117,3 +117,22 @@ def test_validate_split_names_the_field(seq_len, cp, message):
 def test_chunk_ids_reject_a_rank_outside_the_group():
     with pytest.raises(ValueError, match="0 <= rank < 2"):
         chunk_ids(2, 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cp=cp_sizes, length=chunk_lengths, window=st.integers(1, 40))
+def test_halo_routes_agree_between_sender_and_receiver(cp, length, window):
+    """What each owner sends a peer is exactly what that peer expects from it, row for row, and nothing is fetched
+    twice or from the wrong owner (the routing is computed on every rank, never exchanged)."""
+    seq_len = 2 * cp * length
+    requests = halo_requests(seq_len, cp, window)
+    routes = [HaloRoute(requests, seq_len, cp, rank) for rank in range(cp)]
+    for rank, route in enumerate(routes):
+        mine = positions_for_rank(seq_len, cp, rank)
+        filled = torch.cat([route.own_out, *route.recv.values()]).sort().values
+        assert torch.equal(filled, torch.arange(requests[rank].numel()))
+        assert torch.equal(mine[route.own_local], requests[rank][route.own_out])
+        for peer, rows in route.recv.items():
+            sent = routes[peer].send[rank]
+            assert torch.equal(positions_for_rank(seq_len, cp, peer)[sent], requests[rank][rows])
+        assert set(route.send) == {p for p, r in enumerate(routes) if rank in r.recv}

@@ -57,7 +57,7 @@ def owner_of(position: torch.Tensor, seq_len: int, cp_size: int) -> tuple[torch.
     return rank, local
 
 
-class _Route:
+class HaloRoute:
     """Who sends which local rows to whom, for one request set; identical on every rank (computed, not exchanged)."""
 
     def __init__(self, requests: list[torch.Tensor], seq_len: int, cp_size: int, rank: int):
@@ -90,7 +90,7 @@ def _exchange(send: dict[int, torch.Tensor], recv_shapes: dict[int, tuple[int, .
 
 class _FetchPositions(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: torch.Tensor, route: _Route, group) -> torch.Tensor:
+    def forward(ctx, local: torch.Tensor, route: HaloRoute, group) -> torch.Tensor:
         ctx.route, ctx.group, ctx.local_shape = route, group, local.shape
         rest = tuple(local.shape[2:])
         out = local.new_empty((local.shape[0], route.wanted.numel(), *rest))
@@ -122,4 +122,4 @@ def fetch_positions(local: torch.Tensor, requests: list[torch.Tensor], seq_len: 
     cp_size, rank = _group_size_rank(group)
     if local.shape[1] * cp_size != seq_len:
         raise ValueError(f"local sequence: expected {seq_len // cp_size} tokens per rank, got {local.shape[1]}")
-    return _FetchPositions.apply(local, _Route(requests, seq_len, cp_size, rank), group)
+    return _FetchPositions.apply(local, HaloRoute(requests, seq_len, cp_size, rank), group)
