@@ -56,12 +56,13 @@ def key_range(chunk: int, length: int, window: int | None) -> tuple[int, int]:
     return start, (chunk + 1) * length
 
 
-def halo_requests(seq_len: int, cp_size: int, window: int) -> list[torch.Tensor]:
-    """Per rank: the sorted global positions its sliding-window chunks need (its own included)."""
+def halo_requests(seq_len: int, cp_size: int, window: int, device=None) -> list[torch.Tensor]:
+    """Per rank: the sorted global positions its sliding-window chunks need (its own included), on `device` (the
+    activations' device, so the routing indices built from them need no copies)."""
     length = chunk_length(seq_len, cp_size)
     requests = []
     for rank in range(cp_size):
-        ranges = [torch.arange(*key_range(c, length, window)) for c in chunk_ids(cp_size, rank)]
+        ranges = [torch.arange(*key_range(c, length, window), device=device) for c in chunk_ids(cp_size, rank)]
         requests.append(torch.cat(ranges).unique(sorted=True))
     return requests
 
@@ -108,9 +109,9 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         keys_values = gather_sequence(torch.cat([k, v], dim=2), state.group).index_select(1, inverse)
         key_pos = torch.arange(seq_len, device=q.device)
     else:
-        requests = halo_requests(seq_len, cp_size, window)
+        requests = halo_requests(seq_len, cp_size, window, q.device)
         keys_values = fetch_positions(torch.cat([k, v], dim=2), requests, seq_len, state.group)
-        key_pos = requests[rank].to(q.device)
+        key_pos = requests[rank]
     keys, values = keys_values.split([k.shape[2], v.shape[2]], dim=2)  # one message carries both
     segments = state.full_segment_ids()
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)

@@ -70,7 +70,7 @@ class HaloRoute:
             if peer == rank:
                 for src in owner.unique().tolist():
                     self.recv[src] = (owner == src).nonzero().flatten()
-                self.own_out = self.recv.pop(rank, torch.empty(0, dtype=torch.long))
+                self.own_out = self.recv.pop(rank, torch.empty(0, dtype=torch.long, device=wanted.device))
                 self.own_local = local[self.own_out]
             elif (owner == rank).any():
                 self.send[peer] = local[owner == rank]
