@@ -76,6 +76,24 @@ def _one_case(seq_len: int, window: int | None, packed: bool, seed: int) -> dict
         errors["off_by_one_window"] = _rel(gathered, _reference(q, k, v, window + 1, segments))
     for name, ours, ref in zip(("dq", "dk", "dv"), local, full, strict=True):
         errors[name] = _rel(_gather_natural(ours.grad), ref.grad)
+    errors.update(_two_layers(q, k, v, upstream, window, segments, state))
+    return errors
+
+
+def _two_layers(q, k, v, upstream, window, segments, state) -> dict[str, float]:
+    """Two chained layers on one state (its cached halo route and segment ids reused); k/v feed both layers, so
+    their gradients add the contributions of two communication backwards."""
+    cp_size, rank = dist.get_world_size(), dist.get_rank()
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = _reference(_reference(*full, window, segments), full[1], full[2], window, segments)
+    ref.backward(upstream)
+    local = [split_for_rank(t, cp_size, rank).requires_grad_() for t in (q, k, v)]
+    first = context_parallel_attention(*local, window=window, scale=SCALE, state=state)
+    out = context_parallel_attention(first, local[1], local[2], window=window, scale=SCALE, state=state)
+    out.backward(split_for_rank(upstream, cp_size, rank))
+    errors = {"two_layers_out": _rel(_gather_natural(out.detach()), ref.detach())}
+    for name, ours, theirs in zip(("dq", "dk", "dv"), local, full, strict=True):
+        errors[f"two_layers_{name}"] = _rel(_gather_natural(ours.grad), theirs.grad)
     return errors
 
 

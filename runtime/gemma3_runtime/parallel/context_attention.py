@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .context_comm import fetch_positions, gather_sequence
+from .context_comm import HaloRoute, fetch_positions, gather_sequence
 from .context_split import chunk_ids, chunk_length, gathered_positions, merge_ranks, positions_for_rank
 
 
@@ -29,6 +29,7 @@ class ContextParallelState:
     group: object = None
     segment_ids: torch.Tensor | None = None  # [b, s_local] int, this rank's split of the packed-document ids
     _full_segments: torch.Tensor | None = field(default=None, repr=False)
+    _halo_routes: dict = field(default_factory=dict, repr=False)
 
     @property
     def cp_size(self) -> int:
@@ -48,6 +49,14 @@ class ContextParallelState:
             dist.all_gather(parts, local, group=self.group)
             self._full_segments = merge_ranks(parts, seq_dim=1)
         return self._full_segments
+
+    def halo_route(self, window: int, device) -> HaloRoute:
+        """The halo exchange of a window size (built once per forward, shared by every sliding layer)."""
+        key = (window, str(device))
+        if key not in self._halo_routes:
+            requests = halo_requests(self.seq_len, self.cp_size, window, device)
+            self._halo_routes[key] = HaloRoute(requests, self.seq_len, self.cp_size, self.rank)
+        return self._halo_routes[key]
 
 
 def key_range(chunk: int, length: int, window: int | None) -> tuple[int, int]:
@@ -109,9 +118,9 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         keys_values = gather_sequence(torch.cat([k, v], dim=2), state.group).index_select(1, inverse)
         key_pos = torch.arange(seq_len, device=q.device)
     else:
-        requests = halo_requests(seq_len, cp_size, window, q.device)
-        keys_values = fetch_positions(torch.cat([k, v], dim=2), requests, seq_len, state.group)
-        key_pos = requests[rank]
+        route = state.halo_route(window, q.device)
+        keys_values = fetch_positions(torch.cat([k, v], dim=2), route, state.group)
+        key_pos = route.wanted
     keys, values = keys_values.split([k.shape[2], v.shape[2]], dim=2)  # one message carries both
     segments = state.full_segment_ids()
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)

@@ -62,6 +62,7 @@ class HaloRoute:
 
     def __init__(self, requests: list[torch.Tensor], seq_len: int, cp_size: int, rank: int):
         self.rank = rank
+        self.local_length = seq_len // cp_size
         self.wanted = requests[rank]  # sorted global positions this rank receives, in output order
         self.send: dict[int, torch.Tensor] = {}  # peer -> my local rows it wants
         self.recv: dict[int, torch.Tensor] = {}  # peer -> output rows its rows fill
@@ -114,12 +115,11 @@ class _FetchPositions(torch.autograd.Function):
         return grad_local, None, None
 
 
-def fetch_positions(local: torch.Tensor, requests: list[torch.Tensor], seq_len: int, group=None) -> torch.Tensor:
-    """[b, s_local, ...] -> [b, len(requests[rank]), ...]: the rows at this rank's requested global positions.
+def fetch_positions(local: torch.Tensor, route: HaloRoute, group=None) -> torch.Tensor:
+    """[b, s_local, ...] -> [b, len(route.wanted), ...]: the rows at this rank's requested global positions.
 
-    `requests[r]` is the sorted global positions rank r asks for; every rank passes the same list.
+    Every rank of the group must call it with the route built from the same request list (see HaloRoute).
     """
-    cp_size, rank = _group_size_rank(group)
-    if local.shape[1] * cp_size != seq_len:
-        raise ValueError(f"local sequence: expected {seq_len // cp_size} tokens per rank, got {local.shape[1]}")
-    return _FetchPositions.apply(local, HaloRoute(requests, seq_len, cp_size, rank), group)
+    if local.shape[1] != route.local_length:
+        raise ValueError(f"local sequence: expected {route.local_length} tokens per rank, got {local.shape[1]}")
+    return _FetchPositions.apply(local, route, group)
