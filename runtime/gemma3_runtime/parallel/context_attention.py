@@ -18,7 +18,14 @@ import torch
 import torch.distributed as dist
 
 from .context_comm import HaloRoute, fetch_positions, gather_sequence
-from .context_split import chunk_ids, chunk_length, gathered_positions, merge_ranks, positions_for_rank
+from .context_split import (
+    chunk_ids,
+    chunk_length,
+    gathered_positions,
+    merge_ranks,
+    positions_for_rank,
+    split_for_rank,
+)
 
 
 @dataclass
@@ -122,7 +129,14 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         keys_values = fetch_positions(torch.cat([k, v], dim=2), route, state.group)
         key_pos = route.wanted
     keys, values = keys_values.split([k.shape[2], v.shape[2]], dim=2)  # one message carries both
-    segments = state.full_segment_ids()
+    return attend_rank_chunks(q, keys, values, key_pos, rank, cp_size, window, scale, state.full_segment_ids())
+
+
+def attend_rank_chunks(q, keys, values, key_pos, rank: int, cp_size: int, window, scale: float, segments=None):
+    """Rank `rank`'s two query chunks q [b, 2L, hq, d] against keys/values at global positions `key_pos` (a superset
+    of what the chunks can see); `segments` [b, S] are the whole sequence's segment ids or None."""
+    length = q.shape[1] // 2
+    seq_len = 2 * cp_size * length
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)
     outputs = []
     for slot, chunk in enumerate(chunk_ids(cp_size, rank)):
@@ -137,3 +151,15 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         q_chunk = q[:, slot * length : (slot + 1) * length]
         outputs.append(masked_attention(q_chunk, keys[:, rows], values[:, rows], allowed, scale))
     return torch.cat(outputs, dim=1)
+
+
+def emulated_context_attention(q, k, v, *, cp_size: int, window: int | None, scale: float, segment_ids=None):
+    """All CP ranks' chunk computations in ONE process on full [b, S, ...] tensors (no communication): the per-chunk
+    path of `context_parallel_attention` for tests of chunk kernels (e.g. on one GPU); returns [b, S, hq, d]."""
+    seq_len = q.shape[1]
+    key_pos = torch.arange(seq_len, device=q.device)
+    parts = [
+        attend_rank_chunks(split_for_rank(q, cp_size, rank), k, v, key_pos, rank, cp_size, window, scale, segment_ids)
+        for rank in range(cp_size)
+    ]
+    return merge_ranks(parts, seq_dim=1)
