@@ -38,8 +38,9 @@ class _GatherSequence(torch.autograd.Function):
             out = torch.empty_like(grad.narrow(1, 0, ctx.length), memory_format=torch.contiguous_format)
             dist.reduce_scatter(out, [p.contiguous() for p in grad.split(ctx.length, dim=1)], group=ctx.group)
             return out, None
-        dist.all_reduce(grad, group=ctx.group)
-        return grad.narrow(1, ctx.rank * ctx.length, ctx.length).clone(), None
+        total = grad.clone()  # never reduce in place: autograd may hand the same gradient tensor to other nodes
+        dist.all_reduce(total, group=ctx.group)
+        return total.narrow(1, ctx.rank * ctx.length, ctx.length).clone(), None
 
 
 def gather_sequence(local: torch.Tensor, group=None) -> torch.Tensor:
