@@ -1,8 +1,7 @@
 """Differentiable sequence communication for context parallelism (batch-first tensors, sequence on dim 1).
 
 - `gather_sequence`: all-gather of every rank's local tokens; backward sums the gradient over the group and keeps
-  each rank's own slice (reduce-scatter). torch.distributed.nn's all_gather does this through all_to_all off NCCL,
-  which the CPU (gloo) test backend lacks, so this one uses reduce_scatter on NCCL/XCCL and all_reduce elsewhere.
+  each rank's own slice (reduce-scatter), through torch.distributed.nn.
 - `fetch_positions`: a halo exchange: each rank receives exactly the global positions it asks for, point-to-point
   from their owners; backward sends each gradient slice back to its owner, which adds it into its local gradient.
 Both are exact: forward copies values, backward sums every contribution once.
@@ -12,40 +11,19 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 from .context_split import chunk_length
 
-_REDUCE_SCATTER_BACKENDS = ("nccl", "xccl")
-
-
-def _group_size_rank(group) -> tuple[int, int]:
-    return dist.get_world_size(group), dist.get_rank(group)
-
-
-class _GatherSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, local: torch.Tensor, group) -> torch.Tensor:
-        size, rank = _group_size_rank(group)
-        ctx.group, ctx.size, ctx.rank, ctx.length = group, size, rank, local.shape[1]
-        parts = [torch.empty_like(local, memory_format=torch.contiguous_format) for _ in range(size)]
-        dist.all_gather(parts, local.contiguous(), group=group)
-        return torch.cat(parts, dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
-        if dist.get_backend(ctx.group) in _REDUCE_SCATTER_BACKENDS:
-            out = torch.empty_like(grad.narrow(1, 0, ctx.length), memory_format=torch.contiguous_format)
-            dist.reduce_scatter(out, [p.contiguous() for p in grad.split(ctx.length, dim=1)], group=ctx.group)
-            return out, None
-        total = grad.clone()  # never reduce in place: autograd may hand the same gradient tensor to other nodes
-        dist.all_reduce(total, group=ctx.group)
-        return total.narrow(1, ctx.rank * ctx.length, ctx.length).clone(), None
-
 
 def gather_sequence(local: torch.Tensor, group=None) -> torch.Tensor:
-    """[b, s_local, ...] -> [b, cp * s_local, ...]: every rank's tokens in RANK order (see gathered_positions)."""
-    return _GatherSequence.apply(local, group)
+    """[b, s_local, ...] -> [b, cp * s_local, ...]: every rank's tokens in RANK order (see gathered_positions).
+
+    torch.distributed.nn's differentiable all-gather: its backward reduce-scatters on NCCL and, on gloo (the CPU
+    tests), does the same through all_to_all plus a sum.
+    """
+    parts = dist_nn.all_gather(local.contiguous(), group=group if group is not None else dist.group.WORLD)
+    return torch.cat(parts, dim=1)
 
 
 def owner_of(position: torch.Tensor, seq_len: int, cp_size: int) -> tuple[torch.Tensor, torch.Tensor]:
