@@ -241,7 +241,7 @@ def format_error(err: Mapping[str, Any]) -> str:
         msg = msg[len("Value error, ") :]
         # validators prefix the sub-field they blame ("nproc_per_node: ..."): fold it into the path
         head, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", head):
+        if sep and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_./-]*", head):
             if not (loc and loc[-1] == head):
                 loc = [*loc, head] if loc else [head]
             msg = rest

@@ -76,7 +76,7 @@ def _check_map(kind: str, mapping: dict[str, str], *, values_are_labels: bool) -
         if problem:
             raise ValueError(f"{kind} key {key[:80]!r}: {problem}")
         if values_are_labels and (problem := label_value_problem(value)):
-            raise ValueError(f"{kind} {key}: {problem}")
+            raise ValueError(f"{key}: {problem}")  # the loader folds the key into the field's path
     return mapping
 
 
