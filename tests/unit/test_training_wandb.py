@@ -89,8 +89,9 @@ def test_unreachable_wandb_service_neither_fails_nor_stalls_the_job(tmp_path):
     unreachable_s = time.monotonic() - started
 
     assert unreachable_s < plain_s + 30, (plain_s, unreachable_s)
-    warnings = [line for line in proc.stderr.splitlines() if "W&B did not start" in line]
-    assert len(warnings) == 1 and "0123456789abcdef" not in warnings[0], proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    warnings = [line for line in output.splitlines() if "W&B did not start" in line]
+    assert len(warnings) == 1 and "0123456789abcdef" not in output, output[-2000:]
     assert "continuing with an offline W&B run" in warnings[0]
     (run_file,) = _run_files(tmp_path / "unreachable")  # the metrics are kept, for `wandb sync` later
     assert run_id_and_steps(run_file) == ((tmp_path / "unreachable" / "wandb_run_id").read_text().strip(), [1, 2])

@@ -41,9 +41,12 @@ def resolve_sft_paths(paths: Sequence[str], key: str = "data.data_paths") -> tup
             train.append(p)
         else:
             if not Path(p).is_file():
-                raise UserInputError(
-                    f"{key}: {p!r} does not exist (expected a JSONL/Parquet/Arrow file or directory, or hf:OWNER/NAME)"
+                expected = (
+                    "a JSONL file"
+                    if p.endswith((".jsonl", ".json"))
+                    else "a JSONL/Parquet/Arrow file or directory, or hf:OWNER/NAME"
                 )
+                raise UserInputError(f"{key}: {p!r} does not exist (expected {expected})")
             train.append(p)
     return train, valid
 
