@@ -10,6 +10,9 @@ Cache entries live in data.cache_dir (default <checkpoint.save>/data_cache): `sf
 examples, concatenated, with offsets) and `text-<fp>.bin/.idx` (a Megatron indexed dataset) - each with a
 `.json` manifest naming its sources. Entries are written under temporary names and renamed when complete.
 
+Every rank appends what it did for an entry (hit / prepared / waited) to `<cache_dir>/events.jsonl`, so a run's
+cache use can be checked after the fact (each line one small O_APPEND write).
+
 In a distributed run, rank 0 prepares a missing entry while the other ranks wait for it (a broadcast that also
 carries rank 0's error, so a bad file fails every rank with the same line instead of leaving them waiting); a rank
 that still does not see the entry afterwards (a cache dir that is not shared between nodes) prepares its own copy.
@@ -75,30 +78,44 @@ def prepare_once(marker: Path, prepare: Callable[[], None], what: str) -> str:
     or WAITED (rank 0 made it while this rank waited). Logs which one."""
     dist = _distributed()
     rank = dist.get_rank() if dist else 0
-    if marker.exists() and dist is None:
-        log.info("data cache hit: %s (%s)", marker, what)
-        return HIT
-    outcome, error = HIT, None
-    if rank == 0 and not marker.exists():
+    existed = marker.exists()
+    outcome, error, failure = HIT, None, None
+    if rank == 0 and not existed:
         try:
             _timed_prepare(prepare, marker, what)
             outcome = PREPARED
         except UserInputError as exc:
             error = str(exc)
-    if dist is not None:
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            failure, error = exc, f"data cache: rank 0 failed to prepare {what} ({type(exc).__name__})"
+    if dist is not None:  # every rank, hit or not: the others wait here until rank 0 has the entry (or an error)
         message = [error]
         dist.broadcast_object_list(message, src=0)
         error = message[0]
+    if failure is not None:
+        raise failure
     if error is not None:
         raise UserInputError(error)
-    if rank != 0:
+    if rank != 0 and not existed:
         outcome = WAITED
         if not marker.exists():  # the cache dir is not shared with rank 0: this node makes its own copy
             _timed_prepare(prepare, marker, what)
             outcome = PREPARED
     if outcome != PREPARED:
         log.info("data cache hit: %s (%s)", marker, what)
+    _record_event(marker, outcome, rank)
     return outcome
+
+
+def _record_event(marker: Path, outcome: str, rank: int) -> None:
+    line = json.dumps({"entry": marker.name, "outcome": outcome, "rank": rank, "time": round(time.time(), 3)})
+    with open(marker.parent / "events.jsonl", "a") as f:
+        f.write(line + "\n")
+
+
+def read_events(cache_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(cache_dir) / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _timed_prepare(prepare: Callable[[], None], marker: Path, what: str) -> None:
