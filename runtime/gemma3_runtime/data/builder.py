@@ -143,7 +143,7 @@ def _sft_datasets(data_cfg: Any, seed: int, tokenizer: Any, cache_dir: str | Non
 
 
 def _private_cache_dir() -> str:
-    """A run without a save dir or data.cache_dir tokenizes text into a directory of its own (not kept)."""
+    """A run without a save dir or data.cache_dir tokenizes text into a fresh temporary directory (never reused)."""
     import tempfile
 
     return tempfile.mkdtemp(prefix="gemma3-data-")
