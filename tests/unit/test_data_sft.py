@@ -108,7 +108,10 @@ def test_bundled_dataset_is_reproducible_and_held_out_is_unseen():
     assert synthetic.load_items(synthetic.bundled_path("train")) == train
     assert synthetic.load_items(synthetic.bundled_path("heldout")) == heldout
     assert len(heldout) >= 50
-    words = lambda item: frozenset(item.prompt[len(synthetic.PROMPT_PREFIX) : -len(synthetic.PROMPT_SUFFIX)].split())
+
+    def words(item):
+        return frozenset(item.prompt[len(synthetic.PROMPT_PREFIX) : -len(synthetic.PROMPT_SUFFIX)].split())
+
     assert not {words(i) for i in heldout} & {words(i) for i in train}
     assert synthetic.apply_rule(["river", "apple", "stone"]) == " stone-ka apple-ka river-ka"
     assert synthetic.is_correct(" stone-ka apple-ka\nmore text", "stone-ka  apple-ka")

@@ -26,12 +26,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemma3-runtime", description="Gemma 3 on megatron-core (runs inside the job)."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
+    for module_name in SUBCOMMANDS.values():
         module = importlib.import_module(f"gemma3_runtime.cli.{module_name}")
         sub = module.add_parser(subparsers)
         sub.set_defaults(_main=module.main)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (its metadata, the one source of truth); the source tree's when the
+    package runs from a checkout that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gemma3-launch")
+    except PackageNotFoundError:
+        from gemma3_runtime import __version__
+
+        return __version__
 
 
 def release_distributed() -> None:

@@ -23,21 +23,30 @@ class Datasets:
     shuffle: bool
 
 
-def resolve_sft_paths(paths: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand `bundled:NAME` into the packaged train file (and remember its held-out file as validation)."""
-    from gemma3_runtime.data import synthetic
+def resolve_sft_paths(paths: Sequence[str], key: str = "data.data_paths") -> tuple[list[str], list[str]]:
+    """Expand `bundled:NAME` into the packaged train file (and remember its held-out file as validation); check
+    that every other path is a JSONL file or a source `datasets` reads (hf_datasets.py)."""
+    from gemma3_runtime.data import hf_datasets, synthetic
 
     train, valid = [], []
     for p in paths:
         if p.startswith(BUNDLED_PREFIX):
             name = p[len(BUNDLED_PREFIX) :]
             if name != synthetic.NAME:
-                raise UserInputError(f"data.data_paths: {p!r} is unknown, expected {BUNDLED_PREFIX}{synthetic.NAME}")
+                raise UserInputError(f"{key}: {p!r} is unknown, expected {BUNDLED_PREFIX}{synthetic.NAME}")
             train.append(str(synthetic.bundled_path("train")))
             valid.append(str(synthetic.bundled_path("heldout")))
+        elif hf_datasets.is_hf_source(p):
+            hf_datasets.resolve_source(p, key)
+            train.append(p)
         else:
             if not Path(p).is_file():
-                raise UserInputError(f"data.data_paths: {p!r} does not exist (expected a JSONL file)")
+                expected = (
+                    "a JSONL file"
+                    if p.endswith((".jsonl", ".json"))
+                    else "a JSONL/Parquet/Arrow file or directory, or hf:OWNER/NAME"
+                )
+                raise UserInputError(f"{key}: {p!r} does not exist (expected {expected})")
             train.append(p)
     return train, valid
 
@@ -94,23 +103,47 @@ def build_datasets(
         return Datasets(
             GPTDatasetAdapter(train), GPTDatasetAdapter(valid) if valid is not None else None, shuffle=False
         )
-    # sft
-    from gemma3_runtime.data.sft import SFTDataset, build_sft_dataset, read_jsonl, tokenize_row
+    if kind == "text":
+        from gemma3_runtime.data.cached import text_prefix
+        from gemma3_runtime.data.indexed import GPTDatasetAdapter, build_gpt_datasets
+
+        workdir = data_cfg.cache_dir or cache_dir or _private_cache_dir()
+        prefix = text_prefix(data_cfg.data_paths, tokenizer, data_cfg, workdir, "data.data_paths")
+        train, valid, _ = build_gpt_datasets(
+            [prefix], data_cfg.split, data_cfg.seq_length, seed, tokenizer, (train_samples, valid_samples, 0), workdir
+        )
+        return Datasets(
+            GPTDatasetAdapter(train), GPTDatasetAdapter(valid) if valid is not None else None, shuffle=False
+        )
+    return _sft_datasets(data_cfg, seed, tokenizer, data_cfg.cache_dir or cache_dir)
+
+
+def _sft_datasets(data_cfg: Any, seed: int, tokenizer: Any, cache_dir: str | None) -> Datasets:
+    """SFT examples (tokenized once per fingerprint when there is a cache dir) -> packed train/valid datasets.
+    Without data.valid_paths the examples are shuffled with the seed and the first valid_fraction held out."""
+    from gemma3_runtime.data.cached import sft_examples
+    from gemma3_runtime.data.sft import SFTDataset
 
     train_paths, bundled_valid = resolve_sft_paths(data_cfg.data_paths)
     valid_paths = list(data_cfg.valid_paths or bundled_valid)
-    for p in valid_paths:
-        if not Path(p).is_file():
-            raise UserInputError(f"data.valid_paths: {p!r} does not exist (expected a JSONL file)")
+    resolve_sft_paths(valid_paths, "data.valid_paths")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seq, packing = data_cfg.seq_length, data_cfg.packing
+    examples = sft_examples(train_paths, tokenizer, data_cfg, cache_dir, "data.data_paths")
     if valid_paths:
-        train = build_sft_dataset(train_paths, tokenizer, data_cfg.seq_length, data_cfg.packing, seed)
-        valid = build_sft_dataset(valid_paths, tokenizer, data_cfg.seq_length, data_cfg.packing, seed)
-    else:
-        rows = [r for p in train_paths for r in read_jsonl(p)]
-        random.Random(seed).shuffle(rows)
-        n_valid = int(len(rows) * data_cfg.valid_fraction)
-        examples = [tokenize_row(tokenizer, r) for r in rows]
-        train = SFTDataset(examples[n_valid:], data_cfg.seq_length, pad, data_cfg.packing, seed)
-        valid = SFTDataset(examples[:n_valid], data_cfg.seq_length, pad, data_cfg.packing, seed) if n_valid else None
+        valid_examples = sft_examples(valid_paths, tokenizer, data_cfg, cache_dir, "data.valid_paths")
+        train = SFTDataset(examples, seq, pad, packing, seed)
+        valid = SFTDataset(valid_examples, seq, pad, packing, seed)
+        return Datasets(train, valid, shuffle=True)
+    random.Random(seed).shuffle(examples)  # the same permutation the rows would get: it depends on the count only
+    n_valid = int(len(examples) * data_cfg.valid_fraction)
+    train = SFTDataset(examples[n_valid:], seq, pad, packing, seed)
+    valid = SFTDataset(examples[:n_valid], seq, pad, packing, seed) if n_valid else None
     return Datasets(train, valid, shuffle=True)
+
+
+def _private_cache_dir() -> str:
+    """A run without a save dir or data.cache_dir tokenizes text into a fresh temporary directory (never reused)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="gemma3-data-")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,61 +38,78 @@ def write_indexed_dataset(
     text_key: str = "text",
     show_progress: bool = True,
 ) -> tuple[int, int]:
-    """JSONL rows with `text_key` -> <prefix>.bin/.idx. Written under temporary names and renamed when complete.
+    """JSONL rows with `text_key` -> <prefix>.bin/.idx (a bad line is one error naming the file and line).
 
     Returns (documents, tokens).
     """
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    input_jsonl, output_prefix = Path(input_jsonl), str(output_prefix)
+    input_jsonl = Path(input_jsonl)
     if not input_jsonl.is_file():
         raise UserInputError(f"--input {str(input_jsonl)!r} does not exist (expected a JSONL file)")
-    out_dir = os.path.dirname(os.path.abspath(output_prefix))
-    if not os.path.isdir(out_dir):
-        raise UserInputError(f"--output-prefix {output_prefix!r}: directory {out_dir!r} does not exist")
-    tmp_prefix = f"{output_prefix}.tmp-{os.getpid()}"
-    dtype = np.int32 if len(tokenizer) > np.iinfo(np.uint16).max + 1 else np.uint16
-    builder = IndexedDatasetBuilder(tmp_prefix + ".bin", dtype=dtype)
-    documents = tokens = 0
-    total_bytes = input_jsonl.stat().st_size
-    progress = _progress(total_bytes, show_progress)
-    try:
+    check_output_prefix(str(output_prefix), "--output-prefix")
+    progress = _progress(input_jsonl.stat().st_size, show_progress, unit="B")
+
+    def documents() -> Iterator[str]:
         with open(input_jsonl) as f:
             for lineno, line in enumerate(f, 1):
                 progress.update(len(line.encode()))
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                    text = row[text_key]
+                    yield str(json.loads(line)[text_key])
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserInputError(f"{input_jsonl}:{lineno}: expected a JSON object with a {text_key!r} string")
-                ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
-                doc = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)
-                doc.append(tokenizer.eos_token_id)
-                builder.add_item(torch.tensor(doc, dtype=torch.int64))
-                builder.end_document()
-                documents += 1
-                tokens += len(doc)
-        if documents == 0:
-            raise UserInputError(f"{input_jsonl}: no documents (expected JSONL rows with {text_key!r})")
+                    raise UserInputError(
+                        f"{input_jsonl}:{lineno}: expected a JSON object with a {text_key!r} string"
+                    ) from None
+
+    try:
+        return write_indexed_documents(documents(), output_prefix, tokenizer, f"{input_jsonl}")
+    finally:
+        progress.close()
+
+
+def check_output_prefix(output_prefix: str, key: str) -> None:
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    if not os.path.isdir(out_dir):
+        raise UserInputError(f"{key} {output_prefix!r}: directory {out_dir!r} does not exist")
+
+
+def write_indexed_documents(
+    documents: Iterable[str], output_prefix: str | Path, tokenizer: Any, source_name: str
+) -> tuple[int, int]:
+    """Texts -> <prefix>.bin/.idx, each document [bos] + tokens + [eos]. Written under temporary names and renamed
+    when complete (.idx last: a prefix counts as complete when its .idx exists). Returns (documents, tokens)."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    output_prefix = str(output_prefix)
+    tmp_prefix = f"{output_prefix}.tmp-{os.getpid()}"
+    dtype = np.int32 if len(tokenizer) > np.iinfo(np.uint16).max + 1 else np.uint16
+    builder = IndexedDatasetBuilder(tmp_prefix + ".bin", dtype=dtype)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    count = tokens = 0
+    try:
+        for text in documents:
+            doc = bos + list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+            builder.add_item(torch.tensor(doc, dtype=torch.int64))
+            builder.end_document()
+            count += 1
+            tokens += len(doc)
+        if count == 0:
+            raise UserInputError(f"{source_name}: no documents (expected rows with text)")
         builder.finalize(tmp_prefix + ".idx")
-        # .bin first, .idx last: a prefix counts as complete when its .idx exists
         os.replace(tmp_prefix + ".bin", output_prefix + ".bin")
         os.replace(tmp_prefix + ".idx", output_prefix + ".idx")
     finally:
-        progress.close()
         for suffix in (".bin", ".idx"):
             if os.path.exists(tmp_prefix + suffix):
                 os.remove(tmp_prefix + suffix)
-    return documents, tokens
+    return count, tokens
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, unit: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not enabled)
+    return tqdm(total=total, unit=unit, unit_scale=unit == "B", desc="tokenizing", disable=not enabled)
 
 
 def parse_blend(data_paths: Sequence[str]) -> tuple[list[str], list[float] | None]:

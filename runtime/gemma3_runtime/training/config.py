@@ -102,11 +102,14 @@ class DataConfig:
     """Where batches come from.
 
     kind=mock: seeded random tokens (no files). kind=indexed: Megatron .bin/.idx prefixes (optionally weighted:
-    ["0.7", "a", "0.3", "b"]) made by `gemma3-runtime prepare-data`. kind=sft: JSONL with prompt/completion or chat
-    `messages`; `bundled` names the dataset shipped with the package.
+    ["0.7", "a", "0.3", "b"]) made by `gemma3-runtime prepare-data`. kind=text: pretraining documents (the
+    `text_key` column) from JSONL / Parquet / Arrow files or directories or `hf:OWNER/NAME` hub datasets, read with
+    HF `datasets`. kind=sft: prompt/completion or chat `messages` rows from the same kinds of sources; `bundled:`
+    names the dataset shipped with the package. text and sft sources are tokenized once per dataset fingerprint and
+    cached in `cache_dir` (data/token_cache.py).
     """
 
-    kind: Literal["mock", "indexed", "sft"] = "mock"
+    kind: Literal["mock", "indexed", "sft", "text"] = "mock"
     data_paths: list[str] | None = None
     valid_paths: list[str] | None = None
     split: str = "9999,8,2"
@@ -119,6 +122,14 @@ class DataConfig:
     mock_vocab_size: int | None = None
     #: SFT only: share of the train file held out for validation when valid_paths is not given.
     valid_fraction: float = 0.0
+    #: kind=text: the column holding each document's text.
+    text_key: str = "text"
+    #: `datasets` sources: the split to read (hub ids and save_to_disk directories; local files are one split).
+    hf_split: str = "train"
+    #: `datasets` hub ids: the configuration (subset) name; None: the dataset's default.
+    hf_subset: str | None = None
+    #: Tokenization cache (and megatron's index cache); default: <checkpoint.save>/data_cache.
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -154,8 +165,16 @@ class LoggingConfig:
     log_interval: int = 10
     #: Default: <checkpoint.save>/tensorboard.
     tensorboard_dir: str | None = None
+    #: W&B (training/wandb_run.py): on when WANDB_API_KEY is set, WANDB_MODE is online/offline, or a project is named
+    #: here. None: the environment's WANDB_PROJECT, else "gemma3-launch".
     wandb_project: str | None = None
+    #: None: the environment's WANDB_ENTITY (else the API key's default entity).
+    wandb_entity: str | None = None
+    #: The W&B run name; None: the run's name.
     wandb_exp_name: str | None = None
+    wandb_tags: list[str] | None = None
+    #: Bound on connecting to W&B; past it the job continues with an offline W&B run.
+    wandb_init_timeout_s: float = 15.0
     loss_curve_png: bool = True
     #: None: a progress bar only on an interactive terminal.
     progress_bar: bool | None = None

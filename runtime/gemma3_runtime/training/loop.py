@@ -105,7 +105,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
     from gemma3_runtime.training import checkpointing as ckpt
     from gemma3_runtime.training.flops import flops_per_token_for, peak_tflops
     from gemma3_runtime.training.lr_schedule import learning_rate
-    from gemma3_runtime.training.metrics import MetricsSink, memory_gib, write_loss_curve
+    from gemma3_runtime.training.metrics import MetricsSink, memory_gib, step_record, write_loss_curve
     from gemma3_runtime.training.optimizer import build_optimizer
     from gemma3_runtime.training.pending import PendingStep, StepValues
     from gemma3_runtime.training.preemption import PreemptionWatcher
@@ -347,9 +347,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
             train_state.train_losses.append([v.iteration, v.loss, v.lr])
             sink.advance(v.loss)
             if steps_file is not None:
-                steps_file.write(
-                    json.dumps({"iteration": v.iteration, "loss": v.loss, "lr": v.lr, "grad_norm": v.grad_norm}) + "\n"
-                )
+                steps_file.write(json.dumps(step_record(v.iteration, v.loss, v.lr, v.grad_norm)) + "\n")
                 steps_file.flush()
             latest = v
 
@@ -443,7 +441,7 @@ def train(cfg: ConfigContainer) -> TrainResult:
         saved_now = last_saved is not None and last_saved.name == iter_dir_name(train_state.iteration)
         if cfg.checkpoint.save_at_end and train_state.iteration > start_iter and not saved_now:
             last_saved = save()
-    sink.close()
+    sink.close({"status": status})
     if is_rank0 and save_dir and cfg.logging.loss_curve_png and train_state.train_losses:
         try:
             write_loss_curve(

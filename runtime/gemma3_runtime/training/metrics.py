@@ -1,6 +1,6 @@
-"""Where metrics go: one line per log interval on stdout (rank 0), TensorBoard event files, W&B (only when
-WANDB_API_KEY is set and wandb is importable), a progress bar on an interactive terminal, and a loss-curve PNG
-in the save dir at the end."""
+"""Where metrics go: one line per log interval on stdout (rank 0) with step/total, elapsed time and ETA, TensorBoard
+event files, W&B (training/wandb_run.py says when it is on), a progress bar on an interactive terminal, the per-step
+records of steps.jsonl (with wall-clock timestamps), and a loss-curve PNG in the save dir at the end."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import os
 import resource
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ class MetricsSink:
         self.tb = None
         self.wandb = None
         self.bar = None
+        self.progress = Progress(total_iters, start_iter)
+        self.last_iteration = start_iter
         if not enabled:
             return
         if tensorboard_dir:
@@ -53,20 +57,17 @@ class MetricsSink:
                 self.tb = SummaryWriter(log_dir=tensorboard_dir)
             except ImportError:
                 log.warning("tensorboard is not installed: no event files")
-        if os.environ.get("WANDB_API_KEY"):
-            try:
-                import wandb  # type: ignore[import-not-found]
+        from gemma3_runtime.training.wandb_run import options_from_config, start_run
 
-                self.wandb = wandb.init(
-                    project=wandb_project or "gemma3-launch", name=run_name, config=config, resume="allow"
-                )
-            except ImportError:
-                log.warning("WANDB_API_KEY is set but wandb is not installed: W&B logging is off")
+        wandb_options = options_from_config(config, run_name)
+        wandb_options.project = wandb_project or wandb_options.project
+        self.wandb = start_run(wandb_options, config)
         show_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         if show_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_iters, initial=start_iter, unit="step", dynamic_ncols=True)
+        self.progress = Progress(total_iters, start_iter)  # from here: W&B's start-up is not training time
 
     def log(self, iteration: int, metrics: dict[str, float], line: bool = True) -> None:
         if not self.enabled:
@@ -78,9 +79,10 @@ class MetricsSink:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=iteration)
+        self.last_iteration = max(self.last_iteration, iteration)
         if line:
             text = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if v is not None)
-            message = f"iteration {iteration:>7d} | {text}"
+            message = f"{_now_iso()} | {self.progress.line(iteration)} | {text}"
             if self.bar is not None:
                 self.bar.write(message)
             else:
@@ -92,13 +94,81 @@ class MetricsSink:
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}")
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """`summary`: final values for the W&B run summary (W&B already keeps each metric's last value)."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.summary.update(
+                    {"final_iteration": self.last_iteration, "elapsed_s": self.progress.elapsed(), **(summary or {})}
+                )
+                self.wandb.finish()
+            except Exception as exc:  # W&B must never fail a finished run
+                log.warning("W&B run not finished cleanly (%s)", type(exc).__name__)
+
+
+class Progress:
+    """Step/total, elapsed and ETA for the log line. The rate is measured from the first logged step on (the first
+    step's compile and warm-up are not a good predictor) and includes evals and saves, so the ETA is wall-clock."""
+
+    def __init__(self, total_iters: int, start_iter: int) -> None:
+        self.total = total_iters
+        self.start_iter = start_iter
+        self.started = time.monotonic()
+        self.first: tuple[int, float] | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def eta_s(self, iteration: int) -> float | None:
+        now = time.monotonic()
+        if self.first is None:  # the first line: the average over the steps so far (warm-up included)
+            self.first = (iteration, now)
+            done, seconds = iteration - self.start_iter, now - self.started
+        else:
+            done, seconds = iteration - self.first[0], now - self.first[1]
+        if done <= 0 or seconds <= 0:
+            return None
+        return max(self.total - iteration, 0) * seconds / done
+
+    def line(self, iteration: int) -> str:
+        eta = self.eta_s(iteration)
+        width = len(str(self.total))
+        return (
+            f"step {iteration:>{width}d}/{self.total} | elapsed {format_duration(self.elapsed())} | "
+            f"eta {format_duration(eta) if eta is not None else '?'}"
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS (D-HH:MM:SS past a day)."""
+    total = int(round(max(seconds, 0.0)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}" if days else clock
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def step_record(iteration: int, loss: float, lr: float, grad_norm: float | None) -> dict[str, Any]:
+    """One steps.jsonl line: the step's values and when it finished (unix seconds and ISO 8601, UTC), so a reader
+    (`gemma3-launch status`) can compute progress, rate and ETA."""
+    now = time.time()
+    return {
+        "iteration": iteration,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "time": round(now, 3),
+        "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+    }
 
 
 def _fmt(value: float) -> str:

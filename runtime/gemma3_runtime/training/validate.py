@@ -36,6 +36,7 @@ def validate(cfg: ConfigContainer, *, world_size: int | None = None) -> int | No
     _check_optimizer(cfg)
     _check_data(cfg)
     _check_eval_and_checkpoints(cfg)
+    _check_logging(cfg)
     _check_peft(cfg)
     _check_parallel_layout(cfg)
     if cfg.perf.ce_chunk_mib <= 0:
@@ -126,9 +127,20 @@ def _check_data(cfg: ConfigContainer) -> None:
     d = cfg.data
     _positive("data.seq_length", d.seq_length)
     _positive("data.mock_vocab_size", d.mock_vocab_size, optional=True)
-    if d.kind in ("sft", "indexed") and not d.data_paths:
-        needs = "JSONL files, or bundled:wordcode" if d.kind == "sft" else ".bin/.idx prefixes"
+    if d.kind in ("sft", "indexed", "text") and not d.data_paths:
+        needs = {
+            "sft": "JSONL/Parquet/Arrow files or directories, hf:OWNER/NAME, or bundled:wordcode",
+            "text": "JSONL/Parquet/Arrow files or directories, or hf:OWNER/NAME",
+            "indexed": ".bin/.idx prefixes",
+        }[d.kind]
         raise UserInputError(f"data.data_paths is empty (data.kind={d.kind} needs {needs})")
+    for key, value in (("data.text_key", d.text_key), ("data.hf_split", d.hf_split), ("data.hf_subset", d.hf_subset)):
+        if value is not None and not value.strip():
+            raise UserInputError(f"{key}: expected a non-empty name{' or null' if key == 'data.hf_subset' else ''}")
+    if d.kind in ("sft", "text"):
+        for key, paths in (("data.data_paths", d.data_paths), ("data.valid_paths", d.valid_paths)):
+            for path in paths or []:
+                _check_hub_id(key, path)
     if not 0.0 <= d.valid_fraction < 1.0:
         raise UserInputError(f"data.valid_fraction={d.valid_fraction}: expected a number in [0, 1)")
     if d.kind == "indexed":
@@ -145,6 +157,33 @@ def _check_data(cfg: ConfigContainer) -> None:
         raise UserInputError(
             f"data.mock_vocab_size={d.mock_vocab_size} exceeds the model's vocab_size={model.vocab_size}"
         )
+
+
+def _check_hub_id(key: str, path: str) -> None:
+    """`hf:OWNER/NAME` (or `hf:NAME`): the shape only; whether it loads is checked where it is read."""
+    if not path.startswith("hf:"):
+        return
+    parts = path[len("hf:") :].split("/")
+    if len(parts) > 2 or not all(p and p.strip() == p and " " not in p for p in parts):
+        raise UserInputError(f"{key}: {shown(path)} is not a hub dataset id (expected hf:OWNER/NAME)")
+
+
+def _check_logging(cfg: ConfigContainer) -> None:
+    lg = cfg.logging
+    _positive("logging.log_interval", lg.log_interval)
+    if not lg.wandb_init_timeout_s > 0:
+        raise UserInputError(f"logging.wandb_init_timeout_s={lg.wandb_init_timeout_s}: expected a positive number")
+    for key, value in (
+        ("logging.wandb_project", lg.wandb_project),
+        ("logging.wandb_entity", lg.wandb_entity),
+        ("logging.wandb_exp_name", lg.wandb_exp_name),
+    ):
+        if value is not None and not value.strip():
+            raise UserInputError(f"{key}: expected a non-empty name or null")
+    for tag in lg.wandb_tags or []:
+        # W&B's limit: tags of 1 to 64 characters
+        if not isinstance(tag, str) or not 0 < len(tag) <= 64:
+            raise UserInputError(f"logging.wandb_tags: expected names of 1 to 64 characters, got {shown(tag)}")
 
 
 def _check_split(split: str) -> None:
@@ -164,7 +203,6 @@ def _check_eval_and_checkpoints(cfg: ConfigContainer) -> None:
     _positive("eval.iters", e.iters)
     _positive("eval.task_items", e.task_items)
     _positive("eval.task_max_new_tokens", e.task_max_new_tokens)
-    _positive("logging.log_interval", cfg.logging.log_interval)
     _positive("checkpoint.save_interval", c.save_interval, optional=True)
     if e.task_accuracy and not cfg.data.valid_paths:
         bundled = any(p.startswith("bundled:") for p in cfg.data.data_paths or [])
