@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gemma3-runtime", description="Gemma 3 on megatron-core (runs inside the job)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
+    for module_name in SUBCOMMANDS.values():
         module = importlib.import_module(f"gemma3_runtime.cli.{module_name}")
         sub = module.add_parser(subparsers)
         sub.set_defaults(_main=module.main)

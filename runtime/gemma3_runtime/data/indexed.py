@@ -67,7 +67,9 @@ def write_indexed_dataset(
                     row = json.loads(line)
                     text = row[text_key]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserInputError(f"{input_jsonl}:{lineno}: expected a JSON object with a {text_key!r} string")
+                    raise UserInputError(
+                        f"{input_jsonl}:{lineno}: expected a JSON object with a {text_key!r} string"
+                    ) from None
                 ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
                 doc = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids)
                 doc.append(tokenizer.eos_token_id)
