@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the GPU checks the CI machine cannot run (issues 3, 5, 6, 8). Run from the repo root on the
+# One device call for the GPU checks the CI machine cannot run. Run from the repo root on the
 # device machine with `.whl` (megatron-core + pydantic cp312 wheels) and `.gpu_assets` (the Gemma 3 tokenizer) carried;
 # bench/gpu_session/prepare.sh makes both here.
 # Every part has its own time limit and logs under $OUT; a failing part does not stop the others.
@@ -36,6 +36,15 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
     TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
       --variants ${TRAIN_VARIANTS:-defaults,lora-defaults} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
       --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --repeats ${TRAIN_REPEATS:-1} ${TRAIN_EXTRA:-} ;;
+  beforeafter)  # the shipped defaults, full and LoRA at 8 x 2, on a baseline checkout ($BEFORE, e.g. the main this
+    # branch started from, carried into the repo) and on this tree, BA_ROUNDS rounds interleaved; compare medians
+    for r in $(seq 1 ${BA_ROUNDS:-3}); do
+      TAIL=3 part before$r ${BA_LIMIT:-280} sh -c "cd ${BEFORE:?set BEFORE to the baseline checkout} && python3 bench/train_throughput.py \
+        --hf none --ours default-mbs8-ga2,lora-default-mbs8-ga2 --steps 8 --warmup 3 --json $OUT/before$r.json"
+      TAIL=3 part after$r ${BA_LIMIT:-280} python3 bench/train_throughput.py --hf none --variants defaults,lora-defaults \
+        --mbs 8 --nmb 2 --steps 8 --warmup 3 --json "$OUT/after$r.json"
+    done
+    python3 bench/gpu_session/before_after.py "$OUT" | tee "$OUT/before_after.txt" ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done

@@ -191,7 +191,7 @@ class Session:
         try:
             self._capture_entry()
             return
-        except Exception as exc:  # noqa: BLE001 - any capture/compile failure: fall back to the logits-only step
+        except Exception as exc:  # any capture/compile failure: fall back to the logits-only step
             if not self.select_in_step:
                 raise
             log.warning(
@@ -217,7 +217,7 @@ class Session:
             try:
                 for _ in range(3):
                     self._run_step()
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to the eager step
+            except Exception as exc:  # any compiler failure: fall back to the eager step
                 if not self.compiled:
                     raise
                 log.warning(
