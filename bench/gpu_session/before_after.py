@@ -29,9 +29,8 @@ def main(out: Path) -> int:
             print(f"{kind}: missing runs (before {len(before)}, after {len(after)})")
             continue
         b, a = statistics.median(before), statistics.median(after)
-        print(
-            f"{kind}: before {b:,.0f} tokens/s ({len(before)} runs), after {a:,.0f} ({len(after)} runs): {a / b - 1:+.2%}"
-        )
+        runs = f"{len(before)} / {len(after)} runs"
+        print(f"{kind}: before {b:,.0f} tokens/s, after {a:,.0f} ({runs}): {a / b - 1:+.2%}")
     return 0
 
 
