@@ -53,6 +53,7 @@ class Trainer:
         self.perf: PerfConfig = getattr(cfg, "perf", None) or PerfConfig()
         self.started = time.time()
         self.speed_layer: dict[str, Any] = {}
+        self.built = False
         self.watcher = None
         self.record = None
         self.sink = None
@@ -68,6 +69,7 @@ class Trainer:
         self._resume()
         self._build_data()
         self._build_metrics()
+        self.built = True
         return self
 
     def _build_distributed(self) -> None:
@@ -103,18 +105,11 @@ class Trainer:
         t = cfg.train
         self.num_microbatches = num_microbatches(t.global_batch_size, t.micro_batch_size, self.dp)
         if self.is_rank0:
-            log.info(
-                "run %s: world %d (tp %d, pp %d, dp %d), %d micro-batches of %d per step, %s%s",
-                cfg.name,
-                self.world,
-                self.tp,
-                self.pp,
-                self.dp,
-                self.num_microbatches,
-                t.micro_batch_size,
-                "bf16+fp32 main" if self.bf16 else "fp32",
-                f", resuming from {self.resume_from.iter_dir}" if self.resume_from else "",
-            )
+            layout = f"world {self.world} (tp {self.tp}, pp {self.pp}, dp {self.dp})"
+            batch = f"{self.num_microbatches} micro-batches of {t.micro_batch_size} per step"
+            precision = "bf16+fp32 main" if self.bf16 else "fp32"
+            resuming = f", resuming from {self.resume_from.iter_dir}" if self.resume_from else ""
+            log.info("run %s: %s, %s, %s%s", cfg.name, layout, batch, precision, resuming)
 
     def _build_model(self) -> None:
         from megatron.core import parallel_state
@@ -366,7 +361,7 @@ class Trainer:
         """Build (if not yet built), train to train.train_iters or a stop, and return the run's result."""
         from gemma3_runtime.training.loop import fit_loop
 
-        if not hasattr(self, "optimizer"):
+        if not self.built:
             self.build()
         return fit_loop(self)
 
