@@ -5,8 +5,8 @@ variant's. An exploration tool: variants are applied by patching, and a variant 
     python3 bench/gpu_session/decode_variants.py [--variants base,math_attn,cdt] [--tokens 256]
 
 Variants:
-  base       the runtime as it is (since session 3: attention as matmul + masked fp32 softmax + matmul)
-  sdpa_attn  the compiled step's attention through SDPA, as before session 3
+  base       the runtime as it is (attention as matmul + masked fp32 softmax + matmul)
+  sdpa_attn  the compiled step's attention through SDPA
   cdt        inductor coordinate-descent tuning of the generated kernels (what --tune-kernels switches on)
   autotune   torch.compile mode="max-autotune-no-cudagraphs" (Triton GEMM/GEMV candidates are benchmarked)
 Combine with '+', e.g. math_attn+cdt.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the GPU checks the CI machine cannot run (issues 3, 5, 6, 8). Run from the repo root on the
+# One device call for the GPU checks the CI machine cannot run. Run from the repo root on the
 # device machine with `.whl` (megatron-core + pydantic cp312 wheels) and `.gpu_assets` (the Gemma 3 tokenizer) carried;
 # bench/gpu_session/prepare.sh makes both here.
 # Every part has its own time limit and logs under $OUT; a failing part does not stop the others.
@@ -25,9 +25,6 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
     python3 -c "import sys; sys.path.insert(0, 'bench'); from convert import write_random_hf_checkpoint as w; from pathlib import Path; w('1b', Path('/tmp/random-1b'))" && cp .gpu_assets/tokenizer/* /tmp/random-1b/
     TAIL=25 part lora1b 230 gemma3-launch submit bench/gpu_session/lora_1b_local.yaml --cluster local --follow
     cp /tmp/gpu-check/runs/*/job.json "$OUT/lora1b_job.json" 2>/dev/null ;;
-  profile)  # where a step's device time goes, at the best-known batch (no baseline: these are not results)
-    TAIL=4 part profile 300 python3 bench/train_throughput.py --hf none --ours ${PROFILE_VARIANTS:-default-mbs8-ga2,lora-default-mbs8-ga2} \
-      --profile ${PROFILE_VARIANTS:-default-mbs8-ga2,lora-default-mbs8-ga2} --steps 3 --warmup 2 --json "$OUT/profile.json" ;;
   pytest) TAIL=${PYTEST_TAIL:-20} part pytest ${PYTEST_LIMIT:-300} sh -c "python3 -m pytest ${PYTEST_ARGS:?} -p no:cacheprovider --tb=short -rA" ;;
   kerneltests) TAIL=8 part kerneltests 150 python3 -m pytest tests/unit/test_perf_geglu.py tests/unit/test_perf_linear_ce.py \
       tests/unit/test_perf_lora_triton.py -p no:cacheprovider --tb=short -rA ;;
@@ -35,10 +32,19 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
       --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;
   tplogits) TAIL=12 part tplogits 150 python3 -m pytest tests/gpu/test_tp_logits_gpu.py -m gpu -p no:cacheprovider --tb=short -rA -s ;;
-  train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_OURS; names in the bench)
+  train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_VARIANTS; see --help)
     TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \
-      --ours ${TRAIN_OURS:-default-mbs8-ga2,lora-default-mbs8-ga2} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
-      --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --profile "${TRAIN_PROFILE:-}" ${TRAIN_EXTRA:-} ;;
+      --variants ${TRAIN_VARIANTS:-defaults,lora-defaults} --budget-s ${TRAIN_BUDGET:-300} --json "$OUT/train.json" \
+      --steps ${TRAIN_STEPS:-8} --warmup ${TRAIN_WARMUP:-3} --repeats ${TRAIN_REPEATS:-1} ${TRAIN_EXTRA:-} ;;
+  beforeafter)  # the shipped defaults, full and LoRA at 8 x 2, on a baseline checkout ($BEFORE, e.g. the main this
+    # branch started from, carried into the repo) and on this tree, BA_ROUNDS rounds interleaved; compare medians
+    for r in $(seq 1 ${BA_ROUNDS:-3}); do
+      TAIL=3 part before$r ${BA_LIMIT:-280} sh -c "cd ${BEFORE:?set BEFORE to the baseline checkout} && python3 bench/train_throughput.py \
+        --hf none --ours default-mbs8-ga2,lora-default-mbs8-ga2 --steps 8 --warmup 3 --json $OUT/before$r.json"
+      TAIL=3 part after$r ${BA_LIMIT:-280} python3 bench/train_throughput.py --hf none --variants defaults,lora-defaults \
+        --mbs 8 --nmb 2 --steps 8 --warmup 3 --json "$OUT/after$r.json"
+    done
+    python3 bench/gpu_session/before_after.py "$OUT" | tee "$OUT/before_after.txt" ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done

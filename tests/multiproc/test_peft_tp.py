@@ -33,9 +33,10 @@ def _train_and_export(kind: str, hf_dir: str, out_dir: Path) -> dict:
     from model_helpers import tiny_config
 
     from gemma3_runtime.bridge.engine import Parallelism, WeightEngine
+    from gemma3_runtime.bridge.peft_adapter import save_hf_adapter
     from gemma3_runtime.bridge.safetensors_io import HFTensorReader
     from gemma3_runtime.model.provider import Gemma3ModelProvider
-    from gemma3_runtime.peft import PeftConfig, apply_peft, save_hf_adapter, trainable_parameters
+    from gemma3_runtime.peft import PeftConfig, apply_peft, trainable_parameters
 
     cfg = tiny_config()
     tp = int(os.environ.get("WORLD_SIZE", "1"))

@@ -59,7 +59,8 @@ def test_merge_and_exports_are_exact_on_the_real_270m(real_270m_dir, long_input_
     from transformers import AutoModelForCausalLM
 
     from gemma3_runtime.bridge.auto_bridge import AutoBridge
-    from gemma3_runtime.peft import PeftConfig, adapted_modules, apply_peft, merge_peft, save_hf_adapter
+    from gemma3_runtime.bridge.peft_adapter import save_hf_adapter
+    from gemma3_runtime.peft import PeftConfig, adapted_modules, apply_peft, merge_peft
 
     bridge = AutoBridge.from_hf_pretrained(real_270m_dir)
     provider = bridge.to_megatron_provider(load_weights=True)

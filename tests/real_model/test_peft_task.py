@@ -33,8 +33,8 @@ def base_270m_checkpoint(real_270m_dir, tmp_path_factory):
 
 def test_lora_learns_the_synthetic_task(base_270m_checkpoint, tmp_path):
     from gemma3_runtime.training.config import apply_overrides
-    from gemma3_runtime.training.loop import train
     from gemma3_runtime.training.recipes import gemma3_270m_finetune_config
+    from gemma3_runtime.training.trainer import train
 
     cfg = gemma3_270m_finetune_config(
         name="lora-task", pretrained_checkpoint=str(base_270m_checkpoint), peft="lora", dir=str(tmp_path / "run")

@@ -57,8 +57,8 @@ def imported_270m(real_270m_dir) -> Path:
 
 
 def test_full_sft_of_the_270m_learns_the_bundled_task(imported_270m, tmp_path):
-    from gemma3_runtime.training.loop import train
     from gemma3_runtime.training.recipes import gemma3_270m_finetune_config
+    from gemma3_runtime.training.trainer import train
 
     cfg = gemma3_270m_finetune_config(
         name="sft_270m",

@@ -33,7 +33,7 @@ def _full_forward_logits(model, ids: list[int]) -> torch.Tensor:
 
 def test_cached_steps_equal_full_forward_per_row_of_a_left_padded_batch(tiny):
     from gemma3_runtime.generate.api import decoder_for
-    from gemma3_runtime.generate.engine import _Session
+    from gemma3_runtime.generate.session import Session as _Session
     from gemma3_runtime.generate.prompts import left_pad
 
     cfg, model = tiny

@@ -10,11 +10,16 @@ from model_helpers import copy_hf_into_megatron, hf_model, tiny_config
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def _cuda_model(cfg, **fields):
+def _cuda_model(cfg, plain_attention=None, **fields):
+    """The model with the speed layer's attention hook filled, as training fills it ("auto" takes the fast path)."""
     from gemma3_runtime.model import Gemma3ModelProvider
+    from gemma3_runtime.perf.apply import fill_model_hooks
+    from gemma3_runtime.perf.config import PerfConfig
 
     provider = Gemma3ModelProvider.from_config(cfg, device="cuda", **fields)
-    return provider.finalize().provide_distributed_model()[0].eval()
+    model = provider.finalize().provide_distributed_model()[0].eval()
+    fill_model_hooks([model], PerfConfig(fused_linear_ce=False), plain_attention)
+    return model
 
 
 def test_cuda_matches_transformers_fp32():
@@ -85,26 +90,30 @@ def test_cudnn_attention_matches_flash_and_reference():
         return [out.float()] + [x.grad.float() for x in xs]
 
     for window in (512, None):
-        ref = run(lambda *x: reference_attention(*(t.float() for t in x), window=window, scale=d**-0.5))
+        ref = run(lambda *x, w=window: reference_attention(*(t.float() for t in x), window=w, scale=d**-0.5))
         errs = {}
         for kernel in ("cudnn", "flash"):
-            got = run(lambda *x: fast_attention(*x, window=window, scale=d**-0.5, kernel=kernel))
+            got = run(lambda *x, w=window, k=kernel: fast_attention(*x, window=w, scale=d**-0.5, kernel=k))
             errs[kernel] = [float((g - r).norm() / r.norm()) for g, r in zip(got, ref, strict=False)]
         print(f"window {window}: rel. errors out/dq/dk/dv {errs}")
         for got_err, flash_err in zip(errs["cudnn"], errs["flash"], strict=False):
             assert got_err < 1e-2 and got_err <= 1.5 * flash_err + 1e-3, (window, errs)
 
 
-def test_model_trains_the_same_on_cudnn_and_flash(monkeypatch):
+def test_model_trains_the_same_on_cudnn_and_flash():
     """The whole model, bf16, past the window: loss and every gradient on cuDNN attention ("auto" once loaded) match
     the FlashAttention-2 path within bf16 noise."""
     _cudnn_or_skip()
     cfg = tiny_config(window=256, heads=4, kv_heads=1)
     ids = torch.randint(0, cfg.vocab_size, (2, 1024), device="cuda")
     results, state = {}, None
+    from functools import partial
+
+    from gemma3_runtime.perf.attention import fast_attention
+
     for kernel in ("flash", "auto"):
-        monkeypatch.setenv("GEMMA3_FAST_ATTENTION", kernel)
-        model = _cuda_model(cfg, attention_kernel="auto", params_dtype=torch.bfloat16).train()
+        hook = partial(fast_attention, kernel=kernel)
+        model = _cuda_model(cfg, hook, attention_kernel="auto", params_dtype=torch.bfloat16).train()
         if state is None:
             state = model.state_dict()
         model.load_state_dict(state)

@@ -115,13 +115,16 @@ def test_activation_recompute_gives_the_same_gradients(recompute, batch_first):
     """Also through the training fast path (fused loss + batch-major decoder), whose attention context and
     transposed RoPE angles must survive megatron's checkpointing."""
     cfg = tiny_config()
-    fast = (
-        {"transformer_overrides": {"gemma3_fused_linear_ce": True, "gemma3_batch_first": True}} if batch_first else {}
-    )
+    from gemma3_runtime.perf.apply import fill_model_hooks
+    from gemma3_runtime.perf.config import PerfConfig
+
+    fast = {"transformer_overrides": {"gemma3_batch_first": True}} if batch_first else {}
     torch.manual_seed(0)
     plain = build_model(cfg, **fast).train()
     again = build_model(cfg, **recompute, **fast).train()
     again.load_state_dict(plain.state_dict())
+    if batch_first:  # the fused loss hook, as the speed layer fills it for training
+        fill_model_hooks([plain, again], PerfConfig())
     ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
     assert again._batch_first(ids, None, ids, ctx_needed=False) is batch_first
     for model in (plain, again):

@@ -71,7 +71,8 @@ def test_merge_and_both_hf_exports_match_the_adapted_model(tiny, tmp_path, kind)
     import peft
 
     from gemma3_runtime.bridge.engine import WeightEngine
-    from gemma3_runtime.peft import PeftConfig, apply_peft, merge_peft, save_hf_adapter
+    from gemma3_runtime.bridge.peft_adapter import save_hf_adapter
+    from gemma3_runtime.peft import PeftConfig, apply_peft, merge_peft
 
     cfg, hf_dir = tiny
     models = _megatron(cfg, hf_dir)

@@ -25,7 +25,7 @@ N = 2
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory) -> Path:
     """A 'pretrained' tiny checkpoint (one pretraining step) to finetune from."""
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.training.trainer import train
 
     path = tmp_path_factory.mktemp("peft_base") / "base"
     assert train(tiny_pretrain_cfg(path, train_iters=1, **{"train.seed": 7})).status == "completed"
@@ -57,7 +57,7 @@ def _finetune_cfg(base: Path, save: Path, kind: str):
 
 @pytest.mark.parametrize("kind", ["dora"])  # DoRA's state is LoRA's plus the magnitude; LoRA runs in the TP tests
 def test_peft_resume_is_exact_and_checkpoints_hold_adapters_only(base_ckpt, tmp_path, kind):
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.training.trainer import train
 
     straight = train(_finetune_cfg(base_ckpt, tmp_path / "straight", kind))
     first = _finetune_cfg(base_ckpt, tmp_path / "resumed", kind)
@@ -103,8 +103,8 @@ def _hf_logits(hf_dir: Path, ids: torch.Tensor, adapter: Path | None = None) -> 
 
 def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_path):
     """DoRA (the harder case: the magnitude must survive both exports)."""
-    from gemma3_runtime.peft.checkpoint import load_peft_model
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.loader import load_model
+    from gemma3_runtime.training.trainer import train
 
     run = tmp_path / "run"
     assert train(_finetune_cfg(base_ckpt, run, "dora")).status == "completed"
@@ -112,7 +112,7 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
     # --hf-model is only a config/tokenizer reference; the tiny model has no tokenizer, so a config.json will do
     reference = tmp_path / "reference"
     reference.mkdir()
-    (reference / "config.json").write_text(json.dumps(load_peft_model(run, device="cpu")[1].to_hf()))
+    (reference / "config.json").write_text(json.dumps(load_model(run, device="cpu", merge=False)[1].to_hf()))
     result = _cli(
         "convert",
         "export",
@@ -142,15 +142,13 @@ def test_convert_export_of_a_peft_run_merged_and_as_hf_adapter(base_ckpt, tmp_pa
         )
         assert result.returncode == 0, result.stderr[-3000:]
 
-    from gemma3_runtime.bridge.megatron_io import load_megatron_model
-
-    models, config, _, _ = load_peft_model(run, device="cpu")
+    models, config, _, _ = load_model(run, device="cpu", merge=False)
     ids = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(20)[None].expand(2, 20)
     with torch.no_grad():
         adapted = models[0](input_ids=ids, position_ids=pos)
         # what `generate` and other readers of Megatron checkpoints get for a PEFT run: the merged model
-        merged_megatron = load_megatron_model(run, device="cpu")[0][0](input_ids=ids, position_ids=pos)
+        merged_megatron = load_model(run, device="cpu")[0][0](input_ids=ids, position_ids=pos)
     assert (merged_megatron - adapted).abs().max() < 1e-5
     merged = _hf_logits(merged_hf, ids)
     via_adapter = _hf_logits(base_hf, ids, adapter_dir)

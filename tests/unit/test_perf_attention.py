@@ -50,20 +50,6 @@ def test_cudnn_kernel_off_the_gpu_says_why() -> None:
     assert attention._CUDNN_STATUS is None
 
 
-def test_cudnn_switch_off_is_remembered_without_touching_cuda(monkeypatch) -> None:
-    from gemma3_runtime.perf import attention
-
-    monkeypatch.setattr(attention, "_CUDNN_STATUS", None)
-    monkeypatch.setenv("GEMMA3_CUDNN_ATTENTION", "0")
-    assert attention.load_cudnn_attention(torch.device("cuda"), 256, 512) == "GEMMA3_CUDNN_ATTENTION=0"
-    q = torch.randn(1, 2, 8, 16)
-    with pytest.raises(RuntimeError, match="GEMMA3_CUDNN_ATTENTION=0"):
-        fast_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25, kernel="cudnn")
-    # "auto" is unaffected: it takes cuDNN only where it is loaded and the tensors are CUDA half precision
-    ref = reference_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25)
-    assert torch.allclose(fast_attention(q, q[:, :1], q[:, :1], window=4, scale=0.25, kernel="auto"), ref, atol=1e-5)
-
-
 def test_cpu_models_do_not_prepare_cudnn() -> None:
     from model_helpers import tiny_config
 
@@ -78,9 +64,7 @@ def test_cpu_models_do_not_prepare_cudnn() -> None:
     assert prepare_cudnn_attention([model], torch.device("cpu")) is None
 
 
-def test_unknown_fast_kernel_is_named(monkeypatch) -> None:
-    from gemma3_runtime.perf.attention import default_kernel
-
-    monkeypatch.setenv("GEMMA3_FAST_ATTENTION", "cudnn2")
-    with pytest.raises(ValueError, match="GEMMA3_FAST_ATTENTION='cudnn2', expected one of"):
-        default_kernel()
+def test_unknown_fast_kernel_is_named() -> None:
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="fast attention kernel 'cudnn2', expected one of"):
+        fast_attention(q, q, q, window=4, scale=0.25, kernel="cudnn2")

@@ -33,14 +33,8 @@ def test_apply_fields() -> None:
     perf = PerfConfig()
     assert provider_fields(perf, tp=1) == {
         "attention_kernel": "auto",
-        "transformer_overrides": {
-            "gemma3_fused_linear_ce": True,
-            "gemma3_ce_kernel": "auto",
-            "gemma3_ce_chunk_bytes": 2 << 30,
-            "gemma3_batch_first": True,
-        },
+        "transformer_overrides": {"gemma3_batch_first": True},
     }
-    assert provider_fields(perf, tp=2)["transformer_overrides"]["gemma3_fused_linear_ce"] is False
     assert resolve_compile(perf, torch.device("cpu")) == "none"
     assert resolve_compile(perf, torch.device("cuda")) == "layers"
     assert ddp_fields(PerfConfig(overlap_grad_reduce=True), 1) == {"overlap_grad_reduce": False}
@@ -49,5 +43,32 @@ def test_apply_fields() -> None:
     assert PerfConfig.plain().batch_first is False
     with pytest.raises(ValueError, match="perf.ce_chunk_mib"):
         PerfConfig(ce_chunk_mib=0).validate()
-    with pytest.raises(ValueError, match="perf.ce_kernel"):
-        PerfConfig(ce_kernel="fast").validate()
+    with pytest.raises(ValueError, match="perf.compile"):
+        PerfConfig(compile="norms").validate()  # a deleted target (docs/PERFORMANCE.md)
+
+
+def test_ablations_are_the_defaults_minus_one_switch() -> None:
+    ablations = PerfConfig.ablations()
+    plain, default = PerfConfig.plain(), PerfConfig()
+    assert "overlap_grad_reduce" not in ablations and "grad_accum_fusion" not in ablations  # off by default
+    assert {"attention", "fused_linear_ce", "compile", "fused_adam", "fused_geglu", "batch_first"} <= set(ablations)
+    for name, perf in ablations.items():
+        changed = [f for f in vars(default) if getattr(perf, f) != getattr(default, f)]
+        assert changed == [name] and getattr(perf, name) == getattr(plain, name)
+
+
+def test_patch_registry_restores_every_replacement() -> None:
+    import types
+
+    from gemma3_runtime.perf.patches import PatchRegistry
+
+    module = types.ModuleType("fake_megatron")
+    module.kept = "original"
+    registry = PatchRegistry()
+    registry.replace(module, "kept", "first")
+    registry.replace(module, "kept", "second")  # a second replacement keeps the first original
+    registry.replace(module, "added", True)
+    assert (module.kept, module.added) == ("second", True)
+    assert registry.installed() == ["fake_megatron.kept", "fake_megatron.added"]
+    registry.restore()
+    assert module.kept == "original" and not hasattr(module, "added") and registry.installed() == []

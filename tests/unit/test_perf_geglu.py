@@ -39,16 +39,19 @@ def test_op_matches_reference_autograd(dtype, tol) -> None:
 
 def _build():
     from gemma3_runtime.model.provider import Gemma3ModelProvider
+    from gemma3_runtime.perf.apply import fill_model_hooks
+    from gemma3_runtime.perf.config import PerfConfig
 
     prov = Gemma3ModelProvider.from_config(
         tiny_config(vocab=300),
         device="cpu",
         attention_kernel="sdpa",
         seed=7,
-        transformer_overrides={"gemma3_fused_linear_ce": True},
     )
     torch.manual_seed(7)
-    return prov.provide_distributed_model()[0]
+    model = prov.provide_distributed_model()[0]
+    fill_model_hooks([model], PerfConfig())  # the fused loss, as in training
+    return model
 
 
 def _loss_and_grads(model, ids):
@@ -97,7 +100,8 @@ def test_switch_is_cuda_only() -> None:
     from gemma3_runtime.perf.config import PerfConfig
 
     model = _build()
-    apply.prepare_models([model], PerfConfig(fused_geglu=True, compile="none"), torch.device("cpu"))
+    applied = apply.apply([model], PerfConfig(fused_geglu=True, compile="none"), torch.device("cpu"))
+    assert applied["fused_geglu"] == 0
     assert not any(type(m).__name__.startswith("FusedGeGLU") for m in model.modules())
     assert PerfConfig.plain().fused_geglu is False
 

@@ -49,16 +49,19 @@ def _build(fused: bool):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from gemma3_runtime.model.provider import Gemma3ModelProvider
+    from gemma3_runtime.perf.apply import fill_model_hooks
+    from gemma3_runtime.perf.config import PerfConfig
 
     prov = Gemma3ModelProvider.from_config(
         tiny_config(vocab=300),
         device="cpu",
         attention_kernel="sdpa",
         seed=7,
-        transformer_overrides={"gemma3_fused_linear_ce": True, "gradient_accumulation_fusion": fused},
+        transformer_overrides={"gradient_accumulation_fusion": fused},
     )
     torch.manual_seed(7)
     model = prov.provide_distributed_model(wrap_with_ddp=False)[0]
+    fill_model_hooks([model], PerfConfig())  # the fused loss, as in training
     assert model.config.gradient_accumulation_fusion is fused
     ddp = DistributedDataParallel(
         config=model.config, module=model, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True)

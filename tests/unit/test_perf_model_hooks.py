@@ -1,6 +1,7 @@
-"""The model's perf hooks are the same function as its plain path: attention kernel "auto" and
-`gemma3_fused_linear_ce` give the plain model's per-token loss, logits and gradients (tiny random model, CPU, fp32),
-and the in-place layer compile (dynamo + AOT autograd, eager backend on CPU) changes nothing and breaks no graph."""
+"""The model's named hooks, filled by the speed layer, compute the same function as its plain path: attention kernel
+"auto" with `plain_attention` and the `fused_loss` (chunked linear + CE) give the plain model's per-token loss, logits
+and gradients (tiny random model, CPU, fp32), and the in-place layer compile (dynamo + AOT autograd, eager backend on
+CPU) changes nothing and breaks no graph."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.unit
 
 def _build(kernel: str, fused_ce: bool, vocab: int = 500, batch_first: bool = False):
     from gemma3_runtime.model.provider import Gemma3ModelProvider
+    from gemma3_runtime.perf.apply import fill_model_hooks
+    from gemma3_runtime.perf.config import PerfConfig
 
     cfg = tiny_config(vocab=vocab)
     prov = Gemma3ModelProvider.from_config(
@@ -25,10 +28,13 @@ def _build(kernel: str, fused_ce: bool, vocab: int = 500, batch_first: bool = Fa
         device="cpu",
         attention_kernel=kernel,
         seed=7,
-        transformer_overrides={"gemma3_fused_linear_ce": fused_ce, "gemma3_batch_first": batch_first},
+        transformer_overrides={"gemma3_batch_first": batch_first},
     )
     torch.manual_seed(7)
-    return prov.provide_distributed_model()[0]
+    model = prov.provide_distributed_model()[0]
+    filled = fill_model_hooks([model], PerfConfig(fused_linear_ce=fused_ce))
+    assert filled == {"plain_attention": 6 if kernel == "auto" else 0, "fused_loss": int(fused_ce)}
+    return model
 
 
 def _loss_and_grads(model, ids, labels):

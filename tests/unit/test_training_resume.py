@@ -10,7 +10,7 @@ N = 2
 
 
 def _straight_and_resumed(tmp_path, make_cfg):
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.training.trainer import train
 
     straight = train(make_cfg(tmp_path / "straight"))
     assert straight.status == "completed" and straight.iteration == 2 * N
@@ -37,7 +37,7 @@ def test_pretraining_resume_is_exact(tmp_path):
 
 
 def test_full_finetuning_resume_is_exact(tmp_path):
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.training.trainer import train
     from gemma3_runtime.training.recipes import gemma3_tiny_finetune_config
 
     base = tiny_pretrain_cfg(tmp_path / "base", train_iters=1, **{"train.seed": 7})
@@ -63,7 +63,7 @@ def test_full_finetuning_resume_is_exact(tmp_path):
 
     _straight_and_resumed(tmp_path, finetune)
     # the finetune started from the base weights, not from a fresh init
-    from gemma3_runtime.training.loop import train as _  # noqa: F401
+    from gemma3_runtime.training.trainer import train as _  # noqa: F401
 
     base_embed = checkpoint_tensors(tmp_path / "base")["embedding.word_embeddings.weight"]
     fresh = train(tiny_pretrain_cfg(tmp_path / "fresh", train_iters=1, **{"train.seed": 5678}))

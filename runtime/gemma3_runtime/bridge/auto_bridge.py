@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gemma3_runtime.bridge.engine import Parallelism, WeightEngine, megatron_params, unwrap
+from gemma3_runtime.bridge.engine import Parallelism, WeightEngine
 from gemma3_runtime.bridge.hf_source import read_hf_config, resolve_hf_model
 from gemma3_runtime.bridge.mapping import CAUSAL_LM_PREFIX, detect_text_prefix, is_multimodal_prefix
 from gemma3_runtime.bridge.safetensors_io import DEFAULT_MAX_SHARD_BYTES, HFTensorReader, ShardedSafetensorsWriter
 from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.model.config import Gemma3Config, Gemma3ConfigError
+from gemma3_runtime.model.wrapping import megatron_params, unwrap
 
 log = logging.getLogger(__name__)
 

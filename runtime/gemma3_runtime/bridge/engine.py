@@ -9,7 +9,6 @@ broadcast), so a writer can stream them to disk without the whole model being ma
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from gemma3_runtime.bridge.mapping import (
 from gemma3_runtime.bridge.safetensors_io import HFTensorReader
 from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.model.config import Gemma3Config
+from gemma3_runtime.model.wrapping import megatron_params
 
 log = logging.getLogger(__name__)
 
@@ -70,37 +70,6 @@ class Parallelism:
             pp_size=ps.get_pipeline_model_parallel_world_size(),
             pp_group=ps.get_pipeline_model_parallel_group(),
         )
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """Strip DDP / Float16Module style wrappers (they all keep the real model in `.module`)."""
-    while hasattr(module, "module") and isinstance(module.module, nn.Module):
-        module = module.module
-    return module
-
-
-def _global_layer_numbers(model: nn.Module) -> dict[int, int]:
-    """Local layer index -> global 0-based layer index (megatron's `layer_number` is 1-based and global)."""
-    decoder = getattr(model, "decoder", None)
-    layers = getattr(decoder, "layers", None) or []
-    return {j: int(layer.layer_number) - 1 for j, layer in enumerate(layers)}
-
-
-_LOCAL_LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.")
-
-
-def megatron_params(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
-    """Global Megatron name -> this rank's local parameter, across all model chunks of this rank."""
-    params: dict[str, torch.Tensor] = {}
-    for chunk in models:
-        model = unwrap(chunk)
-        numbers = _global_layer_numbers(model)
-        for name, param in model.named_parameters():
-            match = _LOCAL_LAYER_RE.match(name)
-            if match:
-                name = f"decoder.layers.{numbers[int(match.group(1))]}." + name[match.end() :]
-            params[name] = param
-    return params
 
 
 def mapping_for(megatron_name: str) -> ParamMapping | None:

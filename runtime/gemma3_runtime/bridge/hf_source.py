@@ -60,11 +60,11 @@ def _snapshot(repo_id: str) -> Path:
         raise UserInputError(
             f"{repo_id}: not a local path, and the hub snapshot is neither reachable nor in the "
             f"cache ({_hub_cache()}); check the network, HF_HOME or HF_TOKEN"
-        )
+        ) from None
     except RepositoryNotFoundError:
-        raise UserInputError(f"{repo_id}: no such hub repository, or it is gated and HF_TOKEN lacks access")
+        raise UserInputError(f"{repo_id}: no such hub repository, or it is gated and HF_TOKEN lacks access") from None
     except HfHubHTTPError as exc:
-        raise UserInputError(f"{repo_id}: hub download failed ({' '.join(str(exc).split())[:200]})")
+        raise UserInputError(f"{repo_id}: hub download failed ({' '.join(str(exc).split())[:200]})") from None
 
 
 def _hub_cache() -> str:
@@ -80,7 +80,7 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except ValueError as exc:
-        raise UserInputError(f"{path}: not valid JSON ({exc})")
+        raise UserInputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise UserInputError(f"{path}: expected a JSON object")
     return config
@@ -108,7 +108,9 @@ def hf_dir_from_gguf(gguf: Path, torch_dtype: str = "float32") -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, torch_dtype)
         )
     except (ValueError, OSError, KeyError) as exc:
-        raise UserInputError(f"{gguf}: transformers cannot load this GGUF file ({' '.join(str(exc).split())[:200]})")
+        raise UserInputError(
+            f"{gguf}: transformers cannot load this GGUF file ({' '.join(str(exc).split())[:200]})"
+        ) from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     tmp.parent.mkdir(parents=True, exist_ok=True)

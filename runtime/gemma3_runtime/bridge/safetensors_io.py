@@ -2,9 +2,10 @@
 
 Reading never materialises the whole checkpoint: `HFTensorReader` reads one tensor (or just a slice of it) when
 asked, opening (memory-mapping) its shard only for that read: mapped pages that stay mapped count in the process's
-RSS, so a long-lived handle would add the whole checkpoint's size to peak memory during an import. Writing buffers at most `max_shard_bytes` before a shard goes to
-disk; shard names need the final count, so shards are renamed once the last one is written. Callers write into a
-temporary directory and rename it when complete, so a crash never leaves something that looks like a checkpoint.
+RSS, so a long-lived handle would add the whole checkpoint's size to peak memory during an import. Writing buffers
+at most `max_shard_bytes` before a shard goes to disk; shard names need the final count, so shards are renamed once
+the last one is written. Callers write into a temporary directory and rename it when complete, so a crash never
+leaves something that looks like a checkpoint.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class HFTensorReader:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise UserInputError(f"{index}: not a valid safetensors index (expected JSON with 'weight_map'): {exc}")
+                raise UserInputError(
+                    f"{index}: not a valid safetensors index (expected JSON with 'weight_map'): {exc}"
+                ) from None
             for file_name in sorted(set(weight_map.values())):
                 with self._open(file_name):  # validates every shard up front (truncation, missing file)
                     pass
@@ -58,7 +61,7 @@ class HFTensorReader:
         try:
             return safe_open(str(path), framework="pt")
         except SafetensorError as exc:
-            raise UserInputError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})")
+            raise UserInputError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})") from None
 
     def names(self) -> list[str]:
         return list(self.weight_map)
@@ -76,7 +79,7 @@ class HFTensorReader:
             with self._source(name) as handle:
                 return handle.get_tensor(name)
         except SafetensorError as exc:
-            raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}")
+            raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}") from None
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a tensor without reading the rest (rows past the end are simply absent)."""
@@ -84,7 +87,7 @@ class HFTensorReader:
             with self._source(name) as handle:
                 return handle.get_slice(name)[start:stop]
         except SafetensorError as exc:
-            raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}")
+            raise UserInputError(f"{self.hf_dir / self.weight_map[name]}: cannot read {name!r}: {exc}") from None
 
     def shape(self, name: str) -> list[int]:
         if name not in self._shapes:

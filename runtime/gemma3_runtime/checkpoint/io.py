@@ -12,6 +12,7 @@ reads it, plus the small files around it (`extra_files`: name -> bytes, written 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -124,10 +125,8 @@ def _last_written(path: Path) -> float:
     created, not while a large shard file is being filled)."""
     newest = path.stat().st_mtime
     for entry in path.iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError):  # an entry removed meanwhile
             newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-        except FileNotFoundError:
-            pass
     return newest
 
 

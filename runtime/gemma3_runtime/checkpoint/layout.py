@@ -46,7 +46,7 @@ def read_run_config(iter_dir: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserInputError(f"{path}: not valid YAML ({exc.__class__.__name__})")
+        raise UserInputError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else None
         raise UserInputError(f"{path}: format is {found!r}, expected {FORMAT!r} (not a gemma3-launch checkpoint)")

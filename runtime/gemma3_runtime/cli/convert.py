@@ -71,9 +71,10 @@ def _check_parallel(args: argparse.Namespace) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from gemma3_runtime.bridge.auto_bridge import AutoBridge, dtype_name
-    from gemma3_runtime.bridge.megatron_io import building_on_cpu, save_megatron_model
+    from gemma3_runtime.bridge.megatron_io import save_megatron_model
     from gemma3_runtime.checkpoint.layout import TRACKER_FILE, read_tracker
     from gemma3_runtime.errors import UserInputError
+    from gemma3_runtime.loader import building_on_cpu
 
     _check_parallel(args)
     start = time.perf_counter()
@@ -133,8 +134,8 @@ def run_export(args: argparse.Namespace) -> int:
     from gemma3_runtime.bridge.engine import Parallelism, WeightEngine
     from gemma3_runtime.bridge.hf_source import read_hf_config, resolve_hf_model
     from gemma3_runtime.bridge.mapping import CAUSAL_LM_PREFIX
-    from gemma3_runtime.bridge.megatron_io import load_megatron_model
     from gemma3_runtime.checkpoint.layout import resolve_checkpoint
+    from gemma3_runtime.loader import checkpoint_peft_config, load_model
     from gemma3_runtime.model.config import Gemma3Config, Gemma3ConfigError
 
     _check_parallel(args)
@@ -143,27 +144,23 @@ def run_export(args: argparse.Namespace) -> int:
     check_output_dir(out, args.overwrite)
     resolved = resolve_checkpoint(args.megatron_path)
     reference_dir = resolve_hf_model(args.hf_model)
-    from gemma3_runtime.peft.checkpoint import load_peft_model, peft_config_of
-
-    peft_cfg = peft_config_of(resolved.run_config, str(resolved.iter_dir / "run_config.yaml"))
-    if getattr(args, "hf_adapter", False) and peft_cfg is None:
+    hf_adapter = bool(getattr(args, "hf_adapter", False))
+    if hf_adapter and checkpoint_peft_config(resolved) is None:
         from gemma3_runtime.errors import UserInputError
 
         raise UserInputError(f"--hf-adapter: {resolved.iter_dir} is not a LoRA/DoRA checkpoint (no peft section)")
-    if peft_cfg is not None:  # adapters on the run's base; merged exactly unless the adapter itself is asked for
-        from gemma3_runtime.peft.apply import merge_peft
-
-        models, config, resolved, peft_cfg = load_peft_model(
-            resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device
+    # a LoRA/DoRA run: its base + adapters, merged exactly unless the adapter itself is asked for
+    with _stage("build the model and load the Megatron checkpoint"):
+        models, config, resolved, peft_cfg = load_model(
+            resolved.iter_dir,
+            tp=args.tp,
+            pp=args.pp,
+            device=args.device,
+            strict=not args.not_strict,
+            merge=not hf_adapter,
         )
-        if args.hf_adapter:
-            return _export_hf_adapter(models, config, peft_cfg, resolved, out, args, start)
-        merge_peft(models)
-    else:
-        with _stage("build the model and load the Megatron checkpoint"):
-            models, config, resolved = load_megatron_model(
-                resolved.iter_dir, tp=args.tp, pp=args.pp, device=args.device, strict=not args.not_strict
-            )
+    if hf_adapter:
+        return _export_hf_adapter(models, config, peft_cfg, resolved, out, args, start)
     try:
         reference = Gemma3Config.from_hf(read_hf_config(reference_dir), source=str(reference_dir / "config.json"))
         if (reference.num_layers, reference.hidden_size) != (config.num_layers, config.hidden_size):
@@ -204,7 +201,7 @@ def _export_hf_adapter(models, config, peft_cfg, resolved, out: Path, args: argp
     """The unmerged LoRA/DoRA adapter as an HF PEFT directory, loadable on top of the exported base model."""
     import shutil
 
-    from gemma3_runtime.peft.hf_adapter import save_hf_adapter
+    from gemma3_runtime.bridge.peft_adapter import save_hf_adapter
 
     if _rank() == 0 and out.exists() and args.overwrite:
         shutil.rmtree(out)

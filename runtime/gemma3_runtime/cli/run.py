@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     _setup_logging()
-    from gemma3_runtime.training.loop import train
+    from gemma3_runtime.training.trainer import train
 
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:

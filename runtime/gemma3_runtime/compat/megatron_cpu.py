@@ -1,4 +1,4 @@
-"""The ONE place that makes megatron-core 0.16.1 run on a machine without CUDA (reference/megatron-core-cpu.md).
+"""The ONE place that makes megatron-core 0.16.1 run on a machine without CUDA.
 
 Only the CUDA hard-codings that our code paths actually reach are handled, each as narrowly as it can be:
 - `cpu_rng_tracker(seed)`: megatron's RNG tracker keeps CUDA generator states (`model_parallel_cuda_manual_seed`,

@@ -40,7 +40,7 @@ def collate(samples: list[dict[str, np.ndarray]], device: torch.device) -> dict[
     """Stack samples into one micro-batch on `device`, without making the host wait for the GPU.
 
     WHY: a copy from pageable host memory first waits for every kernel already queued on the stream, so loading each
-    micro-batch used to stall the host until the previous micro-batch's backward had finished (the host then
+    micro-batch that way stalls the host until the previous micro-batch's backward has finished (the host then
     trails the GPU instead of queueing ahead); on CUDA the arrays go through pinned memory, copied non-blocking.
     `segment_ids` that are all 1 (one document per row, no padding - every pretraining batch) are dropped here, on
     the host: the model then runs plain causal attention, and nothing tests them on the device per micro-batch.

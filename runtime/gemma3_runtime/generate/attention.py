@@ -5,9 +5,9 @@ Decode folds the H/G query heads of a group into the query-length axis, [b, H, 1
 group's keys are read once for all its heads (decode is bandwidth bound) and the call is a plain SDPA.
 
 The compiled CUDA decode step uses `step_attention_matmul` instead: for a 4-row query (the 1B: 4 heads, 1 kv head)
-SDPA picks a flash kernel with 64-row tiles that runs as ONE thread block per kv head, 16 us per layer on an H200 -
-a fifth of the whole step. Two small matmuls around a softmax that inductor fuses with the mask took the 1B's
-captured step from 2.17 to 1.66 ms per token (bench/results/decodevar_2026-11-28_s3_call2_h200.log).
+SDPA picks a flash kernel with 64-row tiles that runs as ONE thread block per kv head, a large share of the whole
+step; two small matmuls around a softmax that inductor fuses with the mask are much faster there
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ class StaticKVCache:
 
     def __init__(self, spec: CacheSpec) -> None:
         self.spec = spec
-        shape = lambda i: (spec.batch, spec.kv_heads, spec.slots(i), spec.head_dim)  # noqa: E731
-        self.keys = [torch.zeros(shape(i), dtype=spec.dtype, device=spec.device) for i in range(len(spec.sliding))]
+        shapes = [(spec.batch, spec.kv_heads, spec.slots(i), spec.head_dim) for i in range(len(spec.sliding))]
+        self.keys = [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for shape in shapes]
         self.values = [torch.zeros_like(k) for k in self.keys]
 
     def write_prompt(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:

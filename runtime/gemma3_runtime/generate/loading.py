@@ -111,11 +111,11 @@ def resolve_sources(hf_model: str | None, megatron_path: str | None) -> Sources:
     checkpoint = base = peft_section = None
     config = bridge.config if bridge is not None else None
     if megatron_path:
-        from gemma3_runtime.bridge.megatron_io import checkpoint_config
         from gemma3_runtime.checkpoint.layout import resolve_checkpoint
+        from gemma3_runtime.loader import base_checkpoint_of, checkpoint_model_config
 
         checkpoint = resolve_checkpoint(megatron_path)
-        config = checkpoint_config(checkpoint)
+        config = checkpoint_model_config(checkpoint)
         if bridge is not None:
             mismatch = architecture_mismatch(bridge.config, config)
             if mismatch:
@@ -125,17 +125,11 @@ def resolve_sources(hf_model: str | None, megatron_path: str | None) -> Sources:
                 )
         peft_section = checkpoint.run_config.get("peft") or None
         if peft_section:
-            pretrained = (checkpoint.run_config.get("checkpoint") or {}).get("pretrained_checkpoint")
-            if not pretrained:
-                raise UserInputError(
-                    f"{checkpoint.iter_dir / 'run_config.yaml'}: a PEFT checkpoint without "
-                    "checkpoint.pretrained_checkpoint (its base weights)"
-                )
-            base = resolve_checkpoint(pretrained)
-            mismatch = architecture_mismatch(config, checkpoint_config(base))
+            base = base_checkpoint_of(checkpoint)
+            mismatch = architecture_mismatch(config, checkpoint_model_config(base))
             if mismatch:
                 raise UserInputError(
-                    f"{pretrained}: the PEFT base is a different architecture than {megatron_path} ({mismatch})"
+                    f"{base.iter_dir}: the PEFT base is a different architecture than {megatron_path} ({mismatch})"
                 )
     if bridge is not None:
         tokenizer_dir = bridge.hf_dir
@@ -190,28 +184,13 @@ def build_model(sources: Sources, device: torch.device, dtype: str | None = None
             raise UserInputError(f"--tp: {exc}") from None
         model = provider.provide_distributed_model(wrap_with_ddp=False)[0]
     else:
-        from gemma3_runtime.bridge.megatron_io import checkpoint_dtype, load_megatron_model
+        from gemma3_runtime.loader import checkpoint_dtype, load_model
 
         weights = sources.base_checkpoint or sources.checkpoint
         params_dtype = default_dtype(dtype, device, checkpoint_dtype(weights))
-        models, _, _ = load_megatron_model(weights.iter_dir, tp=tp, pp=1, device=device.type, params_dtype=params_dtype)
+        # a PEFT run's adapters stay attached (unmerged): the function the run trained, computed as it trained it
+        models, *_ = load_model(
+            sources.checkpoint.iter_dir, tp=tp, pp=1, device=device.type, params_dtype=params_dtype, merge=False
+        )
         model = models[0]
-        if sources.peft_section:
-            _apply_adapters(model, sources.peft_section, sources.checkpoint)
     return model.eval()
-
-
-def _apply_adapters(model: torch.nn.Module, peft_section: dict, checkpoint: Any) -> None:
-    """Wrap the linears with the run's adapters and load their trained tensors."""
-    from gemma3_runtime.checkpoint.io import load_checkpoint
-    from gemma3_runtime.peft import PeftConfig
-    from gemma3_runtime.peft.apply import apply_peft
-    from gemma3_runtime.peft.state import adapter_sharded_state_dict, load_adapter_state_dict
-
-    try:
-        cfg = PeftConfig.from_dict(peft_section)
-    except (TypeError, ValueError) as exc:
-        raise UserInputError(f"{checkpoint.iter_dir / 'run_config.yaml'}: peft section: {exc}") from None
-    apply_peft([model], cfg)
-    loaded = load_checkpoint(checkpoint.iter_dir, adapter_sharded_state_dict(model), strict=True)
-    load_adapter_state_dict(model, {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)})

@@ -18,18 +18,12 @@ from megatron.core.transformer.mlp import MLP
 from gemma3_runtime.generate.decoder import DecoderInfo
 from gemma3_runtime.model.layers import PostNormRowParallelLinear, gelu_tanh
 from gemma3_runtime.model.rope import rotate_half
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Strip DDP / Float16Module-style wrappers (they keep the real model in `.module`)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
+from gemma3_runtime.model.wrapping import unwrap
 
 
 class MegatronGemma3Decoder:
     def __init__(self, model: torch.nn.Module) -> None:
-        model = unwrap_model(model)
+        model = unwrap(model)
         self.model = model
         if not (model.pre_process and model.post_process):
             raise NotImplementedError(

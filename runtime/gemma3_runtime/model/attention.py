@@ -1,6 +1,6 @@
 """Gemma 3 attention: ONE core-attention module with Gemma semantics and selectable kernels.
 
-Semantics (reference/gemma3.md 1.3-1.4):
+Semantics (docs/MODEL.md):
 - sliding layers: query q sees key k iff q - W < k <= q (W keys INCLUDING the query itself); global layers: causal.
   Which layer is which comes from `layer_types` indexed by megatron's 1-based `layer_number` - 1.
 - scores scaled by query_pre_attn_scalar ** -0.5 (not head_dim ** -0.5); GQA by sharing kv heads.
@@ -15,6 +15,7 @@ mask), "eager" (matmul + fp32 softmax, HF's eager path; the reference for parity
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,12 @@ from .kv_cache import KVCache
 from .rope import GLOBAL, LOCAL, apply_rotary
 
 KERNELS = ("sdpa", "flex", "eager", "auto")
-# "auto": gemma3_runtime.perf.attention's fast path (cuDNN's fused kernels where loaded, else SDPA is_causal for
-# global layers and FlashAttention-2's native sliding window for local ones) whenever the mask is plain
-# causal/window (no padding, segments, KV cache); "sdpa" otherwise.
+# "auto": the `plain_attention` hook whenever the mask is plain causal/window (no padding, segments, KV cache) and
+# the speed layer has filled it (gemma3_runtime.perf.apply: cuDNN's fused kernels where loaded, else SDPA is_causal
+# for global layers and FlashAttention-2's native sliding window for local ones); "sdpa" otherwise.
+
+#: the `plain_attention` hook's signature: (q, k, v, *, window, scale) -> out, all [b, heads, s, d]
+PlainAttention = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -112,7 +116,7 @@ def _flex_attention(q, k, v, block_mask, scale):
     from torch.nn.attention.flex_attention import flex_attention
 
     # Compiled only for half precision: torch 2.11's inductor has no fp32 flex-decoding kernel choice when TF32 is
-    # off (seen on an H200: NoValidChoicesError for sq=40), so fp32 runs the eager reference (correct, slower).
+    # off (NoValidChoicesError, e.g. for sq=40), so fp32 runs the eager reference (correct, slower).
     if q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16):
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
@@ -155,6 +159,8 @@ class Gemma3CoreAttention(MegatronModule):
         self.kernel = config.gemma3_attention_kernel
         if self.kernel not in KERNELS:
             raise ValueError(f"attention kernel {self.kernel!r} is unknown, expected one of {KERNELS}")
+        #: hook: the "auto" kernel's plain causal / sliding-window attention, filled by the speed layer
+        self.plain_attention: PlainAttention | None = None
 
     def forward(
         self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None, packed_seq_params=None
@@ -179,10 +185,8 @@ class Gemma3CoreAttention(MegatronModule):
         kernel = self.kernel
         if kernel == "auto":
             plain = ctx is None or (ctx.key_padding_mask is None and ctx.segment_ids is None and ctx.kv_cache is None)
-            if plain and sq == sk and not dropout:
-                from gemma3_runtime.perf.attention import fast_attention
-
-                out = fast_attention(q, k, v, window=self.window, scale=self.softmax_scale)
+            if plain and sq == sk and not dropout and self.plain_attention is not None:
+                out = self.plain_attention(q, k, v, window=self.window, scale=self.softmax_scale)
                 return out.permute(*from_bhsd).reshape(out_shape)
             kernel = "sdpa"
         cache = ctx.masks if ctx is not None else {}

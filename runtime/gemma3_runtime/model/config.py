@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .presets import PRESETS as _PRESETS
+
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 _LAYER_TYPES = (SLIDING, FULL)
@@ -161,7 +163,7 @@ class Gemma3Config:
     # ---- presets --------------------------------------------------------------------------------------------
     @classmethod
     def preset(cls, size: str) -> Gemma3Config:
-        """The released sizes (reference/gemma3.md table 1.2): 270m, 1b, 4b, 12b, 27b."""
+        """The released sizes (docs/MODEL.md): 270m, 1b, 4b, 12b, 27b."""
         key = size.lower().removeprefix("gemma3-").removeprefix("gemma-3-")
         if key not in _PRESETS:
             raise Gemma3ConfigError(f"preset {size!r} is unknown, expected one of {sorted(_PRESETS)}")
@@ -377,71 +379,5 @@ def _read_rope(config: Mapping[str, Any], source: str) -> tuple[float, float, fl
         global_ = _HF_TEXT_DEFAULTS["rope_theta"]
     return float(local), float(global_), float(factor)
 
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    "270m": dict(
-        vocab_size=262144,
-        hidden_size=640,
-        intermediate_size=2048,
-        num_layers=18,
-        num_attention_heads=4,
-        num_kv_heads=1,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=512,
-        max_position_embeddings=32768,
-    ),
-    "1b": dict(
-        vocab_size=262144,
-        hidden_size=1152,
-        intermediate_size=6912,
-        num_layers=26,
-        num_attention_heads=4,
-        num_kv_heads=1,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=512,
-        max_position_embeddings=32768,
-    ),
-    "4b": dict(
-        vocab_size=262208,
-        hidden_size=2560,
-        intermediate_size=10240,
-        num_layers=34,
-        num_attention_heads=8,
-        num_kv_heads=4,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=1024,
-        max_position_embeddings=131072,
-        rope_global_scaling_factor=8.0,
-    ),
-    "12b": dict(
-        vocab_size=262208,
-        hidden_size=3840,
-        intermediate_size=15360,
-        num_layers=48,
-        num_attention_heads=16,
-        num_kv_heads=8,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=1024,
-        max_position_embeddings=131072,
-        rope_global_scaling_factor=8.0,
-    ),
-    "27b": dict(
-        vocab_size=262208,
-        hidden_size=5376,
-        intermediate_size=21504,
-        num_layers=62,
-        num_attention_heads=32,
-        num_kv_heads=16,
-        head_dim=128,
-        query_pre_attn_scalar=168,
-        sliding_window=1024,
-        max_position_embeddings=131072,
-        rope_global_scaling_factor=8.0,
-    ),
-}
 
 PRESET_NAMES = tuple(_PRESETS)

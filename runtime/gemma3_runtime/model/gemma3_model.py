@@ -12,6 +12,7 @@ forward(input_ids, position_ids, attention_mask=None, labels=None, kv_cache=None
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from megatron.core.models.gpt import GPTModel
@@ -61,6 +62,13 @@ class Gemma3Model(GPTModel):
         # sqrt(hidden) is rounded to the parameter dtype before the multiply, as HF (>= PR #37109) and the official
         # JAX implementation do: bf16(sqrt(640)) = 25.25, not 25.298 (see docs/MODEL.md).
         self.embedding_scale = math.sqrt(config.hidden_size)
+        #: hook: the training loss straight from the hidden states and the output weight, without the
+        #: [tokens, vocab] logits - (hidden, weight, labels, *, vocab_size) -> per-token loss, same layout as labels;
+        #: filled by the speed layer (gemma3_runtime.perf.apply), used on one tensor-parallel rank only
+        self.fused_loss: Callable[..., torch.Tensor] | None = None
+
+    def _fused_loss_applies(self) -> bool:
+        return self.fused_loss is not None and self.pg_collection.tp.size() == 1
 
     def setup_embeddings_and_output_layer(self) -> None:
         """megatron moves the last stage's tied copy with `.cuda()` before syncing it (PP > 1); not on CPU."""
@@ -91,8 +99,8 @@ class Gemma3Model(GPTModel):
 
         WHY: megatron keeps activations [s, b, D]; the flash kernels want [b, s, heads, d]. Their outputs and the
         gradients coming back are then strided views, which aten's flash backward copies to contiguous ones
-        (2 x 67 MB per sliding layer and micro-batch of 8 x 4096 tokens: 8.5 ms of a 0.87 s step on an H200), and
-        the embedding is transposed once more. megatron's layers never look at which leading dim is which (no
+        (2 x 67 MB per sliding layer and micro-batch of 8 x 4096 tokens; docs/PERFORMANCE.md), and the embedding is
+        transposed once more. megatron's layers never look at which leading dim is which (no
         sequence parallelism, no pipeline p2p shapes, no chunked prefill here), our RoPE and core attention are told
         by the batch-first context, and the fused loss takes [b, s] directly.
         """
@@ -101,8 +109,7 @@ class Gemma3Model(GPTModel):
             cfg.gemma3_batch_first
             and labels is not None
             and not ctx_needed
-            and cfg.gemma3_fused_linear_ce
-            and self.pg_collection.tp.size() == 1
+            and self._fused_loss_applies()
             and self.pre_process
             and self.post_process
             and decoder_input is None
@@ -166,18 +173,11 @@ class Gemma3Model(GPTModel):
             return hidden
 
         output_weight = self.shared_embedding_or_output_weight()
-        if labels is not None and self.config.gemma3_fused_linear_ce and self.pg_collection.tp.size() == 1:
-            from gemma3_runtime.perf.linear_ce import linear_cross_entropy
-
+        if labels is not None and self._fused_loss_applies():
             # same per-token loss as below without materialising [s, b, V] logits (labels < 0 give loss 0)
-            options = dict(
-                vocab_size=self.hf_vocab_size,
-                kernel=self.config.gemma3_ce_kernel,
-                chunk_bytes=self.config.gemma3_ce_chunk_bytes or None,
-            )
             if batch_first:  # hidden [b, s, D]
-                return linear_cross_entropy(hidden, output_weight, labels, **options)
-            return linear_cross_entropy(hidden, output_weight, labels.t(), **options).t().contiguous()
+                return self.fused_loss(hidden, output_weight, labels, vocab_size=self.hf_vocab_size)
+            return self.fused_loss(hidden, output_weight, labels.t(), vocab_size=self.hf_vocab_size).t().contiguous()
         logits, _ = self.output_layer(hidden, weight=output_weight, runtime_gather_output=False)  # [s, b, V/tp]
         if labels is not None:
             logits = self._mask_padded_vocab(logits.float())

@@ -1,4 +1,4 @@
-"""megatron-core TransformerConfig for Gemma 3: the generic fields plus three Gemma-only ones our modules read."""
+"""megatron-core TransformerConfig for Gemma 3: the generic fields plus the Gemma-only ones our modules read."""
 
 from __future__ import annotations
 
@@ -18,15 +18,9 @@ class Gemma3TransformerConfig(TransformerConfig):
     gemma3_layer_types: tuple = ()
     gemma3_sliding_window: int = 0
     gemma3_attention_kernel: str = "sdpa"
-    #: chunked linear + cross-entropy (gemma3_runtime.perf.linear_ce) for the training loss when TP == 1
-    gemma3_fused_linear_ce: bool = False
-    #: its per-chunk loss + gradient pass (perf.linear_ce.CE_KERNELS): "auto" = the Triton kernel where it runs
-    gemma3_ce_kernel: str = "auto"
     #: the training forward keeps tokens batch-major ([b, s, ...]) through the decoder where it can
     #: (Gemma3Model._batch_first): no layout copies around the flash kernels
     gemma3_batch_first: bool = False
-    #: logits per chunk of the fused loss, in bytes (0 = linear_ce's default, 2 GiB)
-    gemma3_ce_chunk_bytes: int = 0
 
 
 def build_transformer_config(cfg: Gemma3Config, **overrides) -> Gemma3TransformerConfig:

@@ -15,7 +15,6 @@ _LAZY = {
     "load_adapter_state_dict": "gemma3_runtime.peft.state",
     "adapter_sharded_state_dict": "gemma3_runtime.peft.state",
     "is_adapter_key": "gemma3_runtime.peft.state",
-    "save_hf_adapter": "gemma3_runtime.peft.hf_adapter",
 }
 
 

@@ -30,10 +30,6 @@ from gemma3_runtime.peft.config import PeftConfig
 
 ParallelMode = Literal["column", "row"]
 
-#: LoRA's `base + s * B A x` as one addmm (see LowRankAdapter.forward); a switch so bench/train_throughput.py can
-#: measure the unfused form beside it. Same function either way (bf16 rounding aside).
-fuse_lora_add = True
-
 
 def _tp_size_rank(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if group is None or not dist.is_initialized():
@@ -150,10 +146,10 @@ class LowRankAdapter(nn.Module):
         return self.linear_out(self._low_rank_hidden(x)) * self.scale
 
     def forward(self, x: torch.Tensor, base_out: torch.Tensor, base_weight: torch.Tensor) -> torch.Tensor:
-        if self.weight_magnitude is None and fuse_lora_add:
+        if self.weight_magnitude is None:
             # `base_out + h (sB)^T` as ONE GEMM that adds base_out in its epilogue (beta = 1): the scale moves onto the
             # [out, r] weight, so neither the forward add nor the backward's `grad * s` is a separate pass over the
-            # [tokens, out] activations (two such passes per adapted linear were ~7% of a LoRA step on an H200).
+            # [tokens, out] activations (docs/PERFORMANCE.md).
             h = self._low_rank_hidden(x)
             scaled_b = self.linear_out.weight * self.scale
             base2, h2 = base_out.reshape(-1, base_out.shape[-1]), h.reshape(-1, h.shape[-1])
@@ -163,8 +159,6 @@ class LowRankAdapter(nn.Module):
                 out = torch.addmm(base2, h2, scaled_b.t())
             return out.view(base_out.shape)
         out = base_out + self.low_rank_update(x)
-        if self.weight_magnitude is None:
-            return out
         gain = self.weight_magnitude / self.row_norm(base_weight).to(self.weight_magnitude.dtype)
         return out * gain.to(out.dtype)
 

@@ -14,7 +14,7 @@ merge can represent; it exists only as the negative control of the exactness tes
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from gemma3_runtime.peft.adapter import LowRankAdapter, ParallelMode
 from gemma3_runtime.peft.config import PeftConfig
 
 UpdatePosition = Literal["pre_norm", "post_norm"]
-ModelOrChunks = Union[nn.Module, Iterable[nn.Module]]
+ModelOrChunks = nn.Module | Iterable[nn.Module]
 
 
 class _AdaptedLinear:
@@ -111,7 +111,8 @@ def adapted_modules(model: ModelOrChunks) -> Iterator[tuple[str, nn.Module]]:
 def _check_supported(name: str, module: nn.Module, mode: ParallelMode) -> None:
     if getattr(module, "sequence_parallel", False):
         raise UserInputError(
-            f"peft: {name} runs with sequence_parallel, which LoRA/DoRA does not support yet; set model.sequence_parallel=false"
+            f"peft: {name} runs with sequence_parallel, which LoRA/DoRA does not support; "
+            "set parallelism.sequence_parallel=false"
         )
     if mode == "column" and getattr(module, "gather_output", False):
         raise UserInputError(f"peft: {name} gathers its output (gather_output=True); adapters need a sharded output")

@@ -19,7 +19,7 @@ def is_adapter_key(key: str) -> bool:
 
 def _global_adapter_params(model: ModelOrChunks) -> dict[str, torch.nn.Parameter]:
     """Adapter parameters keyed by their GLOBAL names (layer index across pipeline stages, as in checkpoints)."""
-    from gemma3_runtime.bridge.engine import megatron_params
+    from gemma3_runtime.model.wrapping import megatron_params
 
     return {k: v for k, v in megatron_params(_chunks(model)).items() if is_adapter_key(k)}
 
@@ -45,7 +45,8 @@ def load_adapter_state_dict(model: ModelOrChunks, state: Mapping[str, torch.Tens
         for key, param in own.items():
             if tuple(state[key].shape) != tuple(param.shape):
                 raise UserInputError(
-                    f"adapter checkpoint: {key} has shape {tuple(state[key].shape)}, the model expects {tuple(param.shape)}"
+                    f"adapter checkpoint: {key} has shape {tuple(state[key].shape)}, "
+                    f"the model expects {tuple(param.shape)}"
                 )
             param.copy_(state[key])
 

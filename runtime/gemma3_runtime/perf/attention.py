@@ -5,7 +5,7 @@ kernels (SDPA falls back to the memory-efficient or math kernel), and build a fl
 In the common case the mask is a pure function of (s, window), so no mask tensor is needed at all: kernels with
 their own causal / diagonal-band masking compute only the blocks inside the window ("auto": cuDNN's fused kernels
 where the cuDNN frontend is installed, else FlashAttention-2's window for sliding layers and SDPA `is_causal` for
-global ones; see FAST_KERNELS for the alternatives the benchmarks compare).
+global ones; see FAST_KERNELS for the alternatives a benchmark can pass as `kernel`).
 Anything else (padding, segments, KV cache, sq != sk, dropout) stays on the model's general path.
 Semantics are the model's: query i sees key j iff i - W < j <= i on sliding layers, j <= i on global ones.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from collections.abc import Callable
 
 import torch
@@ -24,28 +23,19 @@ import torch.nn.functional as F
 #: aten._flash_attention_forward for sliding ones (CUDA, bf16/fp16, head_dim <= 256): no wasted blocks at all.
 #: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
 #: "flex": SDPA is_causal for global layers, flex attention with a cached sliding-window block mask for sliding ones
-#: (flex for the global layers too was measured slower than flash by ~26 ms per 8k-token step on an H200).
+#: (flex for the global layers too is slower than flash: docs/PERFORMANCE.md).
 #: "cudnn": cuDNN's fused attention through the cuDNN frontend's torch op (`torch.ops.cudnn.sdpa_fwd`, package
 #: nvidia-cudnn-frontend) for BOTH kinds of layer: its own diagonal band for sliding ones, causal for global ones,
 #: GQA native (no kv expansion). Only after `load_cudnn_attention` has run its probe (see there).
-#: "cudnn-sliding" / "cudnn-global": cuDNN for that kind of layer only, "flash" for the other (benchmarks).
 #: "auto": "cudnn" where it is loaded and applies, else "flash" where that applies (CUDA, bf16/fp16, head_dim
 #: <= 256), else "sdpa" (CPU, fp32).
-FAST_KERNELS = ("auto", "cudnn", "cudnn-sliding", "cudnn-global", "flash", "flex", "sdpa")
+FAST_KERNELS = ("auto", "cudnn", "flash", "flex", "sdpa")
 
 _BLOCK_MASKS: dict[tuple, object] = {}
 #: why cuDNN attention is off ("" = loaded and probed); None = not tried yet. A module global, not a call, so that a
 #: compiled layer reads it as a constant instead of tracing an import.
 _CUDNN_STATUS: str | None = None
 _WINDOW_MASKS: dict[tuple, torch.Tensor] = {}
-
-
-def default_kernel() -> str:
-    """The fast-path kernel: "auto" unless GEMMA3_FAST_ATTENTION names another (benchmarks compare them)."""
-    kernel = os.environ.get("GEMMA3_FAST_ATTENTION", "auto")
-    if kernel not in FAST_KERNELS:
-        raise ValueError(f"GEMMA3_FAST_ATTENTION={kernel!r}, expected one of {FAST_KERNELS}")
-    return kernel
 
 
 def sliding_block_mask(s: int, window: int | None, device: torch.device):
@@ -143,12 +133,12 @@ def cudnn_attention(
 ) -> torch.Tensor:
     """Causal (window None) or sliding-window causal attention on cuDNN's fused kernels, GQA native.
 
-    WHY: with cuDNN for both layer kinds the 1B's training step ran 1.7-1.9% faster than with FlashAttention-2's
-    window + SDPA causal, in every same-card pair on H200s (docs/PERFORMANCE.md, session 6), although neither
-    cuDNN kernel is faster alone: the gain is around the kernels (no kv-head expansion and its gradient reduction, no
-    contiguity copies). torch's own cuDNN SDPA backend has no window argument; the cuDNN frontend's op does
-    (`window_left` = W keys including the query's own, the model's semantics). Layout: [b, h, s, d] views with any
-    strides (the batch-major decoder's transposed views go in without a copy); the output adopts q's layout.
+    WHY: with cuDNN for both layer kinds the 1B's training step is faster than with FlashAttention-2's window + SDPA
+    causal (docs/PERFORMANCE.md), although neither cuDNN kernel is faster alone: the gain is around the kernels (no
+    kv-head expansion and its gradient reduction, no contiguity copies). torch's own cuDNN SDPA backend has no window
+    argument; the cuDNN frontend's op does (`window_left` = W keys including the query's own, the model's semantics).
+    Layout: [b, h, s, d] views with any strides (the batch-major decoder's transposed views go in without a copy); the
+    output adopts q's layout.
     """
     out, _ = torch.ops.cudnn.sdpa_fwd(
         q, k, v, scale, is_causal=True, window_left=-1 if window is None else window, return_lse=True
@@ -166,14 +156,11 @@ def load_cudnn_attention(device: torch.device, head_dim: int, window: int | None
         return "not a CUDA device"  # not remembered: a later CUDA model still gets its probe
     if _CUDNN_STATUS is not None:
         return _CUDNN_STATUS
-    if os.environ.get("GEMMA3_CUDNN_ATTENTION", "1") == "0":
-        _CUDNN_STATUS = "GEMMA3_CUDNN_ATTENTION=0"
-    else:
-        try:
-            importlib.import_module("cudnn.sdpa.fwd.torch_op")  # registers torch.ops.cudnn.sdpa_fwd / sdpa_bwd
-            _CUDNN_STATUS = _probe_cudnn(device, head_dim, window)
-        except Exception as exc:  # ImportError, cudnnGraphNotSupportedError, a CUDA error from the backend
-            _CUDNN_STATUS = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    try:
+        importlib.import_module("cudnn.sdpa.fwd.torch_op")  # registers torch.ops.cudnn.sdpa_fwd / sdpa_bwd
+        _CUDNN_STATUS = _probe_cudnn(device, head_dim, window)
+    except Exception as exc:  # ImportError, cudnnGraphNotSupportedError, a CUDA error from the backend
+        _CUDNN_STATUS = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return _CUDNN_STATUS
 
 
@@ -214,13 +201,12 @@ def fast_attention(
     *,
     window: int | None,
     scale: float,
-    kernel: str | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """q [b, hq, s, d], k/v [b, hkv, s, d] (same s, no padding) -> [b, hq, s, d].
 
     window None = causal (global layer); W = the W most recent keys including the query itself.
     """
-    kernel = default_kernel() if kernel is None else kernel
     if kernel not in FAST_KERNELS:
         raise ValueError(f"fast attention kernel {kernel!r}, expected one of {FAST_KERNELS}")
     s = q.shape[2]
@@ -230,8 +216,6 @@ def fast_attention(
         # flex has no CPU backward (and no fused CPU kernel): on CPU "auto" is "sdpa"
         # (fp32 on CUDA: no flash; flex at head_dim 256 in fp32 may exceed shared memory, so the masked SDPA)
         kernel = "cudnn" if cudnn_attention_ready(q) else "flash" if flash_window_supported(q) else "sdpa"
-    elif kernel in ("cudnn-sliding", "cudnn-global"):
-        kernel = "cudnn" if (window is not None) == (kernel == "cudnn-sliding") else "flash"
     if kernel == "cudnn":
         if not cudnn_attention_ready(q):
             why = (
@@ -264,8 +248,7 @@ def _auto_core_attentions(models) -> list:
 def prepare_cudnn_attention(models, device: torch.device) -> str | None:
     """Load and probe cuDNN attention when the models' "auto" core attentions could use it (CUDA, half-precision
     parameters, the "auto" fast kernel). Returns `load_cudnn_attention`'s verdict, or None when it does not apply."""
-    kernel = default_kernel()
-    if device.type != "cuda" or not (kernel == "auto" or kernel.startswith("cudnn")):
+    if device.type != "cuda":
         return None
     cores = _auto_core_attentions(models)
     if not cores or cores[0].config.params_dtype not in (torch.bfloat16, torch.float16):
@@ -275,24 +258,13 @@ def prepare_cudnn_attention(models, device: torch.device) -> str | None:
 
 
 def prebuild_masks(models, seq_length: int, device: torch.device) -> int:
-    """Fill the mask caches for every window the models' "auto" core attentions will ask for at `seq_length`,
-    so compiled layers never trace mask construction. Returns the number of masks built."""
-    kernel = default_kernel()
-    if kernel == "auto":
-        # bf16/fp16 models on CUDA take the flash window path (no mask); CPU and fp32 take the masked SDPA
-        kernel = "sdpa"
-    windows = {
-        m.window if m.window is not None and m.window < seq_length else None for m in _auto_core_attentions(models)
-    }
-    built = 0
+    """Fill the window-mask cache for every window the models' "auto" core attentions will ask for at `seq_length`,
+    so compiled layers never trace mask construction (bf16/fp16 models on CUDA take the mask-free kernels; CPU and
+    fp32 take the masked SDPA). Returns the number of masks built."""
+    windows = {m.window for m in _auto_core_attentions(models) if m.window is not None and m.window < seq_length}
     for w in windows:
-        if kernel == "flex" and device.type == "cuda" and w is not None:
-            _build_block_mask(seq_length, w, device)
-            built += 1
-        elif kernel == "sdpa" and w is not None:
-            _window_mask(seq_length, w, device)
-            built += 1
-    return built
+        _window_mask(seq_length, w, device)
+    return len(windows)
 
 
 def reference_attention(

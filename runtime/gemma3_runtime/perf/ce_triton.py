@@ -2,10 +2,9 @@
 
 WHY: the chunked linear + CE (perf/linear_ce.py) spends its non-GEMM time in one pass per chunk that turns bf16
 logits [2048, 262144] into the per-token loss and softmax - onehot. Inductor's fused kernel for it reads the logits
-three times (max, sum of exp, gradient) and writes a new 1 GiB gradient: 1.28 ms per 2,048-token chunk on an H200,
-41 ms per 65k-token step. Here each program owns one row: pass 1 keeps an online max / sum of exp (one read), pass 2
-reads the row again and writes the gradient over the logits (no new buffer): 2 reads + 1 write instead of 3 + 1,
-0.89 ms per 2,048-token chunk on the same card.
+three times (max, sum of exp, gradient) and writes a new 1 GiB gradient. Here each program owns one row: pass 1
+keeps an online max / sum of exp (one read), pass 2 reads the row again and writes the gradient over the logits (no
+new buffer): 2 reads + 1 write instead of 3 + 1 (docs/PERFORMANCE.md has the timings).
 The math is in fp32, as the torch formula (`linear_ce._ce_loss_and_grad`); rows whose label is negative (ignored)
 get loss 0 and gradient 0. The vocabulary size is a compile-time constant (one model, one size; and the
 interpreter cannot loop over a runtime bound).
@@ -15,16 +14,12 @@ With TRITON_INTERPRET=1 the kernel runs on CPU tensors (the unit test's way to c
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .triton_support import available, tl, triton  # noqa: F401  (available: the callers' check)
 
-
-def _launch_shape() -> tuple[int, int]:
-    """(columns per iteration, warps): 4096 x 8 unless GEMMA3_CE_BLOCK / GEMMA3_CE_WARPS say otherwise (bench)."""
-    return int(os.environ.get("GEMMA3_CE_BLOCK", "4096")), int(os.environ.get("GEMMA3_CE_WARPS", "8"))
+#: columns per loop iteration and warps per program of the kernel's launch
+BLOCK, WARPS = 4096, 8
 
 
 if triton is not None:
@@ -67,8 +62,7 @@ def ce_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     n, vocab = logits.shape
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n:
-        block, warps = _launch_shape()
         _ce_loss_grad_kernel[(n,)](
-            logits, labels.contiguous(), loss, logits.stride(0), vocab, BLOCK=block, num_warps=warps
+            logits, labels.contiguous(), loss, logits.stride(0), vocab, BLOCK=BLOCK, num_warps=WARPS
         )
     return loss, logits

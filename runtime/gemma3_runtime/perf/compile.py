@@ -9,11 +9,8 @@ hardware's matmul ceiling on a torch-native stack.
 Each chosen module's training forward is wrapped by torch.compile in place (`_compile_for_training`): names,
 state_dict, DDP hooks and checkpoints are untouched, evaluation and KV-cached generation stay eager, and the
 uncompiled path stays available (compile is a run-time choice, never a different model).
-Targets:
-- "layers": every TransformerLayer (norms, QKV/MLP projections, RoPE, attention, GeGLU, residuals in one graph);
-- "mlp": every MLP (fc1 -> GeGLU -> fc2 -> post-norm) and every RMSNorm elsewhere;
-- "norms": every Gemma3RMSNorm only;
-- "none".
+Targets: "layers" = every TransformerLayer (norms, QKV/MLP projections, RoPE, attention, GeGLU, residuals in one
+graph), or "none".
 Instances of one class share compiled code (dynamo lifts their parameters to inputs), so the 26 layers of the 1B
 model cost two compilations (sliding and global), not 26; the recompile limit is raised so that never falls back.
 """
@@ -26,9 +23,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .patches import MEGATRON_PATCHES
+
 log = logging.getLogger("gemma3_runtime.perf")
 
-COMPILE_TARGETS = ("none", "norms", "mlp", "layers")
+COMPILE_TARGETS = ("none", "layers")
 
 
 def _configure_dynamo(limit: int = 128) -> None:
@@ -72,24 +71,15 @@ def _quiet_tp_group_lookup() -> None:
         return original(tp_group, is_expert=is_expert, check_initialized=check_initialized)
 
     get_group.__wrapped_original__ = original  # type: ignore[attr-defined]
-    layers.get_tensor_model_parallel_group_if_none = get_group
+    MEGATRON_PATCHES.replace(layers, "get_tensor_model_parallel_group_if_none", get_group)
 
 
 def _targets(model: nn.Module, target: str) -> list[tuple[str, nn.Module]]:
-    from megatron.core.transformer.mlp import MLP
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
-    from ..model.norm import Gemma3RMSNorm
-
-    classes: tuple[type, ...]
-    if target == "layers":
-        classes = (TransformerLayer,)
-    elif target == "mlp":
-        classes = (MLP, Gemma3RMSNorm)
-    elif target == "norms":
-        classes = (Gemma3RMSNorm,)
-    else:
+    if target != "layers":
         raise ValueError(f"compile target {target!r}, expected one of {COMPILE_TARGETS}")
+    classes = (TransformerLayer,)
     chosen: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if isinstance(module, classes) and not any(name.startswith(prev + ".") for prev, _ in chosen):

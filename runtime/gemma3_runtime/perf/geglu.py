@@ -3,8 +3,8 @@
 
 WHY: inside the compiled decoder layer, inductor's partitioner keeps the fc1 output [tokens, 2I] for the backward
 and recomputes the GeGLU output h [tokens, I] there (fc2's weight gradient needs it), so the backward runs two
-kernels that both re-read gate and up: on the H200 profile of `fast-mbs4-ga4` 27.0 ms (recompute) + 36.7 ms
-(dgate/dup, written as one [tokens, 2I] tensor) per 65k-token step, both near the memory roofline. Here GeGLU is
+kernels that both re-read gate and up (the recompute and dgate/dup, written as one [tokens, 2I] tensor), both near
+the memory roofline (docs/PERFORMANCE.md). Here GeGLU is
 an opaque custom op (`gemma3::geglu`) whose autograd formula is another custom op: the partitioner cannot recompute
 it, so h is saved (fc2 keeps its input) and the recompute kernel disappears, at the cost of h's memory
 (tokens x I bf16 per layer: ~226 MB per layer at 16k tokens, ~5.9 GB over the 1B's 26 layers).

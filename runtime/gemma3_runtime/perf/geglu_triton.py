@@ -1,9 +1,8 @@
 """The GeGLU backward as one hand-written Triton kernel: one read of gate, up and grad, one write of [dgate | dup].
 
-WHY: inductor turns every torch formulation of this backward into two kernels that each re-read gate, up and grad
-(H200, 16k tokens x 6,912: 361 + 260 us per layer for `cat([dgate, dup])`, 384 + 259 us for a `where` over both
-halves; bench/results/*s3*). The bytes that must move are 2I reads + I reads + 2I writes per row (~1.1 GB per
-layer at 16k tokens, ~0.29 ms at the H200's bandwidth). Each program handles BLOCK columns of one row and writes both
+WHY: inductor turns every torch formulation of this backward (`cat([dgate, dup])`, a `where` over both halves) into two
+kernels that each re-read gate, up and grad (docs/PERFORMANCE.md). The bytes that must move are 2I reads + I reads + 2I
+writes per row (~1.1 GB per layer at 16k tokens x 6,912). Each program handles BLOCK columns of one row and writes both
 halves. tanh is computed as 2*sigmoid(2z) - 1 in fp32 (Triton's core language has no tanh across versions).
 
 Triton ships with CUDA builds of torch; `available()` says whether this process can use it. With TRITON_INTERPRET=1

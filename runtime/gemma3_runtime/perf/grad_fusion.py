@@ -2,8 +2,8 @@
 
 WHY: with `gradient_accumulation_fusion=False` (forced without apex) every trainable linear's backward writes a
 bf16 weight gradient, and megatron DDP's backward hook then runs `main_grad.add_(param.grad)` - one more kernel that
-reads the bf16 gradient and reads + writes the fp32 buffer. On the H200 profile of `fast-mbs4-ga4` that is ~1,050
-`add_` launches and ~20 ms per optimizer step. megatron-core's own fused path
+reads the bf16 gradient and reads + writes the fp32 buffer, once per parameter per micro-batch
+(docs/PERFORMANCE.md). megatron-core's own fused path
 (`LinearWithGradAccumulationAndAsyncCommunication.backward` -> `fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32`)
 does `main_grad += grad_output^T @ input` in the GEMM itself, marks `weight.grad_added_to_main_grad` so the DDP hook
 skips the add, but megatron refuses the config flag when apex's extension is missing. torch >= 2.8 has
@@ -32,6 +32,8 @@ import functools
 import logging
 
 import torch
+
+from .patches import MEGATRON_PATCHES
 
 log = logging.getLogger("gemma3_runtime.perf")
 
@@ -214,8 +216,9 @@ def install(device: torch.device, mode: str | None = None) -> bool:
                 "works here; keeping the bf16 grad + DDP add path"
             )
             return False
-    layers.fused_weight_gradient_mlp_cuda = _SHIM["shim"] = TorchWgradAccum(mode)
-    layers._grad_accum_fusion_available = True
+    _SHIM["shim"] = TorchWgradAccum(mode)
+    MEGATRON_PATCHES.replace(layers, "fused_weight_gradient_mlp_cuda", _SHIM["shim"])
+    MEGATRON_PATCHES.replace(layers, "_grad_accum_fusion_available", True)
     _wrap_linear(layers)
     _STATE.update(installed=True, mode=mode, reason=None)
     log.info("grad-accum fusion: megatron wgrad GEMMs accumulate into fp32 main_grad (%s)", mode)
@@ -225,7 +228,7 @@ def install(device: torch.device, mode: str | None = None) -> bool:
 def _wrap_linear(layers) -> None:
     fn = layers.linear_with_grad_accumulation_and_async_allreduce
     if getattr(fn, "__wrapped_original__", None) is None:
-        layers.linear_with_grad_accumulation_and_async_allreduce = _graph_safe_linear(fn)
+        MEGATRON_PATCHES.replace(layers, "linear_with_grad_accumulation_and_async_allreduce", _graph_safe_linear(fn))
 
 
 def status() -> dict:

@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .config import CE_KERNEL_CHOICES
-
 IGNORE_INDEX = -100
 _UNIFORM_UPSTREAM = contextvars.ContextVar("gemma3_uniform_upstream_grad", default=False)
 
@@ -52,8 +50,8 @@ def uniform_upstream_grad() -> Iterator[None]:
 
 
 #: bf16 logits per chunk: 4096 tokens x 262,144 vocab. Each chunk after the first adds its weight gradient into the
-#: fp32 [V, D] accumulator (1.2 GB read + written inside the GEMM), so fewer, larger chunks pay: 2 GiB instead of
-#: 1 GiB was +1.2-1.5% tokens/s for the 1B model on an H200 at ~0.3 GB more peak memory (docs/PERFORMANCE.md).
+#: fp32 [V, D] accumulator (1.2 GB read + written inside the GEMM), so fewer, larger chunks pay, for a little more
+#: peak memory (docs/PERFORMANCE.md).
 DEFAULT_CHUNK_BYTES = 2 << 30
 
 
@@ -84,17 +82,14 @@ def _compiled_ce() -> Callable:
     return torch.compile(_ce_loss_and_grad, dynamic=False, fullgraph=True)
 
 
-CE_KERNELS = CE_KERNEL_CHOICES  # the perf.ce_kernel choices (perf/config.py, torch-free)
-
-
-def _ce_kernel(device: torch.device, use_compile: bool | None, kernel: str = "auto") -> Callable:
-    """The per-chunk loss + gradient pass: the hand-written Triton kernel (perf/ce_triton.py; "auto" or "triton",
-    on CUDA where triton imports), else the torch formula compiled (CUDA) or eager (CPU, or use_compile=False)."""
+def _ce_kernel(device: torch.device, use_compile: bool | None) -> Callable:
+    """The per-chunk loss + gradient pass: the hand-written Triton kernel (perf/ce_triton.py) on CUDA where triton
+    imports, else the torch formula compiled (CUDA) or eager (CPU, or use_compile=False)."""
     if use_compile is None:
         use_compile = device.type == "cuda"
     if not use_compile:
         return _ce_loss_and_grad
-    if kernel != "compile" and device.type == "cuda":
+    if device.type == "cuda":
         from . import ce_triton
 
         if ce_triton.triton is not None:
@@ -146,10 +141,10 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk, use_compile, kernel_name):  # type: ignore[override]
+    def forward(ctx, hidden, weight, labels, chunk, use_compile):  # type: ignore[override]
         n = hidden.shape[0]
         w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-        kernel = _ce_kernel(hidden.device, use_compile, kernel_name)
+        kernel = _ce_kernel(hidden.device, use_compile)
         need_h = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1]
         loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -167,7 +162,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w = _accumulate_mm(grad_w, dlogits.t(), h)
             del dlogits
         ctx.save_for_backward(hidden, weight, labels, grad_h, grad_w)
-        ctx.chunk, ctx.use_compile, ctx.kernel_name = chunk, use_compile, kernel_name
+        ctx.chunk, ctx.use_compile = chunk, use_compile
         ctx.uniform = _UNIFORM_UPSTREAM.get()
         return loss
 
@@ -190,14 +185,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elif bool((gv == gv[0]).all()):  # one host sync per step: decides fast vs exact-slow path
                 out_w = (grad_w * gv[0]).to(weight.dtype)
             else:
-                out_w = _weighted_weight_grad(hidden, weight, labels, g, ctx.chunk, ctx.use_compile, ctx.kernel_name)
-        return out_h, out_w, None, None, None, None
+                out_w = _weighted_weight_grad(hidden, weight, labels, g, ctx.chunk, ctx.use_compile)
+        return out_h, out_w, None, None, None
 
 
-def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile, kernel_name) -> torch.Tensor:
+def _weighted_weight_grad(hidden, weight, labels, g, chunk, use_compile) -> torch.Tensor:
     """Exact weight gradient for an arbitrary per-token upstream gradient: recomputes logits chunk by chunk."""
     w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-    kernel = _ce_kernel(hidden.device, use_compile, kernel_name)
+    kernel = _ce_kernel(hidden.device, use_compile)
     acc: torch.Tensor | None = None
     for lo, hi in _chunks(hidden.shape[0], chunk):
         h = hidden[lo:hi]
@@ -222,18 +217,15 @@ def linear_cross_entropy(
     chunk_tokens: int | None = None,
     chunk_bytes: int | None = None,
     use_compile: bool | None = None,
-    kernel: str = "auto",
 ) -> torch.Tensor:
     """Per-token cross-entropy of softmax(hidden @ weight[:vocab_size].T) against labels, in fp32.
 
     hidden [..., D], labels [...] (same leading shape), weight [V_pad, D] (rows past `vocab_size` - vocabulary
     padding - never enter the softmax and get zero gradient). Returns loss with labels' shape; tokens whose label is
     negative (e.g. -100) or whose `loss_mask` is 0 get loss 0 and no gradient. `use_compile` None = compile on CUDA
-    only; `kernel` (one of CE_KERNELS) picks the per-chunk pass where compiling: "auto" = Triton where it imports.
+    only (where compiling, the per-chunk pass is the Triton kernel when triton imports).
     Chunks hold `chunk_tokens` tokens, else as many as fit `chunk_bytes` of logits (default 2 GiB).
     """
-    if kernel not in CE_KERNELS:
-        raise ValueError(f"linear_cross_entropy: kernel must be one of {CE_KERNELS}, got {kernel!r}")
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
     v = weight.shape[0] if vocab_size is None else vocab_size
@@ -245,7 +237,7 @@ def linear_cross_entropy(
     if not h2.is_contiguous():
         h2 = h2.contiguous()
     chunk = chunk_tokens or default_chunk_tokens(v, hidden.element_size(), chunk_bytes)
-    loss = _LinearCrossEntropy.apply(h2, w, lab, int(chunk), use_compile, kernel)
+    loss = _LinearCrossEntropy.apply(h2, w, lab, int(chunk), use_compile)
     return loss.view(labels.shape)
 
 

@@ -1,10 +1,9 @@
 """LoRA's `base_out + h @ (s B)^T` as one hand-written Triton kernel: one read of base_out, one write of the result.
 
-WHY: the adapter's up-projection used to run as `torch.addmm(base_out, h, (sB)^T)`. cuBLAS adds base_out in its
-epilogue, but aten's addmm first copies base_out into the fresh output buffer (a device-to-device memcpy of
-[tokens, out_features]): on an H200 LoRA step of the 1B model (micro-batch 4 x 4, r=32 on every linear) 456 such
-copies took 28 ms of a 770 ms step. With r = 32 the product is memory-bound anyway, so one kernel that loads a tile
-of base_out, adds h_tile @ w_tile^T (fp32 accumulation, like cuBLAS) and stores it moves half the bytes.
+WHY: as `torch.addmm(base_out, h, (sB)^T)`, cuBLAS adds base_out in its epilogue, but aten's addmm first copies base_out
+into the fresh output buffer (a device-to-device memcpy of [tokens, out_features] per adapted linear, a measurable share
+of a LoRA step: docs/PERFORMANCE.md). With r = 32 the product is memory-bound anyway, so one kernel that loads a tile of
+base_out, adds h_tile @ w_tile^T (fp32 accumulation, like cuBLAS) and stores it moves half the bytes.
 
 `gemma3::lora_up_add` is a custom op (opaque to inductor inside the compiled layers) whose backward is two plain
 GEMMs: d base = grad, d h = grad @ w, d w = grad^T @ h. With TRITON_INTERPRET=1 the kernel runs on CPU tensors (the

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .patches import MEGATRON_PATCHES
+
 log = logging.getLogger("gemma3_runtime.perf")
 
 
@@ -97,10 +99,10 @@ def use_foreach_grad_clipping() -> bool:
 
     changed = False
     if clip_grads.l2_norm_impl is mutils.local_multi_tensor_l2_norm:
-        clip_grads.l2_norm_impl = foreach_l2_norm
+        MEGATRON_PATCHES.replace(clip_grads, "l2_norm_impl", foreach_l2_norm)
         changed = True
     if clip_grads.multi_tensor_scale_impl is mutils.local_multi_tensor_scale:
-        clip_grads.multi_tensor_scale_impl = foreach_scale
+        MEGATRON_PATCHES.replace(clip_grads, "multi_tensor_scale_impl", foreach_scale)
         changed = True
     if changed:
         log.info("megatron grad norm / clipping: foreach kernels instead of the per-tensor fallback")
@@ -143,7 +145,7 @@ def sync_free_step(opt: Any) -> torch.Tensor:
 
     WHY: megatron turns the grad norm into a Python float (`.item()`) to decide on clipping, so every step makes the
     host wait for the GPU; the GPU then idles while the host runs the optimizer's per-parameter Python and launches
-    the next step (docs/PERFORMANCE.md, session 4). Here the norm stays a device tensor and clipping is folded into
+    the next step (docs/PERFORMANCE.md). Here the norm stays a device tensor and clipping is folded into
     the fused Adam kernel as its `grad_scale` (grads / max(1, (norm + 1e-6) / clip) == megatron's
     grads * min(1, clip / (norm + 1e-6))), so clipping costs no separate pass either. Same update as `opt.step()`
     up to float rounding. Returns the global grad norm (0-dim fp32 device tensor).

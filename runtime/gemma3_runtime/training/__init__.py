@@ -1,1 +1,1 @@
-"""Training: the config container, recipes, the megatron-core loop, checkpoints/resume, preemption, metrics."""
+"""Training: the config container, recipes, the Trainer and its loop, checkpoints/resume, preemption, metrics."""

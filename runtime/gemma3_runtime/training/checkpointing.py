@@ -18,28 +18,13 @@ import torch
 
 from gemma3_runtime.checkpoint import io as ckpt_io
 from gemma3_runtime.checkpoint.layout import ResolvedCheckpoint, read_tracker, resolve_checkpoint
+from gemma3_runtime.loader import copy_model_tensors, sharded_model_state
 from gemma3_runtime.training.state import TrainState, get_rng_state, set_rng_state
 
 log = logging.getLogger("gemma3_runtime.training")
 
 TRAIN_STATE_KEY = "train_state"
 RNG_KEY = "rng_state"
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Gemma3Model inside megatron DDP (whose own state_dict keys carry a `module.` prefix)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def model_sharded_state_dict(model: torch.nn.Module, adapters_only: bool) -> dict[str, Any]:
-    inner = unwrap(model)
-    if adapters_only:
-        from gemma3_runtime.peft.state import adapter_sharded_state_dict
-
-        return adapter_sharded_state_dict(inner)
-    return inner.sharded_state_dict()
 
 
 def _rng_sharded_object(is_loading: bool) -> Any:
@@ -61,7 +46,7 @@ def save_training_checkpoint(
     tokenizer_dir: str | Path | None,
 ) -> Path:
     """Collective: every rank calls it. Returns the committed iteration directory."""
-    model_sd = model_sharded_state_dict(models[0], adapters_only)
+    model_sd = sharded_model_state(models, adapters_only)
     state: dict[str, Any] = dict(model_sd)
     if save_optim:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd)
@@ -86,7 +71,7 @@ def load_training_checkpoint(
 
     common = load_common_state_dict(str(resolved.iter_dir))
     saved_state = TrainState.from_dict(common.get(TRAIN_STATE_KEY, {}))
-    model_sd = model_sharded_state_dict(models[0], adapters_only)
+    model_sd = sharded_model_state(models, adapters_only)
     request: dict[str, Any] = dict(model_sd)
     if load_optim and optimizer is not None:
         request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
@@ -100,34 +85,9 @@ def load_training_checkpoint(
             torch.distributed.get_world_size(),
         )
     loaded = ckpt_io.load_checkpoint(resolved.iter_dir, request, strict=True)
-    _copy_model_tensors(models[0], loaded, model_sd, adapters_only)
+    copy_model_tensors(models, {k: loaded[k] for k in model_sd if k in loaded}, adapters_only)
     if "optimizer" in request:
         optimizer.load_state_dict(loaded["optimizer"])
     if same_world and loaded.get(RNG_KEY) is not None:
         set_rng_state(loaded[RNG_KEY])
     return saved_state
-
-
-def load_pretrained_weights(resolved: ResolvedCheckpoint, models: list) -> None:
-    """Base weights for finetuning (e.g. an imported `iter_0000000`): every non-adapter tensor must be there."""
-    inner = unwrap(models[0])
-    model_sd = {k: v for k, v in inner.sharded_state_dict().items() if ".adapter." not in k}
-    loaded = ckpt_io.load_checkpoint(resolved.iter_dir, model_sd, strict=True)
-    _copy_model_tensors(models[0], loaded, model_sd, adapters_only=False)
-
-
-def _copy_model_tensors(
-    model: torch.nn.Module, loaded: dict[str, Any], model_sd: dict[str, Any], adapters_only: bool
-) -> None:
-    inner = unwrap(model)
-    tensors = {k: loaded[k] for k in model_sd if k in loaded and isinstance(loaded[k], torch.Tensor)}
-    if adapters_only:
-        from gemma3_runtime.peft.state import load_adapter_state_dict
-
-        load_adapter_state_dict(inner, tensors)
-        return
-    own = inner.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key in own:
-                own[key].copy_(value)

@@ -1,6 +1,6 @@
-"""Model FLOPs per trained token, counted exactly as ../shared/bench/hf_baseline.py counts them, so our MFU and the
-HF baseline's are comparable: 2 x matmul params (incl. the tied LM head) + causal/windowed attention per forward,
-x3 for a full training step (forward + 2x backward), x2 for PEFT (no weight gradients for the frozen base).
+"""Model FLOPs per trained token, counted exactly as the HF anchor (bench/hf_baseline_anchor.py) counts them, so
+our MFU and the HF baseline's are comparable: 2 x matmul params (incl. the tied LM head) + causal/windowed attention per
+forward, x3 for a full training step (forward + 2x backward), x2 for PEFT (no weight gradients for the frozen base).
 Torch-free; bench/ imports it too."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Optimizers behind one small interface: step(lr) -> grad norm, sharded_state_dict(), load_state_dict().
 
 - CUDA: megatron-core's optimizer (bf16 params with fp32 main weights, the distributed optimizer when asked).
-- CPU: torch.optim.AdamW. megatron's optimizer hard-codes CUDA tensors (reference/megatron-core-cpu.md), so here
+- CPU: torch.optim.AdamW. megatron's optimizer hard-codes CUDA tensors (compat/megatron_cpu.py), so here
   gradients are taken from megatron DDP's `main_grad` buffers, the norm is computed over TP/PP like megatron's
   (each TP-sharded tensor once, replicated ones once), and the state is saved as sharded tensors mirroring each
   parameter's sharding, so it reshards across TP/PP like the weights.
@@ -132,7 +132,7 @@ class MegatronAdam:
             use_distributed_optimizer=distributed,
         )
         self.optimizer = get_megatron_optimizer(mcfg, model_chunks)
-        #: set by gemma3_runtime.perf.apply.prepare_optimizer when the step can run without a host sync
+        #: set by gemma3_runtime.perf.apply.apply_to_optimizer when the step can run without a host sync
         self.sync_free = False
 
     def step(self, lr: float) -> float | torch.Tensor:
@@ -151,7 +151,7 @@ class MegatronAdam:
 
         WHY: without TransformerEngine/apex, megatron-core 0.16.1's DistributedOptimizer.state_dict() reads 'step'
         from every torch-AdamW parameter state, but torch creates that state only on the first step, so resuming
-        (which builds the load request before any step) asserted `len(steps) == 1` on an H200. The values written
+        (which builds the load request before any step) fails its assertion `len(steps) == 1`. The values written
         here are what torch's first step would start from and are overwritten by the checkpoint.
         """
         for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
@@ -175,7 +175,7 @@ class MegatronAdam:
             self._ensure_step_state()
         # "fully_reshardable": canonical per-parameter state, so a checkpoint loads at another TP/PP/DP. megatron-core
         # 0.16.1's default "fully_sharded_model_space" builds flattened ShardedTensors that its own validation rejects
-        # (seen on an H200: "ShardedTensor.flattened_range is not supported").
+        # ("ShardedTensor.flattened_range is not supported").
         return self.optimizer.sharded_state_dict(
             model_sharded_state_dict,
             is_loading=is_loading,
@@ -194,7 +194,7 @@ def _skip_step_in_state_copy(optimizer: Any) -> None:
     WHY: without TransformerEngine/apex, megatron-core 0.16.1 restores Adam's 'step' from the param groups into
     every torch-AdamW state, then `load_parameter_state_from_fully_reshardable` hands `_set_main_param_and_optimizer_
     states` the per-parameter tensors without 'step' (it skips it on purpose) and that copies every key of the
-    destination state: KeyError 'step' (seen on an H200). Copy what was loaded; 'step' is already in place.
+    destination state: KeyError 'step'. Copy what was loaded; 'step' is already in place.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 

@@ -1,20 +1,19 @@
 """A training step's numbers (loss sum, token count, grad norm), read by the host only once the GPU has them.
 
-WHY: `float(loss)` right after a step makes the host wait for the GPU to finish that step; the GPU then idles while
-the host launches the next step's first kernels, and wherever the host is slower than the GPU (the start of a
-forward, the optimizer's per-parameter Python) it stays idle (H200, 1B model, micro-batch 4 x 4: ~50 ms of a 875 ms
-step). The loop instead captures each step's values with a non-blocking copy to pinned host memory plus an event,
-launches the next step, and only then reads the previous one - the host stays a step ahead of the GPU.
+WHY: `float(loss)` right after a step makes the host wait for the GPU to finish that step; the GPU then idles while the
+host launches the next step's first kernels, and wherever the host is slower than the GPU (the start of a forward, the
+optimizer's per-parameter Python) it stays idle (docs/PERFORMANCE.md). The loop instead captures each step's values with
+a non-blocking copy to pinned host memory plus an event, launches the next step, and only then reads the previous one -
+the host stays a step ahead of the GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
-Number = Union[float, torch.Tensor]
+Number = float | torch.Tensor
 
 
 @dataclass

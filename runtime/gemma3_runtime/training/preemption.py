@@ -1,7 +1,8 @@
 """Preemption: on SIGTERM or SIGUSR2 the run finishes its current step, saves, and exits REQUEUE_EXIT_CODE.
 
-The handler only records the signal; after every step all ranks agree (an all-reduce MAX of the flag), so every
-rank stops after the SAME step and joins the collective save even if only one of them got the signal.
+The handler only records the signal; after every step all ranks agree (an all-reduce MAX of the flag over a CPU
+group, so no rank waits for its GPU), so every rank stops after the SAME step and joins the collective save even if
+only one of them got the signal.
 
 Under torchrun: the agent forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers by default; SIGUSR2 only when
 listed in TORCHELASTIC_SIGNALS_TO_HANDLE (e.g. "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"). After forwarding, the agent
@@ -22,10 +23,21 @@ from gemma3_launch.contract import PREEMPTION_SIGNALS
 log = logging.getLogger("gemma3_runtime.training")
 
 
+def _cpu_group() -> torch.distributed.ProcessGroup | None:
+    """A gloo group of all ranks (the default group when that already is gloo); None for a single process."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return None
+    if torch.distributed.get_backend() == "gloo":
+        return torch.distributed.group.WORLD
+    return torch.distributed.new_group(backend="gloo")
+
+
 class PreemptionWatcher:
     def __init__(self, signal_names: tuple[str, ...] = PREEMPTION_SIGNALS) -> None:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
+        #: the ranks' CPU group for the stop flag (made here, where every rank constructs the watcher: collective)
+        self._group = _cpu_group()
         for name in signal_names:
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -36,19 +48,18 @@ class PreemptionWatcher:
             log.warning("received %s: finishing this step, then saving and exiting for requeue", self.received)
             # From now on the run is going to save and exit: ignore further preemption signals. SIG_IGN is inherited
             # by the processes the save spawns (megatron's checkpoint writer and its results-queue manager start
-            # with default dispositions otherwise), and SLURM delivers a step signal to EVERY process of the step -
-            # in one CI run a just-spawned queue manager died mid-save right after a repeated USR2 (the likely cause).
+            # with default dispositions otherwise), and SLURM delivers a step signal to EVERY process of the step: a
+            # repeated USR2 would otherwise kill a just-spawned queue manager in the middle of the save.
             for watched in self._previous:
                 signal.signal(watched, signal.SIG_IGN)
 
     def agreed_stop(self) -> bool:
-        """True on every rank when any rank has received a preemption signal (collective)."""
+        """True on every rank when any rank has received a preemption signal (collective: every rank calls it after
+        the same step). The flag is a CPU tensor reduced over a gloo group, so the host never waits for the GPU
+        here: the step's kernels stay queued while the ranks agree."""
         flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            backend = torch.distributed.get_backend()
-            if backend == "nccl":
-                flag = flag.cuda()
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self._group is not None:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
     def restore(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gemma3_runtime.training.checkpointing import unwrap
+from gemma3_runtime.model.wrapping import unwrap
 
 
 def _next_tokens(

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gemma3_runtime.bridge.engine import Parallelism, WeightEngine, mapping_for
+from gemma3_runtime.bridge.mapping import split_layer_name
+from gemma3_runtime.model.wrapping import megatron_params, unwrap
 from gemma3_runtime.peft.apply import adapted_modules, adapter_tp_axes
 from gemma3_runtime.peft.config import PeftConfig
 
@@ -43,9 +46,6 @@ def hf_adapter_tensors(
     models: Sequence[torch.nn.Module], model_config, hf_prefix: str = "model.", dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """{PEFT safetensors key: full tensor} for every adapter of the model (collective over TP and PP ranks)."""
-    from gemma3_runtime.bridge.engine import Parallelism, WeightEngine, mapping_for, megatron_params, unwrap
-    from gemma3_runtime.bridge.mapping import split_layer_name
-
     parallel = Parallelism.current()
     engine = WeightEngine(model_config, parallel)
     chunks = [unwrap(m) for m in models]
