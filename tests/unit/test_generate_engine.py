@@ -33,8 +33,8 @@ def _full_forward_logits(model, ids: list[int]) -> torch.Tensor:
 
 def test_cached_steps_equal_full_forward_per_row_of_a_left_padded_batch(tiny):
     from gemma3_runtime.generate.api import decoder_for
-    from gemma3_runtime.generate.session import Session as _Session
     from gemma3_runtime.generate.prompts import left_pad
+    from gemma3_runtime.generate.session import Session as _Session
 
     cfg, model = tiny
     gen = torch.Generator().manual_seed(1)
@@ -51,7 +51,11 @@ def test_cached_steps_equal_full_forward_per_row_of_a_left_padded_batch(tiny):
         full = _full_forward_logits(model, prompt + feed[row])
         for i, got in enumerate(logits):
             torch.testing.assert_close(
-                got[row], full[len(prompt) - 1 + i], atol=2e-5, rtol=1e-5, msg=lambda m: f"row {row} step {i}: {m}"
+                got[row],
+                full[len(prompt) - 1 + i],
+                atol=2e-5,
+                rtol=1e-5,
+                msg=lambda m, row=row, i=i: f"row {row} step {i}: {m}",
             )
 
 
@@ -184,7 +188,10 @@ def test_read_ahead_stopping_discards_the_extra_step(tiny):
             engine.read_ahead = ahead
             streamed: list[tuple[int, list]] = []
             out = engine.generate(
-                prompts, 10, stop_ids=stops, on_token=lambda step, toks: streamed.append((step, list(toks)))
+                prompts,
+                10,
+                stop_ids=stops,
+                on_token=lambda step, toks, streamed=streamed: streamed.append((step, list(toks))),
             )
             assert out.decode_path["read_ahead"] is ahead
             results.append((out.tokens, out.finish_reasons, out.decode_steps, streamed))

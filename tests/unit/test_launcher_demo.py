@@ -44,7 +44,9 @@ def test_demo_pipeline_learns_the_task(real_270m_dir, tmp_path):
         timeout=1500,
     )
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-2000:]
-    run_dir = Path(next(l for l in res.stdout.splitlines() if l.startswith("submitted ")).split("run dir ", 1)[1])
+    run_dir = Path(
+        next(line for line in res.stdout.splitlines() if line.startswith("submitted ")).split("run dir ", 1)[1]
+    )
     rec = json.loads((run_dir / "job.json").read_text())
     steps = {s["name"]: s for s in rec["steps"]}
     assert list(steps) == ["generate_before", "import", "train", "export", "generate_after"]
@@ -54,8 +56,8 @@ def test_demo_pipeline_learns_the_task(real_270m_dir, tmp_path):
     print(f"demo (small): held-out task accuracy {before:.1f}% -> {after:.1f}%")
     assert after > before, f"the finetuned model does not answer better: {before}% -> {after}%"
     prompt = "'Wordcode: river apple stone ->' -> "
-    assert any(l.startswith(prompt) for l in steps["generate_before"]["highlights"])
-    after = next(l for l in steps["generate_after"]["highlights"] if l.startswith(prompt))
+    assert any(line.startswith(prompt) for line in steps["generate_before"]["highlights"])
+    after = next(line for line in steps["generate_after"]["highlights"] if line.startswith(prompt))
     print(f"demo (small): after finetuning {after}")
     hf = Path(rec["outputs"]["hf_path"])
     hf = hf if hf.is_absolute() else tmp_path / hf

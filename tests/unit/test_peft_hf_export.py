@@ -97,7 +97,8 @@ def test_merge_and_both_hf_exports_match_the_adapted_model(tiny, tmp_path, kind)
     with torch.no_grad():
         peft_logits = peft_model(input_ids=ids).logits
     print(
-        f"{kind}: adapters move logits by {_max_diff(adapted, base_logits):.3g}; HF PEFT adapter vs adapted {_max_diff(peft_logits, adapted):.3g}"
+        f"{kind}: adapters move logits by {_max_diff(adapted, base_logits):.3g}; "
+        f"HF PEFT adapter vs adapted {_max_diff(peft_logits, adapted):.3g}"
     )
     assert _max_diff(peft_logits, adapted) < 1e-4
 

@@ -37,8 +37,8 @@ def test_pretraining_resume_is_exact(tmp_path):
 
 
 def test_full_finetuning_resume_is_exact(tmp_path):
-    from gemma3_runtime.training.trainer import train
     from gemma3_runtime.training.recipes import gemma3_tiny_finetune_config
+    from gemma3_runtime.training.trainer import train
 
     base = tiny_pretrain_cfg(tmp_path / "base", train_iters=1, **{"train.seed": 7})
     train(base)  # a "pretrained" checkpoint of the tiny model

@@ -76,8 +76,8 @@ class Trainer:
         from megatron.core import parallel_state
 
         from gemma3_runtime import platform
-        from gemma3_runtime.training.validate import num_microbatches
         from gemma3_runtime.data.builder import load_tokenizer
+        from gemma3_runtime.training.validate import num_microbatches
 
         cfg = self.cfg
         try:
