@@ -196,7 +196,7 @@ def _render_text(plan, backend: str, fmt: str) -> str:
 
         return _k8s_render(helm_values_yaml, plan)
     if backend == "k8s":
-        from .render_k8s import render_yaml
+        from .k8s_manifests import render_yaml
 
         return _k8s_render(render_yaml, plan)
     from .backends import get_backend

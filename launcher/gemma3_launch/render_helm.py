@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .k8s_manifests import render_objects
 from .plan import JobPlan
 from .render_k8s import (
     ANNOTATION_RUN_DIR,
@@ -17,7 +18,6 @@ from .render_k8s import (
     LABEL_KIND,
     LABEL_KUEUE_QUEUE,
     dump_yaml,
-    render_objects,
 )
 
 CHART_PATH = "helm/gemma3-launch"

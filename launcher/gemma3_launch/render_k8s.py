@@ -89,7 +89,7 @@ def check_derived_names(plan: JobPlan) -> None:
     """The job's name, and every name the operator derives from it, must be a DNS-1035 label. Checked for the
     longest job id `submit` can give this spec (`<name>-<yyyymmdd-hhmmss>-<4 hex>`), so `validate` and `render`
     refuse a name that only `submit` would have found too long."""
-    from .submit import new_job_id  # the one place job ids are made
+    from .job_ids import new_job_id  # the one place job ids are made
 
     longest = max(plan.job_id, new_job_id(plan.job_name), key=len)
     for derived in derived_names(plan.k8s.api, longest, plan.resources.nodes):
@@ -277,16 +277,7 @@ def _replica_spec(plan: JobPlan, role: str, replicas: int) -> dict[str, Any]:
 
 
 # ---- both APIs ---------------------------------------------------------------------------------------------------
-def render_objects(plan: JobPlan) -> list[dict[str, Any]]:
-    """Every object `submit --cluster k8s` creates, in creation order (the runtime before the TrainJob)."""
-    if plan.k8s.api == "pytorchjob":
-        return [render_pytorchjob(plan)]
-    from .render_trainjob import render_trainjob_objects
-
-    return render_trainjob_objects(plan)
-
-
-class _ReadableDumper(yaml.SafeDumper):
+class ReadableDumper(yaml.SafeDumper):
     """Multi-line strings (the entrypoint script) as `|` blocks, so `render` output is reviewable."""
 
 
@@ -295,15 +286,8 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_ReadableDumper.add_representer(str, _represent_str)
+ReadableDumper.add_representer(str, _represent_str)
 
 
 def dump_yaml(document: Any) -> str:
-    return yaml.dump(document, Dumper=_ReadableDumper, sort_keys=False, width=120, default_flow_style=False)
-
-
-def render_yaml(plan: JobPlan) -> str:
-    """What `render --cluster k8s` prints: exactly the objects `submit --cluster k8s` creates."""
-    return yaml.dump_all(
-        render_objects(plan), Dumper=_ReadableDumper, sort_keys=False, width=120, default_flow_style=False
-    )
+    return yaml.dump(document, Dumper=ReadableDumper, sort_keys=False, width=120, default_flow_style=False)

@@ -7,25 +7,19 @@ sees it; if the backend then refuses, the record says SUBMIT_FAILED (it is not d
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
 from . import __version__
 from .backends import BackendError, get_backend
+from .job_ids import new_job_id  # noqa: F401 - the CLI takes it from here, with submit
 from .plan import JobPlan
 from .record import PLAN_FILE, add_state, now, read_record, update_record, write_json_atomic
 from .registry import Registry
 from .spec import JobSpec
-
-
-def new_job_id(name: str) -> str:
-    """`<name>-<UTC yyyymmdd-hhmmss>-<4 hex>`: sortable, unique, a valid k8s name (<= 63 chars)."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
 def git_state(path: Path | None = None) -> dict:

@@ -16,10 +16,11 @@ from k8s_helpers import CHART, REPO
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from gemma3_launch.k8s_manifests import render_objects
 from gemma3_launch.loader import load_spec
 from gemma3_launch.plan import Cluster, make_plan
 from gemma3_launch.render_helm import helm_values
-from gemma3_launch.render_k8s import render_objects, render_pytorchjob
+from gemma3_launch.render_k8s import render_pytorchjob
 
 pytestmark = [pytest.mark.k8s, pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"

@@ -14,8 +14,8 @@ import yaml
 from k8s_helpers import CHART, REPO, SPECS, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.container_image import DEFAULT_IMAGE
+from gemma3_launch.k8s_manifests import render_objects
 from gemma3_launch.render_helm import helm_values
-from gemma3_launch.render_k8s import render_objects
 
 pytestmark = pytest.mark.k8s
 FEATURES = REPO / "tests" / "k8s" / "specs" / "k8s_features_2node.yaml"

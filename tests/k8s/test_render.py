@@ -15,7 +15,8 @@ import yaml
 from k8s_helpers import REPO, SPECS, crd_errors, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from gemma3_launch.render_k8s import K8sRenderError, render_objects, render_pytorchjob, render_yaml
+from gemma3_launch.k8s_manifests import render_objects, render_yaml
+from gemma3_launch.render_k8s import K8sRenderError, render_pytorchjob
 
 pytestmark = pytest.mark.k8s
 KUBE_VERSION = "1.30.0"

@@ -13,7 +13,8 @@ from cel_rules import all_rules, cel_errors, is_transition_rule
 from k8s_helpers import CRD_FILES, REPO, SPECS, crd_errors, k8s_plan, needs_k8s_secret, spec_id
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from gemma3_launch.render_k8s import K8sRenderError, derived_names, render_objects
+from gemma3_launch.k8s_manifests import render_objects
+from gemma3_launch.render_k8s import K8sRenderError, derived_names
 from gemma3_launch.render_trainjob import (
     CONTAINER_NAME,
     jobset_failure_policy,

@@ -1,7 +1,7 @@
 """Kubernetes backend: the plan as a Kubeflow Trainer v2 TrainJob (+ its TrainingRuntime), or with `k8s.api:
 pytorchjob` a Training Operator v1 PyTorchJob, through the plain `kubernetes` Python client.
 
-submit creates exactly render_k8s.render_objects(plan), in order. status reads the job object (the operator's word,
+submit creates exactly k8s_manifests.render_objects(plan), in order. status reads the job object (the operator's word,
 not the pods'): a TrainJob is RUNNING while its child Job is active and ready, REQUEUED after its JobSet restarted
 and before the new attempt is ready, COMPLETED / FAILED from its conditions; a failed job's exit code comes from
 the run dir's state file or the node-0 pod's terminated container. logs streams node 0's container, selected by the
@@ -17,9 +17,10 @@ import sys
 import time
 from typing import Any
 
+from ..k8s_manifests import render_objects, render_yaml
 from ..plan import JobPlan
 from ..record import add_state, read_terminal_state, update_record
-from ..render_k8s import K8sRenderError, render_objects, render_yaml
+from ..render_k8s import K8sRenderError
 from . import BackendError
 from ._k8s_api import call, core_api, explain, plural
 
