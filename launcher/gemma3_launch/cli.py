@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
             " (a replaced list's dropped entries are noted); KEY+=VALUE appends to a list, e.g. overrides+=a.b=1",
         )
         c.add_argument(
+            "--image",
+            metavar="IMAGE",
+            help="the job's image when the spec's container.image names none (wins over $GEMMA3_LAUNCH_IMAGE)",
+        )
+        c.add_argument(
             "--require-pinned-image", action="store_true", help="a tag-only image is an error, not a warning"
         )
         c.add_argument(
@@ -159,7 +164,8 @@ def _plan(args: argparse.Namespace, job_id: str | None = None, warn: bool = True
     if not os.path.isabs(spec.runs_dir):  # a record's run dir must not depend on cwd
         spec = spec.model_copy(update={"runs_dir": os.path.abspath(spec.runs_dir)})
     try:
-        plan = make_plan(spec, cluster_for(args.cluster, require_pinned_image=args.require_pinned_image), job_id=job_id)
+        cluster = cluster_for(args.cluster, require_pinned_image=args.require_pinned_image, image=args.image)
+        plan = make_plan(spec, cluster, job_id=job_id)
     except PlanError as exc:
         raise InputError(f"{args.spec}: {exc}") from None
     for w in plan.warnings if warn else ():
@@ -231,6 +237,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     _, plan = _plan(args)
+    print(f"{PROG}: image: {plan.image} (from {plan.image_source})", file=sys.stderr)
     sys.stdout.write(_render_text(plan, args.cluster, args.format))
     return 0
 

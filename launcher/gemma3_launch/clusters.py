@@ -9,9 +9,13 @@ from .plan import Cluster
 
 #: GPUs per node a SLURM / Kubernetes cluster allows, unless the site says otherwise through this variable.
 MAX_GPUS_ENV = "GEMMA3_LAUNCH_MAX_GPUS_PER_NODE"
+#: the image a job uses when neither the spec nor --image names one (the same name the job's env records it under).
+IMAGE_ENV = "GEMMA3_LAUNCH_IMAGE"
 
 
-def cluster_for(backend: str, *, require_pinned_image: bool = False) -> Cluster:
+def cluster_for(backend: str, *, require_pinned_image: bool = False, image: str | None = None) -> Cluster:
+    """The target's limits, plus the image choices from this edge (`--image`, GEMMA3_LAUNCH_IMAGE) the plan ranks."""
+    images = {"image_flag": image, "image_env": os.environ.get(IMAGE_ENV) or None}
     if backend == "local":
         from .backends.local import detect_gpus
 
@@ -22,7 +26,14 @@ def cluster_for(backend: str, *, require_pinned_image: bool = False) -> Cluster:
             require_pinned_image=require_pinned_image,
             workdir=os.getcwd(),
             python=sys.executable,  # the launcher's own environment runs local jobs
+            **images,
         )
     max_gpus = int(os.environ.get(MAX_GPUS_ENV, "8"))
     workdir = os.getcwd() if backend == "slurm" else ""  # the SLURM job's working dir; k8s run dirs are in-pod
-    return Cluster(backend, max_gpus_per_node=max_gpus, require_pinned_image=require_pinned_image, workdir=workdir)  # type: ignore[arg-type]
+    return Cluster(
+        backend,  # type: ignore[arg-type]
+        max_gpus_per_node=max_gpus,
+        require_pinned_image=require_pinned_image,
+        workdir=workdir,
+        **images,
+    )

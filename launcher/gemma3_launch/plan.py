@@ -72,6 +72,10 @@ class Cluster:
     require_pinned_image: bool = False
     #: image used when the spec names none (containers/image.env, via the generated container_image module).
     default_image: str = DEFAULT_IMAGE
+    #: `--image IMAGE` on the command line and GEMMA3_LAUNCH_IMAGE in the submitting environment (read at the CLI
+    #: edge); _image ranks them: spec container.image > --image > GEMMA3_LAUNCH_IMAGE > default_image.
+    image_flag: str | None = None
+    image_env: str | None = None
     #: the submitting directory (absolute) for local / SLURM: relative run dirs are resolved against it and it is the
     #: container's working directory. Empty: run dirs stay as written (pure renders in tests).
     workdir: str = ""
@@ -222,6 +226,8 @@ class JobPlan:
     files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: SLURM: the command that runs the job wrapper inside the container (srun ... python3); the batch script runs it.
     wrapper_command: tuple[str, ...] = ()
+    #: where `image` came from: "spec" | "--image" | "GEMMA3_LAUNCH_IMAGE" | "default" (render says which won).
+    image_source: str = "default"
 
     def to_dict(self) -> dict:
         """JSON-able view (plan.json in the run dir; `render --format plan`)."""
@@ -305,7 +311,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
     nproc = res.procs_per_node
 
     warnings: list[str] = []
-    image = _image(spec, cluster, warnings)
+    image, image_source = _image(spec, cluster, warnings)
 
     run_dir = posixpath.join(spec.runs_dir, jid)
     if cluster.workdir and cluster.backend != "k8s":
@@ -349,6 +355,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
         ),
         mounts=tuple(MountPlan(m.source, m.target, m.read_only) for m in spec.mounts),
         image=image,
+        image_source=image_source,
         run_dir=run_dir,
         device=device,
         spec_hash=shash,
@@ -392,15 +399,24 @@ def replace_steps(plan: JobPlan, steps: tuple[Step, ...], cluster: Cluster) -> J
     return replace(plan, steps=made)
 
 
-def _image(spec: JobSpec, cluster: Cluster, warnings: list[str]) -> str:
-    """The job's image; on a cluster, one not pinned by digest is a warning (an error with require_pinned_image)."""
-    image = spec.container.image or cluster.default_image
+def _image(spec: JobSpec, cluster: Cluster, warnings: list[str]) -> tuple[str, str]:
+    """The job's image and where it came from: spec container.image > --image > GEMMA3_LAUNCH_IMAGE > the default.
+    On a cluster, one not pinned by digest is a warning (an error with require_pinned_image)."""
+    candidates = (
+        ("spec", "container.image", spec.container.image),
+        ("--image", "--image", cluster.image_flag),
+        ("GEMMA3_LAUNCH_IMAGE", "GEMMA3_LAUNCH_IMAGE", cluster.image_env),
+        ("default", "container.image", cluster.default_image),
+    )
+    source, field_name, image = next((c for c in candidates if c[2]), candidates[-1])
+    if not image or any(not ch.isprintable() or ch.isspace() for ch in image):
+        raise PlanError(field_name, "expected an image reference without spaces or control characters")
     if cluster.backend != "local" and not image_is_pinned(image):
-        msg = f"container.image: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
+        msg = f"{field_name}: '{image}' is not pinned by digest (expected '...@sha256:<digest>')"
         if cluster.require_pinned_image:
-            raise PlanError("container.image", msg.split(": ", 1)[1])
+            raise PlanError(field_name, msg.split(": ", 1)[1])
         warnings.append(msg)
-    return image
+    return image, source
 
 
 def _job_env(
