@@ -546,14 +546,22 @@ def _check_fits(spec: JobSpec, cluster: Cluster) -> None:
 
 
 def _data_overrides(spec: JobSpec) -> list[str]:
-    """The spec's data section as the runtime's overrides (training/config.py DataConfig: kind, data_paths)."""
-    if spec.data is None:
+    """The spec's data section as the runtime's overrides (training/config.py DataConfig: kind, data_paths, text_key,
+    hf_split, hf_subset, cache_dir)."""
+    data = spec.data
+    if data is None:
         return []
-    if spec.data.format == "mock":
+    if data.format == "mock":
         return ["data.kind=mock"]
-    kind = "indexed" if spec.data.format == "indexed" else "sft"
-    paths = [BUNDLED_DATASET] if spec.data.format == "bundled" else list(spec.data.paths)
-    return [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
+    kind = "sft" if data.format == "bundled" else data.format
+    paths = [BUNDLED_DATASET] if data.format == "bundled" else list(data.paths)
+    out = [f"data.kind={kind}", f"data.data_paths={json.dumps(paths)}"]  # JSON is YAML: safe for odd paths
+    runtime_names = {"text_key": "text_key", "split": "hf_split", "subset": "hf_subset", "cache_dir": "cache_dir"}
+    for spec_name, runtime_name in runtime_names.items():
+        value = getattr(data, spec_name)
+        if value is not None:
+            out.append(f"data.{runtime_name}={json.dumps(value)}")  # a JSON string: a YAML string, never a number
+    return out
 
 
 def _steps(

@@ -163,25 +163,41 @@ class Mount(Strict):
 
 
 class Data(Strict):
-    """Training data. mock: random tokens; sft: JSONL (prompt/completion or chat messages); indexed: Megatron
-    .bin/.idx prefixes; bundled: the small synthetic SFT task shipped with the runtime (the CPU demo)."""
+    """Training data. mock: random tokens; text: pretraining documents from any HF `datasets` source; sft:
+    prompt/completion or chat rows from the same sources; indexed: Megatron .bin/.idx prefixes; bundled: the small
+    synthetic SFT task shipped with the runtime (the CPU demo)."""
 
-    format: Literal["mock", "bundled", "sft", "indexed"] = Field(
+    format: Literal["mock", "bundled", "text", "sft", "indexed"] = Field(
         "mock",
-        description="mock: random tokens; bundled: the synthetic SFT task shipped with the runtime; sft: JSONL"
-        " files (prompt/completion or chat messages); indexed: Megatron .bin/.idx prefixes.",
+        description="mock: random tokens; bundled: the synthetic SFT task shipped with the runtime; text: pretraining"
+        " documents (the `text_key` column); sft: prompt/completion or chat `messages` rows; indexed: Megatron"
+        " .bin/.idx prefixes.",
     )
     paths: list[NonEmpty] = Field(
         default_factory=list,
-        description="sft: JSONL files; indexed: .bin/.idx path prefixes (without the suffix); none for mock/bundled.",
+        description="text/sft: .jsonl/.json/.parquet/.arrow files or directories, `save_to_disk` directories or"
+        " `hf:OWNER/NAME` hub datasets; indexed: .bin/.idx path prefixes (without the suffix); none for mock/bundled.",
+    )
+    text_key: NonEmpty | None = Field(
+        None, description="text: the column holding each document's text (default: text)."
+    )
+    split: NonEmpty | None = Field(None, description="text/sft: the dataset split to read (default: train).")
+    subset: NonEmpty | None = Field(None, description="text/sft: the hub dataset's configuration (subset) name.")
+    cache_dir: NonEmpty | None = Field(
+        None, description="text/sft: where downloaded datasets and tokenized data are cached (default: the runtime's)."
     )
 
     @model_validator(mode="after")
     def _paths(self) -> Data:
-        if self.format in ("sft", "indexed") and not self.paths:
+        if self.format in ("text", "sft", "indexed") and not self.paths:
             raise ValueError(f"paths: expected at least one path for format '{self.format}'")
         if self.format in ("mock", "bundled") and self.paths:
             raise ValueError(f"paths: expected none for format '{self.format}'")
+        if self.text_key is not None and self.format != "text":
+            raise ValueError("text_key: expected only with format 'text'")
+        for name in ("split", "subset", "cache_dir"):
+            if getattr(self, name) is not None and self.format not in ("text", "sft"):
+                raise ValueError(f"{name}: expected only with format 'text' or 'sft'")
         return self
 
 
