@@ -564,6 +564,22 @@ def _data_overrides(spec: JobSpec) -> list[str]:
     return out
 
 
+def _wandb_overrides(spec: JobSpec) -> list[str]:
+    """The spec's wandb section as the runtime's logging overrides (training/config.py LoggingConfig wandb_*); the
+    run name defaults to the spec's name. Values are JSON (a YAML string / list): never read as numbers or flags."""
+    w = spec.wandb
+    if w is None:
+        return []
+    out = [f"logging.wandb_exp_name={json.dumps(w.name or spec.name)}"]
+    if w.project:
+        out.append(f"logging.wandb_project={json.dumps(w.project)}")
+    if w.entity:
+        out.append(f"logging.wandb_entity={json.dumps(w.entity)}")
+    if w.tags:
+        out.append(f"logging.wandb_tags={json.dumps(list(w.tags))}")
+    return out
+
+
 def _steps(
     spec: JobSpec, *, device: str, nnodes: int, nproc: int, run_dir: str, files: dict[str, str]
 ) -> tuple[tuple[Step, ...], dict, dict]:
@@ -629,7 +645,14 @@ def _steps(
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
         # save AND load: the run resumes from its own checkpoints after a requeue (recipe default: $SAVE_DIR/<name>)
-        run += [*dev, f"checkpoint.save={ck.dir}", f"checkpoint.load={ck.dir}", *_data_overrides(spec), *spec.overrides]
+        run += [
+            *dev,
+            f"checkpoint.save={ck.dir}",
+            f"checkpoint.load={ck.dir}",
+            *_data_overrides(spec),
+            *_wandb_overrides(spec),
+        ]
+        run += spec.overrides  # the user's own overrides come last: they win
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
         if spec.export:

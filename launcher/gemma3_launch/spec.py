@@ -228,6 +228,16 @@ class Export(Strict):
     )
 
 
+class Wandb(Strict):
+    """Weights & Biases logging for train steps. The API key stays a secret (WANDB_API_KEY under `secrets:`);
+    WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY may be set under `env:`."""
+
+    project: NonEmpty | None = Field(None, description="The W&B project; default: $WANDB_PROJECT, else gemma3-launch.")
+    entity: NonEmpty | None = Field(None, description="The W&B entity (team); default: $WANDB_ENTITY or the key's.")
+    name: NonEmpty | None = Field(None, description="The W&B run name; default: the spec's name.")
+    tags: list[NonEmpty] = Field(default_factory=list, description="W&B tags for the run.")
+
+
 class Generate(Strict):
     """What `gemma3-runtime generate` is asked: one prompt, or a file (one prompt per line, or JSONL 'prompt')."""
 
@@ -304,6 +314,7 @@ class JobSpec(Strict):
     peft: PeftKind = Field("none", description="finetune: none (full SFT), lora or dora.")
     data: Data | None = Field(None, description="pretrain/finetune: the training data; default: the recipe's.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Megatron checkpoint locations.")
+    wandb: Wandb | None = Field(None, description="pretrain/finetune: W&B logging of the train step; default: none.")
     export: Export | None = Field(
         None,
         description="export: where the HF model goes; pretrain/finetune: also export the trained model at the end.",
