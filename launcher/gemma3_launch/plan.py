@@ -564,6 +564,11 @@ def _data_overrides(spec: JobSpec) -> list[str]:
     return out
 
 
+def _train_overrides(spec: JobSpec) -> list[str]:
+    """The train step's overrides from the spec's sections, then the user's own (last: they win)."""
+    return [*_data_overrides(spec), *_wandb_overrides(spec), *spec.overrides]
+
+
 def _wandb_overrides(spec: JobSpec) -> list[str]:
     """The spec's wandb section as the runtime's logging overrides (training/config.py LoggingConfig wandb_*); the
     run name defaults to the spec's name. Values are JSON (a YAML string / list): never read as numbers or flags."""
@@ -645,14 +650,7 @@ def _steps(
             if spec.peft != "none":
                 run += ["--peft", spec.peft]
         # save AND load: the run resumes from its own checkpoints after a requeue (recipe default: $SAVE_DIR/<name>)
-        run += [
-            *dev,
-            f"checkpoint.save={ck.dir}",
-            f"checkpoint.load={ck.dir}",
-            *_data_overrides(spec),
-            *_wandb_overrides(spec),
-        ]
-        run += spec.overrides  # the user's own overrides come last: they win
+        run += [*dev, f"checkpoint.save={ck.dir}", f"checkpoint.load={ck.dir}", *_train_overrides(spec)]
         steps.append(Step("train", tuple(run), nnodes=nnodes, nproc_per_node=nproc, preemptible=True))
         outputs["checkpoint"] = ck.dir
         if spec.export:
