@@ -237,8 +237,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     _, plan = _plan(args)
+    text = _render_text(plan, args.cluster, args.format)  # a refused render prints its one error line only
     print(f"{PROG}: image: {plan.image} (from {plan.image_source})", file=sys.stderr)
-    sys.stdout.write(_render_text(plan, args.cluster, args.format))
+    sys.stdout.write(text)
     return 0
 
 

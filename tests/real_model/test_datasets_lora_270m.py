@@ -83,8 +83,8 @@ def test_parquet_lora_job_matches_jsonl_and_tokenizes_once(base_checkpoint, real
     from gemma3_runtime.data.builder import build_datasets
     from gemma3_runtime.data.token_cache import read_events
     from gemma3_runtime.training.config import apply_overrides
-    from gemma3_runtime.training.trainer import train
     from gemma3_runtime.training.recipes import gemma3_270m_finetune_config
+    from gemma3_runtime.training.trainer import train
 
     rows = bundled_chat_rows(limit=ROWS)
     jsonl, parquet = write_jsonl(tmp_path / "chat.jsonl", rows), write_parquet(tmp_path / "chat.parquet", rows)
