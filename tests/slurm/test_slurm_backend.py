@@ -56,6 +56,11 @@ def test_import_real_270m_through_sbatch_and_srun(slurm, real_270m_dir):
     _no_secret_anywhere(slurm, job["run_dir"])
 
 
+def _step_line(iteration: int, total: int) -> str:
+    """The start of the training log line of `iteration` (training/metrics.py's progress line)."""
+    return f"step {iteration:>{len(str(total))}d}/{total} |"
+
+
 @pytest.fixture(scope="module")
 def pretrain_pair(slurm):
     """The same 2-node tiny pretrain twice, submitted together: one runs through, one is preempted mid-run with
@@ -65,7 +70,7 @@ def pretrain_pair(slurm):
         "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="preempted"),
         "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
     }
-    slurm.wait_log(pair["preempted"], "iteration      20 |")
+    slurm.wait_log(pair["preempted"], _step_line(20, TRAIN_ITERS))
     subprocess.run(["scancel", "--signal=USR2", pair["preempted"]["slurm_id"]], check=True)
     return pair
 
@@ -126,7 +131,7 @@ def test_cancel(slurm):
     job = slurm.submit(
         "pretrain_tiny.yaml", "overrides=[train.train_iters=100000, logging.log_interval=1]", tag="cancel"
     )
-    slurm.wait_log(job, "iteration       2 |")
+    slurm.wait_log(job, _step_line(2, 100000))
     res = slurm.launch("cancel", job["job_id"])
     assert res.returncode == 0, res.stderr
     assert slurm.wait(job["job_id"], timeout=120) == "CANCELLED"
