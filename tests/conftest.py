@@ -36,6 +36,23 @@ def real_270m_dir() -> Path:
     return gemma3_270m_hf_dir()
 
 
+@pytest.fixture(scope="session")
+def real_270m_checkpoint(real_270m_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real 270M imported once per session to a Megatron checkpoint (what `gemma3-runtime convert import`
+    writes); tests only read it (a finetune starts from it)."""
+    from gemma3_runtime.bridge.auto_bridge import AutoBridge
+    from gemma3_runtime.bridge.megatron_io import save_megatron_model
+
+    path = tmp_path_factory.mktemp("real_270m") / "base"
+    bridge = AutoBridge.from_hf_pretrained(real_270m_dir)
+    provider = bridge.to_megatron_provider(load_weights=True)
+    provider.device = "cpu"
+    models = provider.provide_distributed_model()
+    save_megatron_model(models, path, bridge.config, tokenizer_dir=bridge.hf_dir)
+    del models
+    return path
+
+
 from corpus import long_text  # noqa: E402  (a module, so tests in other directories can import it)
 
 

@@ -35,22 +35,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def base_checkpoint(real_270m_dir, tmp_path_factory):
-    """The real 270M imported to a Megatron checkpoint (what `gemma3-runtime convert import` writes)."""
-    from gemma3_runtime.bridge.auto_bridge import AutoBridge
-    from gemma3_runtime.bridge.megatron_io import save_megatron_model
-
-    path = tmp_path_factory.mktemp("datasets_lora") / "base"
-    bridge = AutoBridge.from_hf_pretrained(real_270m_dir)
-    provider = bridge.to_megatron_provider(load_weights=True)
-    provider.device = "cpu"
-    models = provider.provide_distributed_model()
-    save_megatron_model(models, path, bridge.config, tokenizer_dir=bridge.hf_dir)
-    del models
-    return path
-
-
 def _torchrun_job(save, base, data_path, extra=()):
     return [
         sys.executable,
@@ -77,7 +61,7 @@ def _torchrun_job(save, base, data_path, extra=()):
     ]
 
 
-def test_parquet_lora_job_matches_jsonl_and_tokenizes_once(base_checkpoint, real_270m_dir, tmp_path):
+def test_parquet_lora_job_matches_jsonl_and_tokenizes_once(real_270m_checkpoint, real_270m_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from gemma3_runtime.data.builder import build_datasets
@@ -93,7 +77,7 @@ def test_parquet_lora_job_matches_jsonl_and_tokenizes_once(base_checkpoint, real
     tokenizer = AutoTokenizer.from_pretrained(str(real_270m_dir))
     datasets = []
     for path, cache in ((jsonl, None), (parquet, str(tmp_path / "probe_cache"))):
-        cfg = gemma3_270m_finetune_config(name="probe", pretrained_checkpoint=str(base_checkpoint), peft="lora")
+        cfg = gemma3_270m_finetune_config(name="probe", pretrained_checkpoint=str(real_270m_checkpoint), peft="lora")
         apply_overrides(cfg, [*OVERRIDES, f"data.data_paths=[{path}]"])
         datasets.append(build_datasets(cfg.data, cfg.train.seed, len(tokenizer), tokenizer, 16, 4, cache).train)
     assert len(datasets[0]) == len(datasets[1]) > STEPS * 4
@@ -103,17 +87,17 @@ def test_parquet_lora_job_matches_jsonl_and_tokenizes_once(base_checkpoint, real
 
     # the reference loss curve: one process, JSONL
     cfg = gemma3_270m_finetune_config(
-        name="jsonl", pretrained_checkpoint=str(base_checkpoint), peft="lora", dir=str(tmp_path / "jsonl")
+        name="jsonl", pretrained_checkpoint=str(real_270m_checkpoint), peft="lora", dir=str(tmp_path / "jsonl")
     )
     apply_overrides(cfg, [*OVERRIDES, f"data.data_paths=[{jsonl}]", "train.device=cpu"])
     reference = [loss for _, loss, _ in train(cfg).train_losses]
 
     # 2 ranks on the Parquet file: stopped at STOP_AT, then a new pair of processes resumes
     save = tmp_path / "parquet"
-    first = run_subprocess(_torchrun_job(save, base_checkpoint, parquet, [f"train.exit_interval={STOP_AT}"]))
+    first = run_subprocess(_torchrun_job(save, real_270m_checkpoint, parquet, [f"train.exit_interval={STOP_AT}"]))
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     events_first = sorted((e["rank"], e["outcome"]) for e in read_events(save / "data_cache"))
-    second = run_subprocess(_torchrun_job(save, base_checkpoint, parquet))
+    second = run_subprocess(_torchrun_job(save, real_270m_checkpoint, parquet))
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     events_all = read_events(save / "data_cache")
     assert events_first == [(0, "prepared"), (1, "waited")]

@@ -15,29 +15,13 @@ pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def base_270m_checkpoint(real_270m_dir, tmp_path_factory):
-    """The real 270M imported to a Megatron checkpoint (what `gemma3-runtime convert import` writes)."""
-    from gemma3_runtime.bridge.auto_bridge import AutoBridge
-    from gemma3_runtime.bridge.megatron_io import save_megatron_model
-
-    path = tmp_path_factory.mktemp("peft_task") / "base"
-    bridge = AutoBridge.from_hf_pretrained(real_270m_dir)
-    provider = bridge.to_megatron_provider(load_weights=True)
-    provider.device = "cpu"
-    models = provider.provide_distributed_model()
-    save_megatron_model(models, path, bridge.config, tokenizer_dir=bridge.hf_dir)
-    del models
-    return path
-
-
-def test_lora_learns_the_synthetic_task(base_270m_checkpoint, tmp_path):
+def test_lora_learns_the_synthetic_task(real_270m_checkpoint, tmp_path):
     from gemma3_runtime.training.config import apply_overrides
     from gemma3_runtime.training.recipes import gemma3_270m_finetune_config
     from gemma3_runtime.training.trainer import train
 
     cfg = gemma3_270m_finetune_config(
-        name="lora-task", pretrained_checkpoint=str(base_270m_checkpoint), peft="lora", dir=str(tmp_path / "run")
+        name="lora-task", pretrained_checkpoint=str(real_270m_checkpoint), peft="lora", dir=str(tmp_path / "run")
     )
     apply_overrides(
         cfg,
