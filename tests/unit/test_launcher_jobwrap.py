@@ -97,7 +97,8 @@ def test_the_step_summary_comes_from_the_runtimes_result_json(tmp_path, monkeypa
     plan = make_plan(_spec(), Cluster("local"))
     monkeypatch.setenv("GEMMA3_RESULT_FILE", node_env(plan, step, tmp_path, "0")["GEMMA3_RESULT_FILE"])
     assert step_result(tmp_path, step, 0) == {}  # a crashed step wrote none
-    monkeypatch.setattr(result, "_summary", ["run completed at iteration 6 in 10 s"])
+    result.reset()
+    result.add_summary(["run completed at iteration 6 in 10 s"])
     result.write("run", 0)
     assert step_result(tmp_path, step, 0) == {
         "command": "run",

@@ -61,8 +61,10 @@ def release_distributed() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gemma3_runtime.cli import result
     from gemma3_runtime.errors import UserInputError
 
+    result.reset()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,6 +18,14 @@ _outputs: dict[str, str] = {}
 _answers_file: list[str] = []
 
 
+def reset() -> None:
+    """Forget an earlier step's record: each `gemma3-runtime` invocation (one per process, or several in a test
+    process) starts from an empty result."""
+    _summary.clear()
+    _outputs.clear()
+    _answers_file.clear()
+
+
 def add_summary(lines: list[str]) -> None:
     """Lines of the step's summary (the same lines it prints under `== summary ==`)."""
     _summary.extend(lines)
