@@ -98,12 +98,13 @@ def cpu_rng_tracker(seed: int, tp_rank: int = 0, ep_rank: int = 0, etp_rank: int
 def cuda_current_device_is_cpu() -> Iterator[None]:
     """`torch.cuda.current_device()` returns "cpu" inside the block (megatron passes it as `device=`)."""
     _require_no_cuda("cuda_current_device_is_cpu")
-    original = torch.cuda.current_device
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    cuda = torch.cuda  # held locally: a process-long block is closed at interpreter exit, when globals are gone
+    original = cuda.current_device
+    cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     try:
         yield
     finally:
-        torch.cuda.current_device = original  # type: ignore[assignment]
+        cuda.current_device = original  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
