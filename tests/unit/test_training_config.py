@@ -158,6 +158,25 @@ def test_flops_match_the_hf_baseline_count():
     assert flops_per_token_for(Gemma3Config.preset("1b"), 4096) / 1e9 == pytest.approx(6.24, abs=0.01)
 
 
+@pytest.mark.parametrize("size", ["1b", "4b", "12b"])
+@pytest.mark.parametrize("peft", [False, True])
+def test_flops_count_is_the_hf_anchors_own(size, peft):
+    """Our MFU and the anchor's use one count: the bench's verbatim anchor script computes the same FLOPs per token."""
+    import importlib.util
+    from pathlib import Path
+
+    from gemma3_runtime.model.config import Gemma3Config
+    from gemma3_runtime.training.flops import flops_per_token_for
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "hf_baseline_anchor.py"
+    spec = importlib.util.spec_from_file_location("hf_baseline_anchor", path)
+    anchor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anchor)
+    hf_config = anchor.gemma3_1b_config("sdpa", size)
+    ours = flops_per_token_for(Gemma3Config.preset(size), 4096, peft=peft)
+    assert ours == pytest.approx(anchor.train_flops_per_token(hf_config, 4096, lora=peft), rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "peft, message",
     [
