@@ -182,3 +182,12 @@ def test_batched_generation_prints_progress_lines_in_a_batch_log(tiny_hf_dir, tm
     found = progress_lines(proc.stderr, "generate", "prompt")
     assert [done for done, _ in found] == [2, 4, 6, 8, 10, 12]  # one line per batch: each is over a tenth
     assert_batch_log(found, 12)
+
+
+def test_on_a_terminal_a_bar_instead_of_lines(capsys):
+    stream = io.StringIO()
+    for _ in track(range(30), 30, "import", "tensor", bar=True, stream=stream):
+        pass
+    assert stream.getvalue() == ""  # no plain lines
+    err = capsys.readouterr().err
+    assert "import" in err and "30/30" in err and "\r" in err  # tqdm's bar, redrawn in place
