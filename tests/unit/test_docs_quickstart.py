@@ -78,7 +78,7 @@ def _check_commands() -> list[tuple[Path, str]]:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("page", "line"), _check_commands())
+@pytest.mark.parametrize(("page", "line"), _check_commands(), ids=lambda value: getattr(value, "name", None))
 def test_cluster_docs_validate_and_render_commands_work_here(page, line, tmp_path, monkeypatch, capsys):
     """The SLURM / Kubernetes quickstarts run on the testbeds (tests/slurm, tests/k8s); their validate / render lines
     and the how-tos' need no cluster and run here, with the page's own settings (`export NAME=value`)."""
