@@ -35,7 +35,11 @@ def _lora(*overrides: str) -> ConfigContainer:
     [
         (_tiny("train.global_batch_size=6"), 4, "train.global_batch_size=6 is not divisible by"),
         (_tiny("train.micro_batch_size=3"), None, "train.global_batch_size=4 is not divisible by"),
-        (_tiny("parallelism.tensor_model_parallel_size=2"), 3, "tensor x pipeline = 2 x 1 = 2 does not divide"),
+        (
+            _tiny("parallelism.tensor_model_parallel_size=2"),
+            3,
+            "tensor x pipeline x context = 2 x 1 x 1 = 2 does not divide",
+        ),
         (_tiny("parallelism.tensor_model_parallel_size=8"), 8, "must divide the model's num_attention_heads=4"),
         (_tiny("parallelism.pipeline_model_parallel_size=8"), 8, "exceeds the model's num_layers=4"),
         (_tiny("parallelism.sequence_parallel=true"), 1, "sequence_parallel needs"),

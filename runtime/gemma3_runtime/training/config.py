@@ -184,6 +184,7 @@ class LoggingConfig:
 class ParallelismConfig:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1
     sequence_parallel: bool = False
 
 
