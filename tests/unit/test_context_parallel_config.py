@@ -12,6 +12,7 @@ from gemma3_runtime.parallel.context_rules import split_problem
 from gemma3_runtime.parallel.context_split import validate_split
 from gemma3_runtime.training import recipes
 from gemma3_runtime.training.config import ConfigContainer, apply_overrides
+from gemma3_runtime.training.recipes import RECIPES
 from gemma3_runtime.training.validate import validate
 
 pytestmark = pytest.mark.unit
@@ -124,3 +125,23 @@ def test_any_parallel_layout_is_accepted_consistently_or_refused_in_one_line(seq
     assert cfg.parallelism.context_parallel_size == cp and not text
     assert dp * tp * pp * cp == world
     assert cp == 1 or (pp == 1 and seq_len % (2 * cp) == 0)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_takes_the_context_parallel_size(name):
+    kwargs = {} if "pretrain" in name else {"pretrained_checkpoint": "/base", "peft": "lora"}
+    cfg = RECIPES[name](context_parallel_size=2, pipeline_model_parallel_size=1, **kwargs)
+    assert cfg.parallelism.context_parallel_size == 2
+    assert RECIPES[name](**kwargs).parallelism.context_parallel_size == 1
+
+
+def test_the_4b_lora_at_128k_tokens_validates_on_two_nodes_of_eight():
+    """The long-context setting of jobspecs/longctx_4b_lora.yaml: CP=8 x DP=2 on 16 GPUs."""
+    cfg = recipes.gemma3_4b_finetune_config(
+        pretrained_checkpoint="/base", peft="lora", seq_length=131072, context_parallel_size=8, global_batch_size=16
+    )
+    assert validate(cfg, world_size=16) == 2
+    with pytest.raises(UserInputError, match="tensor x pipeline x context = 1 x 1 x 8 = 8 does not divide"):
+        validate(cfg, world_size=12)
+    with pytest.raises(UserInputError, match="max_position_embeddings=131072"):
+        validate(apply_overrides(cfg, ["data.seq_length=262144"]), world_size=16)

@@ -86,7 +86,8 @@ def test_values_set_in_python_are_type_checked_too():
 def test_every_recipe_validates_on_its_own_parallel_layout(name):
     cfg = RECIPES[name]() if "pretrain" in name else RECIPES[name](pretrained_checkpoint="/base", peft="lora")
     par = cfg.parallelism
-    assert validate(cfg, world_size=par.tensor_model_parallel_size * par.pipeline_model_parallel_size) == 1
+    world = par.tensor_model_parallel_size * par.pipeline_model_parallel_size * par.context_parallel_size
+    assert validate(cfg, world_size=world) == 1
 
 
 def test_recipe_names_equal_the_launchers_known_recipes():
