@@ -58,3 +58,12 @@ def merge_ranks(parts: list[torch.Tensor], seq_dim: int = 1) -> torch.Tensor:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return concatenated.index_select(seq_dim, inverse)
+
+
+def split_batch(batch: dict[str, torch.Tensor], cp_size: int, rank: int) -> dict[str, torch.Tensor]:
+    """This rank's share of a training batch of per-token [b, s] tensors (input ids, labels, loss mask, position ids,
+    segment ids): every entry goes through `split_for_rank`, so they stay aligned."""
+    lengths = {name: tuple(t.shape) for name, t in batch.items()}
+    if len({shape[:2] for shape in lengths.values()}) != 1 or any(len(shape) != 2 for shape in lengths.values()):
+        raise ValueError(f"context-parallel batch: expected [batch, seq] tensors of one shape, got {lengths}")
+    return {name: split_for_rank(t, cp_size, rank) for name, t in batch.items()}
