@@ -84,6 +84,8 @@ def run_config(args: argparse.Namespace, perf: Any, peft: str | None, base: str 
         cfg = get_recipe(f"gemma3_{size}_pretrain")()
     cfg.name = "train_throughput"
     cfg.train.device = args.device
+    # one card (the 4B pretrain recipe's own layout is TP 2)
+    cfg.parallelism.tensor_model_parallel_size = cfg.parallelism.pipeline_model_parallel_size = 1
     cfg.data.kind, cfg.data.seq_length = "mock", args.seq
     cfg.train.micro_batch_size, cfg.train.global_batch_size = args.mbs, args.mbs * args.nmb
     cfg.train.train_iters = args.warmup + args.steps + 1
