@@ -167,7 +167,9 @@ class Gemma3Model(GPTModel):
         if position_ids is None:
             position_ids = self._default_positions(input_ids, decoder_input, kv_cache, cp_state)
 
-        ctx_needed = attention_mask is not None or kv_cache is not None or (segment_ids is not None and not cp_state)
+        ctx_needed = (
+            attention_mask is not None or kv_cache is not None or (segment_ids is not None and cp_state is None)
+        )
         batch_first = self._batch_first(input_ids, decoder_input, labels, ctx_needed)
         if decoder_input is None and self.pre_process:
             decoder_input = self._scaled_embedding(input_ids, position_ids, batch_first)
@@ -175,9 +177,9 @@ class Gemma3Model(GPTModel):
         ctx = None
         if batch_first:
             angles, ctx = angles.transpose(1, 2), BATCH_FIRST
-        if cp_state is not None:
+        if cp_state is not None:  # in either layout; the state carries the segment ids
             ctx = AttentionContext(batch_first=batch_first, context_parallel=cp_state)
-        elif ctx_needed:
+        elif ctx_needed:  # (never batch-first)
             ctx = AttentionContext(key_padding_mask=attention_mask, segment_ids=segment_ids, kv_cache=kv_cache)
 
         hidden = self.decoder(
