@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from gemma3_runtime.parallel.context_rules import split_problem
+
 
 def validate_split(seq_len: int, cp_size: int) -> None:
-    """Raise ValueError unless a sequence of `seq_len` tokens splits into 2*cp_size equal chunks."""
-    if cp_size < 1:
-        raise ValueError(f"context_parallel_size: expected an integer >= 1, got {cp_size}")
-    if seq_len < 1 or seq_len % (2 * cp_size) != 0:
-        raise ValueError(
-            f"seq_length: expected a positive multiple of 2 * context_parallel_size = {2 * cp_size}, got {seq_len}"
-        )
+    """Raise ValueError unless a sequence of `seq_len` tokens splits into 2*cp_size equal chunks (context_rules)."""
+    problem = split_problem(seq_len, cp_size)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def chunk_ids(cp_size: int, rank: int) -> tuple[int, int]:
