@@ -50,6 +50,28 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new entry in directory `path` durable (a crash of the node could otherwise undo it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under `root` (before `root` is renamed into place)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
 
 
 def read_json(path: str | Path) -> dict | None:
@@ -147,6 +169,17 @@ def add_state(rec: dict, state: str, **facts: Any) -> None:
     if not hist or hist[-1].get("state") != state or facts:
         hist.append({"state": state, "at": now(), **facts})
     rec["state"] = state
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """When process `pid` of this host started (clock ticks since boot, /proc); None when there is no such process.
+    With the pid it names one process for good: a pid alone may have been reused since."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rfind(")") + 2 :].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def read_terminal_state(run_dir: str | Path) -> dict | None:
