@@ -17,13 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from .contract import JOB_RECORD_FILE, TERMINAL_STATE_FILE
+from .durable import fsync_dir
 
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".job.lock"
 LOG_FILE = "job.log"
 STEPS_DONE_FILE = "steps_done.json"
 
-ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED")
+#: A submit was killed after the run dir was committed but before the scheduler's job id was recorded: the scheduler
+#: may or may not have the job (refreshing asks it; a job that runs records its own states). Set by the registry.
+SUBMIT_INTERRUPTED = "SUBMIT_INTERRUPTED"
+ACTIVE_STATES = (
+    "SUBMITTED",
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "COMPLETING",
+    "CONFIGURING",
+    "SUSPENDED",
+    SUBMIT_INTERRUPTED,
+)
 TERMINAL_STATES = (
     "COMPLETED",
     "FAILED",
@@ -51,27 +64,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename or a new entry in directory `path` durable (a crash of the node could otherwise undo it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: str | Path) -> None:
-    """fsync every file and directory under `root` (before `root` is renamed into place)."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(dirpath)
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from .contract import JOB_RECORD_FILE
 from .credentials import one_line
 from .record import (
+    SUBMIT_INTERRUPTED,
     add_state,
     load_record_file,
     process_start_ticks,
@@ -62,10 +63,6 @@ INTENTS_DIR = "submitting"
 #: An intent written on another host (a login node sharing this home directory) is settled only after this long:
 #: its process cannot be checked from here.
 FOREIGN_INTENT_TTL_S = 24 * 3600
-#: The state a job.json gets when its submit was killed after the run dir was committed but before the scheduler's
-#: id was recorded: the scheduler may or may not have the job (refreshing asks it; the job itself reports when it
-#: starts).
-SUBMIT_INTERRUPTED = "SUBMIT_INTERRUPTED"
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, name TEXT, kind TEXT, backend TEXT,"
     " backend_id TEXT, state TEXT, run_dir TEXT, submitted_at TEXT, spec_hash TEXT, git_sha TEXT)",

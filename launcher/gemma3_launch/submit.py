@@ -18,9 +18,10 @@ import yaml
 from . import __version__
 from .backends import BackendError, get_backend
 from .contract import JOB_RECORD_FILE
+from .durable import fsync_dir, fsync_tree
 from .job_ids import new_job_id  # noqa: F401 - the CLI takes it from here, with submit
 from .plan import JobPlan
-from .record import PLAN_FILE, add_state, fsync_dir, fsync_tree, now, read_record, update_record, write_json_atomic
+from .record import PLAN_FILE, add_state, now, read_record, update_record, write_json_atomic
 from .registry import Registry
 from .spec import JobSpec
 

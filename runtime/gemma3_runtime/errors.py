@@ -9,3 +9,8 @@ from __future__ import annotations
 
 class UserInputError(Exception):
     """Bad input: a path, a flag, a config or a file the user provided. The message is shown as-is, on one line."""
+
+
+class StorageFullError(Exception):
+    """A write found no space left (disk or quota full). The CLI shows the message, one line naming the directory,
+    and exits with contract.STORAGE_FULL_EXIT_CODE; what was committed before stays as it was."""
