@@ -16,7 +16,7 @@ import pytest
 
 from gemma3_launch.submit import SUBMIT_PHASES
 
-pytestmark = [pytest.mark.unit, pytest.mark.slow]
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 #: phases after which the job is on the scheduler (here: the local backend has started its wrapper)
@@ -56,6 +56,7 @@ def _wait_for_job_end(runs: Path) -> None:
     raise AssertionError(f"the job in {runs} did not end within 120 s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", SUBMIT_PHASES)
 def test_submit_killed_at_each_phase_leaves_a_registered_job_or_nothing(tmp_path, phase):
     runs = tmp_path / "runs"
@@ -92,3 +93,23 @@ def test_submit_killed_at_each_phase_leaves_a_registered_job_or_nothing(tmp_path
     assert ("SUBMIT_INTERRUPTED" in [s["state"] for s in record["states"]]) == (phase not in STARTED)
     status = launch("status", row["job_id"])
     assert status.returncode == 0 and row["state"] in status.stdout, status.stdout + status.stderr
+
+
+def test_settling_intents_is_safe_with_garbage_live_and_hostile_intents(tmp_path):
+    from gemma3_launch.registry import Registry
+
+    warnings: list[str] = []
+    reg = Registry(tmp_path / "state" / "index.sqlite", warn=warnings.append)
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("x")
+    reg.intents_dir.mkdir(parents=True)
+    (reg.intents_dir / "garbage.json").write_text("{not json")
+    hostile = {"job_id": "j1", "run_dir": str(tmp_path / "runs" / "j1"), "tmp_dir": str(victim), "pid": 1 << 30}
+    (reg.intents_dir / "j1.json").write_text(json.dumps({**hostile, "host": os.uname().nodename}))
+    reg.begin_submit("j2", tmp_path / "runs" / "j2", tmp_path / "runs" / ".j2.tmp-1")  # this process: alive
+    assert reg.all() == []
+    assert (victim / "keep.txt").exists()  # only a run dir's own `.NAME.tmp-PID` sibling is ever removed
+    assert sorted(p.name for p in reg.intents_dir.iterdir()) == ["j2.json"]  # the live submit's intent stays
+    reg.end_submit("j2")
+    assert list(reg.intents_dir.iterdir()) == [] and warnings == []
