@@ -45,3 +45,27 @@ def run_in_own_group(cmd: list[str], env: dict[str, str], cwd: str, timeout: flo
         return subprocess.CompletedProcess(
             cmd, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
         )
+
+
+#: exit code of the shell script when mounting the small file system failed
+_MOUNT_FAILED = 90
+
+
+def run_on_small_tmpfs(mnt: Path, size: str, script: str, env: dict[str, str], timeout: float):
+    """Run the shell `script` with a size-limited tmpfs (`size`, e.g. "4m") mounted on `mnt`, in a private mount
+    namespace (`unshare`: as root, else through a user namespace), so writes there really fail with ENOSPC. The mount
+    ends with the script. Returns the CompletedProcess; raises RuntimeError with the reason when the file system
+    cannot be built (the disk-full tests then FAIL, naming it)."""
+    import shlex
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise RuntimeError("a size-limited tmpfs needs util-linux `unshare` (not installed)")
+    mnt.mkdir(parents=True, exist_ok=True)
+    mount = f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mnt))} || exit {_MOUNT_FAILED}\n"
+    flags = ["--mount"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--mount"]
+    res = run_in_own_group([unshare, *flags, "sh", "-c", mount + script], env, str(mnt.parent), timeout)
+    if res.returncode == _MOUNT_FAILED or res.stderr.startswith("unshare:"):
+        raise RuntimeError(f"could not mount a {size} tmpfs on {mnt}: {res.stderr.strip()[-300:]}")
+    return res

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from procs import run_in_own_group
+from procs import run_in_own_group, run_on_small_tmpfs
 from train_helpers import assert_same_tensors, checkpoint_tensors, run_cli_args, runtime_env
 
 from gemma3_launch.contract import STORAGE_FULL_EXIT_CODE
@@ -79,19 +78,14 @@ def test_kill_during_save_then_resume(tmp_path, uninterrupted, point):
 def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     """A 4 MiB tmpfs (in a private mount namespace: `unshare`, as root or through a user namespace) holds the
     tiny model's first checkpoint (2.4 MB) but not a second one."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.fail("the disk-full test needs util-linux `unshare` to mount a size-limited tmpfs (not installed)")
     mnt, out = tmp_path / "small", tmp_path / "copied"
-    mnt.mkdir()
     save = mnt / "ck"
-    args = shlex.join(run_cli_args(save, ITERS, [f"checkpoint.save_interval={INTERVAL}"]))
-    script = f"mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(mnt))} || exit 90\n{args}\ncode=$?\n"
-    script += f"cp -a {shlex.quote(str(save))} {shlex.quote(str(out))}\nexit $code\n"
-    flags = ["--mount"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--mount"]
-    res = run_in_own_group([unshare, *flags, "sh", "-c", script], runtime_env(), str(tmp_path), timeout=600)
-    if res.returncode == 90 or "unshare:" in res.stderr:
-        pytest.fail(f"could not mount a size-limited tmpfs to fill: {res.stderr.strip().splitlines()[-1:]}")
+    run = shlex.join(run_cli_args(save, ITERS, [f"checkpoint.save_interval={INTERVAL}"]))
+    script = f"{run}\ncode=$?\ncp -a {shlex.quote(str(save))} {shlex.quote(str(out))}\nexit $code\n"
+    try:
+        res = run_on_small_tmpfs(mnt, "4m", script, runtime_env(), timeout=600)
+    except RuntimeError as exc:
+        pytest.fail(f"the disk-full test cannot build its small file system: {exc}")
     assert res.returncode == STORAGE_FULL_EXIT_CODE, res.stderr[-3000:]
     errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and str(save) in errors[0] and "no space left" in errors[0], errors

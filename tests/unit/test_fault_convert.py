@@ -5,6 +5,7 @@ run again completes cleanly over the leftovers, to tensors equal to the source's
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from procs import run_in_own_group
+from procs import run_in_own_group, run_on_small_tmpfs
 from safetensors.torch import load_file
 
+from gemma3_launch.contract import STORAGE_FULL_EXIT_CODE
 from gemma3_runtime.checkpoint.layout import TRACKER_FILE, read_tracker, resolve_checkpoint
 from gemma3_runtime.errors import UserInputError
 
@@ -23,15 +25,22 @@ pytestmark = [pytest.mark.unit, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _convert(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def _env(kill_at: str | None = None) -> dict[str, str]:
     paths = [str(REPO / "runtime"), str(REPO / "launcher"), str(REPO / "tests")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     if kill_at:
         paths.insert(0, str(REPO / "tests" / "fault_hooks"))
         env["GEMMA3_TEST_KILL_AT"] = kill_at
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    cmd = [sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args, "--device", "cpu"]
-    return run_in_own_group(cmd, env, str(REPO), timeout=600)
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gemma3_runtime.cli.main", "convert", *args, "--device", "cpu"]
+
+
+def _convert(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    return run_in_own_group(_command(*args), _env(kill_at), str(REPO), timeout=600)
 
 
 def _tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -74,3 +83,26 @@ def test_killed_import_then_killed_export_rerun_cleanly(tmp_path):
     exported, original = _tensors(out), _tensors(src)
     assert sorted(exported) == sorted(original)
     assert all(torch.equal(exported[k], v) for k, v in original.items())
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """The tiny model's HF export (about 440 kB) onto a 256 kB tmpfs (a private mount namespace: `unshare`)."""
+    from model_helpers import hf_model, tiny_config
+
+    src, ckpt, mnt = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "small"
+    hf_model(tiny_config(num_layers=2)).save_pretrained(str(src))
+    imported = _convert("import", "--hf-model", str(src), "--megatron-path", str(ckpt))
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    export = shlex.join(
+        _command("export", "--hf-model", str(src), "--megatron-path", str(ckpt), "--hf-path", str(mnt / "out"))
+    )
+    script = f"{export}\ncode=$?\nls -A {shlex.quote(str(mnt))}\nexit $code\n"
+    try:
+        res = run_on_small_tmpfs(mnt, "256k", script, _env(), timeout=600)
+    except RuntimeError as exc:
+        pytest.fail(f"the disk-full test cannot build its small file system: {exc}")
+    assert res.returncode == STORAGE_FULL_EXIT_CODE, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and str(mnt) in errors[0] and "no space left" in errors[0], errors
+    assert "Traceback" not in res.stderr
+    assert res.stdout.split() == [], res.stdout  # the temp dir was removed; nothing under the final name

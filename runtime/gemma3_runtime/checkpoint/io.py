@@ -15,7 +15,6 @@ reads it, plus the small files around it (`extra_files`: name -> bytes, written 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -38,7 +37,7 @@ from gemma3_runtime.checkpoint.layout import (
     read_tracker,
     resolve_checkpoint,
 )
-from gemma3_runtime.errors import StorageFullError, UserInputError
+from gemma3_runtime.errors import StorageFullError, UserInputError, storage_full_reason
 
 log = logging.getLogger(__name__)
 
@@ -224,32 +223,6 @@ def _local_tensor_bytes(sharded_state_dict: Mapping[str, Any]) -> int:
     )
 
 
-def _out_of_space(exc: BaseException, save_dir: Path, needed: int) -> str | None:
-    """Why a failed save was a full disk (one line naming `save_dir`), or None when it was not.
-
-    megatron's writer reports a full disk as a CheckpointException wrapping torch's "unexpected pos" (the errno is
-    lost), so besides an ENOSPC/EDQUOT anywhere in the exception chain, a failure is put down to space when the
-    file system has less room left than this rank's tensors need: with that little space the save cannot succeed.
-    """
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    if any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in chain):
-        return f"{save_dir}: no space left on the device or quota full"
-    try:
-        usage = shutil.disk_usage(save_dir)
-    except OSError:
-        return None
-    if usage.free < needed:
-        return (
-            f"{save_dir}: no space left on the device ({usage.free:,} bytes free when the write failed, this rank's "
-            f"tensors need {needed:,})"
-        )
-    return None
-
-
 def _save_strategy(writer_processes: int | None):
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
@@ -295,7 +268,7 @@ def save_checkpoint(
     except BaseException as exc:  # torch's CheckpointException is a BaseException
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         # measured before the temp dir is removed: the space as the failed write found it
-        reason = None if interrupted else _out_of_space(exc, save_dir, _local_tensor_bytes(sharded_state_dict))
+        reason = None if interrupted else storage_full_reason(exc, save_dir, _local_tensor_bytes(sharded_state_dict))
         if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
             shutil.rmtree(tmp, ignore_errors=True)
         if reason is None:

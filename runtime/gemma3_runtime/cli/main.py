@@ -8,6 +8,7 @@ Subcommand modules only declare arguments at import time (heavy imports happen i
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -74,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # guarantee one line
         print(f"gemma3-runtime {args.command}: error: {message}", file=sys.stderr)
         return INVALID_INPUT_EXIT_CODE
-    except StorageFullError as exc:
-        message = " ".join(str(exc).split())
+    except (StorageFullError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        message = " ".join(str(exc).split())  # an OSError's text names its file
         print(f"gemma3-runtime {args.command}: error: {message}", file=sys.stderr)
         return STORAGE_FULL_EXIT_CODE
 
