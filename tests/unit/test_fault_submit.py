@@ -113,3 +113,17 @@ def test_settling_intents_is_safe_with_garbage_live_and_hostile_intents(tmp_path
     assert sorted(p.name for p in reg.intents_dir.iterdir()) == ["j2.json"]  # the live submit's intent stays
     reg.end_submit("j2")
     assert list(reg.intents_dir.iterdir()) == [] and warnings == []
+
+
+def test_rebuild_never_indexes_a_run_dir_still_under_its_temporary_name(tmp_path):
+    from gemma3_launch.record import write_json_atomic
+    from gemma3_launch.registry import Registry
+
+    reg = Registry(tmp_path / "state" / "index.sqlite", warn=lambda message: None)
+    runs = tmp_path / "runs"
+    record = {"job_id": "j1", "backend": "local", "run_dir": str(runs / "j1"), "states": []}
+    (runs / ".j1.tmp-7").mkdir(parents=True)
+    write_json_atomic(runs / ".j1.tmp-7" / "job.json", record)  # a submit killed before its rename
+    assert reg.rebuild([str(runs)]) == 0 and reg.all() == []
+    (runs / ".j1.tmp-7").rename(runs / "j1")
+    assert reg.rebuild([str(runs)]) == 1 and [r["job_id"] for r in reg.all()] == ["j1"]
