@@ -260,24 +260,38 @@ def save_checkpoint(
     _barrier()
     config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
     config_text = yaml.safe_dump(config, sort_keys=False)
+    failure: BaseException | None = None
     try:
         with _cpu_checkpoint_io():
             dist_checkpointing.save(sharded_state_dict, str(tmp), sharded_strategy=_save_strategy(writer_processes))
         if rank == 0:
             _complete_and_commit(tmp, final, save_dir, iteration, config_text, tokenizer_dir, extra_files)
     except BaseException as exc:  # torch's CheckpointException is a BaseException
-        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        # measured before the temp dir is removed: the space as the failed write found it
-        reason = None if interrupted else storage_full_reason(exc, save_dir, _local_tensor_bytes(sharded_state_dict))
-        if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
+        failure = exc
+    if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+        if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise failure
+    # measured before the temp dir is removed: the space as the failed write found it
+    reason = (
+        None if failure is None else storage_full_reason(failure, save_dir, _local_tensor_bytes(sharded_state_dict))
+    )
+    # megatron's save fails on every rank together; rank 0's commit can fail alone: every rank learns of it
+    rank0_failure = _broadcast(None if failure is None else (reason, f"{failure.__class__.__name__}: {failure}"))
+    if failure is None and rank0_failure is None:
+        _barrier()
+        return final
+    if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failure is None:  # this rank wrote its part; rank 0 failed to complete or commit the checkpoint
+        reason = rank0_failure[0]
         if reason is None:
-            raise
-        kept = read_tracker(save_dir)
-        previous = f"iteration {kept} is still the latest checkpoint" if kept is not None else "no earlier checkpoint"
-        raise StorageFullError(f"{reason}; saving iteration {iteration} failed, {previous}") from None
-    _barrier()
-    return final
+            raise RuntimeError(f"{save_dir}: rank 0 failed to commit iteration {iteration}: {rank0_failure[1]}")
+    if reason is None:
+        raise failure
+    kept = read_tracker(save_dir)
+    previous = f"iteration {kept} is still the latest checkpoint" if kept is not None else "no earlier checkpoint"
+    raise StorageFullError(f"{reason}; saving iteration {iteration} failed, {previous}") from None
 
 
 def _complete_and_commit(
