@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -135,17 +136,23 @@ def submit(spec: JobSpec, plan: JobPlan) -> dict:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     registry.begin_submit(plan.job_id, final, tmp)
     _reached("intent_recorded", plan.job_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir()
-    _reached("run_dir_created", plan.job_id)
-    _write_run_dir(tmp, spec, plan)
-    write_json_atomic(tmp / JOB_RECORD_FILE, _new_record(spec, plan, final, registry))
-    fsync_tree(tmp)
-    _reached("plan_written", plan.job_id)
-    os.rename(tmp, final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        _reached("run_dir_created", plan.job_id)
+        _write_run_dir(tmp, spec, plan)
+        rec = _new_record(spec, plan, final, registry)
+        write_json_atomic(tmp / JOB_RECORD_FILE, rec)
+        fsync_tree(tmp)
+        _reached("plan_written", plan.job_id)
+        os.rename(tmp, final)
+    except BaseException:  # an error (not a kill) before the commit leaves nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        registry.end_submit(plan.job_id)
+        raise
     fsync_dir(final.parent)
     _reached("run_dir_committed", plan.job_id)
-    registry.upsert(read_record(final) or {})
+    registry.upsert(rec)
     _reached("registered", plan.job_id)
     try:
         backend_id = get_backend(plan.backend).submit(plan, final)
