@@ -4,8 +4,15 @@ Full SFT: GBS 64, LR 5e-6, megatron's distributed optimizer; LoRA/DoRA (`peft="l
 rank 8, alpha 16 on all four linears. The 270M finetune uses sequences of 256 so that it runs on a CPU in minutes.
 Every value can still be changed afterwards or by a `key=value` override.
 
+Long context (Gemma 3 4B/12B/27B take 131,072 tokens, the 1B 32,768): raise `seq_length` and split each sequence over
+`context_parallel_size` GPUs (a multiple of 2 x CP tokens; no pipeline parallelism alongside). jobspecs/
+longctx_4b_lora.yaml runs the 4B LoRA at 131,072 tokens with CP=8 on 2 nodes x 8 GPUs; docs/CONTEXT_PARALLEL.md
+gives the memory per CP size.
+
     from gemma3_runtime.training.recipes import gemma3_1b_finetune_config
     cfg = gemma3_1b_finetune_config(pretrained_checkpoint="/ckpts/gemma3_1b", peft="lora", train_iters=100)
+    cfg = gemma3_4b_finetune_config(pretrained_checkpoint="/ckpts/gemma3_4b", peft="lora", seq_length=131072,
+                                    context_parallel_size=8, global_batch_size=16)
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ def gemma3_tiny_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -53,6 +61,8 @@ def gemma3_tiny_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -72,6 +82,7 @@ def gemma3_tiny_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )
@@ -93,6 +104,7 @@ def gemma3_270m_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -114,6 +126,8 @@ def gemma3_270m_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -133,6 +147,7 @@ def gemma3_270m_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )
@@ -154,6 +169,7 @@ def gemma3_1b_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -175,6 +191,8 @@ def gemma3_1b_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -194,6 +212,7 @@ def gemma3_1b_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )
@@ -215,6 +234,7 @@ def gemma3_4b_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -236,6 +256,8 @@ def gemma3_4b_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -255,6 +277,7 @@ def gemma3_4b_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )
@@ -276,6 +299,7 @@ def gemma3_12b_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -297,6 +321,8 @@ def gemma3_12b_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 4 for full SFT, 1 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 1 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -316,6 +342,7 @@ def gemma3_12b_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )
@@ -337,6 +364,7 @@ def gemma3_27b_finetune_config(
     dir: str | None = None,
     tensor_model_parallel_size: int | None = None,
     pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     seed: int = 5678,
     packing: bool = True,
 ) -> ConfigContainer:
@@ -358,6 +386,8 @@ def gemma3_27b_finetune_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size; None: 8 for full SFT, 4 for LoRA/DoRA.
         pipeline_model_parallel_size: pipeline-parallel size; None: 2 for full SFT, 1 for LoRA/DoRA.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
         packing: pack several examples into one sequence (attention never crosses example boundaries).
     """
@@ -377,6 +407,7 @@ def gemma3_27b_finetune_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
         packing=packing,
     )

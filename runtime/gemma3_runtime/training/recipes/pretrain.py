@@ -1,7 +1,8 @@
 """Pretraining recipes, one explicit function per Gemma 3 size (`gemma3_<size>_pretrain_config`).
 
-Sequence length: the anchor pretrains at 32768 (with context parallelism we do not have); 4096 here. Tensor/pipeline
-sizes let the model, gradients and optimizer state fit 80 GB GPUs. Every value can still be changed afterwards
+Sequence length: 4096 here (the anchor pretrains at 32768); longer sequences split over GPUs with
+`context_parallel_size` (docs/CONTEXT_PARALLEL.md). Tensor/pipeline sizes let the model, gradients and optimizer state
+fit 80 GB GPUs. Every value can still be changed afterwards
 (`cfg.train.train_iters = 10`) or by a `key=value` override.
 
     from gemma3_runtime.training.recipes import gemma3_1b_pretrain_config
@@ -29,6 +30,7 @@ def gemma3_tiny_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain the tiny random model (mechanics tests only) from random weights.
@@ -47,6 +49,8 @@ def gemma3_tiny_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -63,6 +67,7 @@ def gemma3_tiny_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
 
@@ -81,6 +86,7 @@ def gemma3_270m_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain Gemma 3 270M from random weights.
@@ -99,6 +105,8 @@ def gemma3_270m_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -115,6 +123,7 @@ def gemma3_270m_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
 
@@ -133,6 +142,7 @@ def gemma3_1b_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain Gemma 3 1B from random weights.
@@ -151,6 +161,8 @@ def gemma3_1b_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -167,6 +179,7 @@ def gemma3_1b_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
 
@@ -185,6 +198,7 @@ def gemma3_4b_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 2,
     pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain Gemma 3 4B from random weights.
@@ -203,6 +217,8 @@ def gemma3_4b_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -219,6 +235,7 @@ def gemma3_4b_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
 
@@ -237,6 +254,7 @@ def gemma3_12b_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 4,
     pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain Gemma 3 12B from random weights.
@@ -255,6 +273,8 @@ def gemma3_12b_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -271,6 +291,7 @@ def gemma3_12b_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
 
@@ -289,6 +310,7 @@ def gemma3_27b_pretrain_config(
     dir: str | None = None,
     tensor_model_parallel_size: int = 8,
     pipeline_model_parallel_size: int = 2,
+    context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> ConfigContainer:
     """Pretrain Gemma 3 27B from random weights.
@@ -307,6 +329,8 @@ def gemma3_27b_pretrain_config(
         dir: checkpoint directory (saves and resumes there); default $SAVE_DIR/<name>.
         tensor_model_parallel_size: tensor-parallel size.
         pipeline_model_parallel_size: pipeline-parallel size.
+        context_parallel_size: context-parallel size: each sequence is split over this many GPUs (seq_length a
+            multiple of 2 x it; needs pipeline_model_parallel_size=1), for long context; docs/CONTEXT_PARALLEL.md.
         seed: seed of the weight initialisation and the data order.
     """
     return build_pretrain_config(
@@ -323,5 +347,6 @@ def gemma3_27b_pretrain_config(
         dir=dir,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         seed=seed,
     )
