@@ -33,7 +33,8 @@ from .plan_types import (
     TolerationPlan,
     container_env_names,
 )
-from .spec import JobSpec, format_time_limit
+from .spec import JobSpec
+from .spec_time import format_time_limit
 
 #: the names other modules and the tests import from here (the plan's types live in plan_types.py)
 __all__ = [
