@@ -96,7 +96,8 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     export = shlex.join(
         _command("export", "--hf-model", str(src), "--megatron-path", str(ckpt), "--hf-path", str(mnt / "out"))
     )
-    script = f"{export}\ncode=$?\nls -A {shlex.quote(str(mnt))}\nexit $code\n"
+    # the export's own stdout (progress lines) goes to stderr: stdout is the listing alone
+    script = f"{export} 1>&2\ncode=$?\nls -A {shlex.quote(str(mnt))}\nexit $code\n"
     try:
         res = run_on_small_tmpfs(mnt, "256k", script, _env(), timeout=600)
     except RuntimeError as exc:
