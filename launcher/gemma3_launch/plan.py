@@ -150,6 +150,7 @@ class ResourcePlan:
     memory: str | None
     time_limit: str  # canonical [D-]HH:MM:SS
     time_limit_s: int
+    max_step_retries: int = 2  # in-allocation retries of a killed training step (jobwrap)
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,7 @@ def make_plan(spec: JobSpec, cluster: Cluster, *, job_id: str | None = None) -> 
             memory=res.memory,
             time_limit=format_time_limit(res.time_limit_s),
             time_limit_s=res.time_limit_s,
+            max_step_retries=res.max_step_retries,
         ),
         mounts=tuple(MountPlan(m.source, m.target, m.read_only) for m in spec.mounts),
         image=image,
