@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     cn = sub.add_parser("cancel", help="cancel a job")
     cn.add_argument("job")
+    rt = sub.add_parser("retry", help="continue a job that ended without completing, from its last checkpoint")
+    rt.add_argument("job", help="job id (or a unique prefix)")
     ls = sub.add_parser("list", help="jobs in the index, newest first")
     ls.add_argument("--cluster", choices=("local", "slurm", "k8s"), default=None)
     ls.add_argument("--state", action="append", default=[], help="only jobs in this state, e.g. RUNNING (repeatable)")
@@ -322,6 +324,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .progress import job_progress
     from .record import read_record
+    from .retry import fault_lines
     from .submit import refresh
 
     rec = _find(args.job)
@@ -341,7 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = f" (exit {code})" if code is not None else ""
     line = f"{rec['job_id']}  {state}{detail}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
     print(comment_text(line))
-    for text in _progress_lines(progress):
+    for text in [*_progress_lines(progress), *fault_lines(current, state)]:
         print(comment_text(text))
     return 0
 
@@ -382,6 +385,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     rec = _find(args.job)
     get_backend(rec["backend"]).logs(rec, args.follow)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .retry import RetryRefused, retry_job
+
+    try:
+        print(retry_job(_find(args.job)))
+    except RetryRefused as exc:
+        raise InputError(str(exc)) from None
     return 0
 
 
@@ -500,6 +513,7 @@ _COMMANDS = {
     "status": cmd_status,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
+    "retry": cmd_retry,
     "list": cmd_list,
     "checkpoints": cmd_checkpoints,
     "schema": cmd_schema,

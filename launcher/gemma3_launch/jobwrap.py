@@ -150,6 +150,7 @@ def _run_step_with_retries(
     failure's cause goes into job.json (`step_failures`) before the retry."""
     retries = 0
     while True:
+        shutil.rmtree(exit_dir(run_dir, step), ignore_errors=True)  # each try's workers record afresh (and `retry`)
         rc = _run_step_once(run_dir, step, attempt, signals, redact, retries)
         if rc in (0, REQUEUE_EXIT_CODE) or signals.received:
             return rc
@@ -164,7 +165,6 @@ def _run_step_with_retries(
             "the last committed checkpoint",
             flush=True,
         )
-        shutil.rmtree(exit_dir(run_dir, step), ignore_errors=True)  # the next try's workers record afresh
         if not _in_slurm():
             os.environ["MASTER_PORT"] = str(_free_port())  # the killed rendezvous may still hold its port
 

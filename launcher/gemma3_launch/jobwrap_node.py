@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .contract import REQUEUE_EXIT_CODE, RESULT_FILE_ENV
@@ -100,14 +101,21 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # 36 = PR_SET_CHILD_SUBREAPER
 
 
-def _kill_orphans() -> None:
-    """SIGKILL what the failed node command left behind (workers of a killed torchrun), then reap them."""
-    for pid in _children(os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, 0)[0]:
-            pass
+def _kill_orphans(grace_s: float = 30.0) -> None:
+    """SIGKILL what the failed node command left behind (workers of a killed torchrun) until none is left, reaping
+    them (polled: an orphan may reach this wrapper a moment after torchrun's exit was reported)."""
+    start = time.monotonic()
+    while time.monotonic() < start + grace_s:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        kids = _children(os.getpid())
+        if not kids and time.monotonic() > start + 1.0:
+            return
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def run_node(run_dir: Path, index: int) -> int:
@@ -150,7 +158,7 @@ def run_node(run_dir: Path, index: int) -> int:
         exits = [c["exit_code"] for c in rank_records(exit_dir(run_dir, step)) if str(c.get("node_rank")) == rank]
         if asked_for_requeue(exits):
             rc = REQUEUE_EXIT_CODE
-    return rc
+    return 128 - rc if rc < 0 else rc  # a signal death as a shell reports it (SIGKILL: 137), not 256 - N
 
 
 def _record_runtime_facts(run_dir: Path) -> None:
