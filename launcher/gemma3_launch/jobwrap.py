@@ -20,6 +20,7 @@ callable of a submitit job (`submitit_job`), inside the container.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -51,7 +52,6 @@ from .record import (
     STEPS_DONE_FILE,
     add_state,
     now,
-    read_json,
     update_record,
     write_json_atomic,
     write_terminal_state,
@@ -113,6 +113,15 @@ def _begin_attempt(run_dir: Path, attempt: int) -> None:
     (run_dir / TERMINAL_STATE_FILE).unlink(missing_ok=True)  # a new attempt runs: no earlier verdict stands
 
 
+def steps_done(run_dir: Path) -> list[str]:
+    """The steps that completed in earlier attempts (steps_done.json, a JSON list): never run again."""
+    try:
+        found = json.loads((run_dir / STEPS_DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [str(name) for name in found] if isinstance(found, list) else []
+
+
 def run_job(run_dir: Path) -> int:
     plan = load_plan(run_dir)
     if plan is None:
@@ -122,7 +131,7 @@ def run_job(run_dir: Path) -> int:
     started = time.time()
     _begin_attempt(run_dir, attempt)
     redact = Redactor(plan.secrets)
-    done: list[str] = read_json(run_dir / STEPS_DONE_FILE) or []  # type: ignore[assignment]
+    done = steps_done(run_dir)
     signals = _JobSignals(run_dir, plan, attempt)
     if not _in_slurm() and not os.environ.get("MASTER_PORT"):
         os.environ["MASTER_PORT"] = str(_free_port())  # two local torchrun jobs must not share 29500

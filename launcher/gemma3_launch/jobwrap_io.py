@@ -5,8 +5,10 @@ Torch-free; both levels of the wrapper (jobwrap: the job, jobwrap_node: a node a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -142,3 +144,15 @@ def every_rank_asked_for_requeue(run_dir: Path, step: Step) -> bool:
     wrappers then exit 143 although their workers had saved and exited 199 too - and srun reports that 143."""
     exits = [c["exit_code"] for c in rank_records(exit_dir(run_dir, step))]
     return len(exits) == step.world_size and asked_for_requeue(exits)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG): a worker whose torchrun, or a node wrapper
+    whose job wrapper, was killed must not train on unsupervised (a retry would run beside it)."""
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the setting took
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -23,6 +23,7 @@ from .jobwrap_io import (
     RANK_EXIT_DIR_ENV,
     asked_for_requeue,
     attempt_number,
+    die_with_parent,
     exit_dir,
     load_plan,
     log_command,
@@ -130,10 +131,13 @@ def run_node(run_dir: Path, index: int) -> int:
     exit_dir(run_dir, step).mkdir(parents=True, exist_ok=True)
     env = node_env(plan, step, run_dir, rank)
     _become_subreaper()
+    if not os.environ.get("SLURM_JOB_ID"):
+        die_with_parent()  # local / k8s: the job wrapper is our parent (under SLURM it is slurmstepd)
     log_command(run_dir, "node", step, step.node_command)
 
     def ignore_usr2() -> None:  # inherited through exec: torchrun never dies of USR2; workers install their handler
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        die_with_parent()  # torchrun dies with this wrapper
 
     try:
         proc = subprocess.Popen(list(step.node_command), env=env, preexec_fn=ignore_usr2)
@@ -184,6 +188,7 @@ def run_rank(argv: list[str]) -> int:
     import runpy
     import traceback
 
+    die_with_parent()  # a killed torchrun takes its workers along
     module, args = argv[0], argv[1:]
     sys.argv = [module, *args]
     code: int = 0

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,25 @@ def _final_state(ckpt: Path) -> dict:
     return {k: v for k, v in flat.items() if "_extra_state" not in k}
 
 
-def test_killed_rank_and_torchrun_are_retried_inside_the_job(tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted run's final weights and optimizer state."""
+    root = tmp_path_factory.mktemp("reference")
+    ref = _launch(root, "submit", _spec(root, "reference"), "--follow")
+    assert ref.returncode == 0, ref.stdout[-3000:]
+    return _final_state(root / "ckpt" / "reference")
+
+
+def _assert_equal_state(reference: dict, ckpt: Path) -> None:
     import torch
 
+    state = _final_state(ckpt)
+    assert state.keys() == reference.keys() and any("optimizer" in k for k in state), sorted(state)[:20]
+    differing = [k for k in reference if not torch.equal(reference[k], state[k])]
+    assert not differing, f"state differs from the uninterrupted run's: {differing[:5]}"
+
+
+def test_killed_rank_and_torchrun_are_retried_inside_the_job(tmp_path, reference):
     schedule = [
         {"id": 0, "target": "rank", "rank": 1, "iteration": 3},
         {"id": 1, "target": "torchrun", "rank": 0, "iteration": 6},
@@ -95,9 +112,30 @@ def test_killed_rank_and_torchrun_are_retried_inside_the_job(tmp_path):
     status = _launch(tmp_path, "status", rec["job_id"])
     assert "retries 2" in status.stdout, status.stdout
 
-    ref = _launch(tmp_path, "submit", _spec(tmp_path, "reference"), "--follow")
-    assert ref.returncode == 0, ref.stdout[-3000:]
-    killed, reference = _final_state(tmp_path / "ckpt" / "killed"), _final_state(tmp_path / "ckpt" / "reference")
-    assert killed.keys() == reference.keys() and any("optimizer" in k for k in killed), sorted(killed)[:20]
-    differing = [k for k in reference if not torch.equal(reference[k], killed[k])]
-    assert not differing, f"state differs after in-job retries: {differing[:5]}"
+    _assert_equal_state(reference, tmp_path / "ckpt" / "killed")
+
+
+def test_killed_job_wrapper_ends_the_job_and_retry_continues_it(tmp_path, reference):
+    """The job wrapper SIGKILLed: its step dies with it (no orphan trains on), status says FAILED and why, and
+    `retry` continues in the same run dir from the last committed checkpoint to the uninterrupted run's state."""
+    schedule = [{"id": 0, "target": "wrapper", "rank": 0, "iteration": 5}]
+    print_schedule(schedule)
+    state = tmp_path / "faults"
+    env = faults_env(schedule, state)
+    res = _launch(tmp_path, "submit", _spec(tmp_path, "wrapper"), "--follow", extra_env=env)
+    assert [f["id"] for f in fired(state)] == [0], res.stdout[-3000:]
+    run_dir = next((tmp_path / "runs").glob("faults-wrapper*"))
+    job_id = json.loads((run_dir / "job.json").read_text())["job_id"]
+    status = _launch(tmp_path, "status", job_id)
+    assert "FAILED" in status.stdout and "job wrapper or batch step killed" in status.stdout, status.stdout
+    assert (tmp_path / "ckpt" / "wrapper" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+
+    again = _launch(tmp_path, "retry", job_id, extra_env=env)
+    assert again.returncode == 0 and f"retried {job_id} (FAILED)" in again.stdout, again.stdout + again.stderr
+    deadline = time.time() + 300
+    while "COMPLETED" not in (status := _launch(tmp_path, "status", job_id)).stdout:
+        assert time.time() < deadline and ("RUNNING" in status.stdout or "PENDING" in status.stdout), status.stdout
+        time.sleep(2)
+    rec = json.loads((run_dir / "job.json").read_text())
+    assert len(rec["retried_from"]) == 1 and "resumed at iteration 4" in (run_dir / "job.log").read_text()
+    _assert_equal_state(reference, tmp_path / "ckpt" / "wrapper")
