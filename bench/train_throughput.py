@@ -14,6 +14,8 @@ FLOPs/token are counted as the anchor counts them (gemma3_runtime.training.flops
 
 GPU:        python3 bench/train_throughput.py --repeats 3 --json $OUT/train_throughput.json
 CPU smoke:  python3 bench/train_throughput.py --device cpu --tiny --hf none --variants defaults,lora-defaults
+CP memory point (docs/CONTEXT_PARALLEL.md): python3 bench/train_throughput.py --size 4b --seq 16384 --mbs 1 --nmb 1
+            --hf none --variants lora-defaults --warmup 2 --steps 2 --json $OUT/cp_memory_point.json
 """
 
 from __future__ import annotations
@@ -75,13 +77,15 @@ def run_config(args: argparse.Namespace, perf: Any, peft: str | None, base: str 
     """The recipe's ConfigContainer for one measurement: mock data, the bench's batch shape, no checkpoints."""
     from gemma3_runtime.training.recipes import get_recipe
 
-    size = "tiny" if args.tiny else "1b"
+    size = "tiny" if args.tiny else args.size
     if peft:
         cfg = get_recipe(f"gemma3_{size}_finetune")(pretrained_checkpoint=base, peft=peft)
     else:
         cfg = get_recipe(f"gemma3_{size}_pretrain")()
     cfg.name = "train_throughput"
     cfg.train.device = args.device
+    # one card (the 4B pretrain recipe's own layout is TP 2)
+    cfg.parallelism.tensor_model_parallel_size = cfg.parallelism.pipeline_model_parallel_size = 1
     cfg.data.kind, cfg.data.seq_length = "mock", args.seq
     cfg.train.micro_batch_size, cfg.train.global_batch_size = args.mbs, args.mbs * args.nmb
     cfg.train.train_iters = args.warmup + args.steps + 1
@@ -101,6 +105,9 @@ def random_base(args: argparse.Namespace, workdir: Path) -> str:
 
     cfg = run_config(args, PerfConfig.plain(), None, None, save=str(workdir / "base"))
     cfg.train.train_iters = 1
+    # the weights are random anyway: one short step, so a full-parameter step of the 4B fits beside its optimizer
+    cfg.data.seq_length = min(cfg.data.seq_length, 4096)
+    cfg.train.micro_batch_size = cfg.train.global_batch_size = 1
     return train(cfg).checkpoint
 
 
@@ -205,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--tiny", action="store_true", help="the tiny model (a CPU smoke test of the script)")
+    ap.add_argument(
+        "--size", default="1b", choices=("1b", "4b"), help="Gemma 3 size of our variants (the HF anchor: 1b)"
+    )
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--mbs", type=int, default=8, help="micro-batch size")
     ap.add_argument("--nmb", type=int, default=2, help="micro-batches per optimizer step")

@@ -1,5 +1,5 @@
 """Fault-injection harness for the process-kill tests: a seeded schedule of SIGKILLs and the environment that arms
-tests/fault_hook/sitecustomize.py (the hook itself; production code carries nothing for it).
+tests/fault_hooks/kill_schedule.py (the hook itself; production code carries nothing for it).
 
 A schedule is a list of faults {id, target, rank, iteration}: after training step `iteration`, global rank `rank`
 SIGKILLs `target` (rank | torchrun | node | wrapper | batch). Each fires once (a marker file in the state dir).
@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-HOOK_DIR = Path(__file__).resolve().parent / "fault_hook"
+HOOK_DIR = Path(__file__).resolve().parent / "fault_hooks"
 FAULTS_ENV = "GEMMA3_TEST_FAULTS"
 
 

@@ -8,6 +8,10 @@ REQUEUE_EXIT_CODE = 199
 #: Bad input (a spec, an override, a path): one clear line on stderr, nothing submitted or written.
 INVALID_INPUT_EXIT_CODE = 2
 
+#: A write found no space left (disk or quota full): one line naming the directory on stderr; the previous
+#: checkpoint is kept. 28 is ENOSPC's errno on Linux.
+STORAGE_FULL_EXIT_CODE = 28
+
 #: Signals on which the runtime finishes its step, saves and exits with REQUEUE_EXIT_CODE.
 PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR2")
 

@@ -17,13 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from .contract import JOB_RECORD_FILE, TERMINAL_STATE_FILE
+from .durable import fsync_dir
 
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".job.lock"
 LOG_FILE = "job.log"
 STEPS_DONE_FILE = "steps_done.json"
 
-ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED")
+#: A submit was killed after the run dir was committed but before the scheduler's job id was recorded: the scheduler
+#: may or may not have the job (refreshing asks it; a job that runs records its own states). Set by the registry.
+SUBMIT_INTERRUPTED = "SUBMIT_INTERRUPTED"
+ACTIVE_STATES = (
+    "SUBMITTED",
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "COMPLETING",
+    "CONFIGURING",
+    "SUSPENDED",
+    SUBMIT_INTERRUPTED,
+)
 TERMINAL_STATES = (
     "COMPLETED",
     "FAILED",
@@ -50,6 +63,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def read_json(path: str | Path) -> dict | None:
@@ -147,6 +161,17 @@ def add_state(rec: dict, state: str, **facts: Any) -> None:
     if not hist or hist[-1].get("state") != state or facts:
         hist.append({"state": state, "at": now(), **facts})
     rec["state"] = state
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """When process `pid` of this host started (clock ticks since boot, /proc); None when there is no such process.
+    With the pid it names one process for good: a pid alone may have been reused since."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rfind(")") + 2 :].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def read_terminal_state(run_dir: str | Path) -> dict | None:

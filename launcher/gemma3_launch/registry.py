@@ -8,6 +8,11 @@ It heals itself, because nothing in it is needed to recover:
   so a lost index still knows where to look;
 - `rebuild` writes a NEW index file and swaps it in with one rename: the old one serves readers until then;
 - a job.json that is garbage, truncated or holds wrong types is skipped with one warning naming it.
+
+A submit announces itself first (`begin_submit`: a small intent file under submitting/ beside the index) and
+withdraws the intent when the job is registered with its scheduler id (`end_submit`). An intent whose submitting
+process is gone means that submit was killed: the next `get` / `all` / `rebuild` settles it (`settle_submits`),
+so `list` and `list --rebuild` agree after a kill at any phase (docs/CONTRACTS.md, "Writes and the CLI").
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import fnmatch
 import json
 import os
 import re
+import shutil
+import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +35,15 @@ from typing import Any, TypeVar
 
 from .contract import JOB_RECORD_FILE
 from .credentials import one_line
-from .record import load_record_file
+from .record import (
+    SUBMIT_INTERRUPTED,
+    add_state,
+    load_record_file,
+    process_start_ticks,
+    read_json,
+    update_record,
+    write_json_atomic,
+)
 
 COLUMNS = (
     "job_id",
@@ -43,6 +59,10 @@ COLUMNS = (
 )
 INDEX_FILE = "index.sqlite"
 ROOTS_FILE = "runs-roots.txt"
+INTENTS_DIR = "submitting"
+#: An intent written on another host (a login node sharing this home directory) is settled only after this long:
+#: its process cannot be checked from here.
+FOREIGN_INTENT_TTL_S = 24 * 3600
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, name TEXT, kind TEXT, backend TEXT,"
     " backend_id TEXT, state TEXT, run_dir TEXT, submitted_at TEXT, spec_hash TEXT, git_sha TEXT)",
@@ -86,6 +106,7 @@ class Registry:
     def __init__(self, path: Path | None = None, warn: Callable[[str], None] = print_warning):
         self.path = Path(path) if path else state_dir() / INDEX_FILE
         self.roots_file = self.path.with_name(ROOTS_FILE)
+        self.intents_dir = self.path.with_name(INTENTS_DIR)
         self.warn = warn
 
     # ---- the database, healed once on corruption --------------------------------------------------------------
@@ -179,6 +200,7 @@ class Registry:
 
     def get(self, job_id: str) -> dict | None:
         """Exact id, else a unique prefix."""
+        self.settle_submits()
         pattern = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
         def work(con: sqlite3.Connection) -> list:
@@ -193,6 +215,7 @@ class Registry:
 
     def all(self, backend: str | None = None, job_filter: JobFilter | None = None) -> list[dict]:
         """Indexed jobs, newest first: all of them, those on `backend`, or those `job_filter` keeps."""
+        self.settle_submits()
         q = f"SELECT {','.join(COLUMNS)} FROM jobs"
         args: tuple = ()
         if backend:
@@ -204,7 +227,9 @@ class Registry:
 
     def rebuild(self, extra_roots: Iterable[str] = ()) -> int:
         """Re-read every job.json under the known roots (and `extra_roots`) into a NEW index file, then swap it in
-        with one rename; returns how many jobs were indexed. Unusable job.json files are skipped with a warning."""
+        with one rename; returns how many jobs were indexed. Unusable job.json files are skipped with a warning;
+        so are hidden entries (`.NAME.tmp-PID`: a run dir still being assembled, never committed)."""
+        self.settle_submits()
         roots = list(dict.fromkeys([*self.roots(), *(str(Path(r).resolve()) for r in extra_roots)]))
         new = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
@@ -214,6 +239,8 @@ class Registry:
         try:
             for root in roots:
                 for rec_path in sorted(Path(root).glob(f"*/{JOB_RECORD_FILE}")):
+                    if rec_path.parent.name.startswith("."):
+                        continue
                     rec, problem = load_record_file(rec_path)
                     if rec is None:
                         self.warn(f"skipped {rec_path}: {problem}")
@@ -227,6 +254,80 @@ class Registry:
         os.replace(new, self.path)
         self._remember_roots(roots)
         return n
+
+    # ---- submit intents ------------------------------------------------------------------------------------------
+    def begin_submit(self, job_id: str, run_dir: Path, tmp_dir: Path) -> None:
+        """Record that this process is about to write `tmp_dir` and rename it to `run_dir` (before it does)."""
+        self._remember_roots([str(Path(run_dir).parent)])
+        self.intents_dir.mkdir(parents=True, exist_ok=True)
+        intent = {
+            "job_id": job_id,
+            "run_dir": str(run_dir),
+            "tmp_dir": str(tmp_dir),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": process_start_ticks(os.getpid()),
+            "at": time.time(),
+        }
+        write_json_atomic(self._intent_path(job_id), intent)
+
+    def end_submit(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._intent_path(job_id))
+
+    def _intent_path(self, job_id: str) -> Path:
+        return self.intents_dir / f"{job_id}.json"
+
+    def settle_submits(self) -> None:
+        """Finish what killed submits left: their temporary run dirs are removed, a committed run dir is indexed
+        (its job.json marked SUBMIT_INTERRUPTED when the scheduler's id never got in), the intent withdrawn."""
+        if not self.intents_dir.is_dir():
+            return
+        for path in sorted(self.intents_dir.glob("*.json")):
+            intent = read_json(path)
+            if intent is not None and _submitter_alive(intent):
+                continue
+            if intent is not None:
+                self._settle_one(intent)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    def _settle_one(self, intent: dict) -> None:
+        tmp_dir, run_dir = intent.get("tmp_dir"), intent.get("run_dir")
+        if not isinstance(run_dir, str):
+            return
+        # only ever the submit's own temporary sibling `.NAME.tmp-PID` of the run dir
+        if isinstance(tmp_dir, str) and re.fullmatch(
+            rf"\.{re.escape(Path(run_dir).name)}\.tmp-\d+", Path(tmp_dir).name
+        ):
+            shutil.rmtree(Path(run_dir).with_name(Path(tmp_dir).name), ignore_errors=True)
+        rec, _problem = load_record_file(Path(run_dir) / JOB_RECORD_FILE)
+        if rec is None or rec.get("job_id") != intent.get("job_id"):
+            return
+
+        def interrupted(r: dict) -> None:
+            if r.get("state") == "SUBMITTED" and not r.get("backend_id"):
+                add_state(
+                    r,
+                    SUBMIT_INTERRUPTED,
+                    error="the submitting process was killed before it recorded the scheduler's job id",
+                )
+
+        rec = update_record(run_dir, interrupted)
+        self.upsert(rec)
+        self.warn(f"{rec['job_id']}: a killed submit left its run directory {run_dir}: indexed as {rec.get('state')}")
+
+
+def _submitter_alive(intent: dict) -> bool:
+    """Whether the process that wrote `intent` may still be submitting."""
+    if intent.get("host") != socket.gethostname():
+        at = intent.get("at")
+        return isinstance(at, (int, float)) and time.time() - at < FOREIGN_INTENT_TTL_S
+    pid = intent.get("pid")
+    if not isinstance(pid, int):
+        return False
+    started = process_start_ticks(pid)
+    return started is not None and started == intent.get("pid_start")
 
 
 @dataclass(frozen=True)

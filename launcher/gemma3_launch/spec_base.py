@@ -1,4 +1,5 @@
-"""The base every job-spec model shares (spec.py, spec_k8s.py): strict types, unknown keys refused, frozen."""
+"""The base every job-spec model shares (spec.py, spec_sections.py, spec_k8s.py): strict types, unknown keys
+refused, frozen."""
 
 from __future__ import annotations
 

@@ -60,6 +60,7 @@ class DistributedState:
     tp: int
     pp: int
     created_process_group: bool
+    cp: int = 1
 
 
 _state: DistributedState | None = None
@@ -68,10 +69,18 @@ _shims_entered = False
 
 
 def init_distributed(
-    device: torch.device | str | None, tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30
+    device: torch.device | str | None,
+    tp: int = 1,
+    pp: int = 1,
+    seed: int = 1234,
+    timeout_minutes: int = 30,
+    cp: int = 1,
 ) -> DistributedState:
     """Process group (torchrun env or a 1-process group) + megatron parallel state + seeds. Idempotent for the
-    same sizes; a different TP/PP in an initialised process is an error (tear down first)."""
+    same sizes; a different TP/PP/CP in an initialised process is an error (tear down first).
+
+    `cp`: the context-parallel size (docs/CONTEXT_PARALLEL.md); megatron's parallel state provides its group and
+    the data x context group that gradients are reduced over."""
     global _state, _shims_entered
     from datetime import timedelta
 
@@ -93,22 +102,28 @@ def init_distributed(
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         created = True
     world = dist.get_world_size()
-    if world % (tp * pp):
-        raise DeviceError(f"tensor/pipeline parallel sizes tp={tp} x pp={pp} do not divide the world size {world}")
+    if world % (tp * pp * cp):
+        raise DeviceError(
+            f"tensor/pipeline/context parallel sizes tp={tp} x pp={pp} x cp={cp} do not divide the world size {world}"
+        )
     fresh = not parallel_state.model_parallel_is_initialized()
     if not fresh:
         have = (
             parallel_state.get_tensor_model_parallel_world_size(),
             parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_context_parallel_world_size(),
         )
-        if have != (tp, pp):
+        if have != (tp, pp, cp):
             raise DeviceError(
-                f"megatron parallel state already initialised with tp={have[0]}, pp={have[1]}; "
-                f"asked for tp={tp}, pp={pp}"
+                f"megatron parallel state already initialised with tp={have[0]}, pp={have[1]}, cp={have[2]}; "
+                f"asked for tp={tp}, pp={pp}, cp={cp}"
             )
     else:
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, distributed_timeout_minutes=timeout_minutes
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            context_parallel_size=cp,
+            distributed_timeout_minutes=timeout_minutes,
         )
     if not torch.cuda.is_available() and not _shims_entered:
         # without CUDA these megatron calls can only raise; forward and backward passes reach them
@@ -124,8 +139,10 @@ def init_distributed(
         else:
             cpu_rng_tracker(seed, tp_rank=parallel_state.get_tensor_model_parallel_rank())
     created = created or bool(_state and _state.created_process_group)
-    _state = DistributedState(device, dist.get_rank(), world, tp, pp, created)
-    log.info("distributed: rank %d/%d, tp=%d pp=%d, backend %s", _state.rank, world, tp, pp, dist.get_backend())
+    _state = DistributedState(device, dist.get_rank(), world, tp, pp, created, cp)
+    log.info(
+        "distributed: rank %d/%d, tp=%d pp=%d cp=%d, backend %s", _state.rank, world, tp, pp, cp, dist.get_backend()
+    )
     return _state
 
 

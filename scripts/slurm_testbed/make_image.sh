@@ -2,7 +2,7 @@
 # The SLURM testbed's image stand-in: a SECOND Python environment that jobs name as `container.image` and the fake
 # pyxis "imports" (its bin/ first on the task's PATH). It holds a non-editable install of this checkout (so the job
 # runs the installed wheel, not the source tree) and sees the build environment's site-packages (torch, megatron-core,
-# submitit...) through a .pth line, standing in for what the real image carries. `torchrun` is the image's own.
+# submitit, wandb...) through a .pth line, standing in for what the real image carries. `torchrun` is the image's own.
 # Usage: make_image.sh DEST [PYTHON]   (PYTHON: an interpreter with the runtime's dependencies; default python3)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,4 +23,4 @@ cp -r "$REPO/pyproject.toml" "$REPO/launcher" "$REPO/runtime" "$build/"
 "$DEST/bin/python3" -m pip install -q --no-deps --no-index "$build"/dist/*.whl >/dev/null
 printf '#!/bin/sh\nexec "$(dirname "$0")/python3" -m torch.distributed.run "$@"\n' > "$DEST/bin/torchrun"
 chmod +x "$DEST/bin/torchrun"
-"$DEST/bin/python3" -c 'import gemma3_launch, gemma3_runtime, submitit, torch; print("image ready:", gemma3_launch.__file__)'
+"$DEST/bin/python3" -c 'import gemma3_launch, gemma3_runtime, submitit, torch, wandb; print("image ready:", gemma3_launch.__file__)'

@@ -1,5 +1,6 @@
-"""DP=2, TP=2 and PP=2 under torchrun (2 CPU processes, gloo) give the per-step losses of a single process within 1e-5
-relative: the loss is normalised by the loss tokens of the whole global batch, so the split does not matter."""
+"""DP=2, TP=2, CP=2 and PP=2 under torchrun (2 CPU processes, gloo) give the per-step losses of a single process
+within 1e-5 relative: the loss is normalised by the loss tokens of the whole global batch, so the split does not
+matter."""
 
 import socket
 import sys
@@ -47,12 +48,15 @@ def single(tmp_path_factory):
     [
         ("dp2", []),
         ("tp2", ["parallelism.tensor_model_parallel_size=2"]),
+        ("cp2", ["parallelism.context_parallel_size=2"]),
     ],
 )
 def test_two_processes_match_one(layout, extra, single, tmp_path):
     save = tmp_path / layout
     proc = run_subprocess(_torchrun(save, extra), timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if layout == "cp2":  # the run really split the sequences (the layout line of rank 0)
+        assert "(tp 1, pp 1, cp 2, dp 1)" in proc.stdout + proc.stderr
     losses = step_losses(save)
     assert len(losses) == len(single) == ITERS
     for ours, ref in zip(losses, single, strict=False):

@@ -1,6 +1,7 @@
 """The SLURM backend against a real cluster, jobs created through submitit and run inside the image stand-in: import
 of the real 270M, a 2-node torchrun rendezvous (`render` is what ran), preemption -> checkpoint -> requeue -> resume to
-the same weights (a new container name per attempt), cancel, and status with/without slurmdbd and after MinJobAge.
+the same weights (a new container name per attempt) with one offline W&B run id across both attempts, cancel, and status
+with/without slurmdbd and after MinJobAge.
 
 Tests run in file order and share jobs (the import job doubles as "finished longer ago than MinJobAge").
 """
@@ -8,6 +9,7 @@ Tests run in file order and share jobs (the import job doubles as "finished long
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from slurm_helpers import MIN_JOB_AGE, SENTINEL, assert_render_is_what_ran, pyxis_tasks, start_cluster
+from wandb_records import records, run_id_and_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -25,6 +28,8 @@ PRETRAIN_SETS = [
     f"overrides=[train.train_iters={TRAIN_ITERS}, train.global_batch_size=4, train.micro_batch_size=2, "
     "checkpoint.save_interval=1000, logging.log_interval=10]",
 ]
+#: the preempted job also logs to W&B, offline (the testbed has no network): W&B's files land in its checkpoint dir
+WANDB_SETS = ["wandb.project=slurm-testbed", "wandb.tags=[preempted]", "env.WANDB_MODE=offline"]
 
 
 def _no_secret_anywhere(slurm, run_dir: Path) -> None:
@@ -65,9 +70,10 @@ def _step_line(iteration: int, total: int) -> str:
 def pretrain_pair(slurm):
     """The same 2-node tiny pretrain twice, submitted together: one runs through, one is preempted mid-run with
     exactly what submitit's `--signal=USR2@LEAD` delivers near the time limit: USR2 to every step of the job (the
-    job wrapper's, and the training step's node wrappers and workers), not to the batch shell."""
+    job wrapper's, and the training step's node wrappers and workers), not to the batch shell. The preempted one
+    logs to W&B offline."""
     pair = {
-        "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="preempted"),
+        "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, *WANDB_SETS, tag="preempted"),
         "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
     }
     slurm.wait_log(pair["preempted"], _step_line(20, TRAIN_ITERS))
@@ -125,6 +131,25 @@ def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(s
     assert ref.keys() == pre.keys() and any(k.startswith("decoder.") for k in ref)
     differing = [k for k in ref if not torch.equal(ref[k], pre[k])]
     assert not differing, f"weights differ after resume: {differing[:5]}"
+    _assert_one_wandb_run_across_attempts(slurm.root / "ckpt" / "preempted", log)
+
+
+def _assert_one_wandb_run_across_attempts(save_dir: Path, log: str) -> None:
+    """Each attempt left an offline W&B run (`wandb sync` uploads them later) under the job's one run id; the first
+    attempt's history ends at or before the step it saved on preemption, the second's starts right after it."""
+    resumed = re.search(r"resuming from \S*iter_(\d{7})", log)
+    assert resumed, "no 'resuming from .../iter_NNNNNNN' line in job.log"
+    resumed_step = int(resumed.group(1))
+    run_id = (save_dir / "wandb_run_id").read_text().strip()
+    files = sorted(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2, f"expected one offline W&B run per attempt, got {files}"
+    (first_id, first_steps), (second_id, second_steps) = (run_id_and_steps(f) for f in files)
+    assert first_id == second_id == run_id
+    assert first_steps and max(first_steps) <= resumed_step, (first_steps, resumed_step)
+    assert second_steps[0] == resumed_step + 1, (second_steps, resumed_step)  # an attempt logs its first step
+    assert second_steps == sorted(set(second_steps)) and second_steps[-1] == TRAIN_ITERS
+    run = next(r.run for r in records(files[1]) if r.WhichOneof("record_type") == "run")
+    assert (run.project, run.display_name, list(run.tags)) == ("slurm-testbed", "slurm-pretrain-tiny", ["preempted"])
 
 
 def test_cancel(slurm):

@@ -13,14 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from doc_blocks import bash_blocks, settings
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "docs" / "quickstart-local.md"
-BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.S | re.M)
-
-
-def bash_blocks(text: str) -> list[str]:
-    return BLOCK.findall(text)
 
 
 @pytest.mark.unit
@@ -69,11 +65,11 @@ def test_relative_links_resolve(page):
         assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: broken link {target}"
 
 
-def _check_commands() -> list[tuple[str, str]]:
+def _check_commands() -> list[tuple[Path, str]]:
     pages = [REPO / "docs" / "quickstart-slurm.md", REPO / "docs" / "quickstart-kubernetes.md"]
     pages += sorted(REPO.glob("docs/howto/*.md"))
     return [
-        (page.name, line)
+        (page, line)
         for page in pages
         for block in bash_blocks(page.read_text(encoding="utf-8"))
         for line in block.splitlines()
@@ -82,13 +78,30 @@ def _check_commands() -> list[tuple[str, str]]:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("page", "line"), _check_commands())
+@pytest.mark.parametrize(("page", "line"), _check_commands(), ids=lambda value: getattr(value, "name", None))
 def test_cluster_docs_validate_and_render_commands_work_here(page, line, tmp_path, monkeypatch, capsys):
-    """The SLURM / Kubernetes quickstarts and the how-tos run on the testbeds; what needs no cluster runs here."""
+    """The SLURM / Kubernetes quickstarts run on the testbeds (tests/slurm, tests/k8s); their validate / render lines
+    and the how-tos' need no cluster and run here, with the page's own settings (`export NAME=value`)."""
     import shlex
 
     from gemma3_launch.cli import main
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert main(shlex.split(line)[1:]) == 0, f"{page}: {line}: {capsys.readouterr().err}"
+    for name, value in settings(page).items():
+        monkeypatch.setenv(name, value)
+    argv = [os.path.expandvars(word) for word in shlex.split(line)[1:]]
+    assert main(argv) == 0, f"{page.name}: {line}: {capsys.readouterr().err}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["quickstart-slurm.md", "quickstart-kubernetes.md"])
+def test_cluster_quickstarts_keep_cluster_values_in_one_settings_block(name):
+    """What the testbed tests change is the settings block only: every other line they run is a plain command."""
+    page = REPO / "docs" / name
+    assert {"SPEC", "IMAGE", "CKPT_ROOT"} <= set(settings(page))
+    lines = [line for block in bash_blocks(page.read_text(encoding="utf-8")) for line in block.splitlines()]
+    assert all(line.startswith(("gemma3-launch ", "JOB=", "export ")) for line in lines if line.strip()), lines
+    script = "\n".join(lines)
+    for command in ("validate", "render", "submit", "list", "status", "logs"):
+        assert f"gemma3-launch {command} " in script, command

@@ -62,7 +62,18 @@ def test_misspelt_override_exits_2_on_the_login_node_without_torch(tmp_path):
     "overrides, gpus, message",
     [
         (["train.global_batch_size=6"], 4, "train.global_batch_size=6 is not divisible by train.micro_batch_size x "),
-        (["parallelism.tensor_model_parallel_size=4"], 2, "tensor x pipeline = 4 x 1 = 4 does not divide the world"),
+        (
+            ["parallelism.tensor_model_parallel_size=4"],
+            2,
+            "tensor x pipeline x context = 4 x 1 x 1 = 4 does not divide",
+        ),
+        (["parallelism.context_parallel_size=4"], 2, "tensor x pipeline x context = 1 x 1 x 4 = 4 does not divide"),
+        (["parallelism.context_parallel_size=3"], 3, "data.seq_length: expected a positive multiple of 2 * parallel"),
+        (
+            ["parallelism.context_parallel_size=2", "parallelism.pipeline_model_parallel_size=2"],
+            4,
+            "context parallelism does not combine with pipeline parallelism",
+        ),
         (["parallelism.tensor_model_parallel_size=8"], 8, "must divide the model's num_attention_heads=4"),
         (["data.seq_length=4096"], 0, "data.seq_length=4096 exceeds the model's max_position_embeddings=256"),
         (["optimizer.lr=fast"], 0, "config key 'optimizer.lr': expected float, got 'fast'"),

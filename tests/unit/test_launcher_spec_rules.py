@@ -10,7 +10,7 @@ from hostile_cases import BASE, CREDENTIALS
 from gemma3_launch.cli import main
 from gemma3_launch.credentials import looks_like_credential, one_line, scrub
 from gemma3_launch.loader import SpecError, apply_sets, load_spec
-from gemma3_launch.spec import parse_time_limit
+from gemma3_launch.spec_time import parse_time_limit
 from gemma3_launch.yaml_strict import StrictYamlError, load_strict
 
 pytestmark = pytest.mark.unit

@@ -36,8 +36,10 @@ def test_init_distributed_is_idempotent_and_refuses_a_different_layout():
     state = platform.init_distributed("cpu", tp=1, pp=1)
     assert (state.world_size, state.tp, state.pp, state.device.type) == (1, 1, 1, "cpu")
     assert platform.init_distributed("cpu", tp=1, pp=1).world_size == 1
-    with pytest.raises(platform.DeviceError, match="tp=2 x pp=1 do not divide the world size 1"):
+    with pytest.raises(platform.DeviceError, match="tp=2 x pp=1 x cp=1 do not divide the world size 1"):
         platform.init_distributed("cpu", tp=2, pp=1)
+    with pytest.raises(platform.DeviceError, match="tp=1 x pp=1 x cp=2 do not divide the world size 1"):
+        platform.init_distributed("cpu", tp=1, pp=1, cp=2)
 
 
 _ENTRY_CHECK = """

@@ -77,6 +77,8 @@ def test_transformer_config_and_provide_for_a_middle_stage():
         (dict(pipeline_model_parallel_size=7), "exceeds num_layers=6"),
         (dict(attention_kernel="flash"), "attention_kernel='flash'"),
         (dict(sequence_parallel=True), "sequence_parallel needs tensor_model_parallel_size > 1"),
+        (dict(context_parallel_size=0), "context_parallel_size=0: expected >= 1"),
+        (dict(context_parallel_size=2, pipeline_model_parallel_size=2), "with pipeline_model_parallel_size=2: not"),
     ],
 )
 def test_finalize_rejects_bad_layouts(fields, needle):

@@ -35,7 +35,11 @@ def _lora(*overrides: str) -> ConfigContainer:
     [
         (_tiny("train.global_batch_size=6"), 4, "train.global_batch_size=6 is not divisible by"),
         (_tiny("train.micro_batch_size=3"), None, "train.global_batch_size=4 is not divisible by"),
-        (_tiny("parallelism.tensor_model_parallel_size=2"), 3, "tensor x pipeline = 2 x 1 = 2 does not divide"),
+        (
+            _tiny("parallelism.tensor_model_parallel_size=2"),
+            3,
+            "tensor x pipeline x context = 2 x 1 x 1 = 2 does not divide",
+        ),
         (_tiny("parallelism.tensor_model_parallel_size=8"), 8, "must divide the model's num_attention_heads=4"),
         (_tiny("parallelism.pipeline_model_parallel_size=8"), 8, "exceeds the model's num_layers=4"),
         (_tiny("parallelism.sequence_parallel=true"), 1, "sequence_parallel needs"),
@@ -82,7 +86,8 @@ def test_values_set_in_python_are_type_checked_too():
 def test_every_recipe_validates_on_its_own_parallel_layout(name):
     cfg = RECIPES[name]() if "pretrain" in name else RECIPES[name](pretrained_checkpoint="/base", peft="lora")
     par = cfg.parallelism
-    assert validate(cfg, world_size=par.tensor_model_parallel_size * par.pipeline_model_parallel_size) == 1
+    world = par.tensor_model_parallel_size * par.pipeline_model_parallel_size * par.context_parallel_size
+    assert validate(cfg, world_size=world) == 1
 
 
 def test_recipe_names_equal_the_launchers_known_recipes():

@@ -66,6 +66,8 @@ def _api_of(record: dict) -> str:
 
 
 def status(record: dict) -> str:
+    if not record.get("backend_id"):  # a submit killed before it recorded the id (SUBMIT_INTERRUPTED)
+        return "UNKNOWN"
     namespace, name = _split_id(record)
     api = _api_of(record)
     job = _get(api, namespace, name)

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..plan import JobPlan
 from ..quoting import comment_text, shell_command, shell_word
 from ..record import LOG_FILE, read_terminal_state
+from ..record import process_start_ticks as _starttime
 from . import BackendError
 from ._follow import print_log
 
@@ -69,15 +70,6 @@ def render(plan: JobPlan) -> str:
     log = shell_word(os.path.join(plan.run_dir, LOG_FILE))
     lines.append(f"exec {shell_command(_command(plan))} >> {log} 2>&1")
     return "\n".join(lines) + "\n"
-
-
-def _starttime(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return stat[stat.rfind(")") + 2 :].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def submit(plan: JobPlan, run_dir: Path) -> str:

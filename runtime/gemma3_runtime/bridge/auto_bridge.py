@@ -190,14 +190,16 @@ def save_hf_directory(
     note_multimodal: bool = False,
 ) -> Path:
     """Collective: every rank consumes `weights`; rank 0 writes `path` via a temp dir renamed at the end."""
-    from gemma3_runtime.checkpoint.io import TOKENIZER_FILES
+    from gemma3_runtime.checkpoint.io import TOKENIZER_FILES, remove_stale_output_temps
 
     check_output_dir(path, overwrite)
     rank0 = _is_rank0()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if rank0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_output_temps(path)  # what an earlier, killed export of `path` left
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
     try:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes) if rank0 else None
         for name, tensor in weights:
@@ -227,6 +229,10 @@ def save_hf_directory(
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
+    """Publish the complete `tmp` as `final`: durable first (fsync), then one rename (the old copy moved aside)."""
+    from gemma3_launch.durable import fsync_dir, fsync_tree
+
+    fsync_tree(tmp)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -234,6 +240,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
     else:
         os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def _unused_hf_tensors(names: list[str], prefix: str, num_layers: int) -> list[str]:

@@ -261,8 +261,7 @@ def _order_key(name: str) -> tuple[int, str]:
 
 
 def _progress(items: list, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
+    """A bar on a terminal, one plain line per interval in a batch log (gemma3_runtime/progress.py)."""
+    from gemma3_runtime.progress import track
 
-    return tqdm(items, desc=desc, unit="tensor", dynamic_ncols=True)
+    return track(items, len(items), desc, "tensor", enabled)

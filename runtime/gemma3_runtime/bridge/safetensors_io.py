@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gemma3_runtime.errors import UserInputError
+from gemma3_runtime.errors import StorageFullError, UserInputError, storage_full_reason
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -132,7 +132,13 @@ class ShardedSafetensorsWriter:
         if not self._buffer:
             return
         tmp_name = f".shard-{len(self._shards):05d}.safetensors.tmp"
-        save_file(self._buffer, str(self.out_dir / tmp_name), metadata={"format": "pt"})
+        try:
+            save_file(self._buffer, str(self.out_dir / tmp_name), metadata={"format": "pt"})
+        except Exception as exc:  # safetensors reports a full disk as its own error
+            reason = storage_full_reason(exc, self.out_dir, self._buffer_bytes)
+            if reason is None:
+                raise
+            raise StorageFullError(f"{reason}; nothing was written under the final name") from None
         self._shards.append((tmp_name, list(self._buffer)))
         self._buffer = {}
         self._buffer_bytes = 0

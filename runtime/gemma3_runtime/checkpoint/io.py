@@ -4,7 +4,9 @@ Commit protocol (docs/CONTRACTS.md): everything of an iteration goes into `iter_
 complete it is renamed to `iter_NNNNNNN`; the save dir's `run_config.yaml` copy is replaced next; the tracker file is
 written to a temporary name and renamed into place LAST. Readers follow only the tracker, so a crash at any point
 leaves the previous checkpoint as the visible one. A process killed mid-write leaves its `iter_NNNNNNN.tmp-<pid>`
-behind; the next save into the same directory removes such leftovers first (`remove_stale_temp_dirs`).
+behind; the next save into the same directory removes such leftovers first (`remove_stale_temp_dirs`). Data is
+fsynced before each rename that publishes it. A full disk or quota fails the save with `StorageFullError`, one line
+naming the directory, after removing the temp dir (docs/CONTRACTS.md, "Faults").
 
 Callers own the sharded state dict (model, and later optimizer / RNG / train state): this module only writes and
 reads it, plus the small files around it (`extra_files`: name -> bytes, written into the iteration directory).
@@ -32,9 +34,10 @@ from gemma3_runtime.checkpoint.layout import (
     TOKENIZER_DIR,
     TRACKER_FILE,
     iter_dir_name,
+    read_tracker,
     resolve_checkpoint,
 )
-from gemma3_runtime.errors import UserInputError
+from gemma3_runtime.errors import StorageFullError, UserInputError, storage_full_reason
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,21 @@ def _cpu_checkpoint_io() -> Iterator[None]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` durably: a reader (or a node crash) sees the old content or the new, never half."""
+    from gemma3_launch.durable import fsync_dir
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def copy_tokenizer(src_dir: Path, dest_dir: Path) -> list[str]:
@@ -146,14 +161,27 @@ def remove_stale_temp_dirs(save_dir: str | Path) -> list[Path]:
     is removed only when `iter_NNNNNNN` exists (the new copy made it into place); otherwise it may be the only copy of
     what the tracker names, so it is kept (with a warning) for a person to rename back.
     """
-    save_dir = Path(save_dir)
-    if not save_dir.is_dir():
+    return _remove_stale(Path(save_dir), _TEMP_DIR_RE, _OLD_DIR_RE)
+
+
+def remove_stale_output_temps(final: str | Path) -> list[Path]:
+    """The same for a whole output directory written under a sibling temp name (`.NAME.tmp-<pid>`, an HF export)
+    and renamed into place: the siblings an earlier, killed writer of `final` left behind."""
+    final = Path(final)
+    name = re.escape(final.name)
+    return _remove_stale(final.parent, re.compile(rf"^\.({name})\.tmp-(\d+)$"), re.compile(rf"^\.({name})\.old-(\d+)$"))
+
+
+def _remove_stale(parent: Path, temp_re: re.Pattern[str], old_re: re.Pattern[str]) -> list[Path]:
+    """Entries of `parent` matching `old_re` (moved-aside previous copies) or `temp_re` (being written), group 1 the
+    final name and group 2 the writer's pid, that nothing wrote to since this process started."""
+    if not parent.is_dir():
         return []
     started = _process_start_time()
     removed: list[Path] = []
-    entries = sorted(save_dir.iterdir(), key=lambda p: (not p.name.startswith("."), p.name))  # `.old-` first
+    entries = sorted(parent.iterdir(), key=lambda p: (old_re.match(p.name) is None, p.name))  # `.old-` first
     for entry in entries:
-        match = _OLD_DIR_RE.match(entry.name) or _TEMP_DIR_RE.match(entry.name)
+        match = old_re.match(entry.name) or temp_re.match(entry.name)
         if match is None or entry.is_symlink() or not entry.is_dir():
             continue
         try:
@@ -162,8 +190,8 @@ def remove_stale_temp_dirs(save_dir: str | Path) -> list[Path]:
             continue
         if written >= started:  # written since this process started: its writer may still be running
             continue
-        final = save_dir / match.group(1)
-        if entry.name.startswith(".") and not final.exists():
+        final = parent / match.group(1)
+        if old_re.match(entry.name) and not final.exists():
             log.warning(
                 "kept %s: a re-save of %s was killed between its renames and this is the only copy of it "
                 "(rename it back to %s to use it)",
@@ -182,6 +210,17 @@ def remove_stale_temp_dirs(save_dir: str | Path) -> list[Path]:
             age,
         )
     return removed
+
+
+def _local_tensor_bytes(sharded_state_dict: Mapping[str, Any]) -> int:
+    """Bytes of the tensors this rank writes (what a save needs on disk, give or take the metadata)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    return sum(
+        v.data.numel() * v.data.element_size()
+        for v in nested_values(dict(sharded_state_dict))
+        if isinstance(getattr(v, "data", None), torch.Tensor)
+    )
 
 
 def _save_strategy(writer_processes: int | None):
@@ -221,30 +260,68 @@ def save_checkpoint(
     _barrier()
     config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
     config_text = yaml.safe_dump(config, sort_keys=False)
+    failure: BaseException | None = None
     try:
         with _cpu_checkpoint_io():
             dist_checkpointing.save(sharded_state_dict, str(tmp), sharded_strategy=_save_strategy(writer_processes))
-    except BaseException:
-        if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
+        if rank == 0:
+            _complete_and_commit(tmp, final, save_dir, iteration, config_text, tokenizer_dir, extra_files)
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        failure = exc
+    if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+        if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if rank == 0:
-        (tmp / RUN_CONFIG_FILE).write_text(config_text)
-        if tokenizer_dir is not None:
-            copy_tokenizer(Path(tokenizer_dir), tmp / TOKENIZER_DIR)
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        if final.exists():  # re-saving an iteration: move the old one aside only now that the new one is complete
-            old = save_dir / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        write_text_atomic(save_dir / RUN_CONFIG_FILE, config_text)
-        write_text_atomic(save_dir / TRACKER_FILE, f"{iteration}\n")
-    _barrier()
-    return final
+        raise failure
+    # measured before the temp dir is removed: the space as the failed write found it
+    reason = (
+        None if failure is None else storage_full_reason(failure, save_dir, _local_tensor_bytes(sharded_state_dict))
+    )
+    # megatron's save fails on every rank together; rank 0's commit can fail alone: every rank learns of it
+    rank0_failure = _broadcast(None if failure is None else (reason, f"{failure.__class__.__name__}: {failure}"))
+    if failure is None and rank0_failure is None:
+        _barrier()
+        return final
+    if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failure is None:  # this rank wrote its part; rank 0 failed to complete or commit the checkpoint
+        reason = rank0_failure[0]
+        if reason is None:
+            raise RuntimeError(f"{save_dir}: rank 0 failed to commit iteration {iteration}: {rank0_failure[1]}")
+    if reason is None:
+        raise failure
+    kept = read_tracker(save_dir)
+    previous = f"iteration {kept} is still the latest checkpoint" if kept is not None else "no earlier checkpoint"
+    raise StorageFullError(f"{reason}; saving iteration {iteration} failed, {previous}") from None
+
+
+def _complete_and_commit(
+    tmp: Path,
+    final: Path,
+    save_dir: Path,
+    iteration: int,
+    config_text: str,
+    tokenizer_dir: str | Path | None,
+    extra_files: Mapping[str, bytes] | None,
+) -> None:
+    """Rank 0, after every rank wrote its shards into `tmp`: the small files, then the renames that commit."""
+    from gemma3_launch.durable import fsync_dir, fsync_tree
+
+    (tmp / RUN_CONFIG_FILE).write_text(config_text)
+    if tokenizer_dir is not None:
+        copy_tokenizer(Path(tokenizer_dir), tmp / TOKENIZER_DIR)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
+    fsync_tree(tmp)  # the data first, durable, then the names that point at it
+    if final.exists():  # re-saving an iteration: move the old one aside only now that the new one is complete
+        old = save_dir / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(save_dir)
+    write_text_atomic(save_dir / RUN_CONFIG_FILE, config_text)
+    write_text_atomic(save_dir / TRACKER_FILE, f"{iteration}\n")
 
 
 def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict: bool = True) -> dict[str, Any]:

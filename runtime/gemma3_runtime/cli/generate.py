@@ -214,12 +214,15 @@ def run_batches(
     rank0: bool,
     log: logging.Logger,
 ) -> list[dict]:
-    """Generate in batches of --batch-size; a single prompt streams, several print one block each."""
+    """Generate in batches of --batch-size; a single prompt streams, several print one block each and show progress
+    over the prompts (a bar on a terminal, otherwise one line per interval on stderr: stdout carries the text)."""
     from gemma3_runtime.generate.streaming import TextStream
+    from gemma3_runtime.progress import ItemProgress
 
     tokenizer, stops = sources.tokenizer, sources.stop_ids
     results: list[dict] = []
     single = len(prompts) == 1
+    progress = ItemProgress(len(prompts), "generate", "prompt", rank0 and not single, stream=sys.stderr)
     for first in range(0, len(prompts), args.batch_size):
         batch_ids = encoded[first : first + args.batch_size]
         streamer = TextStream(tokenizer, hidden_ids=stops) if single and rank0 else None
@@ -246,7 +249,7 @@ def run_batches(
                 }
             )
             if rank0 and not single:
-                print(f"--- [{index}] {prompts[index][:70]!r}\n{text}", flush=True)
+                progress.write(f"--- [{index}] {prompts[index][:70]!r}\n{text}")
         if rank0:
             steps = out.decode_steps
             rate = steps * len(batch_ids) / out.decode_s if out.decode_s > 0 else float("nan")
@@ -258,4 +261,6 @@ def run_batches(
                 out.decode_s,
                 rate,
             )
+        progress.update(len(batch_ids))
+    progress.close()
     return results

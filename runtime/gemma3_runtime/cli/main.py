@@ -1,17 +1,19 @@
 """Entry point of `gemma3-runtime` (also `python -m gemma3_runtime.cli.main`, which is what torchrun starts): `entry`.
 
 Subcommand modules only declare arguments at import time (heavy imports happen inside their `main`), so
-`--help` stays fast. A `UserInputError` anywhere becomes one line on stderr and exit code 2.
+`--help` stays fast. A `UserInputError` anywhere becomes one line on stderr and exit code 2; a `StorageFullError`
+(disk or quota full) one line and exit code 28 (contract.STORAGE_FULL_EXIT_CODE).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
 
-from gemma3_launch.contract import INVALID_INPUT_EXIT_CODE
+from gemma3_launch.contract import INVALID_INPUT_EXIT_CODE, STORAGE_FULL_EXIT_CODE
 
 #: subcommand name -> module under gemma3_runtime.cli
 SUBCOMMANDS: dict[str, str] = {
@@ -62,7 +64,7 @@ def release_distributed() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from gemma3_runtime.cli import result
-    from gemma3_runtime.errors import UserInputError
+    from gemma3_runtime.errors import StorageFullError, UserInputError
 
     result.reset()
     parser = build_parser()
@@ -73,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # guarantee one line
         print(f"gemma3-runtime {args.command}: error: {message}", file=sys.stderr)
         return INVALID_INPUT_EXIT_CODE
+    except (StorageFullError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        message = " ".join(str(exc).split())  # an OSError's text names its file
+        print(f"gemma3-runtime {args.command}: error: {message}", file=sys.stderr)
+        return STORAGE_FULL_EXIT_CODE
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

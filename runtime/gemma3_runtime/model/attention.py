@@ -10,6 +10,8 @@ Semantics (docs/MODEL.md):
   across segments). A query never has an empty row: it may always see itself, so padded rows stay finite.
 Kernels: "sdpa" (torch scaled_dot_product_attention with a boolean mask), "flex" (flex attention with a block
 mask), "eager" (matmul + fp32 softmax, HF's eager path; the reference for parity).
+Context parallelism: a context carrying a `ContextParallelState` sends every layer, whatever its kernel, to
+`context_parallel_attention` (this rank's zigzag share of the queries; docs/CONTEXT_PARALLEL.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
+from ..parallel.context_attention import ContextParallelState, context_parallel_attention
 from .kv_cache import KVCache
 from .rope import GLOBAL, LOCAL, apply_rotary
 
@@ -51,6 +54,9 @@ class AttentionContext:
     masks: dict[Any, Any] = field(default_factory=dict)  # built once per forward, shared by layers of one kind
     #: the decoder's activations are [b, s, ...] instead of megatron's [s, b, ...] (Gemma3Model's training path)
     batch_first: bool = False
+    #: context parallelism: this rank holds a zigzag share of each sequence; the state (group, full length, this
+    #: rank's segment ids, the cached halo routes) is built once per forward and shared by every layer
+    context_parallel: ContextParallelState | None = None
 
 
 #: the context of a plain batch-major forward (no padding, packing or cache); one shared object, so compiled layers
@@ -169,6 +175,8 @@ class Gemma3CoreAttention(MegatronModule):
         if attention_bias is not None:
             raise NotImplementedError("Gemma3CoreAttention: attention_bias is not supported")
         batch_first = ctx is not None and ctx.batch_first
+        if ctx is not None and ctx.context_parallel is not None:
+            return self._context_parallel(query, key, value, ctx)
         if batch_first:
             b, sq, heads, d = query.shape
             sk = key.shape[1]
@@ -224,6 +232,20 @@ class Gemma3CoreAttention(MegatronModule):
             else:
                 out = self._eager(q, k, v, mask, dropout)
         return out.permute(*from_bhsd).reshape(out_shape)
+
+    def _context_parallel(self, query, key, value, ctx: AttentionContext) -> torch.Tensor:
+        """This rank's share of the queries against the keys they need, fetched from the CP group (exact)."""
+        if self.training and self.dropout_p:
+            raise NotImplementedError("context parallelism: attention dropout is not supported")
+        if not ctx.batch_first:  # megatron's [s, b, heads, d] -> [b, s, heads, d]
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out = context_parallel_attention(
+            query, key, value, window=self.window, scale=self.softmax_scale, state=ctx.context_parallel
+        )
+        b, s, heads, d = out.shape
+        if not ctx.batch_first:
+            return out.transpose(0, 1).reshape(s, b, heads * d)
+        return out.reshape(b, s, heads * d)
 
     def _eager(self, q, k, v, mask, dropout):
         """HF's eager path: scores in the activation dtype, softmax in fp32, cast back, then weights @ v."""

@@ -7,6 +7,10 @@ forward(input_ids, position_ids, attention_mask=None, labels=None, kv_cache=None
   masked out (labels < 0 give loss 0);
 - `attention_mask`: None, or a [b, sk] key-padding mask (1/True = real token; sk counts cached positions too).
   Causal + sliding-window masking is always applied inside; a 4-D megatron mask is refused.
+- context parallelism (CP group of size > 1): a forward without KV cache and padding mask takes THIS rank's zigzag
+  share of each sequence (input_ids, labels, segment ids and position ids split by context_split.split_for_rank;
+  position ids are the tokens' global positions, which RoPE uses) and returns this rank's share of the output. A
+  forward with a KV cache or padding mask (generation) runs the whole sequence on every CP rank.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
 
+from ..parallel.context_attention import ContextParallelState
+from ..parallel.context_split import positions_for_rank
 from .attention import BATCH_FIRST, AttentionContext
 from .kv_cache import KVCache
 from .rope import Gemma3RotaryEmbedding
@@ -66,6 +72,9 @@ class Gemma3Model(GPTModel):
         #: [tokens, vocab] logits - (hidden, weight, labels, *, vocab_size) -> per-token loss, same layout as labels;
         #: filled by the speed layer (gemma3_runtime.perf.apply), used on one tensor-parallel rank only
         self.fused_loss: Callable[..., torch.Tensor] | None = None
+        cp_group = self.pg_collection.cp
+        #: the context-parallel group, None without context parallelism (then nothing on the forward path changes)
+        self.context_parallel_group = cp_group if cp_group is not None and cp_group.size() > 1 else None
 
     def _fused_loss_applies(self) -> bool:
         return self.fused_loss is not None and self.pg_collection.tp.size() == 1
@@ -152,10 +161,15 @@ class Gemma3Model(GPTModel):
                 f"attention_mask must be None or a [batch, keys] padding mask (1 = token), got shape "
                 f"{tuple(attention_mask.shape)}; causal and sliding-window masks are built inside the model"
             )
+        cp_state = None
+        if self.context_parallel_group is not None and attention_mask is None and kv_cache is None:
+            cp_state = self._context_parallel_state(input_ids, decoder_input, segment_ids)
         if position_ids is None:
-            position_ids = self._default_positions(input_ids, decoder_input, kv_cache)
+            position_ids = self._default_positions(input_ids, decoder_input, kv_cache, cp_state)
 
-        ctx_needed = attention_mask is not None or kv_cache is not None or segment_ids is not None
+        ctx_needed = (
+            attention_mask is not None or kv_cache is not None or (segment_ids is not None and cp_state is None)
+        )
         batch_first = self._batch_first(input_ids, decoder_input, labels, ctx_needed)
         if decoder_input is None and self.pre_process:
             decoder_input = self._scaled_embedding(input_ids, position_ids, batch_first)
@@ -163,7 +177,9 @@ class Gemma3Model(GPTModel):
         ctx = None
         if batch_first:
             angles, ctx = angles.transpose(1, 2), BATCH_FIRST
-        elif ctx_needed:
+        if cp_state is not None:  # in either layout; the state carries the segment ids
+            ctx = AttentionContext(batch_first=batch_first, context_parallel=cp_state)
+        elif ctx_needed:  # (never batch-first)
             ctx = AttentionContext(key_padding_mask=attention_mask, segment_ids=segment_ids, kv_cache=kv_cache)
 
         hidden = self.decoder(
@@ -188,7 +204,15 @@ class Gemma3Model(GPTModel):
             logits = gather_from_tensor_model_parallel_region(logits, group=self.pg_collection.tp)
         return logits[..., : self.hf_vocab_size].transpose(0, 1).contiguous()
 
-    def _default_positions(self, input_ids, decoder_input, kv_cache) -> torch.Tensor:
+    def _context_parallel_state(self, input_ids, decoder_input, segment_ids) -> ContextParallelState:
+        """The per-forward CP state every layer shares: the full sequence length is the local one times CP."""
+        local = input_ids.shape[1] if input_ids is not None else decoder_input.shape[0]
+        if self.config.sequence_parallel and input_ids is None:
+            local *= self.pg_collection.tp.size()
+        seq_len = local * self.context_parallel_group.size()
+        return ContextParallelState(seq_len=seq_len, group=self.context_parallel_group, segment_ids=segment_ids)
+
+    def _default_positions(self, input_ids, decoder_input, kv_cache, cp_state=None) -> torch.Tensor:
         if input_ids is not None:
             b, s = input_ids.shape
             device = input_ids.device
@@ -198,5 +222,7 @@ class Gemma3Model(GPTModel):
             if self.config.sequence_parallel:
                 s *= self.pg_collection.tp.size()
             device = hidden.device
+        if cp_state is not None:  # this rank's global positions
+            return positions_for_rank(cp_state.seq_len, cp_state.cp_size, cp_state.rank, device).expand(b, s)
         start = kv_cache.length if kv_cache is not None else 0
         return torch.arange(start, start + s, device=device).unsqueeze(0).expand(b, s)

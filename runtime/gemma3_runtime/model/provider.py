@@ -28,6 +28,8 @@ class Gemma3ModelProvider:
     config: Gemma3Config
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    #: each CP rank holds a zigzag share of every sequence (docs/CONTEXT_PARALLEL.md); parameters are replicated
+    context_parallel_size: int = 1
     sequence_parallel: bool = False
     params_dtype: torch.dtype = torch.float32
     attention_kernel: str = "sdpa"  # "sdpa" | "flex" | "eager"
@@ -68,6 +70,11 @@ class Gemma3ModelProvider:
             raise ValueError(f"tensor_model_parallel_size={tp} must divide the padded vocab {cfg.padded_vocab_size}")
         if pp > cfg.num_layers:
             raise ValueError(f"pipeline_model_parallel_size={pp} exceeds num_layers={cfg.num_layers}")
+        cp = self.context_parallel_size
+        if cp < 1:
+            raise ValueError(f"context_parallel_size={cp}: expected >= 1")
+        if cp > 1 and pp > 1:
+            raise ValueError(f"context_parallel_size={cp} with pipeline_model_parallel_size={pp}: not supported")
         if self.sequence_parallel and tp == 1:
             raise ValueError("sequence_parallel needs tensor_model_parallel_size > 1")
         if self.attention_kernel not in KERNELS:
@@ -86,6 +93,7 @@ class Gemma3ModelProvider:
         values: dict[str, Any] = dict(
             tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,
+            context_parallel_size=self.context_parallel_size,
             sequence_parallel=self.sequence_parallel,
             params_dtype=self.params_dtype,
             use_cpu_initialization=on_cpu,
@@ -145,7 +153,11 @@ class Gemma3ModelProvider:
             self.finalize()
         device = self._device()
         platform.init_distributed(
-            device, self.tensor_model_parallel_size, self.pipeline_model_parallel_size, seed=self.seed
+            device,
+            self.tensor_model_parallel_size,
+            self.pipeline_model_parallel_size,
+            seed=self.seed,
+            cp=self.context_parallel_size,
         )
         model = self.provide()
         model = model.to(device)

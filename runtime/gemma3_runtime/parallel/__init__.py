@@ -1,4 +1,5 @@
 """Context parallelism (issue #21): the zigzag sequence split and exact CP attention for Gemma 3's layer kinds.
 
-Standalone for now: nothing in the model or the training step calls it yet (docs/CONTEXT_PARALLEL.md, "Integration").
+Used by the model (Gemma3Model builds one ContextParallelState per forward, Gemma3CoreAttention calls
+context_parallel_attention) and the training step (forward_step splits each batch); docs/CONTEXT_PARALLEL.md.
 """

@@ -1,7 +1,7 @@
 """Differentiable sequence communication for context parallelism (batch-first tensors, sequence on dim 1).
 
 - `gather_sequence`: all-gather of every rank's local tokens; backward sums the gradient over the group and keeps
-  each rank's own slice (reduce-scatter), through torch.distributed.nn.
+  each rank's own slice (reduce-scatter).
 - `fetch_positions`: a halo exchange: each rank receives exactly the global positions it asks for, point-to-point
   from their owners; backward sends each gradient slice back to its owner, which adds it into its local gradient.
 Both are exact: forward copies values, backward sums every contribution once.
@@ -11,19 +11,45 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 from .context_split import chunk_length
+
+
+class _GatherSequence(torch.autograd.Function):
+    """All-gather along the sequence; backward sums every rank's gradient and keeps this rank's slice.
+
+    WHY not torch.distributed.nn's all_gather: on gloo its backward scatters with the GROUP rank as a global rank,
+    which fails in any CP group that is not the whole world (CP x TP).
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, local, group=group)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        group = ctx.group
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        parts = [p.contiguous() for p in grad.chunk(size, dim=1)]
+        if dist.get_backend(group) == dist.Backend.GLOO:  # gloo has no reduce-scatter: sum everything, keep ours
+            total = grad.contiguous()
+            dist.all_reduce(total, group=group)
+            return total.chunk(size, dim=1)[rank].contiguous(), None
+        mine = torch.empty_like(parts[rank])
+        dist.reduce_scatter(mine, parts, group=group)
+        return mine, None
 
 
 def gather_sequence(local: torch.Tensor, group=None) -> torch.Tensor:
     """[b, s_local, ...] -> [b, cp * s_local, ...]: every rank's tokens in RANK order (see gathered_positions).
 
-    torch.distributed.nn's differentiable all-gather: its backward reduce-scatters on NCCL and, on gloo (the CPU
-    tests), does the same through all_to_all plus a sum.
+    Differentiable: the backward reduce-scatters the gradient (on gloo, the CPU tests: all-reduce, then this rank's
+    slice), so each rank gets the sum of every rank's gradient for its own tokens.
     """
-    parts = dist_nn.all_gather(local.contiguous(), group=group if group is not None else dist.group.WORLD)
-    return torch.cat(parts, dim=1)
+    return _GatherSequence.apply(local.contiguous(), group if group is not None else dist.group.WORLD)
 
 
 def owner_of(position: torch.Tensor, seq_len: int, cp_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from gemma3_runtime.parallel.context_rules import split_problem
+
 
 def validate_split(seq_len: int, cp_size: int) -> None:
-    """Raise ValueError unless a sequence of `seq_len` tokens splits into 2*cp_size equal chunks."""
-    if cp_size < 1:
-        raise ValueError(f"context_parallel_size: expected an integer >= 1, got {cp_size}")
-    if seq_len < 1 or seq_len % (2 * cp_size) != 0:
-        raise ValueError(
-            f"seq_length: expected a positive multiple of 2 * context_parallel_size = {2 * cp_size}, got {seq_len}"
-        )
+    """Raise ValueError unless a sequence of `seq_len` tokens splits into 2*cp_size equal chunks (context_rules)."""
+    problem = split_problem(seq_len, cp_size)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def chunk_ids(cp_size: int, rank: int) -> tuple[int, int]:
@@ -59,3 +58,12 @@ def merge_ranks(parts: list[torch.Tensor], seq_dim: int = 1) -> torch.Tensor:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return concatenated.index_select(seq_dim, inverse)
+
+
+def split_batch(batch: dict[str, torch.Tensor], cp_size: int, rank: int) -> dict[str, torch.Tensor]:
+    """This rank's share of a training batch of per-token [b, s] tensors (input ids, labels, loss mask, position ids,
+    segment ids): every entry goes through `split_for_rank`, so they stay aligned."""
+    lengths = {name: tuple(t.shape) for name, t in batch.items()}
+    if len({shape[:2] for shape in lengths.values()}) != 1 or any(len(shape) != 2 for shape in lengths.values()):
+        raise ValueError(f"context-parallel batch: expected [batch, seq] tensors of one shape, got {lengths}")
+    return {name: split_for_rank(t, cp_size, rank) for name, t in batch.items()}

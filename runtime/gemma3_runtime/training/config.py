@@ -13,6 +13,7 @@ validate.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,7 @@ class LoggingConfig:
 class ParallelismConfig:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1
     sequence_parallel: bool = False
 
 
@@ -337,10 +339,22 @@ def _set_in(obj: Any, parts: list[str], depth: int, raw: str, key: str, root: An
 
 
 def _parse_value(raw: str, hint: Any) -> Any:
-    """YAML-typed, except that a string field keeps the text as typed (so `checkpoint.save=123` is the path "123")."""
+    """YAML-typed, except that a string field keeps the text as typed (so `checkpoint.save=123` is the path "123");
+    a JSON string literal is the string it quotes (how the launcher passes the spec's strings: `"null"` is a name)."""
     if is_plain_str(hint) and raw.strip() not in ("null", "~", "None"):
-        return raw
+        return _json_string(raw)
     try:
         return yaml.safe_load(raw) if raw.strip() != "" else None
     except yaml.YAMLError:
         return raw
+
+
+def _json_string(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return raw
+        if isinstance(value, str):
+            return value
+    return raw

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from gemma3_runtime.progress import eta_text, format_duration, now_iso
+
 log = logging.getLogger("gemma3_runtime.training")
 
 
@@ -82,7 +84,7 @@ class MetricsSink:
         self.last_iteration = max(self.last_iteration, iteration)
         if line:
             text = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if v is not None)
-            message = f"{_now_iso()} | {self.progress.line(iteration)} | {text}"
+            message = f"{now_iso()} | {self.progress.line(iteration)} | {text}"
             if self.bar is not None:
                 self.bar.write(message)
             else:
@@ -138,23 +140,8 @@ class Progress:
         eta = self.eta_s(iteration)
         width = len(str(self.total))
         return (
-            f"step {iteration:>{width}d}/{self.total} | elapsed {format_duration(self.elapsed())} | "
-            f"eta {format_duration(eta) if eta is not None else '?'}"
+            f"step {iteration:>{width}d}/{self.total} | elapsed {format_duration(self.elapsed())} | eta {eta_text(eta)}"
         )
-
-
-def format_duration(seconds: float) -> str:
-    """H:MM:SS (D-HH:MM:SS past a day)."""
-    total = int(round(max(seconds, 0.0)))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:d}:{minutes:02d}:{secs:02d}"
-    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}" if days else clock
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def step_record(iteration: int, loss: float, lr: float, grad_norm: float | None) -> dict[str, Any]:

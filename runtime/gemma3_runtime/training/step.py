@@ -5,6 +5,10 @@ batch (megatron's `calculate_per_token_loss`: the loss function returns (sum, co
 all-reduces the count over DP and scales the gradients). So the step is the same for any DP size and any split
 into micro-batches, which is what makes DP=2 equal DP=1.
 Packed SFT batches pass `segment_ids` so attention never crosses packed examples (data/sft.py).
+Context parallelism (CP > 1): each CP rank of a data-parallel replica gets the same batch and keeps its zigzag
+share of every sequence (`forward_step`, the one place); its loss sum and token count cover that share, so summing
+them over the CP ranks (run_forward_backward's all-reduce, `finalize_grads`' data x context group) gives CP=1's
+values, and megatron DDP reduces the gradients over the same data x context group.
 """
 
 from __future__ import annotations
@@ -35,9 +39,16 @@ def _masked_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
+    from megatron.core import parallel_state
+
     from gemma3_runtime.perf.linear_ce import uniform_upstream_grad
 
     batch = next(data_iterator)
+    cp_size = parallel_state.get_context_parallel_world_size()
+    if cp_size > 1:
+        from gemma3_runtime.parallel.context_split import split_batch
+
+        batch = split_batch(batch, cp_size, parallel_state.get_context_parallel_rank())
     segment_ids = batch.get("segment_ids")  # absent when every row is one document (data/batches.py collate)
     with uniform_upstream_grad():  # loss_func sums the per-token losses: one upstream value on every loss token
         output = model(

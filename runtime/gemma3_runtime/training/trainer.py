@@ -96,16 +96,21 @@ class Trainer:
         needs_tokenizer = cfg.data.kind != "mock" or cfg.eval.task_accuracy
         self.tokenizer = load_tokenizer(self.tokenizer_dir) if needs_tokenizer else None
 
-        self.tp, self.pp = cfg.parallelism.tensor_model_parallel_size, cfg.parallelism.pipeline_model_parallel_size
-        dist_state = platform.init_distributed(self.device, self.tp, self.pp, seed=cfg.train.seed)
+        par = cfg.parallelism
+        self.tp, self.pp, self.cp = (
+            par.tensor_model_parallel_size,
+            par.pipeline_model_parallel_size,
+            par.context_parallel_size,
+        )
+        dist_state = platform.init_distributed(self.device, self.tp, self.pp, seed=cfg.train.seed, cp=self.cp)
         self.rank, self.world = dist_state.rank, dist_state.world_size
         self.is_rank0 = self.rank == 0
-        self.dp = self.world // (self.tp * self.pp)
+        self.dp = self.world // (self.tp * self.pp * self.cp)  # the CP ranks of one replica share its samples
         self.dp_rank = parallel_state.get_data_parallel_rank()
         t = cfg.train
         self.num_microbatches = num_microbatches(t.global_batch_size, t.micro_batch_size, self.dp)
         if self.is_rank0:
-            layout = f"world {self.world} (tp {self.tp}, pp {self.pp}, dp {self.dp})"
+            layout = f"world {self.world} (tp {self.tp}, pp {self.pp}, cp {self.cp}, dp {self.dp})"
             batch = f"{self.num_microbatches} micro-batches of {t.micro_batch_size} per step"
             precision = "bf16+fp32 main" if self.bf16 else "fp32"
             resuming = f", resuming from {self.resume_from.iter_dir}" if self.resume_from else ""
@@ -125,6 +130,7 @@ class Trainer:
             cfg.model,
             tensor_model_parallel_size=self.tp,
             pipeline_model_parallel_size=self.pp,
+            context_parallel_size=self.cp,
             sequence_parallel=cfg.parallelism.sequence_parallel,
             params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
             device=self.device.type,
@@ -162,7 +168,7 @@ class Trainer:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             use_distributed_optimizer=self.device.type == "cuda" and self.cfg.optimizer.use_distributed_optimizer,
-            **ddp_fields(self.perf, self.dp),
+            **ddp_fields(self.perf, self.dp * self.cp),  # gradients are reduced over data x context ranks
         )
         self.models = [DistributedDataParallel(config=m.config, ddp_config=ddp_config, module=m) for m in self.models]
         for m in self.models:

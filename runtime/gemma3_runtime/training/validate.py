@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from gemma3_runtime.errors import UserInputError
+from gemma3_runtime.parallel.context_rules import split_problem
 from gemma3_runtime.training.config import ConfigContainer
 from gemma3_runtime.training.config_types import check_types, shown
 
@@ -58,16 +59,16 @@ def num_microbatches(global_batch_size: int, micro_batch_size: int, dp_size: int
 
 
 def data_parallel_size(cfg: ConfigContainer, world_size: int) -> int:
-    """world size / (tensor x pipeline); checks that both the world and the global batch divide evenly."""
+    """world size / (tensor x pipeline x context); checks that both the world and the global batch divide evenly."""
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size <= 0:
         raise UserInputError(f"world size {shown(world_size)}: expected a positive integer (nodes x processes)")
     par = cfg.parallelism
-    model_parallel = par.tensor_model_parallel_size * par.pipeline_model_parallel_size
+    tp, pp, cp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size
+    model_parallel = tp * pp * cp
     if world_size % model_parallel:
         raise UserInputError(
-            f"parallelism: tensor x pipeline = {par.tensor_model_parallel_size} x "
-            f"{par.pipeline_model_parallel_size} = {model_parallel} does not divide the world size {world_size} "
-            f"(nodes x processes per node)"
+            f"parallelism: tensor x pipeline x context = {tp} x {pp} x {cp} = {model_parallel} does not divide "
+            f"the world size {world_size} (nodes x processes per node)"
         )
     dp = world_size // model_parallel
     num_microbatches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dp)
@@ -224,11 +225,12 @@ def _check_peft(cfg: ConfigContainer) -> None:
 
 
 def _check_parallel_layout(cfg: ConfigContainer) -> None:
-    """Tensor / pipeline sizes against each other and against the architecture (as megatron-core requires)."""
+    """Tensor / pipeline / context sizes against each other, the sequence and the architecture."""
     par = cfg.parallelism
     tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
     _positive("parallelism.tensor_model_parallel_size", tp)
     _positive("parallelism.pipeline_model_parallel_size", pp)
+    _check_context_parallel(cfg)
     if par.sequence_parallel and tp == 1:
         raise UserInputError("parallelism.sequence_parallel needs parallelism.tensor_model_parallel_size > 1")
     model: Any = cfg.model
@@ -246,4 +248,24 @@ def _check_parallel_layout(cfg: ConfigContainer) -> None:
     if pp > model.num_layers:
         raise UserInputError(
             f"parallelism.pipeline_model_parallel_size={pp} exceeds the model's num_layers={model.num_layers}"
+        )
+
+
+def _check_context_parallel(cfg: ConfigContainer) -> None:
+    """Context parallelism (docs/CONTEXT_PARALLEL.md): a positive size, the zigzag split's rule on the sequence
+    length (context_rules, shared with the split itself), and no pipeline parallelism alongside it."""
+    par = cfg.parallelism
+    cp, pp = par.context_parallel_size, par.pipeline_model_parallel_size
+    _positive("parallelism.context_parallel_size", cp)
+    if cp == 1:
+        return
+    problem = split_problem(
+        cfg.data.seq_length, cp, seq_key="data.seq_length", cp_key="parallelism.context_parallel_size"
+    )
+    if problem is not None:
+        raise UserInputError(problem)
+    if pp > 1:
+        raise UserInputError(
+            f"parallelism.context_parallel_size={cp} with parallelism.pipeline_model_parallel_size={pp}: context "
+            "parallelism does not combine with pipeline parallelism (set one of them to 1)"
         )

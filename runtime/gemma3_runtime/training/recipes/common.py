@@ -113,6 +113,7 @@ def build_pretrain_config(
     dir: str | None,
     tensor_model_parallel_size: int,
     pipeline_model_parallel_size: int,
+    context_parallel_size: int,
     seed: int,
 ) -> ConfigContainer:
     """A pretraining run from random weights; see the size's `gemma3_<size>_pretrain_config` for each switch."""
@@ -137,6 +138,7 @@ def build_pretrain_config(
         parallelism=ParallelismConfig(
             tensor_model_parallel_size=tensor_model_parallel_size,
             pipeline_model_parallel_size=pipeline_model_parallel_size,
+            context_parallel_size=context_parallel_size,
         ),
     )
 
@@ -158,6 +160,7 @@ def build_finetune_config(
     dir: str | None,
     tensor_model_parallel_size: int | None,
     pipeline_model_parallel_size: int | None,
+    context_parallel_size: int,
     seed: int,
     packing: bool,
 ) -> ConfigContainer:
@@ -194,6 +197,7 @@ def build_finetune_config(
         parallelism=ParallelismConfig(
             tensor_model_parallel_size=tensor_model_parallel_size or default_tp,
             pipeline_model_parallel_size=pipeline_model_parallel_size or default_pp,
+            context_parallel_size=context_parallel_size,
         ),
         peft=peft_cfg,
     )

@@ -1,10 +1,9 @@
 """Test-only fault injection: SIGKILL a chosen process of a training job at a chosen iteration.
 
-Production code carries nothing for this: a test puts this directory first on the workers' PYTHONPATH and sets
-GEMMA3_TEST_FAULTS (the one place that reads it is here). Every Python process then imports this file at start-up;
-only torchrun WORKERS (LOCAL_RANK and TORCHELASTIC_RUN_ID set) or a single-process runtime with GEMMA3_TEST_FAULTS
-act on it: once gemma3_runtime's Trainer is imported, its `train_step` is wrapped so that after the step that reaches
-a fault's iteration, on the fault's global rank, the worker SIGKILLs its target:
+Production code carries nothing for this: a test puts tests/fault_hooks first on the job's PYTHONPATH and sets
+GEMMA3_TEST_FAULTS (read only here); the directory's sitecustomize imports this module when it is set. Once
+gemma3_runtime's Trainer is imported (only the runtime processes do), its `train_step` is wrapped so that after the
+step that reaches a fault's iteration, on the fault's global rank (RANK), the process SIGKILLs its target:
 
     rank       itself                              torchrun   its parent
     node       the node wrapper (`jobwrap node`)   wrapper    the job wrapper (`jobwrap job` / submitit's _submit)

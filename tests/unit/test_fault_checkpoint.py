@@ -1,0 +1,96 @@
+"""A training run SIGKILLed inside checkpoint save (a real kill of the real `gemma3-runtime run`, through the
+test-only kill points of tests/fault_hooks), and a save that runs out of disk on a real size-limited file system.
+
+Kill points, in the 2nd save (iteration 4; iteration 2 is committed):
+- the shards are written into `iter_0000004.tmp-<pid>` but it is not renamed yet;
+- `iter_0000004` is in place but the tracker still names iteration 2 (killed before the tracker rename);
+- the tracker names iteration 4 (killed right after the tracker rename).
+Each time the committed checkpoint stays loadable, nothing partial carries a final name, and the same command run
+again completes to weights and optimizer state torch.equal to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from procs import run_in_own_group, run_on_small_tmpfs
+from train_helpers import assert_same_tensors, checkpoint_tensors, run_cli_args, runtime_env
+
+from gemma3_launch.contract import STORAGE_FULL_EXIT_CODE
+from gemma3_runtime.checkpoint.layout import TRACKER_FILE, read_tracker, resolve_checkpoint
+
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+ITERS, INTERVAL = 4, 2
+KILL_POINTS = {
+    "shards_written": ("megatron.core.dist_checkpointing:save:2:after", 2),
+    "before_tracker_rename": (f"gemma3_runtime.checkpoint.io:write_text_atomic:2:before:{TRACKER_FILE}", 2),
+    "after_tracker_rename": (f"gemma3_runtime.checkpoint.io:write_text_atomic:2:after:{TRACKER_FILE}", 4),
+}
+
+
+def _run(save: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = runtime_env()
+    if kill_at:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "fault_hooks"), env["PYTHONPATH"]])
+        env["GEMMA3_TEST_KILL_AT"] = kill_at
+    args = run_cli_args(save, ITERS, [f"checkpoint.save_interval={INTERVAL}"])
+    return run_in_own_group(args, env, str(REPO), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    save = tmp_path_factory.mktemp("straight") / "ck"
+    res = _run(save)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return checkpoint_tensors(save)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_during_save_then_resume(tmp_path, uninterrupted, point):
+    kill_at, committed = KILL_POINTS[point]
+    save = tmp_path / "ck"
+    killed = _run(save, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "fault_hooks: SIGKILL" in killed.stderr
+
+    assert read_tracker(save) == committed
+    resolved = resolve_checkpoint(save)
+    assert resolved.iteration == committed and checkpoint_tensors(save)  # the committed checkpoint loads
+    finals = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_") and ".tmp-" not in p.name)
+    # every directory under a final name is complete: its run_config.yaml is written last, just before the rename
+    assert all((save / name / "run_config.yaml").is_file() for name in finals), finals
+
+    resumed = _run(save)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run completed at iteration {ITERS}" in resumed.stdout
+    assert read_tracker(save) == ITERS
+    assert [p.name for p in save.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []  # leftovers removed
+    assert_same_tensors(checkpoint_tensors(save), uninterrupted)
+
+
+def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A 4 MiB tmpfs (in a private mount namespace: `unshare`, as root or through a user namespace) holds the
+    tiny model's first checkpoint (2.4 MB) but not a second one."""
+    mnt, out = tmp_path / "small", tmp_path / "copied"
+    save = mnt / "ck"
+    run = shlex.join(run_cli_args(save, ITERS, [f"checkpoint.save_interval={INTERVAL}"]))
+    script = f"{run}\ncode=$?\ncp -a {shlex.quote(str(save))} {shlex.quote(str(out))}\nexit $code\n"
+    try:
+        res = run_on_small_tmpfs(mnt, "4m", script, runtime_env(), timeout=600)
+    except RuntimeError as exc:
+        pytest.fail(f"the disk-full test cannot build its small file system: {exc}")
+    assert res.returncode == STORAGE_FULL_EXIT_CODE, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and str(save) in errors[0] and "no space left" in errors[0], errors
+    assert "Traceback" not in res.stderr
+    assert "iteration 2 is still the latest checkpoint" in errors[0]
+    assert read_tracker(out) == 2
+    assert [p.name for p in out.iterdir() if p.name.startswith(("iter_", ".iter_"))] == ["iter_0000002"]
+    assert checkpoint_tensors(out)  # the previous checkpoint loads
