@@ -42,3 +42,25 @@ def print_schedule(schedule: list[dict]) -> None:
     """The schedule in the test output (seeded: the same seed gives the same list)."""
     for f in schedule:
         print(f"fault {f['id']}: SIGKILL {f['target']:<8} from rank {f['rank']} after iteration {f['iteration']}")
+
+
+def final_state(ckpt: Path, iterations: int) -> dict:
+    """The last checkpoint's tensors - model weights and optimizer state - flattened to {dotted key: tensor}."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    iteration = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+    assert iteration == iterations, f"{ckpt}: last checkpoint {iteration}, expected {iterations}"
+    out = ckpt.parent / f"{ckpt.name}.final.pt"
+    dcp_to_torch_save(str(ckpt / f"iter_{iteration:07d}"), str(out))
+    flat: dict = {}
+
+    def walk(prefix: str, obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            flat[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}", v)
+
+    walk("", torch.load(out, weights_only=False))
+    return {k: v for k, v in flat.items() if "_extra_state" not in k}
