@@ -1,4 +1,4 @@
-"""`gemma3-launch`: validate | render | submit | status | logs | cancel | list | checkpoints | schema.
+"""`gemma3-launch`: validate | render | submit | status | logs | cancel | retry | list | checkpoints | schema.
 
 Exit codes: 0 ok; 2 invalid input (one line naming the file/field and what was expected; nothing submitted or
 registered); 1 a backend failure; a followed job's own non-zero exit code otherwise. Imports are lazy so that
@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     cn = sub.add_parser("cancel", help="cancel a job")
     cn.add_argument("job")
+    rt = sub.add_parser("retry", help="continue a job that ended without completing, from its last checkpoint")
+    rt.add_argument("job", help="job id (or a unique prefix)")
     ls = sub.add_parser("list", help="jobs in the index, newest first")
     ls.add_argument("--cluster", choices=("local", "slurm", "k8s"), default=None)
     ls.add_argument("--state", action="append", default=[], help="only jobs in this state, e.g. RUNNING (repeatable)")
@@ -152,6 +154,7 @@ _COMMANDS = {
     "status": cli_job_commands.cmd_status,
     "logs": cli_job_commands.cmd_logs,
     "cancel": cli_job_commands.cmd_cancel,
+    "retry": cli_job_commands.cmd_retry,
     "list": cli_job_commands.cmd_list,
     "checkpoints": cli_job_commands.cmd_checkpoints,
     "schema": cli_spec_commands.cmd_schema,

@@ -38,6 +38,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .progress import job_progress
     from .record import read_record
+    from .retry import fault_lines
     from .submit import refresh
 
     rec = _find(args.job)
@@ -57,7 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = f" (exit {code})" if code is not None else ""
     line = f"{rec['job_id']}  {state}{detail}  {rec['backend']}:{rec.get('backend_id')}  {rec['run_dir']}"
     print(comment_text(line))
-    for text in _progress_lines(progress):
+    for text in [*_progress_lines(progress), *fault_lines(current, state)]:
         print(comment_text(text))
     return 0
 
@@ -98,6 +99,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     rec = _find(args.job)
     get_backend(rec["backend"]).logs(rec, args.follow)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .retry import RetryRefused, retry_job
+
+    try:
+        print(retry_job(_find(args.job)))
+    except RetryRefused as exc:
+        raise InputError(str(exc)) from None
     return 0
 
 

@@ -199,6 +199,7 @@ def _resource_plan(spec: JobSpec) -> ResourcePlan:
         memory=res.memory,
         time_limit=format_time_limit(res.time_limit_s),
         time_limit_s=res.time_limit_s,
+        max_step_retries=res.max_step_retries,
     )
 
 

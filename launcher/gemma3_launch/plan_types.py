@@ -131,6 +131,7 @@ class ResourcePlan:
     memory: str | None
     time_limit: str  # canonical [D-]HH:MM:SS
     time_limit_s: int
+    max_step_retries: int = 2  # in-allocation retries of a killed training step (jobwrap)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,13 @@ class Resources(Strict):
     memory: Annotated[str, StringConstraints(pattern=MEMORY_RE)] | None = Field(
         None, description="Memory per node: a whole number followed by K, M, G or T (sbatch --mem), e.g. 400G."
     )
+    max_step_retries: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="How often a training step whose worker or torchrun was killed runs again inside the same"
+        " allocation, resuming from its last committed checkpoint (0: never; the job then fails).",
+    )
     #: sbatch's formats; an integer is minutes (see parse_time_limit).
     time_limit: str | int = Field(
         "04:00:00",

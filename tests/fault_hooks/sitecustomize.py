@@ -94,3 +94,6 @@ def _install(spec: str) -> None:
 
 if _SPEC:
     _install(_SPEC)
+
+if os.environ.get("GEMMA3_TEST_FAULTS"):  # tests/faults.py's seeded process-kill schedule (its own module)
+    import kill_schedule  # noqa: F401

@@ -10,15 +10,14 @@ import sys
 import pytest
 
 from gemma3_launch.contract import REQUEUE_EXIT_CODE
-from gemma3_launch.jobwrap import (
+from gemma3_launch.jobwrap_io import (
     RANK_EXIT_DIR_ENV,
-    _children,
-    _every_rank_asked_for_requeue,
-    _exit_dir,
+    every_rank_asked_for_requeue,
     executed_command,
-    node_env,
+    exit_dir,
     step_result,
 )
+from gemma3_launch.jobwrap_node import _children, node_env
 from gemma3_launch.plan import CONTAINER_NAME_ENV, Cluster, JobPlan, Step, make_plan
 from gemma3_launch.record import add_state, read_record, update_record, write_json_atomic
 from gemma3_launch.registry import Registry
@@ -55,11 +54,11 @@ def test_job_level_requeue_needs_every_rank_to_have_asked(tmp_path, monkeypatch,
     """A 2-node step whose srun ended non-zero is a requeue only when all workers recorded {0, 199} with a 199."""
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     step = Step("train", (), nnodes=2, nproc_per_node=1)
-    exit_dir = _exit_dir(tmp_path, step)
-    exit_dir.mkdir(parents=True)
+    exits = exit_dir(tmp_path, step)
+    exits.mkdir(parents=True)
     for rank, code in codes.items():
-        write_json_atomic(exit_dir / f"rank-{rank}.json", {"rank": str(rank), "exit_code": code})
-    assert _every_rank_asked_for_requeue(tmp_path, step) is requeue
+        write_json_atomic(exits / f"rank-{rank}.json", {"rank": str(rank), "exit_code": code})
+    assert every_rank_asked_for_requeue(tmp_path, step) is requeue
 
 
 def test_children_finds_direct_children_only():
@@ -172,9 +171,9 @@ def test_registry_lookup_by_prefix_and_rebuild(tmp_path):
 
 
 def test_generate_answers_come_from_the_results_answers_file(tmp_path):
-    from gemma3_launch.jobwrap import _answers
+    from gemma3_launch.jobwrap_io import answers
 
     out = tmp_path / "generate_after.jsonl"
     out.write_text(json.dumps({"prompt": "Wordcode: a b ->", "text": " b-ka a-ka\n", "tokens": 5}) + "\n")
-    assert _answers(str(out)) == ["'Wordcode: a b ->' -> 'b-ka a-ka'"]
-    assert _answers(None) == [] and _answers(str(tmp_path / "no")) == []
+    assert answers(str(out)) == ["'Wordcode: a b ->' -> 'b-ka a-ka'"]
+    assert answers(None) == [] and answers(str(tmp_path / "no")) == []

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from gemma3_launch.cli import main
-from gemma3_launch.jobwrap import _pump, _Redactor
+from gemma3_launch.jobwrap_io import Redactor as _Redactor
+from gemma3_launch.jobwrap_io import pump as _pump
 
 pytestmark = pytest.mark.unit
 
