@@ -1,18 +1,25 @@
 """Training throughput of the step users run - `Trainer.train_step` of gemma3_runtime - on one card, beside the
-Hugging Face anchor.
+Hugging Face anchor at its best micro-batch.
 
 Benchmark, not a test: prints numbers, never fails on speed. Our variants are generated from PerfConfig:
   defaults            PerfConfig() as shipped (what a user gets without setting any perf field)
   plain               PerfConfig.plain(): every fast path off
   minus-<switch>      the defaults with that one switch at its plain value, for every switch the defaults turn on
-and each again with LoRA (`lora-` prefix: the shipped finetune recipe with peft=lora on a random base checkpoint).
+and each again with LoRA (`lora-` prefix: the shipped finetune recipe with LoRA r32 / alpha 32 on all linears - the
+anchor's PEFT config - on random base weights: the model's own seeded init, no base checkpoint written or read).
 Each variant builds a fresh Trainer from the recipe (mock data, no checkpoints), runs `--warmup` steps, then times
 `--steps` steps reading each step's values one step late, as the training loop does. `--repeats N` runs the whole
 list N times interleaved, so drifts of the card hit every variant alike; compare medians.
-The HF anchor (bench/hf_baseline_anchor.py: eager, +torch.compile, +PEFT LoRA r32) runs first unless `--hf none`.
+`--size 1b|4b|12b` picks the Gemma 3 size of ours and of the anchor (GEMMA3_SIZE). `--mbs` and `--hf-mbs` take a
+comma list: a micro-batch sweep, run in the order given; a micro-batch that runs out of memory is recorded as
+status "oom" and every larger one left in the list is skipped. Give the larger ones first when the budget is short.
+The HF anchor (bench/hf_baseline_anchor.py: eager, +torch.compile, +PEFT LoRA r32) runs first unless `--hf none`;
+the 4B/12B anchors build their model on the card (--hf-init-device), which changes only their start-up.
 FLOPs/token are counted as the anchor counts them (gemma3_runtime.training.flops); MFU is vs 989 TFLOP/s bf16.
+The summary names each anchor's best micro-batch; bench/front_table.py turns the JSON into PERFORMANCE.md's rows.
 
 GPU:        python3 bench/train_throughput.py --repeats 3 --json $OUT/train_throughput.json
+Sweep:      python3 bench/train_throughput.py --hf compile,lora --hf-mbs 8,4,2,1 --mbs 8 --json $OUT/sweep.json
 CPU smoke:  python3 bench/train_throughput.py --device cpu --tiny --hf none --variants defaults,lora-defaults
 CP memory point (docs/CONTEXT_PARALLEL.md): python3 bench/train_throughput.py --size 4b --seq 16384 --mbs 1 --nmb 1
             --hf none --variants lora-defaults --warmup 2 --steps 2 --json $OUT/cp_memory_point.json
@@ -38,10 +45,14 @@ for sub in ("runtime", "launcher"):
         sys.path.insert(0, str(HERE.parent / sub))
 
 import torch  # noqa: E402
+from front_table import best_of_sweep  # noqa: E402
 
 ANCHOR = HERE / "hf_baseline_anchor.py"
 PEAK_TFLOPS = 989.0
 HF_PLANS = {"eager": ("sdpa", False, False), "lora": ("sdpa", True, False), "compile": ("sdpa", False, True)}
+#: the anchor's PEFT config (r32, alpha 32, all seven projections = our four linears), so LoRA rows compare alike
+ANCHOR_LORA = dict(rank=32, alpha=32.0)
+RECOMPUTE = {"none": (None, None, None), "full": ("full", "uniform", 1), "selective": ("selective", None, None)}
 T_START = time.time()
 
 
@@ -73,24 +84,29 @@ class Records:
         return record
 
 
-def run_config(args: argparse.Namespace, perf: Any, peft: str | None, base: str | None, save: str | None = None):
+def size_of(args: argparse.Namespace) -> str:
+    return "tiny" if args.tiny else args.size
+
+
+def run_config(args: argparse.Namespace, perf: Any, peft: str | None, mbs: int, base: str | None):
     """The recipe's ConfigContainer for one measurement: mock data, the bench's batch shape, no checkpoints."""
+    from gemma3_runtime.peft.config import PeftConfig
     from gemma3_runtime.training.recipes import get_recipe
 
-    size = "tiny" if args.tiny else args.size
     if peft:
-        cfg = get_recipe(f"gemma3_{size}_finetune")(pretrained_checkpoint=base, peft=peft)
+        cfg = get_recipe(f"gemma3_{size_of(args)}_finetune")(pretrained_checkpoint=base, peft=peft)
+        cfg.peft = PeftConfig.for_kind(peft, **ANCHOR_LORA)
     else:
-        cfg = get_recipe(f"gemma3_{size}_pretrain")()
+        cfg = get_recipe(f"gemma3_{size_of(args)}_pretrain")()
     cfg.name = "train_throughput"
     cfg.train.device = args.device
-    # one card (the 4B pretrain recipe's own layout is TP 2)
+    # one card (the 4B/12B pretrain recipes' own layouts are TP 2 / TP 4)
     cfg.parallelism.tensor_model_parallel_size = cfg.parallelism.pipeline_model_parallel_size = 1
     cfg.data.kind, cfg.data.seq_length = "mock", args.seq
-    cfg.train.micro_batch_size, cfg.train.global_batch_size = args.mbs, args.mbs * args.nmb
+    cfg.train.micro_batch_size, cfg.train.global_batch_size = mbs, mbs * args.nmb
     cfg.train.train_iters = args.warmup + args.steps + 1
-    cfg.checkpoint.save, cfg.checkpoint.load, cfg.checkpoint.save_interval = save, None, None
-    cfg.checkpoint.save_at_end = save is not None
+    cfg.checkpoint.save, cfg.checkpoint.load, cfg.checkpoint.save_interval = None, None, None
+    cfg.checkpoint.save_at_end = False
     cfg.eval.interval, cfg.eval.at_start, cfg.eval.task_accuracy = None, False, False
     cfg.logging.tensorboard_dir, cfg.logging.wandb_project = None, None
     cfg.logging.progress_bar, cfg.logging.loss_curve_png = False, False
@@ -99,26 +115,58 @@ def run_config(args: argparse.Namespace, perf: Any, peft: str | None, base: str 
 
 
 def random_base(args: argparse.Namespace, workdir: Path) -> str:
-    """A base checkpoint of random weights for the LoRA variants (one plain step of the pretrain recipe)."""
-    from gemma3_runtime.perf.config import PerfConfig
-    from gemma3_runtime.training.trainer import train
+    """A base "checkpoint" that holds only the architecture (run_config.yaml, committed by its tracker), no tensors:
+    the LoRA variants resolve it like any base, then keep the model's own seeded random init instead of loading
+    (BenchTrainer). No training step, no optimizer state, no weights written: a 12B base would cost minutes and
+    tens of GB of host memory to write and read back, and it changes nothing a step does."""
+    import yaml
+    from gemma3_runtime.checkpoint.layout import FORMAT, RUN_CONFIG_FILE, TRACKER_FILE, iter_dir_name
+    from gemma3_runtime.training.recipes.common import model_for_size
 
-    cfg = run_config(args, PerfConfig.plain(), None, None, save=str(workdir / "base"))
-    cfg.train.train_iters = 1
-    # the weights are random anyway: one short step, so a full-parameter step of the 4B fits beside its optimizer
-    cfg.data.seq_length = min(cfg.data.seq_length, 4096)
-    cfg.train.micro_batch_size = cfg.train.global_batch_size = 1
-    return train(cfg).checkpoint
+    base = workdir / "random_base"
+    (base / iter_dir_name(0)).mkdir(parents=True)
+    config = {"format": FORMAT, "model": model_for_size(size_of(args)).to_dict()}
+    (base / iter_dir_name(0) / RUN_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    (base / TRACKER_FILE).write_text("0\n")
+    return str(base)
 
 
-def measure(name: str, perf: Any, peft: str | None, args: argparse.Namespace, base: str | None) -> dict:
-    """Build a Trainer for the variant and time its train_step."""
+def bench_trainer(cfg: Any, recompute: str) -> Any:
+    """The Trainer users run, with two bench-only changes to its build: the base weights stay the seeded random init
+    (nothing to load, see random_base), and `recompute` sets the provider's activation recompute."""
+    from gemma3_runtime.model.provider import Gemma3ModelProvider
     from gemma3_runtime.training.trainer import Trainer
 
+    granularity, method, layers = RECOMPUTE[recompute]
+
+    class BenchTrainer(Trainer):
+        def _build_model(self) -> None:
+            self.pretrained = None  # random base weights: the init the provider just drew on the device
+            original = Gemma3ModelProvider.from_config
+            if granularity is not None:
+                fields = dict(recompute_granularity=granularity, recompute_method=method, recompute_num_layers=layers)
+                Gemma3ModelProvider.from_config = classmethod(lambda cls, config, **kw: cls(config, **{**kw, **fields}))
+            try:
+                super()._build_model()
+            finally:
+                Gemma3ModelProvider.from_config = original
+
+    return BenchTrainer(cfg)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory, also when torch.compile wraps it."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def measure(name: str, perf: Any, peft: str | None, mbs: int, args: argparse.Namespace, base: str | None) -> dict:
+    """Build a Trainer for the variant and time its train_step."""
     device = torch.device(args.device)
     free_memory(device)
     t_build = time.time()
-    trainer = Trainer(run_config(args, perf, peft, base))
+    cfg = run_config(args, perf, peft, mbs, base)
+    trainer = bench_trainer(cfg, args.recompute)
+    shape = dict(impl="ours", variant=name, size=size_of(args), seq=args.seq, mbs=mbs, micro_batches=args.nmb)
     try:
         trainer.build()
         first = trainer.train_step().resolve()
@@ -143,15 +191,13 @@ def measure(name: str, perf: Any, peft: str | None, args: argparse.Namespace, ba
             step_s = start.elapsed_time(end) / 1000 / args.steps
         else:
             step_s = (time.time() - t0) / args.steps
-        tok_s = args.mbs * args.nmb * args.seq / step_s
+        tok_s = mbs * args.nmb * args.seq / step_s
         flops = trainer.flops_per_token * tok_s
         return dict(
-            impl="ours",
-            variant=name,
-            seq=args.seq,
-            mbs=args.mbs,
-            micro_batches=args.nmb,
+            shape,
             peft=peft,
+            lora=dataclasses.asdict(cfg.peft) if cfg.peft is not None else None,
+            recompute=args.recompute,
             perf=dataclasses.asdict(perf),
             speed_layer=trainer.speed_layer,
             step_s=round(step_s, 4),
@@ -164,7 +210,9 @@ def measure(name: str, perf: Any, peft: str | None, args: argparse.Namespace, ba
             build_and_warmup_s=round(t0 - t_build, 1),
         )
     except Exception as exc:  # a failing variant is a result too; keep measuring the others
-        return dict(impl="ours", variant=name, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
+        if is_oom(exc):
+            return dict(shape, peft=peft, status="oom", error=repr(exc)[:200])
+        return dict(shape, peft=peft, error=repr(exc)[:400], trace=traceback.format_exc()[-1500:])
     finally:
         trainer.close()
         del trainer
@@ -180,46 +228,91 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def measure_hf(name: str, args: argparse.Namespace) -> dict:
-    """One configuration of the HF anchor (a verbatim copy of the reference script)."""
+def measure_hf(name: str, mbs: int, args: argparse.Namespace) -> dict:
+    """One configuration of the HF anchor (a verbatim copy of the reference script) at `args.size`; the 4B/12B are
+    built on the card (--hf-init-device): the anchor's fp32 init of a 12B on the host takes minutes and ~48 GB."""
+    import os
+
+    os.environ["GEMMA3_SIZE"] = args.size
     spec = importlib.util.spec_from_file_location("hf_baseline_anchor", ANCHOR)
     anchor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(anchor)
     attn, lora, compile_ = HF_PLANS[name]
+    shape = dict(impl="hf", variant=name, size=args.size, seq=args.seq, mbs=mbs)
     try:
-        return dict(anchor.bench(attn, args.seq, args.mbs, lora, compile_=compile_), impl="hf", variant=name)
+        with torch.device(args.hf_init_device):
+            measured = anchor.bench(
+                attn, args.seq, mbs, lora, steps=args.hf_steps, warm=args.hf_warmup, compile_=compile_
+            )
+        return dict(measured, **shape, init_device=args.hf_init_device)
     except Exception as exc:
-        return dict(impl="hf", variant=name, error=repr(exc)[:400])
+        return dict(shape, status="oom" if is_oom(exc) else "error", error=repr(exc)[:400])
     finally:
         torch._dynamo.reset()
         free_memory(torch.device(args.device))
 
 
+def sweep(sizes: list[int], measure_one: Any, records: Records, label: str, budget_s: float) -> None:
+    """Measure each micro-batch in the order given; after an OOM, every larger one is skipped (and recorded so)."""
+    oom_at: int | None = None
+    for mbs in sizes:
+        if time.time() - T_START > budget_s:
+            records.add(dict(impl="skipped", variant=label, mbs=mbs, reason=f"--budget-s {budget_s} reached"))
+        elif oom_at is not None and mbs > oom_at:
+            records.add(dict(impl="skipped", variant=label, mbs=mbs, reason=f"micro-batch {oom_at} ran out of memory"))
+        else:
+            record = records.add(measure_one(mbs))
+            if record.get("status") == "oom":
+                oom_at = mbs if oom_at is None else min(oom_at, mbs)
+
+
 def summary(rows: list[dict]) -> str:
-    """Median tokens/s per variant over the repeats."""
+    """Median tokens/s per variant and micro-batch over the repeats, then each anchor's best micro-batch."""
     by_variant: dict[str, list[int]] = {}
     for r in rows:
         if r.get("impl") in ("ours", "hf") and "tok_s" in r:
-            by_variant.setdefault(f"{r['impl']}/{r['variant']}", []).append(r["tok_s"])
-    lines = [f"{'variant':36s} {'runs':>4s} {'median tok/s':>12s}"]
+            by_variant.setdefault(f"{r['impl']}/{r['variant']} mbs {r.get('mbs')}", []).append(r["tok_s"])
+    lines = [f"{'variant':40s} {'runs':>4s} {'median tok/s':>12s}"]
     for name, values in by_variant.items():
         values = sorted(values)
-        lines.append(f"{name:36s} {len(values):>4d} {values[len(values) // 2]:>12d}")
+        lines.append(f"{name:40s} {len(values):>4d} {values[len(values) // 2]:>12d}")
+    for plan in HF_PLANS:
+        best = best_of_sweep([r for r in rows if r.get("impl") == "hf" and r.get("variant") == plan])
+        if best is not None:
+            lines.append(f"best anchor hf/{plan}: micro-batch {best['mbs']}, {best['tok_s']} tok/s")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def mbs_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--tiny", action="store_true", help="the tiny model (a CPU smoke test of the script)")
-    ap.add_argument(
-        "--size", default="1b", choices=("1b", "4b"), help="Gemma 3 size of our variants (the HF anchor: 1b)"
-    )
+    ap.add_argument("--size", default="1b", choices=("1b", "4b", "12b"), help="Gemma 3 size of ours and the anchor")
     ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--mbs", type=int, default=8, help="micro-batch size")
+    ap.add_argument("--mbs", type=mbs_list, default=[8], help="our micro-batch size(s), comma list = sweep")
+    ap.add_argument("--hf-mbs", type=mbs_list, default=None, help="the anchor's micro-batch sweep (default: --mbs)")
     ap.add_argument("--nmb", type=int, default=2, help="micro-batches per optimizer step")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--hf-steps", type=int, default=8, help="the anchor's timed steps")
+    ap.add_argument("--hf-warmup", type=int, default=3, help="the anchor's warmup steps (compile happens here)")
+    ap.add_argument(
+        "--hf-init-device",
+        default=None,
+        choices=("cpu", "cuda"),
+        help="where the anchor builds its model (default: cpu for the 1B, as it always ran; cuda for 4B/12B)",
+    )
+    ap.add_argument("--recompute", default="none", choices=tuple(RECOMPUTE), help="our activation recompute")
     ap.add_argument("--repeats", type=int, default=1, help="run the variant list this many times, interleaved")
     ap.add_argument("--variants", default="defaults,lora-defaults", help="comma list, or 'all'")
     ap.add_argument("--hf", default="eager,compile,lora", help=f"comma list of {','.join(HF_PLANS)} or none")
@@ -228,35 +321,52 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.tiny:
         args.seq = min(args.seq, 64)
+    args.hf_mbs = args.hf_mbs or args.mbs
+    args.hf_init_device = args.hf_init_device or ("cpu" if args.size == "1b" else args.device)
+    hf_names = [n for n in args.hf.split(",") if n and n != "none"]
+    unknown = [n for n in hf_names if n not in HF_PLANS]
+    if unknown:
+        ap.error(f"--hf: unknown {unknown}; expected some of {', '.join(HF_PLANS)} or none")
+    args.hf_names = hf_names
+    table = variants()
+    args.names = list(table) if args.variants == "all" else [n for n in args.variants.split(",") if n]
+    unknown = [n for n in args.names if n not in table]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; expected some of {', '.join(table)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import datetime
     import logging
     import warnings
 
+    args = parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     table = variants()
-    names = list(table) if args.variants == "all" else [n for n in args.variants.split(",") if n]
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        ap.error(f"--variants: unknown {unknown}; expected some of {', '.join(table)}")
     records = Records(args.json)
     device = torch.device(args.device)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     records.add(
-        dict(impl="env", torch=torch.__version__, gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+        dict(impl="env", torch=torch.__version__, gpu=gpu, date=now, argv=sys.argv[1:] if argv is None else argv)
     )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    if not args.tiny and args.hf != "none":
-        for name in [n for n in args.hf.split(",") if n]:
-            records.add(measure_hf(name, args))
+    if not args.tiny:
+        for name in args.hf_names:
+            sweep(args.hf_mbs, lambda mbs, name=name: measure_hf(name, mbs, args), records, f"hf/{name}", args.budget_s)
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as workdir:
-        base = random_base(args, Path(workdir)) if any(table[n][1] for n in names) else None
+        base = random_base(args, Path(workdir)) if any(table[n][1] for n in args.names) else None
         for repeat in range(args.repeats):
-            for name in names:
-                if time.time() - T_START > args.budget_s:
-                    records.add(dict(impl="skipped", variant=name, reason=f"--budget-s {args.budget_s} reached"))
-                    continue
+            for name in args.names:
                 perf, peft = table[name]
-                records.add(dict(measure(name, perf, peft, args, base), repeat=repeat))
+
+                def one(mbs: int, name: str = name, perf: Any = perf, peft: str | None = peft) -> dict:
+                    return dict(measure(name, perf, peft, mbs, args, base), repeat=repeat)
+
+                sweep(args.mbs, one, records, name, args.budget_s)
     print(summary(records.rows), flush=True)
     return 0
 
