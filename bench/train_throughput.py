@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import importlib.util
 import json
@@ -120,6 +121,7 @@ def random_base(args: argparse.Namespace, workdir: Path) -> str:
     (BenchTrainer). No training step, no optimizer state, no weights written: a 12B base would cost minutes and
     tens of GB of host memory to write and read back, and it changes nothing a step does."""
     import yaml
+
     from gemma3_runtime.checkpoint.layout import FORMAT, RUN_CONFIG_FILE, TRACKER_FILE, iter_dir_name
     from gemma3_runtime.training.recipes.common import model_for_size
 
@@ -159,7 +161,9 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def measure(name: str, perf: Any, peft: str | None, mbs: int, args: argparse.Namespace, base: str | None) -> dict:
+def measure(
+    name: str, perf: Any, peft: str | None, mbs: int, args: argparse.Namespace, base: str | None, repeat: int = 0
+) -> dict:
     """Build a Trainer for the variant and time its train_step."""
     device = torch.device(args.device)
     free_memory(device)
@@ -167,6 +171,7 @@ def measure(name: str, perf: Any, peft: str | None, mbs: int, args: argparse.Nam
     cfg = run_config(args, perf, peft, mbs, base)
     trainer = bench_trainer(cfg, args.recompute)
     shape = dict(impl="ours", variant=name, size=size_of(args), seq=args.seq, mbs=mbs, micro_batches=args.nmb)
+    shape["repeat"] = repeat
     try:
         trainer.build()
         first = trainer.train_step().resolve()
@@ -252,18 +257,21 @@ def measure_hf(name: str, mbs: int, args: argparse.Namespace) -> dict:
         free_memory(torch.device(args.device))
 
 
-def sweep(sizes: list[int], measure_one: Any, records: Records, label: str, budget_s: float) -> None:
-    """Measure each micro-batch in the order given; after an OOM, every larger one is skipped (and recorded so)."""
+def sweep(sizes: list[int], measure_one: Any, records: Records, label: str, budget_s: float, first_fit: bool = False):
+    """Measure each micro-batch in the order given; after an OOM, every larger one is skipped (and recorded so).
+    `first_fit`: stop at the first one that runs (a descending list finds the largest that fits)."""
     oom_at: int | None = None
     for mbs in sizes:
         if time.time() - T_START > budget_s:
-            records.add(dict(impl="skipped", variant=label, mbs=mbs, reason=f"--budget-s {budget_s} reached"))
+            records.add(dict(impl="skipped", variant=label, mbs=mbs, reason=f"budget of {budget_s} s reached"))
         elif oom_at is not None and mbs > oom_at:
             records.add(dict(impl="skipped", variant=label, mbs=mbs, reason=f"micro-batch {oom_at} ran out of memory"))
         else:
             record = records.add(measure_one(mbs))
             if record.get("status") == "oom":
                 oom_at = mbs if oom_at is None else min(oom_at, mbs)
+            elif first_fit and "tok_s" in record:
+                return
 
 
 def summary(rows: list[dict]) -> str:
@@ -301,6 +309,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--mbs", type=mbs_list, default=[8], help="our micro-batch size(s), comma list = sweep")
     ap.add_argument("--hf-mbs", type=mbs_list, default=None, help="the anchor's micro-batch sweep (default: --mbs)")
+    ap.add_argument(
+        "--mbs-first-fit",
+        action="store_true",
+        help="our sweep stops at the first micro-batch that runs (largest first)",
+    )
     ap.add_argument("--nmb", type=int, default=2, help="micro-batches per optimizer step")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
@@ -318,6 +331,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hf", default="eager,compile,lora", help=f"comma list of {','.join(HF_PLANS)} or none")
     ap.add_argument("--json", default=None, help="write all records here")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new measurement after this many seconds")
+    ap.add_argument("--hf-budget-s", type=float, default=None, help="start no new anchor measurement after this (s)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.seq = min(args.seq, 64)
@@ -354,19 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    hf_budget = min(args.budget_s, args.hf_budget_s or args.budget_s)
     if not args.tiny:
         for name in args.hf_names:
-            sweep(args.hf_mbs, lambda mbs, name=name: measure_hf(name, mbs, args), records, f"hf/{name}", args.budget_s)
+            sweep(args.hf_mbs, lambda mbs, name=name: measure_hf(name, mbs, args), records, f"hf/{name}", hf_budget)
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as workdir:
         base = random_base(args, Path(workdir)) if any(table[n][1] for n in args.names) else None
         for repeat in range(args.repeats):
             for name in args.names:
                 perf, peft = table[name]
-
-                def one(mbs: int, name: str = name, perf: Any = perf, peft: str | None = peft) -> dict:
-                    return dict(measure(name, perf, peft, mbs, args, base), repeat=repeat)
-
-                sweep(args.mbs, one, records, name, args.budget_s)
+                one = functools.partial(measure, name, perf, peft, args=args, base=base, repeat=repeat)
+                sweep(args.mbs, one, records, name, args.budget_s, args.mbs_first_fit)
     print(summary(records.rows), flush=True)
     return 0
 
