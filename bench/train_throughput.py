@@ -143,8 +143,8 @@ def bench_trainer(cfg: Any, recompute: str) -> Any:
 
     class BenchTrainer(Trainer):
         def _build_model(self) -> None:
-            self.pretrained = None  # random base weights: the init the provider just drew on the device
-            original = Gemma3ModelProvider.from_config
+            self.pretrained = None  # random base weights: keep the seeded init the provider draws on the device
+            original = Gemma3ModelProvider.__dict__["from_config"]  # the classmethod itself, restored as it was
             if granularity is not None:
                 fields = dict(recompute_granularity=granularity, recompute_method=method, recompute_num_layers=layers)
                 Gemma3ModelProvider.from_config = classmethod(lambda cls, config, **kw: cls(config, **{**kw, **fields}))

@@ -132,3 +132,21 @@ def test_cpu_smoke_lora_on_a_random_base_and_a_micro_batch_sweep(tmp_path: Path)
         assert "error" not in r and r["tok_s"] > 0 and r["recompute"] == "full", r
         assert 4.0 < r["first_loss"] < 8.0  # ln(512) = 6.24: a random model on random tokens
     assert {r["lora"]["rank"] for r in ours if r["peft"]} == {32}
+
+
+def test_bench_trainer_lora_on_the_random_base_with_full_recompute(throughput, tmp_path: Path) -> None:
+    from gemma3_runtime.model.provider import Gemma3ModelProvider
+    from gemma3_runtime.model.wrapping import unwrap
+    from gemma3_runtime.perf.config import PerfConfig
+
+    before = Gemma3ModelProvider.__dict__["from_config"]
+    args = throughput.parse_args(["--device", "cpu", "--tiny", "--hf", "none", "--recompute", "full", "--mbs", "1"])
+    cfg = throughput.run_config(args, PerfConfig(), "lora", 1, throughput.random_base(args, tmp_path))
+    with throughput.bench_trainer(cfg, args.recompute) as trainer:
+        trainer.build()
+        model = unwrap(trainer.models[0])
+        assert model.config.recompute_granularity == "full"
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(".adapter." in name for name in trainable)  # LoRA on a frozen (random) base
+        assert trainer.train_step().resolve().loss > 0
+    assert Gemma3ModelProvider.__dict__["from_config"] is before
