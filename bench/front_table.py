@@ -36,7 +36,7 @@ HEADER = "| target | anchor at its best (sweep) | ours | ratio | card | date |\n
 
 def best_of_sweep(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The measured record with the most tokens/s (OOMs, errors and skips never win); None if none was measured."""
-    measured = [r for r in rows if isinstance(r.get("tok_s"), (int, float)) and not r.get("error")]
+    measured = [r for r in rows if _is_number(r.get("tok_s")) and r["tok_s"] > 0 and not r.get("error")]
     return max(measured, key=lambda r: r["tok_s"]) if measured else None
 
 
@@ -44,7 +44,7 @@ def _sweep_text(rows: list[dict[str, Any]]) -> str:
     """`1: 40.1k, 2: 48.4k, 4: oom` in micro-batch order."""
     parts = []
     for r in sorted(rows, key=lambda r: r.get("mbs", 0)):
-        if isinstance(r.get("tok_s"), (int, float)):
+        if _is_number(r.get("tok_s")):
             parts.append(f"{r['mbs']}: {r['tok_s'] / 1000:.1f}k")
         else:
             parts.append(f"{r.get('mbs')}: {r.get('status') or 'error'}")
@@ -52,11 +52,30 @@ def _sweep_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _size(record: dict[str, Any]) -> str:
-    return record.get("size") or "1b"  # records from before --size existed are the 1B
+    return str(record.get("size") or "1b")  # records from before --size existed are the 1B
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def usable(record: Any) -> bool:
+    """A record this table can read: the env record, or a measurement with an integer micro-batch and sequence
+    length and, when it has them, numeric tokens/s, MFU and peak memory (anything else is left out, not guessed)."""
+    if not isinstance(record, dict):
+        return False
+    if record.get("impl") == "env":
+        return True
+    if record.get("impl") not in ("hf", "ours") or not isinstance(record.get("variant"), str):
+        return False
+    if not all(isinstance(record.get(k), int) and not isinstance(record.get(k), bool) for k in ("mbs", "seq")):
+        return False
+    return all(record.get(k) is None or _is_number(record[k]) for k in ("tok_s", "mfu_vs_989", "peak_gib"))
 
 
 def rows_of_call(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (size, kind, seq) where this call measured both the anchor and ours."""
+    """One row per (size, kind, seq) where this call measured the anchor or ours (a ratio only where both)."""
+    records = [r for r in records if usable(r)]
     env = next((r for r in records if r.get("impl") == "env"), {})
     keys = sorted({(_size(r), r.get("seq")) for r in records if r.get("impl") in ("hf", "ours")}, key=str)
     rows = []
@@ -89,8 +108,8 @@ def rows_of_call(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     ours=ours,
                     ours_sweep=_sweep_text(ours_rows),
                     ratio=round(ours["tok_s"] / anchor["tok_s"], 2) if ours and anchor else None,
-                    card=env.get("gpu", "?"),
-                    date=env.get("date", "?"),
+                    card=str(env.get("gpu", "?")),
+                    date=str(env.get("date", "?")),
                 )
             )
     return rows
@@ -101,7 +120,7 @@ def markdown_row(row: dict[str, Any]) -> str:
     anchor, ours = row["anchor"], row["ours"]
     if anchor:
         name = ANCHOR_NAMES.get(anchor["variant"], anchor["variant"])
-        anchor_text = f"{name}, mbs {anchor['mbs']}: {anchor['tok_s']:,} tok/s ({row['anchor_sweep']})"
+        anchor_text = f"{name}, mbs {anchor['mbs']}: {anchor['tok_s']:,.0f} tok/s ({row['anchor_sweep']})"
     else:
         anchor_text = "not measured in this call" + (f" ({row['anchor_sweep']})" if row["anchor_sweep"] else "")
     if ours:
@@ -109,11 +128,12 @@ def markdown_row(row: dict[str, Any]) -> str:
         peak = f"{ours['peak_gib']} GiB" if ours.get("peak_gib") is not None else "peak ?"
         batch = f"mbs {ours['mbs']} x {ours.get('micro_batches', 1)}"
         recompute = f", recompute {ours['recompute']}" if ours.get("recompute") not in (None, "none") else ""
-        ours_text = f"{ours['tok_s']:,} tok/s, {mfu}, {peak}, {batch}{recompute}"
+        ours_text = f"{ours['tok_s']:,.0f} tok/s, {mfu}, {peak}, {batch}{recompute}"
     else:
         ours_text = "no measurement" + (f" ({row['ours_sweep']})" if row["ours_sweep"] else "")
     ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
-    return f"| {what}: {row['target']} | {anchor_text} | {ours_text} | {ratio} | {row['card']} | {row['date']} |"
+    cells = [f"{what}: {row['target']}", anchor_text, ours_text, ratio, row["card"], row["date"]]
+    return "| " + " | ".join(" ".join(str(c).replace("|", "\\|").split()) for c in cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(records, list):
             print(f"{path}: expected a JSON list of records", file=sys.stderr)
             return 2
-        lines.extend(markdown_row(row) for row in rows_of_call([r for r in records if isinstance(r, dict)]))
+        lines.extend(markdown_row(row) for row in rows_of_call(records))
     print("\n".join(lines))
     return 0
 

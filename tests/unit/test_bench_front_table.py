@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -150,3 +152,41 @@ def test_bench_trainer_lora_on_the_random_base_with_full_recompute(throughput, t
         assert trainable and all(".adapter." in name for name in trainable)  # LoRA on a frozen (random) base
         assert trainer.train_step().resolve().loss > 0
     assert Gemma3ModelProvider.__dict__["from_config"] is before
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
+_records = st.lists(
+    st.one_of(
+        _values,
+        st.fixed_dictionaries(
+            {
+                "impl": st.sampled_from(["env", "hf", "ours", "skipped", "x"]),
+                "variant": st.one_of(
+                    st.sampled_from(["compile", "eager", "lora", "defaults", "lora-defaults"]), _values
+                ),
+                "size": st.one_of(st.sampled_from(["1b", "4b", "12b"]), _values),
+                "seq": st.one_of(st.sampled_from([4096, 32768]), _values),
+                "mbs": st.one_of(st.integers(1, 16), _values),
+                "tok_s": _values,
+                "mfu_vs_989": _values,
+                "peak_gib": _values,
+                "recompute": _values,
+                "gpu": _values,
+                "date": _values,
+                "status": _values,
+            }
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_records)
+def test_any_records_give_well_formed_rows_or_none(records) -> None:
+    """Hostile or damaged JSON never crashes the table: each row is one line of exactly six cells."""
+    for row in front_table.rows_of_call(records):
+        line = front_table.markdown_row(row)
+        assert "\n" not in line and line.replace("\\|", "").count("|") == 7
+        if row["ratio"] is not None:
+            assert row["ratio"] > 0 and row["anchor"]["impl"] == "hf" and row["ours"]["impl"] == "ours"
