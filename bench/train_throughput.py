@@ -274,6 +274,14 @@ def sweep(sizes: list[int], measure_one: Any, records: Records, label: str, budg
                 return
 
 
+def run_anchor(args: argparse.Namespace, records: Records) -> None:
+    """Each HF plan's micro-batch sweep (none with --tiny: the anchor needs CUDA)."""
+    hf_budget = min(args.budget_s, args.hf_budget_s or args.budget_s)
+    if not args.tiny:
+        for name in args.hf_names:
+            sweep(args.hf_mbs, lambda mbs, name=name: measure_hf(name, mbs, args), records, f"hf/{name}", hf_budget)
+
+
 def summary(rows: list[dict]) -> str:
     """Median tokens/s per variant and micro-batch over the repeats, then each anchor's best micro-batch."""
     by_variant: dict[str, list[int]] = {}
@@ -329,6 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=1, help="run the variant list this many times, interleaved")
     ap.add_argument("--variants", default="defaults,lora-defaults", help="comma list, or 'all'")
     ap.add_argument("--hf", default="eager,compile,lora", help=f"comma list of {','.join(HF_PLANS)} or none")
+    ap.add_argument("--ours-first", action="store_true", help="measure ours before the anchor (default: after)")
     ap.add_argument("--json", default=None, help="write all records here")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new measurement after this many seconds")
     ap.add_argument("--hf-budget-s", type=float, default=None, help="start no new anchor measurement after this (s)")
@@ -368,10 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    hf_budget = min(args.budget_s, args.hf_budget_s or args.budget_s)
-    if not args.tiny:
-        for name in args.hf_names:
-            sweep(args.hf_mbs, lambda mbs, name=name: measure_hf(name, mbs, args), records, f"hf/{name}", hf_budget)
+    if not args.ours_first:
+        run_anchor(args, records)
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as workdir:
         base = random_base(args, Path(workdir)) if any(table[n][1] for n in args.names) else None
         for repeat in range(args.repeats):
@@ -379,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 perf, peft = table[name]
                 one = functools.partial(measure, name, perf, peft, args=args, base=base, repeat=repeat)
                 sweep(args.mbs, one, records, name, args.budget_s, args.mbs_first_fit)
+    if args.ours_first:
+        run_anchor(args, records)
     print(summary(records.rows), flush=True)
     return 0
 
