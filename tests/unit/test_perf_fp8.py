@@ -93,20 +93,25 @@ def test_fp8_forward_backward_close_to_bf16(recipe: str) -> None:
 def test_fp8_under_compiled_layers_without_graph_breaks() -> None:
     from torch._dynamo.utils import counters
 
+    from gemma3_runtime.perf.patches import MEGATRON_PATCHES
+
     torch._dynamo.reset()
     counters.clear()
-    eager, _ = _build("tensorwise")
-    compiled, hooked = _build("tensorwise", compile_backend="aot_eager")
-    compiled.load_state_dict(eager.state_dict())
-    ref_loss, ref_grads = _loss_and_grads(eager)
-    for _ in range(2):  # the second pass runs the cached graphs
-        loss, grads = _loss_and_grads(compiled)
-        assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
-        for name in ref_grads:
-            assert _cosine(grads[name], ref_grads[name]) > 0.999, name
-    assert hooked > 0
-    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    torch._dynamo.reset()
+    try:
+        eager, _ = _build("tensorwise")
+        compiled, hooked = _build("tensorwise", compile_backend="aot_eager")
+        compiled.load_state_dict(eager.state_dict())
+        ref_loss, ref_grads = _loss_and_grads(eager)
+        for _ in range(2):  # the second pass runs the cached graphs
+            loss, grads = _loss_and_grads(compiled)
+            assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+            for name in ref_grads:
+                assert _cosine(grads[name], ref_grads[name]) > 0.999, name
+        assert hooked > 0
+        assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    finally:
+        MEGATRON_PATCHES.restore()  # compile_model's megatron patch, as Trainer.close does
+        torch._dynamo.reset()
 
 
 def _train_losses(recipe: str, steps: int = 3) -> list[float]:

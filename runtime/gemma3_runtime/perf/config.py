@@ -1,7 +1,9 @@
 """`PerfConfig`: the training run's speed switches (torch-free, so the run config / YAML can hold it).
 
 Every switch changes speed or memory, never the function computed: each fast path has a CPU test against its plain
-twin (tests/unit/test_perf_*.py). "auto" values resolve per device in `gemma3_runtime.perf.apply` (the speed layer):
+twin (tests/unit/test_perf_*.py). The one exception is the opt-in `fp8` (float8 operands round the GEMMs' inputs):
+its tests bound the difference, and it is judged by its loss beside bf16's over 200 steps (docs/PERFORMANCE.md).
+"auto" values resolve per device in `gemma3_runtime.perf.apply` (the speed layer):
 the fast paths on CUDA, the plain ones on CPU (where torch.compile would only cost start-up time). These typed
 fields are the only things that choose kernels; no environment variable does.
 """
