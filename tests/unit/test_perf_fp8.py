@@ -197,6 +197,11 @@ def test_switch_is_off_by_default_validated_and_cuda_only(caplog) -> None:
         PerfConfig(fp8="e5m2").validate()
     cfg = apply_overrides(ConfigContainer(), ["perf.fp8=rowwise"])
     assert cfg.perf.fp8 == "rowwise"
+    from gemma3_runtime.errors import UserInputError
+
+    for bad in ("true", "off", "e4m3"):  # YAML's booleans included: the recipe must be named
+        with pytest.raises(UserInputError, match="perf.fp8"):
+            apply_overrides(ConfigContainer(), [f"perf.fp8={bad}"])
     assert fp8_unsupported(torch.device("cpu")) == "float8 matmuls need a CUDA device"
     model, _ = _build("none")
     with caplog.at_level("WARNING", logger="gemma3_runtime.perf"):
