@@ -18,6 +18,9 @@ Gradient-accumulation fusion: the fp8 backward returns the weight gradient in bf
 `grad_added_to_main_grad`, so megatron's DDP hook adds it into the fp32 main_grad (the unfused path) whether
 `perf.grad_accum_fusion` is on or off; both switches compose, and fusion still applies to every linear fp8 skips.
 
+WHY torchao: TransformerEngine (megatron's own FP8 path) has no installable build for this torch / CUDA; torchao's
+float8 training is pure Python over `torch._scaled_mm`, so one abi3 wheel (0.18.0) serves torch 2.11 and 2.13 alike.
+
 WHERE: CUDA devices of compute capability 8.9 or newer (float8 tensor cores). Elsewhere the switch is logged and
 left off, unless `emulate=True` (tests: torchao's emulation computes the same casts and scales with a plain GEMM).
 """
