@@ -51,8 +51,8 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
       TAIL=6 part fp8speed-$size ${FP8_SPEED_LIMIT:-240} python3 bench/train_throughput.py --hf none --size $size \
         --variants ${FP8_VARIANTS:-defaults,plus-fp8} --steps 8 --warmup 3 --json "$OUT/fp8speed-$size.json"
     done
-    TAIL=6 part fp8loss ${FP8_LOSS_LIMIT:-300} python3 bench/gpu_session/fp8_loss.py --size 1b --steps 200 \
-      --recipes ${FP8_RECIPES:-tensorwise} --json "$OUT/fp8_loss.json" ;;
+    [ "${FP8_LOSS:-1}" = 0 ] || TAIL=6 part fp8loss ${FP8_LOSS_LIMIT:-300} python3 bench/gpu_session/fp8_loss.py \
+      --size 1b --steps 200 --recipes ${FP8_RECIPES:-tensorwise} --json "$OUT/fp8_loss.json" ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done
