@@ -5,6 +5,7 @@ Benchmark, not a test: prints numbers, never fails on speed. Our variants are ge
   defaults            PerfConfig() as shipped (what a user gets without setting any perf field)
   plain               PerfConfig.plain(): every fast path off
   minus-<switch>      the defaults with that one switch at its plain value, for every switch the defaults turn on
+  plus-<switch>       the defaults with one opt-in switched on (PerfConfig.opt_ins(): plus-fp8, plus-fp8_rowwise, ...)
 and each again with LoRA (`lora-` prefix: the shipped finetune recipe with LoRA r32 / alpha 32 on all linears - the
 anchor's PEFT config - on random base weights: the model's own seeded init, no base checkpoint written or read).
 Each variant builds a fresh Trainer from the recipe (mock data, no checkpoints), runs `--warmup` steps, then times
@@ -63,6 +64,7 @@ def variants() -> dict[str, Any]:
 
     perfs = {"defaults": PerfConfig(), "plain": PerfConfig.plain()}
     perfs.update({f"minus-{switch}": perf for switch, perf in PerfConfig.ablations().items()})
+    perfs.update({f"plus-{switch}": perf for switch, perf in PerfConfig.opt_ins().items()})
     found = {name: (perf, None) for name, perf in perfs.items()}
     found.update({f"lora-{name}": (perf, "lora") for name, perf in perfs.items()})
     return found

@@ -7,9 +7,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl \
   megatron-core==0.16.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-  nvidia-cudnn-frontend==1.32.0 apache-tvm-ffi==0.1.15.post2 cuda-bindings==13.5.0 cuda-pathfinder==1.9.1
+  nvidia-cudnn-frontend==1.32.0 apache-tvm-ffi==0.1.15.post2 cuda-bindings==13.5.0 cuda-pathfinder==1.9.1 \
+  torchao==0.18.0
 # (the cuDNN frontend brings cuDNN's sliding-window SDPA kernels, perf/attention.py; its CuTe-DSL extras, ~190 MB,
-# are left out: the cuDNN backend engines need only the libcudnn that torch already loads)
+# are left out: the cuDNN backend engines need only the libcudnn that torch already loads; torchao's abi3 wheel
+# brings perf.fp8's float8 matmuls, built against torch 2.11, the GPU image's torch)
 mkdir -p .gpu_assets/tokenizer
 src=$(.venv/bin/python -c "from gemma3_runtime.assets import gemma3_270m_hf_dir; print(gemma3_270m_hf_dir())")
 cp "$src"/tokenizer*.json .gpu_assets/tokenizer/

@@ -71,6 +71,14 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
         --mbs 8 --nmb 2 --steps 8 --warmup 3 --json "$OUT/after$r.json"
     done
     python3 bench/gpu_session/before_after.py "$OUT" | tee "$OUT/before_after.txt" ;;
+  fp8)  # perf.fp8 (issue #19 target 7): speed of defaults vs plus-fp8 (FP8_SIZES: 1b, and 4b if time), then the
+    # 200-step bf16-vs-fp8 loss check on the same batches from the same init (bench/gpu_session/fp8_loss.py)
+    for size in ${FP8_SIZES:-1b}; do
+      TAIL=6 part fp8speed-$size ${FP8_SPEED_LIMIT:-240} python3 bench/train_throughput.py --hf none --size $size \
+        --variants ${FP8_VARIANTS:-defaults,plus-fp8} --steps 8 --warmup 3 --json "$OUT/fp8speed-$size.json"
+    done
+    [ "${FP8_LOSS:-1}" = 0 ] || TAIL=6 part fp8loss ${FP8_LOSS_LIMIT:-300} python3 bench/gpu_session/fp8_loss.py \
+      --size 1b --steps 200 --recipes ${FP8_RECIPES:-tensorwise} --json "$OUT/fp8_loss.json" ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done

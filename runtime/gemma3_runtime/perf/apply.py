@@ -77,7 +77,8 @@ def apply(
     models: list, perf: PerfConfig, device: torch.device, seq_length: int | None = None, plain_attention: Any = None
 ) -> dict[str, Any]:
     """The built (and DDP-wrapped) models' fast paths, in place, before the first step: hooks, attention masks and
-    the cuDNN probe, fused GeGLU, the LoRA Triton add, then torch.compile. Returns what was applied."""
+    the cuDNN probe, fused GeGLU, the float8 linears (perf.fp8), the LoRA Triton add, then torch.compile.
+    Returns what was applied."""
     from .attention import prebuild_masks, prepare_cudnn_attention
     from .compile import compile_model
 
@@ -95,6 +96,7 @@ def apply(
             applied["fused_geglu"] = use_fused_geglu(models)
         except Exception as exc:  # a lever that cannot be installed is logged, never fatal
             log.warning("fused GeGLU off: %r", exc)
+    applied["fp8_linears"] = use_fp8(models, perf, device)
     applied["lora_triton_add"] = 0
     if perf.lora_triton_add and device.type == "cuda":
         from .lora_triton import use_lora_triton_add
@@ -103,6 +105,20 @@ def apply(
     compiled = compile_model(models, resolve_compile(perf, device))
     applied["compiled_modules"] = len(compiled)
     return applied
+
+
+def use_fp8(models: list, perf: PerfConfig, device: torch.device, emulate: bool = False) -> int:
+    """perf.fp8's float8 linears (perf/fp8.py), before compilation; how many. Where float8 cannot run (no CUDA
+    sm89+, no torchao) the run logs why and keeps bf16. `emulate` (tests) runs torchao's CPU emulation."""
+    if perf.fp8 == "none":
+        return 0
+    from .fp8 import fp8_unsupported, use_fp8_linears
+
+    reason = fp8_unsupported(device, emulate)
+    if reason:
+        log.warning("fp8 off: %s", reason)
+        return 0
+    return use_fp8_linears(models, perf.fp8, emulate)
 
 
 def apply_to_optimizer(optimizer: Any, perf: PerfConfig, device: torch.device) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """`PerfConfig`: the training run's speed switches (torch-free, so the run config / YAML can hold it).
 
 Every switch changes speed or memory, never the function computed: each fast path has a CPU test against its plain
-twin (tests/unit/test_perf_*.py). "auto" values resolve per device in `gemma3_runtime.perf.apply` (the speed layer):
+twin (tests/unit/test_perf_*.py). The one exception is the opt-in `fp8` (float8 operands round the GEMMs' inputs):
+its tests bound the difference, and it is judged by its loss beside bf16's over 200 steps (docs/PERFORMANCE.md).
+"auto" values resolve per device in `gemma3_runtime.perf.apply` (the speed layer):
 the fast paths on CUDA, the plain ones on CPU (where torch.compile would only cost start-up time). These typed
 fields are the only things that choose kernels; no environment variable does.
 """
@@ -13,6 +15,7 @@ from typing import Literal
 
 ATTENTION_CHOICES = ("auto", "sdpa", "flex", "eager")
 COMPILE_CHOICES = ("auto", "none", "layers")
+FP8_CHOICES = ("none", "tensorwise", "rowwise")
 
 
 @dataclass
@@ -52,12 +55,19 @@ class PerfConfig:
     #: LoRA's `base + h (sB)^T` as one Triton kernel instead of addmm, which first copies base into its output
     #: (perf/lora_triton.py). CUDA only.
     lora_triton_add: bool = True
+    #: FP8 training (opt-in): the decoder's QKV / proj / fc1 / fc2 weight GEMMs, forward and backward, as torchao
+    #: float8 matmuls with dynamic scaling per tensor ("tensorwise") or per row ("rowwise"); LM head and embedding
+    #: stay bf16 (perf/fp8.py). CUDA with compute capability >= 8.9 and the `fp8` extra; logged and off elsewhere.
+    #: Changes the numerics (float8 operands), unlike every other switch: see docs/PERFORMANCE.md for its loss check.
+    fp8: Literal["none", "tensorwise", "rowwise"] = "none"
 
     def validate(self) -> PerfConfig:
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"perf.attention: expected one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"perf.compile: expected one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.fp8 not in FP8_CHOICES:
+            raise ValueError(f"perf.fp8: expected one of {', '.join(FP8_CHOICES)}, got {self.fp8!r}")
         if not isinstance(self.ce_chunk_mib, int) or isinstance(self.ce_chunk_mib, bool) or self.ce_chunk_mib < 1:
             raise ValueError(f"perf.ce_chunk_mib: expected a positive whole number of MiB, got {self.ce_chunk_mib!r}")
         return self
@@ -76,6 +86,7 @@ class PerfConfig:
             fused_geglu=False,
             lora_triton_add=False,
             batch_first=False,
+            fp8="none",
         )
 
     @classmethod
@@ -88,3 +99,14 @@ class PerfConfig:
             for f in fields(cls)
             if getattr(default, f.name) != getattr(plain, f.name)
         }
+
+    @classmethod
+    def opt_ins(cls) -> dict[str, PerfConfig]:
+        """{name: the shipped defaults plus one switch they leave off}, for every opt-in (what the benchmark
+        measures as "defaults plus X"): each off-by-default boolean, and fp8 as "fp8" (tensorwise) and
+        "fp8_rowwise"."""
+        default = cls()
+        found = {f.name: replace(default, **{f.name: True}) for f in fields(cls) if getattr(default, f.name) is False}
+        found["fp8"] = replace(default, fp8="tensorwise")
+        found["fp8_rowwise"] = replace(default, fp8="rowwise")
+        return found
