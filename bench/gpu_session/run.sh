@@ -28,6 +28,8 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   pytest) TAIL=${PYTEST_TAIL:-20} part pytest ${PYTEST_LIMIT:-300} sh -c "python3 -m pytest ${PYTEST_ARGS:?} -p no:cacheprovider --tb=short -rA" ;;
   kerneltests) TAIL=8 part kerneltests 150 python3 -m pytest tests/unit/test_perf_geglu.py tests/unit/test_perf_linear_ce.py \
       tests/unit/test_perf_lora_triton.py -p no:cacheprovider --tb=short -rA ;;
+  cptests) TAIL=30 part cptests ${CPTESTS_LIMIT:-150} python3 -m pytest tests/gpu/test_context_parallel_gpu.py -m gpu \
+      -p no:cacheprovider --tb=short -rA -s ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
       --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;
