@@ -84,3 +84,22 @@ def test_recompute_fields_reach_the_transformer_config():
     provider = Gemma3ModelProvider.from_config(cfg.model, device="cpu", **cfg.train.recompute_fields())
     tc = provider.transformer_config()
     assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == ("full", "block", 1)
+
+
+@pytest.mark.slow
+def test_a_run_with_full_recompute_has_the_plain_runs_losses(tmp_path):
+    """`gemma3-runtime run` with train.recompute_granularity=full (the trainer's wiring) on the tiny model, CPU: the
+    same per-step losses as without (recompute changes what is kept for the backward, not what is computed)."""
+    import subprocess
+
+    from train_helpers import run_cli_args, runtime_env, step_losses
+
+    losses = {}
+    for name, extra in (("plain", []), ("recompute", ["train.recompute_granularity=full"])):
+        proc = subprocess.run(
+            run_cli_args(tmp_path / name, 3, extra), capture_output=True, text=True, timeout=300, env=runtime_env()
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        losses[name] = step_losses(tmp_path / name)
+    assert len(losses["plain"]) == 3
+    assert losses["recompute"] == pytest.approx(losses["plain"], rel=1e-6)
