@@ -28,6 +28,11 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   pytest) TAIL=${PYTEST_TAIL:-20} part pytest ${PYTEST_LIMIT:-300} sh -c "python3 -m pytest ${PYTEST_ARGS:?} -p no:cacheprovider --tb=short -rA" ;;
   kerneltests) TAIL=8 part kerneltests 150 python3 -m pytest tests/unit/test_perf_geglu.py tests/unit/test_perf_linear_ce.py \
       tests/unit/test_perf_lora_triton.py -p no:cacheprovider --tb=short -rA ;;
+  cptests) TAIL=30 part cptests ${CPTESTS_LIMIT:-150} python3 -m pytest tests/gpu/test_context_parallel_gpu.py -m gpu \
+      -p no:cacheprovider --tb=short -rA -s ;;
+  cpmem)  # docs/CONTEXT_PARALLEL.md's memory point: the 4B LoRA step on a CP 8 rank's 16,384 tokens (peak_gib)
+    TAIL=10 part cpmem ${CPMEM_LIMIT:-180} python3 bench/train_throughput.py --size 4b --seq 16384 --hf none --mbs 1 \
+      --nmb 1 --steps 2 --warmup 2 --variants lora-defaults --json "$OUT/cpmem.json" ${CPMEM_EXTRA:-} ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
       --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;

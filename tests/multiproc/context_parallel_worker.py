@@ -3,6 +3,9 @@
 Every rank builds the same full q/k/v/upstream gradient from one seed, computes the CP=1 reference (torch SDPA with
 attention.py's own `allowed_mask`), then its CP share; outputs and dQ/dK/dV are gathered back to natural order and
 compared normwise per tensor. Rank 0 writes the relative errors as JSON.
+A case's "kernel" is "masked" (the eager per-chunk path every CPU run takes) or "reference" (chunk_kernels'
+plain-torch bottom-right band plugged in where the fused GPU kernel goes: the key slicing of the gathered and halo
+keys is then the GPU path's).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gemma3_runtime.model.attention import AttentionContext, allowed_mask
+from gemma3_runtime.parallel.chunk_kernels import reference_chunk_attention
 from gemma3_runtime.parallel.context_attention import ContextParallelState, context_parallel_attention
 from gemma3_runtime.parallel.context_split import merge_ranks, split_for_rank
 
@@ -51,7 +55,10 @@ def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours - ref).norm() / ref.norm())
 
 
-def _one_case(seq_len: int, window: int | None, packed: bool, seed: int) -> dict[str, float]:
+KERNELS = {"masked": None, "reference": reference_chunk_attention}
+
+
+def _one_case(seq_len: int, window: int | None, packed: bool, seed: int, kernel: str = "masked") -> dict[str, float]:
     cp_size, rank = dist.get_world_size(), dist.get_rank()
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(BATCH, seq_len, HEADS, HEAD_DIM, generator=gen)
@@ -67,7 +74,8 @@ def _one_case(seq_len: int, window: int | None, packed: bool, seed: int) -> dict
     local = [split_for_rank(t, cp_size, rank).requires_grad_() for t in (q, k, v)]
     local_segments = split_for_rank(segments, cp_size, rank) if packed else None
     state = ContextParallelState(seq_len=seq_len, segment_ids=local_segments)
-    out = context_parallel_attention(*local, window=window, scale=SCALE, state=state)
+    chunk_kernel = KERNELS[kernel]
+    out = context_parallel_attention(*local, window=window, scale=SCALE, state=state, chunk_kernel=chunk_kernel)
     out.backward(split_for_rank(upstream, cp_size, rank))
 
     gathered = _gather_natural(out.detach())
@@ -76,11 +84,11 @@ def _one_case(seq_len: int, window: int | None, packed: bool, seed: int) -> dict
         errors["off_by_one_window"] = _rel(gathered, _reference(q, k, v, window + 1, segments))
     for name, ours, ref in zip(("dq", "dk", "dv"), local, full, strict=True):
         errors[name] = _rel(_gather_natural(ours.grad), ref.grad)
-    errors.update(_two_layers(q, k, v, upstream, window, segments, state))
+    errors.update(_two_layers(q, k, v, upstream, window, segments, state, chunk_kernel))
     return errors
 
 
-def _two_layers(q, k, v, upstream, window, segments, state) -> dict[str, float]:
+def _two_layers(q, k, v, upstream, window, segments, state, chunk_kernel) -> dict[str, float]:
     """Two chained layers on one state (its cached halo route and segment ids reused); k/v feed both layers, so
     their gradients add the contributions of two communication backwards."""
     cp_size, rank = dist.get_world_size(), dist.get_rank()
@@ -88,8 +96,10 @@ def _two_layers(q, k, v, upstream, window, segments, state) -> dict[str, float]:
     ref = _reference(_reference(*full, window, segments), full[1], full[2], window, segments)
     ref.backward(upstream)
     local = [split_for_rank(t, cp_size, rank).requires_grad_() for t in (q, k, v)]
-    first = context_parallel_attention(*local, window=window, scale=SCALE, state=state)
-    out = context_parallel_attention(first, local[1], local[2], window=window, scale=SCALE, state=state)
+    first = context_parallel_attention(*local, window=window, scale=SCALE, state=state, chunk_kernel=chunk_kernel)
+    out = context_parallel_attention(
+        first, local[1], local[2], window=window, scale=SCALE, state=state, chunk_kernel=chunk_kernel
+    )
     out.backward(split_for_rank(upstream, cp_size, rank))
     errors = {"two_layers_out": _rel(_gather_natural(out.detach()), ref.detach())}
     for name, ours, theirs in zip(("dq", "dk", "dv"), local, full, strict=True):
@@ -98,7 +108,7 @@ def _two_layers(q, k, v, upstream, window, segments, state) -> dict[str, float]:
 
 
 def run_cases(cases: list[dict], out_path: str) -> None:
-    """Each case: {"seq_len", "window" (null = global layer), "packed", "seed"}."""
+    """Each case: {"seq_len", "window" (null = global layer), "packed", "seed", optional "kernel"}."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:

@@ -9,6 +9,9 @@ Per case, on a fresh model with the reference run's initial weights (the CP=1 ru
   `forward_step` splits each full-sequence batch for its CP rank), `finalize_grads` and the CPU AdamW; then the
   loss of a forward-only evaluation, as `Trainer.evaluate` runs it.
 The CP rank 0 of every TP rank writes `result_tp{rank}.pt`; the test compares the files.
+With `memory_savers`, the model runs megatron's full activation recompute (one layer per unit) and the chunked
+linear + cross-entropy loss (perf/linear_ce.py, small chunks so that every row spans several); the result then also
+counts the decoder layers' forward calls and the chunked loss's calls of one forward + backward, to show both ran.
 """
 
 from __future__ import annotations
@@ -42,7 +45,12 @@ def _batch(seed: int, vocab: int, packed: bool) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _build(window: int, cp: int, tp: int):
+#: what `memory_savers` turns on: train.recompute_granularity=full's provider fields and a small loss chunk
+RECOMPUTE = {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+LOSS_CHUNK_BYTES = 4096
+
+
+def _build(window: int, cp: int, tp: int, memory_savers: bool = False):
     from gemma3_runtime.model.provider import Gemma3ModelProvider
 
     provider = Gemma3ModelProvider.from_config(
@@ -52,8 +60,36 @@ def _build(window: int, cp: int, tp: int):
         context_parallel_size=cp,
         attention_kernel="sdpa",
         transformer_overrides={"calculate_per_token_loss": True},
+        **(RECOMPUTE if memory_savers else {}),
     )
-    return provider.provide_distributed_model(wrap_with_ddp=False)[0]
+    model = provider.provide_distributed_model(wrap_with_ddp=False)[0]
+    if memory_savers:
+        import functools
+
+        from gemma3_runtime.perf.linear_ce import linear_cross_entropy
+
+        model.fused_loss = functools.partial(linear_cross_entropy, chunk_bytes=LOSS_CHUNK_BYTES)
+    return model
+
+
+def _count_calls(model) -> dict[str, int]:
+    """Counters of the decoder layers' forward calls and the fused loss's calls (hooks left in place)."""
+    counts = {"layer_forwards": 0, "fused_loss_calls": 0}
+
+    def count_layer(*_):
+        counts["layer_forwards"] += 1
+
+    for layer in model.decoder.layers:
+        layer.register_forward_pre_hook(count_layer)
+    if model.fused_loss is not None:
+        loss = model.fused_loss
+
+        def counted_loss(*args, **kwargs):
+            counts["fused_loss_calls"] += 1
+            return loss(*args, **kwargs)
+
+        model.fused_loss = counted_loss
+    return counts
 
 
 def _gather_natural(local: torch.Tensor) -> torch.Tensor:
@@ -84,16 +120,18 @@ def _logits_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tenso
     inputs["segment_ids"] = local.get("segment_ids")
     with torch.no_grad():
         logits = _gather_natural(model(**inputs))
+    counts = _count_calls(model)
     per_token = model(**inputs, labels=local["labels"])
     loss = (per_token * local["loss_mask"]).sum() / batch["loss_mask"].sum()
     loss.backward()
+    calls = dict(counts)
     grads = {}
     for name, p in model.named_parameters():
         grad = p.grad.clone()
         dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
         grads[name] = grad
         p.grad = None
-    return logits, grads
+    return logits, grads, calls
 
 
 def _train(model, batch, steps: int) -> list[float]:
@@ -121,7 +159,7 @@ def _train(model, batch, steps: int) -> list[float]:
     return losses + [float(totals[0] / totals[1])]
 
 
-def run(cp: int, tp: int, cases: list[dict], out_dir: str, init_dir: str) -> None:
+def run(cp: int, tp: int, cases: list[dict], out_dir: str, init_dir: str, memory_savers: bool = False) -> None:
     """Each case: {"name", "window", "packed", "seed"}. `init_dir`: where the CP=1 run at this TP wrote (or, being
     that run, writes) its initial weights."""
     from megatron.core import parallel_state
@@ -129,7 +167,7 @@ def run(cp: int, tp: int, cases: list[dict], out_dir: str, init_dir: str) -> Non
     torch.set_num_threads(1)
     results = {}
     for case in cases:
-        model = _build(case["window"], cp, tp)
+        model = _build(case["window"], cp, tp, memory_savers)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         init = Path(init_dir) / f"init_tp{tp_rank}.pt"
         if cp == 1 and not init.exists():
@@ -137,9 +175,9 @@ def run(cp: int, tp: int, cases: list[dict], out_dir: str, init_dir: str) -> Non
         else:
             model.load_state_dict(torch.load(init))
         batch = _batch(case["seed"], tiny_config().vocab_size, case["packed"])
-        logits, grads = _logits_and_grads(model, batch)
+        logits, grads, calls = _logits_and_grads(model, batch)
         *losses, eval_loss = _train(model, batch, STEPS)
-        results[case["name"]] = {"logits": logits, "grads": grads, "losses": losses, "eval_loss": eval_loss}
+        results[case["name"]] = {"logits": logits, "grads": grads, "losses": losses, "eval_loss": eval_loss, **calls}
     if parallel_state.get_context_parallel_rank() == 0:
         torch.save(results, Path(out_dir) / f"result_tp{parallel_state.get_tensor_model_parallel_rank()}.pt")
     dist.barrier()

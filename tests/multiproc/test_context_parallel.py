@@ -1,6 +1,7 @@
 """CP=1 (the same code on one process), CP=2 and CP=4 (gloo, CPU processes, fp32) give the outputs and dQ/dK/dV of
 full attention within 1e-5 relative (normwise per tensor), for global and sliding-window layers, windows inside one
-chunk and spanning several, with and without packed documents."""
+chunk and spanning several, with and without packed documents; and with the plain-torch bottom-right band kernel in
+the fused GPU kernel's place (chunk_kernels.reference_chunk_attention)."""
 
 import json
 import os
@@ -25,10 +26,17 @@ def _port() -> int:
 
 
 def _cases() -> list[dict]:
-    return [
-        {"seq_len": SEQ_LEN, "window": window, "packed": packed, "seed": seed}
+    """Every window with and without packed documents on the masked path; every window unpacked with the reference
+    chunk kernel in the fused kernel's place (the GPU path's key slicing)."""
+    masked = [
+        {"seq_len": SEQ_LEN, "window": window, "packed": packed, "seed": seed, "kernel": "masked"}
         for seed, (window, packed) in enumerate((w, p) for w in WINDOWS.values() for p in (False, True))
     ]
+    band = [
+        {"seq_len": SEQ_LEN, "window": window, "packed": False, "seed": 100 + seed, "kernel": "reference"}
+        for seed, window in enumerate(WINDOWS.values())
+    ]
+    return masked + band
 
 
 @pytest.mark.parametrize("cp_size", [1, 2, 4])
@@ -59,4 +67,4 @@ def test_context_parallel_attention_matches_full(cp_size, tmp_path):
         if result["window"] is not None:
             assert errors.pop("off_by_one_window") > 1e-2, result  # the check distinguishes W from W+1
         for tensor, error in errors.items():
-            assert error <= TOLERANCE, (cp_size, result["window"], result["packed"], tensor, error)
+            assert error <= TOLERANCE, (cp_size, result["window"], result["packed"], result["kernel"], tensor, error)

@@ -3,7 +3,8 @@ CP=2 and CP=4 against CP=1, and CP=2 x TP=2 (4 processes) against TP=2, for a wi
 spanning several chunks and packed documents: logits within 1e-5 relative (normwise), every parameter gradient
 within 1e-5 relative per tensor, and the losses of 5 training steps (DDP, the training step's own data split and
 loss reduction, AdamW) and of an evaluation after them within 1e-6 relative. One torchrun per layout runs every
-case (cp_model_worker.py)."""
+case (cp_model_worker.py). CP=2 with full activation recompute and the chunked loss matches CP=1 without either.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ CASES = [
 LOGITS_TOL, GRAD_TOL, LOSS_TOL = 1e-5, 1e-5, 1e-6
 
 
-def _run(tmp_path_factory, cp: int, tp: int, init_dir) -> dict[int, dict]:
+def _run(tmp_path_factory, cp: int, tp: int, init_dir, memory_savers: bool = False) -> dict[int, dict]:
     out = tmp_path_factory.mktemp(f"cp{cp}_tp{tp}")
     kwargs = {"cp": cp, "tp": tp, "cases": CASES, "out_dir": str(out), "init_dir": str(init_dir)}
+    kwargs["memory_savers"] = memory_savers
     cmd = [
         sys.executable,
         "-m",
@@ -101,3 +103,16 @@ def test_context_parallel_with_tensor_parallel_matches_tp2(tmp_path_factory, ref
     ours = _run(tmp_path_factory, 2, 2, init_dirs[2])
     for rank in (0, 1):
         _compare(ours[rank], ref[rank], f"cp2xtp2 rank {rank}")
+
+
+def test_context_parallel_with_full_recompute_and_chunked_loss_matches_cp1(tmp_path_factory, reference, init_dirs):
+    """train.recompute_granularity=full (uniform, one layer per unit) and the chunked linear + CE under CP=2: the
+    same logits, gradients and 5-step losses as CP=1 without either; the layers really ran again in the backward
+    (more forward calls than the plain run's) and the loss really went through the chunked kernel."""
+    ref = reference(1)
+    ours = _run(tmp_path_factory, 2, 1, init_dirs[1], memory_savers=True)
+    _compare(ours[0], ref[0], "cp2 recompute")
+    for case in CASES:
+        got, want = ours[0][case["name"]], ref[0][case["name"]]
+        assert want["fused_loss_calls"] == 0 and got["fused_loss_calls"] == 1, (got, want)
+        assert got["layer_forwards"] == 2 * want["layer_forwards"], (got["layer_forwards"], want["layer_forwards"])

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gemma3_runtime.model.attention import AttentionContext, allowed_mask
+from gemma3_runtime.parallel.chunk_kernels import bottom_right_allowed, pick_chunk_kernel, reference_chunk_attention
 from gemma3_runtime.parallel.context_attention import emulated_context_attention
 
 pytestmark = pytest.mark.unit
@@ -58,3 +59,62 @@ def test_emulated_chunks_equal_full_attention(cp, length, window, packed, seed):
         results.append([out.detach(), *(t.grad for t in inputs)])
     for ours, ref in zip(*results, strict=True):
         assert _close(ours, ref)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cp=st.integers(1, 4),
+    length=st.integers(1, 5),
+    window=st.one_of(st.none(), st.integers(1, 24)),
+    seed=st.integers(0, 2**16),
+)
+def test_reference_chunk_kernel_in_the_fused_slot_equals_full_attention(cp, length, window, seed):
+    """The GPU dispatch (a contiguous key slice per chunk, the bottom-right band kernel) with the plain-torch kernel
+    in the fused kernel's place: equal to the masked per-chunk path and to full attention in fp32, gradients too."""
+    seq_len = 2 * cp * length
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, seq_len, 4, 8, generator=gen)
+    k, v = (torch.randn(2, seq_len, 1, 8, generator=gen) for _ in range(2))
+    upstream = torch.randn(2, seq_len, 4, 8, generator=gen)
+    results = []
+    for attend in (
+        lambda a, b, c: emulated_context_attention(
+            a, b, c, cp_size=cp, window=window, scale=SCALE, chunk_kernel=reference_chunk_attention
+        ),
+        lambda a, b, c: emulated_context_attention(a, b, c, cp_size=cp, window=window, scale=SCALE, chunk_kernel=None),
+        lambda a, b, c: _full(a, b, c, window, None),
+    ):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attend(*inputs)
+        out.backward(upstream)
+        results.append([out.detach(), *(t.grad for t in inputs)])
+    for ours, masked, ref in zip(*results, strict=True):
+        assert _close(ours, ref)
+        assert _close(ours, masked)
+
+
+@given(q_len=st.integers(1, 12), extra=st.integers(0, 12))
+def test_bottom_right_band_is_torchs_lower_right_causal(q_len, extra):
+    """Without a window the band is torch's own lower-right causal bias (what flash's is_causal means for sq < sk)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    k_len = q_len + extra
+    expected = causal_lower_right(q_len, k_len)._materialize(torch.device("cpu"))
+    assert torch.equal(bottom_right_allowed(q_len, k_len, None), expected)
+
+
+def test_auto_takes_the_masked_path_on_cpu_and_for_packed_documents():
+    q = torch.zeros(1, 4, 2, 8)
+    assert pick_chunk_kernel(q, packed=False) is None  # CPU fp32: no fused kernel
+    assert pick_chunk_kernel(q, packed=True) is None
+    with pytest.raises(ValueError, match="packed documents take the masked path"):
+        emulated_context_attention(
+            q,
+            q[:, :, :1],
+            q[:, :, :1],
+            cp_size=1,
+            window=None,
+            scale=SCALE,
+            segment_ids=torch.zeros(1, 4, dtype=torch.long),
+            chunk_kernel=reference_chunk_attention,
+        )

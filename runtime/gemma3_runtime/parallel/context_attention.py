@@ -5,9 +5,11 @@ Each CP rank holds two query chunks (zigzag split, context_split.py). For a quer
   (Gemma's few KV heads make them small) and each chunk takes its causal prefix;
 - sliding layers (q - W < k <= q) need only [cL - (W-1), (c+1)L): a halo exchange fetches exactly those positions
   from the ranks that own them (fetch_positions), however many chunks W-1 spans.
-The per-chunk math is attention.py's eager kernel (fp32 softmax, GQA by repeated kv heads) with its mask evaluated on
-GLOBAL positions, plus the packed-document rule (no attention across segment ids; a query always sees itself), so
-every output row is the same function of the same keys as in full attention: exact up to float summation order.
+Each chunk's queries are the last L positions of its key range, so on CUDA (bf16/fp16, no packed documents) the
+chunk runs on FlashAttention-2 with bottom-right causal alignment and its own window (chunk_kernels.py). Elsewhere the
+per-chunk math is attention.py's eager kernel (fp32 softmax, GQA by repeated kv heads) with its mask evaluated on
+GLOBAL positions, plus the packed-document rule (no attention across segment ids; a query always sees itself). Either
+way every output row is the same function of the same keys as in full attention: exact up to float summation order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from .chunk_kernels import pick_chunk_kernel
 from .context_comm import HaloRoute, fetch_positions, gather_sequence
 from .context_split import (
     chunk_ids,
@@ -108,10 +111,13 @@ def allowed_by_position(q_pos, k_pos, window: int | None, q_seg=None, k_seg=None
     return allowed
 
 
-def context_parallel_attention(q, k, v, *, window: int | None, scale: float, state: ContextParallelState):
+def context_parallel_attention(
+    q, k, v, *, window: int | None, scale: float, state: ContextParallelState, chunk_kernel="auto"
+):
     """Exact attention of this rank's two query chunks; q [b, s_local, hq, d], k/v [b, s_local, hkv, d] -> like q.
 
-    `window` None = global (causal) layer, else the sliding window W (keys q - W < k <= q).
+    `window` None = global (causal) layer, else the sliding window W (keys q - W < k <= q); `chunk_kernel` as in
+    `attend_rank_chunks`.
     """
     cp_size, rank, seq_len = state.cp_size, state.rank, state.seq_len
     length = chunk_length(seq_len, cp_size)
@@ -129,18 +135,36 @@ def context_parallel_attention(q, k, v, *, window: int | None, scale: float, sta
         keys_values = fetch_positions(torch.cat([k, v], dim=2), route, state.group)
         key_pos = route.wanted
     keys, values = keys_values.split([k.shape[2], v.shape[2]], dim=2)  # one message carries both
-    return attend_rank_chunks(q, keys, values, key_pos, rank, cp_size, window, scale, state.full_segment_ids())
+    segments = state.full_segment_ids()
+    return attend_rank_chunks(q, keys, values, key_pos, rank, cp_size, window, scale, segments, chunk_kernel)
 
 
-def attend_rank_chunks(q, keys, values, key_pos, rank: int, cp_size: int, window, scale: float, segments=None):
-    """Rank `rank`'s two query chunks q [b, 2L, hq, d] against keys/values at global positions `key_pos` (a superset
-    of what the chunks can see); `segments` [b, S] are the whole sequence's segment ids or None."""
+def attend_rank_chunks(
+    q, keys, values, key_pos, rank: int, cp_size: int, window, scale: float, segments=None, chunk_kernel="auto"
+):
+    """Rank `rank`'s two query chunks q [b, 2L, hq, d] against keys/values at global positions `key_pos` (sorted,
+    unique, a superset of what the chunks can see); `segments` [b, S] are the whole sequence's segment ids or None.
+
+    `chunk_kernel`: "auto" = the fused kernel where it applies (chunk_kernels.pick_chunk_kernel), else the masked
+    path; None = the masked path; or a kernel (q_chunk, k_range, v_range, window, scale) for the bottom-right band.
+    """
     length = q.shape[1] // 2
     seq_len = 2 * cp_size * length
+    if chunk_kernel == "auto":
+        chunk_kernel = pick_chunk_kernel(q, packed=segments is not None)
+    if chunk_kernel is not None and segments is not None:
+        raise ValueError("a chunk kernel computes the causal band only; packed documents take the masked path")
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)
     outputs = []
     for slot, chunk in enumerate(chunk_ids(cp_size, rank)):
         start, stop = key_range(chunk, length, window)
+        q_chunk = q[:, slot * length : (slot + 1) * length]
+        if chunk_kernel is not None:
+            # key_pos holds every position of [start, stop) once, in order: one contiguous slice, no copy
+            first = int(torch.searchsorted(key_pos, torch.tensor(start, device=key_pos.device)))
+            k_range, v_range = (t.narrow(1, first, stop - start) for t in (keys, values))
+            outputs.append(chunk_kernel(q_chunk, k_range, v_range, window, scale))
+            continue
         rows = ((key_pos >= start) & (key_pos < stop)).nonzero().flatten()
         q_pos = q_pos_all[slot * length : (slot + 1) * length]
         k_pos = key_pos[rows]
@@ -148,18 +172,21 @@ def attend_rank_chunks(q, keys, values, key_pos, rank: int, cp_size: int, window
         if segments is not None:
             q_seg, k_seg = segments[:, q_pos], segments[:, k_pos]
         allowed = allowed_by_position(q_pos, k_pos, window, q_seg, k_seg)
-        q_chunk = q[:, slot * length : (slot + 1) * length]
         outputs.append(masked_attention(q_chunk, keys[:, rows], values[:, rows], allowed, scale))
     return torch.cat(outputs, dim=1)
 
 
-def emulated_context_attention(q, k, v, *, cp_size: int, window: int | None, scale: float, segment_ids=None):
+def emulated_context_attention(
+    q, k, v, *, cp_size: int, window: int | None, scale: float, segment_ids=None, chunk_kernel="auto"
+):
     """All CP ranks' chunk computations in ONE process on full [b, S, ...] tensors (no communication): the per-chunk
     path of `context_parallel_attention` for tests of chunk kernels (e.g. on one GPU); returns [b, S, hq, d]."""
     seq_len = q.shape[1]
     key_pos = torch.arange(seq_len, device=q.device)
     parts = [
-        attend_rank_chunks(split_for_rank(q, cp_size, rank), k, v, key_pos, rank, cp_size, window, scale, segment_ids)
+        attend_rank_chunks(
+            split_for_rank(q, cp_size, rank), k, v, key_pos, rank, cp_size, window, scale, segment_ids, chunk_kernel
+        )
         for rank in range(cp_size)
     ]
     return merge_ranks(parts, seq_dim=1)

@@ -72,6 +72,24 @@ class TrainConfig:
     #: Save and stop (exit 0) when the iteration is a multiple of this - a planned interruption (Megatron's
     #: --exit-interval); the next start resumes.
     exit_interval: int | None = None
+    #: Activation recompute (megatron-core's): null keeps every layer's activations for the backward; "full"
+    #: recomputes whole layers in the backward (the memory of long contexts, e.g. under context parallelism);
+    #: "selective" recomputes the core attention only. Same losses and gradients either way.
+    recompute_granularity: Literal["full", "selective"] | None = None
+    #: "full" only: "uniform" = checkpoint units of recompute_num_layers layers, "block" = recompute the first
+    #: recompute_num_layers layers of each pipeline stage and keep the rest. Default with "full": "uniform".
+    recompute_method: Literal["uniform", "block"] | None = None
+    #: "full" only: layers per unit ("uniform") or layers recomputed ("block"). Default with "full": 1.
+    recompute_num_layers: int | None = None
+
+    def recompute_fields(self) -> dict[str, Any]:
+        """The provider's recompute fields, with "full"'s defaults filled in (uniform, one layer per unit)."""
+        full = self.recompute_granularity == "full"
+        return {
+            "recompute_granularity": self.recompute_granularity,
+            "recompute_method": self.recompute_method or ("uniform" if full else None),
+            "recompute_num_layers": self.recompute_num_layers or (1 if full else None),
+        }
 
 
 @dataclass

@@ -136,6 +136,7 @@ class Trainer:
             device=self.device.type,
             seed=seed,
             attention_kernel=fields["attention_kernel"],
+            **cfg.train.recompute_fields(),
             transformer_overrides=dict(calculate_per_token_loss=True, **fields["transformer_overrides"]),
         )
         try:

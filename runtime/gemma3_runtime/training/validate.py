@@ -103,6 +103,27 @@ def _check_train(cfg: ConfigContainer) -> None:
         )
     if t.exit_interval is not None and not cfg.checkpoint.save:
         raise UserInputError("train.exit_interval needs checkpoint.save (the run saves there before it stops)")
+    _check_recompute(cfg)
+
+
+def _check_recompute(cfg: ConfigContainer) -> None:
+    """megatron-core's recompute rules, as one line naming the key (megatron itself would assert mid-build)."""
+    t = cfg.train
+    _positive("train.recompute_num_layers", t.recompute_num_layers, optional=True)
+    if t.recompute_granularity != "full":
+        for key, value in (("recompute_method", t.recompute_method), ("recompute_num_layers", t.recompute_num_layers)):
+            if value is not None:
+                raise UserInputError(
+                    f"train.{key}={value} applies to train.recompute_granularity=full only "
+                    f"(got {t.recompute_granularity or 'null'}); leave it null"
+                )
+        return
+    per_stage = cfg.model.num_layers // cfg.parallelism.pipeline_model_parallel_size if cfg.model else None
+    if t.recompute_num_layers is not None and per_stage and t.recompute_num_layers > per_stage:
+        raise UserInputError(
+            f"train.recompute_num_layers={t.recompute_num_layers}: expected at most the layers per pipeline stage "
+            f"({per_stage})"
+        )
 
 
 def _check_optimizer(cfg: ConfigContainer) -> None:
