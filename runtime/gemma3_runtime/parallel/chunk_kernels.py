@@ -18,9 +18,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..perf.attention import flash_window_supported
-
 ChunkKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "int | None", float], torch.Tensor]
+
+
+def flash_window_supported(q: torch.Tensor) -> bool:
+    """Whether FlashAttention-2's kernel (aten._flash_attention_forward) takes these queries: CUDA, half precision,
+    head_dim <= 256 and a multiple of 8. The one definition: perf/attention.py asks it too."""
+    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
 
 
 def bottom_right_allowed(q_len: int, k_len: int, window: int | None, device=None) -> torch.Tensor:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..parallel.chunk_kernels import flash_window_supported
+
 #: "flash": SDPA is_causal for global layers, FlashAttention-2's native sliding window (window_size_left) through
 #: aten._flash_attention_forward for sliding ones (CUDA, bf16/fp16, head_dim <= 256): no wasted blocks at all.
 #: "sdpa": SDPA is_causal for global layers, SDPA with a boolean window mask for sliding ones.
@@ -89,10 +91,6 @@ def _flex(q, k, v, block_mask, scale):
 
     fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
     return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-
-
-def flash_window_supported(q: torch.Tensor) -> bool:
-    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
 
 
 def flash_window_attention(
