@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from gemma3_runtime.checkpoint import io as ckpt_io
 from gemma3_runtime.checkpoint.layout import ResolvedCheckpoint, read_tracker, resolve_checkpoint
 from gemma3_runtime.loader import copy_model_tensors, sharded_model_state
 from gemma3_runtime.training.state import TrainState, get_rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from gemma3_runtime.checkpoint.async_save import AsyncCheckpointSaver
 
 log = logging.getLogger("gemma3_runtime.training")
 
@@ -44,8 +47,10 @@ def save_training_checkpoint(
     save_optim: bool,
     save_rng: bool,
     tokenizer_dir: str | Path | None,
+    saver: AsyncCheckpointSaver | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the committed iteration directory."""
+    """Collective: every rank calls it. Returns the committed iteration directory, or with `saver`
+    (checkpoint.async_save) the one it will be committed as once the background write is done (`saver.poll/wait`)."""
     model_sd = sharded_model_state(models, adapters_only)
     state: dict[str, Any] = dict(model_sd)
     if save_optim:
@@ -53,7 +58,46 @@ def save_training_checkpoint(
     if save_rng:
         state[RNG_KEY] = _rng_sharded_object(is_loading=False)
     state[TRAIN_STATE_KEY] = train_state.to_dict()
+    if saver is not None:
+        return saver.start(save_dir, train_state.iteration, state, run_config, tokenizer_dir=tokenizer_dir)
     return ckpt_io.save_checkpoint(save_dir, train_state.iteration, state, run_config, tokenizer_dir=tokenizer_dir)
+
+
+def save_trainer(trainer: Any, blocking: bool) -> Path | None:
+    """`Trainer.save`: a checkpoint of the trainer's current state; None without a save dir. With
+    checkpoint.async_save the loop goes on while it is written, unless `blocking` (then it is committed on return)."""
+    import time
+
+    if not trainer.save_dir:
+        return None
+    ckpt = trainer.cfg.checkpoint
+    if ckpt.async_save and trainer.saver is None:
+        from gemma3_runtime.checkpoint.async_save import AsyncCheckpointSaver
+
+        trainer.saver = AsyncCheckpointSaver()
+    saver = trainer.saver if ckpt.async_save else None
+    started = time.time()
+    path = save_training_checkpoint(
+        trainer.save_dir,
+        trainer.models,
+        trainer.optimizer,
+        trainer.train_state,
+        trainer.run_config,
+        trainer.adapters_only,
+        ckpt.save_optim,
+        ckpt.save_rng,
+        trainer.tokenizer_dir,
+        saver=saver,
+    )
+    blocked = time.time() - started
+    if saver is not None and blocking:
+        saver.wait()
+    if trainer.is_rank0:
+        if saver is None:
+            log.info("saved %s in %.1f s", path, blocked)
+        else:
+            log.info("saving %s: the loop was blocked %.2f s, the write goes on in the background", path, blocked)
+    return path
 
 
 def find_resume_checkpoint(load_dir: str | None) -> ResolvedCheckpoint | None:
