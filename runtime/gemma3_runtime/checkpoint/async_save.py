@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -71,6 +72,7 @@ class AsyncCheckpointSaver:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
 
         self.wait()
+        _start_results_queue()
         target = ckpt_io.begin_save(save_dir, iteration, sharded_state_dict, run_config, tokenizer_dir, extra_files)
         try:
             with ckpt_io.cpu_checkpoint_io():
@@ -137,6 +139,31 @@ def _finalize(target: ckpt_io.SaveTarget, megatron_finalize: list[Callable[[], N
     except BaseException as exc:  # torch's CheckpointException is a BaseException
         failure = exc
     ckpt_io.commit_save(target, failure)
+
+
+def _ignore_preemption_signals() -> None:
+    """Initializer of the results-queue manager process (runs there)."""
+    from gemma3_launch.contract import PREEMPTION_SIGNALS
+
+    for name in PREEMPTION_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _start_results_queue() -> None:
+    """megatron's writer reports through a queue served by a multiprocessing manager that megatron spawns at the
+    first save. With saves in the background that is long before any preemption, and a spawned process starts with
+    the default action for the signals SLURM delivers to EVERY process of a step (USR2, TERM): the manager would die
+    of them while a save is in flight, and the save could not be finalized. So the queue is made here, the same
+    way (a spawned manager's Queue, megatron's module global), by a manager that ignores those signals."""
+    import multiprocessing.managers
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    manager = multiprocessing.managers.SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(initializer=_ignore_preemption_signals)
+    filesystem_async._results_queue = manager.Queue()  # the proxy keeps its manager alive, as megatron's does
 
 
 def _cpu_group() -> Any:
