@@ -49,7 +49,7 @@ class AsyncCheckpointSaver:
         self._queue = AsyncCallsQueue(persistent=False)
         self._in_flight: ckpt_io.SaveTarget | None = None
         self._started = 0.0
-        self._group = _cpu_group()
+        self._group = cpu_group()
 
     @property
     def in_flight(self) -> int | None:
@@ -166,8 +166,10 @@ def _start_results_queue() -> None:
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps its manager alive, as megatron's does
 
 
-def _cpu_group() -> Any:
-    """A gloo group of all ranks for the completion poll (the default group when that already is gloo)."""
+def cpu_group() -> Any:
+    """A gloo group of all ranks (the default group when that already is gloo); None for a single process. Collective
+    when it makes a group. For the flags the ranks agree on after each step (save completion, preemption), so the
+    host never waits for the GPU there."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return None
     if torch.distributed.get_backend() == "gloo":
