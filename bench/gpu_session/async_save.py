@@ -3,7 +3,8 @@ step is while a background save is being written (issue 19, target 3: <= 3 s blo
 
 The 1B full-parameter Trainer of bench/train_throughput.py (recipe defaults, mock data, the recipe's distributed
 optimizer, seq 4096, micro-batch 8 x 2) on one card: warm-up steps, then
-  1. `--steps` steps without a save (mean step time, the baseline);
+  1. `--steps` steps without a save (mean step time, the baseline), and the time the optimizer's sharded state dict
+     takes to build (part of every save's blocking time);
   2. `--async-saves` times: an asynchronous save (the time `Trainer.save(blocking=False)` holds the loop), then
      `--steps` steps polling the save as the loop does (their mean step time, and whether the save was still being
      written after them), then the wait for its commit;
@@ -58,6 +59,19 @@ def _timed_save(trainer, save_dir: Path, blocking: bool, device: torch.device) -
     return time.perf_counter() - t0, path
 
 
+def _state_dict_build_s(trainer, device: torch.device) -> float:
+    """The part of the blocking time spent building the optimizer's sharded state dict (with the distributed
+    optimizer, megatron's `fully_reshardable` format gathers the state to host memory there)."""
+    from gemma3_runtime.loader import sharded_model_state
+
+    _sync(device)
+    t0 = time.perf_counter()
+    state = trainer.optimizer.sharded_state_dict(sharded_model_state(trainer.models, trainer.adapters_only))
+    _sync(device)
+    del state
+    return time.perf_counter() - t0
+
+
 def measure(args: argparse.Namespace) -> dict:
     from train_throughput import run_config
 
@@ -82,6 +96,7 @@ def measure(args: argparse.Namespace) -> dict:
         for _ in range(args.warmup):
             trainer.train_step().resolve()
         result["step_s_no_save"] = round(_steps(trainer, args.steps, device, poll=False), 4)
+        result["optimizer_state_dict_build_s"] = round(_state_dict_build_s(trainer, device), 2)
         result["async"] = []
         for i in range(args.async_saves):
             blocked, path = _timed_save(trainer, work / f"async{i}", blocking=False, device=device)
