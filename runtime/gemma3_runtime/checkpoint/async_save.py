@@ -121,11 +121,12 @@ class AsyncCheckpointSaver:
         assert target is not None
         with ckpt_io.cpu_checkpoint_io():
             self._queue.maybe_finalize_async_calls(blocking=True)
-        log.info(
-            "committed %s (written in the background, %.1f s after the save started)",
-            target.final,
-            time.time() - self._started,
-        )
+        if ckpt_io.rank_and_world()[0] == 0:
+            log.info(
+                "committed %s (written in the background, %.1f s after the save started)",
+                target.final,
+                time.time() - self._started,
+            )
         return target.final
 
 

@@ -61,19 +61,19 @@ _TEMP_DIR_RE = re.compile(r"^(iter_\d{7})\.tmp-(\d+)$")
 _OLD_DIR_RE = re.compile(r"^\.(iter_\d{7})\.old-(\d+)$")
 
 
-def _dist() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    if _dist()[1] > 1:
+    if rank_and_world()[1] > 1:
         torch.distributed.barrier()
 
 
 def _broadcast(value: Any) -> Any:
-    if _dist()[1] == 1:
+    if rank_and_world()[1] == 1:
         return value
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
@@ -259,7 +259,7 @@ def begin_save(
     save_dir = Path(save_dir)
     final = save_dir / iter_dir_name(iteration)
     tmp = save_dir / _broadcast(f"{final.name}.tmp-{os.getpid()}")
-    if _dist()[0] == 0:
+    if rank_and_world()[0] == 0:
         save_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_dirs(save_dir)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -304,7 +304,7 @@ def save_checkpoint(
 def commit_save(target: SaveTarget, failure: BaseException | None) -> Path:
     """Collective, after every rank's shards are in `target.tmp` (or the write failed with `failure`): rank 0
     completes and commits the iteration; every rank returns the final dir or raises the same error."""
-    rank, _ = _dist()
+    rank, _ = rank_and_world()
     tmp, save_dir, iteration = target.tmp, target.save_dir, target.iteration
     if failure is None and rank == 0:
         try:

@@ -89,12 +89,12 @@ def save_trainer(trainer: Any, blocking: bool) -> Path | None:
         trainer.tokenizer_dir,
         saver=saver,
     )
-    blocked = time.time() - started
+    blocked = time.time() - started  # the loop's wait; the rest of an asynchronous save is written meanwhile
     if saver is not None and blocking:
         saver.wait()
     if trainer.is_rank0:
-        if saver is None:
-            log.info("saved %s in %.1f s", path, blocked)
+        if saver is None or blocking:
+            log.info("saved %s in %.1f s", path, time.time() - started)
         else:
             log.info("saving %s: the loop was blocked %.2f s, the write goes on in the background", path, blocked)
     return path
