@@ -46,7 +46,7 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
     done
     python3 bench/gpu_session/before_after.py "$OUT" | tee "$OUT/before_after.txt" ;;
   asyncsave)  # issue 19 target 3: loop blocked by a sync vs an async save of the 1B full state; steps during the write
-    TAIL=30 part asyncsave ${ASYNCSAVE_LIMIT:-240} python3 bench/gpu_session/async_save.py --json "$OUT/async_save.json" \
+    TAIL=30 part asyncsave ${ASYNCSAVE_LIMIT:-330} python3 bench/gpu_session/async_save.py --json "$OUT/async_save.json" \
       ${ASYNCSAVE_EXTRA:-} ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
