@@ -49,6 +49,8 @@ class AsyncCheckpointSaver:
         self._queue = AsyncCallsQueue(persistent=False)
         self._in_flight: ckpt_io.SaveTarget | None = None
         self._started = 0.0
+        #: the host copies of the device tensors that the writer child reads, held until it is done (below)
+        self._staged: Any = None
         self._group = cpu_group()
 
     @property
@@ -85,19 +87,27 @@ class AsyncCheckpointSaver:
         except BaseException as exc:  # planning or the common state failed: as a synchronous save would
             ckpt_io.commit_save(target, exc)
             raise
-        write = request.async_fn
+        write, preload = request.async_fn, request.preload_fn
         request = AsyncRequest(
             functools.partial(_write_shards, target.final.name, write) if write is not None else None,
             request.async_fn_args,
             [functools.partial(_finalize, target, list(request.finalize_fns))],
             async_fn_kwargs=request.async_fn_kwargs,
-            preload_fn=request.preload_fn,
+            preload_fn=functools.partial(self._preload_and_hold, preload) if preload is not None else None,
         )
         self._started = time.time()
         with ckpt_io.cpu_checkpoint_io():
             self._queue.schedule_async_request(request)
         self._in_flight = target
         return target.final
+
+    def _preload_and_hold(self, preload: Callable[[], Any]) -> Any:
+        """megatron's preload (device -> pinned host copies), kept referenced until the writer child is done. WHY:
+        pinned memory is not copy-on-write across fork, and megatron-core 0.16.1's TemporalAsyncCaller drops its
+        reference right after the fork, so the caching host allocator could hand those buffers to a later copy
+        while the child still writes them (fixed upstream in Megatron-LM PR 2288 the same way)."""
+        self._staged = preload()
+        return self._staged
 
     def poll(self) -> Path | None:
         """Commit the in-flight save if every rank's write has finished; returns the committed dir, else None.
@@ -120,7 +130,10 @@ class AsyncCheckpointSaver:
         target, self._in_flight = self._in_flight, None
         assert target is not None
         with ckpt_io.cpu_checkpoint_io():
-            self._queue.maybe_finalize_async_calls(blocking=True)
+            try:
+                self._queue.maybe_finalize_async_calls(blocking=True)
+            finally:
+                self._staged = None  # the writer has exited: its host copies can go
         if ckpt_io.rank_and_world()[0] == 0:
             log.info(
                 "committed %s (written in the background, %.1f s after the save started)",
