@@ -59,17 +59,25 @@ def _timed_save(trainer, save_dir: Path, blocking: bool, device: torch.device) -
     return time.perf_counter() - t0, path
 
 
-def _state_dict_build_s(trainer, device: torch.device) -> float:
-    """The part of the blocking time spent building the optimizer's sharded state dict (with the distributed
-    optimizer, megatron's `fully_reshardable` format gathers the state to host memory there)."""
+def _state_dict_build_s(trainer, device: torch.device, in_place: bool) -> float | None:
+    """The part of a save's blocking time spent building the optimizer's sharded state dict: megatron's
+    `fully_reshardable` (a gather through host memory with the distributed optimizer) or, `in_place`, the one
+    asynchronous saves use with one data-parallel rank (None where that does not apply)."""
     from gemma3_runtime.loader import sharded_model_state
+    from gemma3_runtime.training.checkpointing import distributed_optimizer_state_in_place
 
     _sync(device)
     t0 = time.perf_counter()
-    state = trainer.optimizer.sharded_state_dict(sharded_model_state(trainer.models, trainer.adapters_only))
+    model_sd = sharded_model_state(trainer.models, trainer.adapters_only)
+    if in_place:
+        state = distributed_optimizer_state_in_place(trainer.optimizer, model_sd)
+        if state is None:
+            return None
+    else:
+        state = trainer.optimizer.sharded_state_dict(model_sd)
     _sync(device)
     del state
-    return time.perf_counter() - t0
+    return round(time.perf_counter() - t0, 3)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -96,7 +104,8 @@ def measure(args: argparse.Namespace) -> dict:
         for _ in range(args.warmup):
             trainer.train_step().resolve()
         result["step_s_no_save"] = round(_steps(trainer, args.steps, device, poll=False), 4)
-        result["optimizer_state_dict_build_s"] = round(_state_dict_build_s(trainer, device), 2)
+        result["optimizer_state_dict_build_s"] = _state_dict_build_s(trainer, device, in_place=False)
+        result["optimizer_state_dict_in_place_s"] = _state_dict_build_s(trainer, device, in_place=True)
         result["async"] = []
         for i in range(args.async_saves):
             blocked, path = _timed_save(trainer, work / f"async{i}", blocking=False, device=device)
