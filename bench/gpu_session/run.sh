@@ -84,6 +84,9 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
     done
     [ "${FP8_LOSS:-1}" = 0 ] || TAIL=6 part fp8loss ${FP8_LOSS_LIMIT:-300} python3 bench/gpu_session/fp8_loss.py \
       --size 1b --steps 200 --recipes ${FP8_RECIPES:-tensorwise} --json "$OUT/fp8_loss.json" ;;
+  asyncsave)  # issue 19 target 3: loop blocked by a sync vs an async save of the 1B full state; steps during the write
+    TAIL=30 part asyncsave ${ASYNCSAVE_LIMIT:-330} python3 bench/gpu_session/async_save.py --json "$OUT/async_save.json" \
+      ${ASYNCSAVE_EXTRA:-} ;;
   dp2)
     TAIL=12 part dp2 ${DP2_LIMIT:-200} python3 bench/gpu_session/dp_scaling.py --json "$OUT/dp2.json" ${DP2_RUNS:-} ;;
 esac; done

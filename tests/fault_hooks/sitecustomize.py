@@ -3,8 +3,10 @@
 GEMMA3_TEST_KILL_AT="package.module:function:N:when" makes the process SIGKILL itself on the N-th call of
 `function` (a module-level name, looked up through the module at call time), `when` = before (the call never runs)
 or after (it returned). An optional fifth field restricts the count to calls whose first argument's string form
-ends with it (e.g. a file name). Python runs `sitecustomize` at start-up; the function is wrapped as soon as its
-module has been imported, so production code carries no hook of its own.
+ends with it (e.g. a file name). With GEMMA3_TEST_KILL_GROUP=1 the whole process group is SIGKILLed (a node
+lost while a forked helper, e.g. a background checkpoint writer, is at the kill point). Python runs
+`sitecustomize` at start-up; the function is wrapped as soon as its module has been imported, so production code
+carries no hook of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _die() -> None:
     sys.stdout.flush()
     sys.stderr.write(f"fault_hooks: SIGKILL at {_SPEC}\n")
     sys.stderr.flush()
+    if os.environ.get("GEMMA3_TEST_KILL_GROUP") == "1":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -28,6 +28,14 @@ PRETRAIN_SETS = [
     f"overrides=[train.train_iters={TRAIN_ITERS}, train.global_batch_size=4, train.micro_batch_size=2, "
     "checkpoint.save_interval=1000, logging.log_interval=10]",
 ]
+#: the preempted job saves every 10 steps with the write in the background (checkpoint.async_save), so the preemption
+#: finds a save in flight or just committed; the reference saves once, synchronously, at the end
+ASYNC_SETS = [
+    PRETRAIN_SETS[0],
+    PRETRAIN_SETS[1].replace(
+        "checkpoint.save_interval=1000", "checkpoint.save_interval=10, checkpoint.async_save=true"
+    ),
+]
 #: the preempted job also logs to W&B, offline (the testbed has no network): W&B's files land in its checkpoint dir
 WANDB_SETS = ["wandb.project=slurm-testbed", "wandb.tags=[preempted]", "env.WANDB_MODE=offline"]
 
@@ -71,9 +79,9 @@ def pretrain_pair(slurm):
     """The same 2-node tiny pretrain twice, submitted together: one runs through, one is preempted mid-run with
     exactly what submitit's `--signal=USR2@LEAD` delivers near the time limit: USR2 to every step of the job (the
     job wrapper's, and the training step's node wrappers and workers), not to the batch shell. The preempted one
-    logs to W&B offline."""
+    logs to W&B offline and saves in the background."""
     pair = {
-        "preempted": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, *WANDB_SETS, tag="preempted"),
+        "preempted": slurm.submit("pretrain_tiny.yaml", *ASYNC_SETS, *WANDB_SETS, tag="preempted"),
         "reference": slurm.submit("pretrain_tiny.yaml", *PRETRAIN_SETS, tag="reference"),
     }
     slurm.wait_log(pair["preempted"], _step_line(20, TRAIN_ITERS))
@@ -118,6 +126,7 @@ def test_preempted_pretrain_requeues_resumes_and_matches_uninterrupted_weights(s
     assert [(s["name"], s["exit_code"], s["attempt"]) for s in rec["steps"]] == [("train", 199, 0), ("train", 0, 1)]
     log = (job["run_dir"] / "job.log").read_text()
     assert "received SIGUSR2" in log and "requeueing SLURM job" in log and "resuming from" in log
+    assert "the write goes on in the background" in log and "committed" in log  # async saves, committed
     # one container per attempt, shared by every step of that attempt (pyxis imports the image once per attempt)
     names = {t["name"] for t in pyxis_tasks(job["slurm_id"])}
     assert names == {f"gemma3-{job['slurm_id']}-0", f"gemma3-{job['slurm_id']}-1"}

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +61,19 @@ _TEMP_DIR_RE = re.compile(r"^(iter_\d{7})\.tmp-(\d+)$")
 _OLD_DIR_RE = re.compile(r"^\.(iter_\d{7})\.old-(\d+)$")
 
 
-def _dist() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    if _dist()[1] > 1:
+    if rank_and_world()[1] > 1:
         torch.distributed.barrier()
 
 
 def _broadcast(value: Any) -> Any:
-    if _dist()[1] == 1:
+    if rank_and_world()[1] == 1:
         return value
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
@@ -80,7 +81,7 @@ def _broadcast(value: Any) -> Any:
 
 
 @contextmanager
-def _cpu_checkpoint_io() -> Iterator[None]:
+def cpu_checkpoint_io() -> Iterator[None]:
     """megatron-core 0.16.1's torch_dist save calls torch.cuda.synchronize / current_device even for CPU tensors."""
     if torch.cuda.is_available():
         yield
@@ -223,12 +224,51 @@ def _local_tensor_bytes(sharded_state_dict: Mapping[str, Any]) -> int:
     )
 
 
-def _save_strategy(writer_processes: int | None):
+def save_strategy(writer_processes: int | None):
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
     if writer_processes is None:
         writer_processes = 2 if torch.cuda.is_available() else 1
     return TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=writer_processes)
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """One iteration being saved: where its shards go (`tmp`), its final name and what rank 0 adds at the commit."""
+
+    save_dir: Path
+    iteration: int
+    tmp: Path
+    final: Path
+    config_text: str
+    tokenizer_dir: str | Path | None
+    extra_files: Mapping[str, bytes] | None
+    #: bytes of the tensors this rank writes (what the disk-full classification compares with the free space)
+    local_bytes: int
+
+
+def begin_save(
+    save_dir: str | Path,
+    iteration: int,
+    sharded_state_dict: dict[str, Any],
+    run_config: Mapping[str, Any],
+    tokenizer_dir: str | Path | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> SaveTarget:
+    """Collective: rank 0 removes stale temp dirs and creates this save's `iter_N.tmp-<pid>`; every rank waits."""
+    save_dir = Path(save_dir)
+    final = save_dir / iter_dir_name(iteration)
+    tmp = save_dir / _broadcast(f"{final.name}.tmp-{os.getpid()}")
+    if rank_and_world()[0] == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(save_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
+    config_text = yaml.safe_dump(config, sort_keys=False)
+    local_bytes = _local_tensor_bytes(sharded_state_dict)
+    return SaveTarget(save_dir, iteration, tmp, final, config_text, tokenizer_dir, extra_files, local_bytes)
 
 
 def save_checkpoint(
@@ -245,42 +285,43 @@ def save_checkpoint(
     `run_config` must contain `model` (Gemma3Config.to_dict()); `format` is added here. `writer_processes`: how
     many processes megatron forks per rank to write shards (default: 2 with CUDA, 1 on CPU-only hosts, where a
     second writer only competes for the same cores and disk while its forked copy of the page tables inflates RSS).
+    The same save with the write in the background: checkpoint/async_save.py.
     """
     from megatron.core import dist_checkpointing
 
-    save_dir = Path(save_dir)
-    rank, _ = _dist()
-    final = save_dir / iter_dir_name(iteration)
-    tmp = save_dir / _broadcast(f"{final.name}.tmp-{os.getpid()}")
-    if rank == 0:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_dirs(save_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    _barrier()
-    config = {"format": FORMAT, **{k: v for k, v in run_config.items() if k != "format"}}
-    config_text = yaml.safe_dump(config, sort_keys=False)
+    target = begin_save(save_dir, iteration, sharded_state_dict, run_config, tokenizer_dir, extra_files)
     failure: BaseException | None = None
     try:
-        with _cpu_checkpoint_io():
-            dist_checkpointing.save(sharded_state_dict, str(tmp), sharded_strategy=_save_strategy(writer_processes))
-        if rank == 0:
-            _complete_and_commit(tmp, final, save_dir, iteration, config_text, tokenizer_dir, extra_files)
+        with cpu_checkpoint_io():
+            dist_checkpointing.save(
+                sharded_state_dict, str(target.tmp), sharded_strategy=save_strategy(writer_processes)
+            )
     except BaseException as exc:  # torch's CheckpointException is a BaseException
         failure = exc
+    return commit_save(target, failure)
+
+
+def commit_save(target: SaveTarget, failure: BaseException | None) -> Path:
+    """Collective, after every rank's shards are in `target.tmp` (or the write failed with `failure`): rank 0
+    completes and commits the iteration; every rank returns the final dir or raises the same error."""
+    rank, _ = rank_and_world()
+    tmp, save_dir, iteration = target.tmp, target.save_dir, target.iteration
+    if failure is None and rank == 0:
+        try:
+            _complete_and_commit(target)
+        except BaseException as exc:
+            failure = exc
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise failure
     # measured before the temp dir is removed: the space as the failed write found it
-    reason = (
-        None if failure is None else storage_full_reason(failure, save_dir, _local_tensor_bytes(sharded_state_dict))
-    )
+    reason = None if failure is None else storage_full_reason(failure, save_dir, target.local_bytes)
     # megatron's save fails on every rank together; rank 0's commit can fail alone: every rank learns of it
     rank0_failure = _broadcast(None if failure is None else (reason, f"{failure.__class__.__name__}: {failure}"))
     if failure is None and rank0_failure is None:
         _barrier()
-        return final
+        return target.final
     if rank == 0:  # an exception (not a kill) leaves nothing behind; a killed save leaves only the temp dir
         shutil.rmtree(tmp, ignore_errors=True)
     if failure is None:  # this rank wrote its part; rank 0 failed to complete or commit the checkpoint
@@ -294,18 +335,12 @@ def save_checkpoint(
     raise StorageFullError(f"{reason}; saving iteration {iteration} failed, {previous}") from None
 
 
-def _complete_and_commit(
-    tmp: Path,
-    final: Path,
-    save_dir: Path,
-    iteration: int,
-    config_text: str,
-    tokenizer_dir: str | Path | None,
-    extra_files: Mapping[str, bytes] | None,
-) -> None:
+def _complete_and_commit(target: SaveTarget) -> None:
     """Rank 0, after every rank wrote its shards into `tmp`: the small files, then the renames that commit."""
     from gemma3_launch.durable import fsync_dir, fsync_tree
 
+    tmp, final, save_dir, config_text = target.tmp, target.final, target.save_dir, target.config_text
+    tokenizer_dir, extra_files = target.tokenizer_dir, target.extra_files
     (tmp / RUN_CONFIG_FILE).write_text(config_text)
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), tmp / TOKENIZER_DIR)
@@ -321,7 +356,7 @@ def _complete_and_commit(
         os.replace(tmp, final)
     fsync_dir(save_dir)
     write_text_atomic(save_dir / RUN_CONFIG_FILE, config_text)
-    write_text_atomic(save_dir / TRACKER_FILE, f"{iteration}\n")
+    write_text_atomic(save_dir / TRACKER_FILE, f"{target.iteration}\n")
 
 
 def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict: bool = True) -> dict[str, Any]:
@@ -335,7 +370,7 @@ def load_checkpoint(path: str | Path, sharded_state_dict: dict[str, Any], strict
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     resolved = resolve_checkpoint(path)
-    with _cpu_checkpoint_io():
+    with cpu_checkpoint_io():
         state, _not_requested, absent = dist_checkpointing.load(
             sharded_state_dict, str(resolved.iter_dir), strict=StrictHandling.RETURN_ALL
         )

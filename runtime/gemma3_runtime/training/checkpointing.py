@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from gemma3_runtime.checkpoint import io as ckpt_io
 from gemma3_runtime.checkpoint.layout import ResolvedCheckpoint, read_tracker, resolve_checkpoint
 from gemma3_runtime.loader import copy_model_tensors, sharded_model_state
 from gemma3_runtime.training.state import TrainState, get_rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from gemma3_runtime.checkpoint.async_save import AsyncCheckpointSaver
 
 log = logging.getLogger("gemma3_runtime.training")
 
@@ -44,16 +47,108 @@ def save_training_checkpoint(
     save_optim: bool,
     save_rng: bool,
     tokenizer_dir: str | Path | None,
+    saver: AsyncCheckpointSaver | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the committed iteration directory."""
+    """Collective: every rank calls it. Returns the committed iteration directory, or with `saver`
+    (checkpoint.async_save) the one it will be committed as once the background write is done (`saver.poll/wait`)."""
     model_sd = sharded_model_state(models, adapters_only)
     state: dict[str, Any] = dict(model_sd)
     if save_optim:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd)
+        in_place = distributed_optimizer_state_in_place(optimizer, model_sd) if saver is not None else None
+        state["optimizer"] = in_place if in_place is not None else optimizer.sharded_state_dict(model_sd)
     if save_rng:
         state[RNG_KEY] = _rng_sharded_object(is_loading=False)
     state[TRAIN_STATE_KEY] = train_state.to_dict()
+    if saver is not None:
+        return saver.start(save_dir, train_state.iteration, state, run_config, tokenizer_dir=tokenizer_dir)
     return ckpt_io.save_checkpoint(save_dir, train_state.iteration, state, run_config, tokenizer_dir=tokenizer_dir)
+
+
+def distributed_optimizer_state_in_place(optimizer: Any, model_sd: dict) -> dict | None:
+    """megatron's DistributedOptimizer state in its `fully_reshardable` format, for ONE data-parallel rank, built
+    from the optimizer's own tensors instead of megatron's gather; None where it does not apply (any other
+    optimizer, data-parallel size > 1, chained or precision-aware optimizers), and the caller uses megatron's.
+
+    WHY: megatron-core 0.16.1 builds that format by copying every state to host memory, into zeroed buffers, back
+    to the device for an all-gather and to the host again - seconds of the loop for a 1B, although with one
+    data-parallel rank each parameter's fp32 main copy, exp_avg and exp_avg_sq already ARE the tensors it saves.
+    Used for asynchronous saves, whose preload copies them to host memory at the save; the same keys, shapes,
+    dtypes and replica ids as megatron's (megatron's `sharded_param_state_fully_reshardable`, the `param_idx` order
+    of its buffers' `param_index_map`), so the checkpoint loads through megatron's own path
+    (tests/gpu/test_async_save_gpu.py compares such a checkpoint with a synchronous one tensor by tensor)."""
+    from dataclasses import replace
+
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+    from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "optimizer", None)
+    if not isinstance(inner, DistributedOptimizer) or inner.data_parallel_group.size() != 1:
+        return None
+    if inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8 or inner.ddp_config.use_megatron_fsdp:
+        return None
+    state_dict = inner.state_dict()
+    tensors_of, _ = extract_sharded_tensors_and_factories(model_sd)
+    metadata = {sh.data: sh for sh in nested_values(tensors_of)}
+    param_state: dict[int, dict[str, Any]] = {}
+    for gbuf_idx, gbuf_range_maps in enumerate(inner.gbuf_ranges):
+        if len(gbuf_range_maps) != 1:
+            return None
+        for model_param in inner.buffers[gbuf_idx].param_index_map:
+            sharded = metadata[model_param]
+            if sharded.flattened_range is not None:
+                return None
+            states = inner._get_main_param_and_optimizer_states(model_param)
+            entry = {}
+            for key in ("param", "exp_avg", "exp_avg_sq"):
+                tensor = states[key].detach().reshape(sharded.data.shape)
+                fields = dict(key=f"optimizer.state.{key}.{sharded.key}", data=tensor, replica_id=sharded.replica_id)
+                if not isinstance(sharded, ShardedTensorFactory):
+                    fields["dtype"] = tensor.dtype
+                entry[key] = replace(sharded, **fields)
+                entry[key].validate_metadata_integrity()
+            param_state[len(param_state)] = entry
+    state_dict["param_state"] = param_state
+    state_dict["param_state_sharding_type"] = "fully_reshardable"
+    return state_dict
+
+
+def save_trainer(trainer: Any, blocking: bool) -> Path | None:
+    """`Trainer.save`: a checkpoint of the trainer's current state; None without a save dir. With
+    checkpoint.async_save the loop goes on while it is written, unless `blocking` (then it is committed on return)."""
+    import time
+
+    if not trainer.save_dir:
+        return None
+    ckpt = trainer.cfg.checkpoint
+    if ckpt.async_save and trainer.saver is None:
+        from gemma3_runtime.checkpoint.async_save import AsyncCheckpointSaver
+
+        trainer.saver = AsyncCheckpointSaver()
+    saver = trainer.saver if ckpt.async_save else None
+    started = time.time()
+    path = save_training_checkpoint(
+        trainer.save_dir,
+        trainer.models,
+        trainer.optimizer,
+        trainer.train_state,
+        trainer.run_config,
+        trainer.adapters_only,
+        ckpt.save_optim,
+        ckpt.save_rng,
+        trainer.tokenizer_dir,
+        saver=saver,
+    )
+    blocked = time.time() - started  # the loop's wait; the rest of an asynchronous save is written meanwhile
+    if saver is not None and blocking:
+        saver.wait()
+    if trainer.is_rank0:
+        if saver is None or blocking:
+            log.info("saved %s in %.1f s", path, time.time() - started)
+        else:
+            log.info("saving %s: the loop was blocked %.2f s, the write goes on in the background", path, blocked)
+    return path
 
 
 def find_resume_checkpoint(load_dir: str | None) -> ResolvedCheckpoint | None:

@@ -177,6 +177,10 @@ class CheckpointConfig:
     save_rng: bool = True
     #: Save when training ends (in addition to save_interval and preemption).
     save_at_end: bool = True
+    #: Write interval saves in the background (checkpoint/async_save.py): the loop is blocked only for the copy to
+    #: host memory and the fork of the writer; the tracker is renamed once every rank's write finished. Off by
+    #: default: the host then holds a second copy of the training state while it is written.
+    async_save: bool = False
 
 
 @dataclass

@@ -37,6 +37,8 @@ def fit_loop(trainer: Any) -> TrainResult:
     try:
         for it in range(start_iter, cfg.train.train_iters):
             record.add(trainer.train_step(), tokens_per_step)
+            if trainer.saver is not None:  # checkpoint.async_save: commit a background save once written
+                trainer.saver.poll()
             iteration = state.iteration
             last = iteration == cfg.train.train_iters
             log_now = iteration % cfg.logging.log_interval == 0 or it == start_iter or last
@@ -51,8 +53,8 @@ def fit_loop(trainer: Any) -> TrainResult:
             paused = time.time()
             if eval_now:
                 trainer.run_evals(iteration, "eval")
-            if save_now:
-                last_saved = trainer.save()
+            if save_now:  # a preemption or planned exit waits for its checkpoint's commit
+                last_saved = trainer.save(blocking=stop or planned_exit)
             if planned_exit and not stop:
                 status = "stopped"
                 if trainer.is_rank0:
@@ -70,6 +72,8 @@ def fit_loop(trainer: Any) -> TrainResult:
                     )
                 break
         record.settle(keep_newest=False)
+        if trainer.saver is not None:  # an error skips this: the uncommitted save is left as a killed one is
+            trainer.saver.wait()
     finally:
         trainer.watcher.restore()
         record.close()

@@ -2,7 +2,8 @@
 
 The handler only records the signal; after every step all ranks agree (an all-reduce MAX of the flag over a CPU
 group, so no rank waits for its GPU), so every rank stops after the SAME step and joins the collective save even if
-only one of them got the signal.
+only one of them got the signal. With checkpoint.async_save a save still being written in the background is waited
+for and committed first, then the step the run stopped after is saved (and committed) before the exit.
 
 Under torchrun: the agent forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers by default; SIGUSR2 only when
 listed in TORCHELASTIC_SIGNALS_TO_HANDLE (e.g. "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"). After forwarding, the agent
@@ -19,17 +20,9 @@ from types import FrameType
 import torch
 
 from gemma3_launch.contract import PREEMPTION_SIGNALS
+from gemma3_runtime.checkpoint.async_save import cpu_group
 
 log = logging.getLogger("gemma3_runtime.training")
-
-
-def _cpu_group() -> torch.distributed.ProcessGroup | None:
-    """A gloo group of all ranks (the default group when that already is gloo); None for a single process."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return None
-    if torch.distributed.get_backend() == "gloo":
-        return torch.distributed.group.WORLD
-    return torch.distributed.new_group(backend="gloo")
 
 
 class PreemptionWatcher:
@@ -37,7 +30,7 @@ class PreemptionWatcher:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
         #: the ranks' CPU group for the stop flag (made here, where every rank constructs the watcher: collective)
-        self._group = _cpu_group()
+        self._group = cpu_group()
         for name in signal_names:
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._on_signal)

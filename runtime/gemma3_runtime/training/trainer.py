@@ -57,6 +57,7 @@ class Trainer:
         self.watcher = None
         self.record = None
         self.sink = None
+        self.saver = None  # checkpoint/async_save.AsyncCheckpointSaver, made at the first asynchronous save
 
     # ---- build ------------------------------------------------------------------------------------------------
     def build(self) -> Trainer:
@@ -340,28 +341,12 @@ class Trainer:
             values = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             print(f"[{label}] iteration {iteration}: {values}", flush=True)
 
-    def save(self) -> Path | None:
-        """A training checkpoint of the current state (collective); None without a save dir."""
-        from gemma3_runtime.training.checkpointing import save_training_checkpoint
+    def save(self, blocking: bool = True) -> Path | None:
+        """A training checkpoint of the current state (collective); None without a save dir. checkpoint.async_save:
+        unless `blocking`, the write goes on in the background and `saver.poll()` / `saver.wait()` commit it."""
+        from gemma3_runtime.training.checkpointing import save_trainer
 
-        if not self.save_dir:
-            return None
-        t = time.time()
-        ckpt = self.cfg.checkpoint
-        path = save_training_checkpoint(
-            self.save_dir,
-            self.models,
-            self.optimizer,
-            self.train_state,
-            self.run_config,
-            self.adapters_only,
-            ckpt.save_optim,
-            ckpt.save_rng,
-            self.tokenizer_dir,
-        )
-        if self.is_rank0:
-            log.info("saved %s in %.1f s", path, time.time() - t)
-        return path
+        return save_trainer(self, blocking)
 
     # ---- the run ----------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
