@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .record import TERMINAL_STATES
-
-#: job.json: when `gemma3-launch cancel` asked for this attempt's end (a cancel, not a kill; `retry` clears it).
-CANCEL_REQUESTED = "cancel_requested_at"
-#: the terminal-state reason `status` records for a SLURM job whose batch script was SIGKILLed (backends/slurm.py).
-BATCH_KILLED = "batch step killed"
+from .record import BATCH_KILLED, CANCEL_REQUESTED, TERMINAL_STATES
 
 #: states `retry` continues: the job ended and did not complete (COMPLETED and active jobs are refused).
 RETRYABLE_STATES = tuple(s for s in TERMINAL_STATES if s != "COMPLETED")

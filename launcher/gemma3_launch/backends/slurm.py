@@ -27,6 +27,8 @@ from pathlib import Path
 from ..plan import CONTAINER_NAME_ARG, CONTAINER_NAME_ENV, JobPlan
 from ..quoting import comment_text, shell_command, shell_word, submitit_sbatch_value
 from ..record import (
+    BATCH_KILLED,
+    CANCEL_REQUESTED,
     LOG_FILE,
     TERMINAL_STATES,
     add_state,
@@ -35,7 +37,6 @@ from ..record import (
     update_record,
     write_terminal_state,
 )
-from ..retry import BATCH_KILLED, CANCEL_REQUESTED
 from . import BackendError
 from ._follow import print_log
 
