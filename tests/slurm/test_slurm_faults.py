@@ -15,7 +15,7 @@ from faults import HOOK_DIR, fired, print_schedule, random_schedule
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-ITERS, SAVE_INTERVAL, KILLS, SEED = 40, 4, 10, 2305
+ITERS, SAVE_INTERVAL, KILLS, SEED = 24, 4, 10, 2305
 SETS = [
     "resources.nodes=2",
     "resources.max_step_retries=10",
