@@ -114,9 +114,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .backends import get_backend
+    from .retry import record_cancel_request
     from .submit import refresh
 
     rec = _find(args.job)
+    record_cancel_request(rec["run_dir"])  # so its end reads as a cancel, never as a kill
     get_backend(rec["backend"]).cancel(rec)
     print(f"cancel requested: {rec['job_id']} ({refresh(rec['job_id'])})")
     return 0

@@ -48,10 +48,12 @@ from .jobwrap_io import (
 from .jobwrap_node import FORWARDED_SIGNALS, run_node, run_rank
 from .plan import CONTAINER_NAME_ENV, JobPlan, Step
 from .record import (
+    JOB_WRAPPER_ENV,
     PLAN_FILE,
     STEPS_DONE_FILE,
     add_state,
     now,
+    process_start_ticks,
     update_record,
     write_json_atomic,
     write_terminal_state,
@@ -129,6 +131,7 @@ def run_job(run_dir: Path) -> int:
         return 2
     attempt = attempt_number()
     started = time.time()
+    os.environ[JOB_WRAPPER_ENV] = f"{os.getpid()}:{process_start_ticks(os.getpid())}"  # inherited by every step
     _begin_attempt(run_dir, attempt)
     redact = Redactor(plan.secrets)
     done = steps_done(run_dir)

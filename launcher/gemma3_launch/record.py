@@ -163,6 +163,17 @@ def add_state(rec: dict, state: str, **facts: Any) -> None:
     rec["state"] = state
 
 
+#: job.json: when `gemma3-launch cancel` asked for this attempt's end (a cancel, not a kill; `retry` clears it).
+CANCEL_REQUESTED = "cancel_requested_at"
+#: the terminal-state reason `status` records for a SLURM job whose batch script was SIGKILLed (backends/slurm.py).
+BATCH_KILLED = "batch step killed"
+
+#: set by the job wrapper for everything it starts: its own `pid:start ticks` (the local backend id), so the job's
+#: processes can be found after the wrapper is gone even when they left its session (torchrun starts each rank in
+#: a session of its own).
+JOB_WRAPPER_ENV = "GEMMA3_JOB_WRAPPER"
+
+
 def process_start_ticks(pid: int) -> str | None:
     """When process `pid` of this host started (clock ticks since boot, /proc); None when there is no such process.
     With the pid it names one process for good: a pid alone may have been reused since."""

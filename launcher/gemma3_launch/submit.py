@@ -186,7 +186,12 @@ def refresh(job_id: str) -> str:
     if rec is None:
         return row.get("state") or "UNKNOWN"
     state = get_backend(rec["backend"]).status(rec)
+
+    def record_change(r: dict) -> None:
+        if r.get("state") != state:  # compared again under the lock: the backend may have recorded it with its reason
+            add_state(r, state, source="status")
+
     if state != rec.get("state") and state != "UNKNOWN":
-        rec = update_record(rec["run_dir"], lambda r: add_state(r, state, source="status"))
+        rec = update_record(rec["run_dir"], record_change)
     registry.upsert(rec)
     return state

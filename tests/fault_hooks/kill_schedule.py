@@ -10,6 +10,7 @@ step that reaches a fault's iteration, on the fault's global rank (RANK), the pr
     batch      the SLURM batch script's shell
 
 GEMMA3_TEST_FAULTS is JSON: {"dir": DIR, "faults": [{"id": 0, "target": "rank", "rank": 1, "iteration": 5}, ...]}.
+A fault with "stray": true first starts a stray process (`sleep`) that its kill leaves behind, recorded as "stray".
 A fault fires once: it first creates DIR/fired-<id> (O_EXCL), so a retried or resumed run passing the same
 iteration again goes through. The schedule is tests/faults.py's.
 """
@@ -81,13 +82,26 @@ def _targets(target: str) -> list[int]:
     raise ValueError(f"GEMMA3_TEST_FAULTS: unknown target {target!r}")
 
 
+def _leave_stray() -> list:
+    """Start a process that outlives this rank, as a data-loader worker or a checkpoint-writer child can: a plain
+    `sleep` (no parent-death signal), in the job's session. Returns [pid, start ticks] (tests check it is gone)."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        ["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return [proc.pid, f.read().rsplit(")", 1)[1].split()[19]]
+
+
 def _fire(fault: dict, state_dir: str) -> None:
     try:
         fd = os.open(os.path.join(state_dir, f"fired-{fault['id']}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     pids = _targets(fault["target"])
-    os.write(fd, json.dumps({**fault, "pids": pids, "host": os.uname().nodename}).encode())
+    stray = _leave_stray() if fault.get("stray") else None
+    os.write(fd, json.dumps({**fault, "pids": pids, "stray": stray, "host": os.uname().nodename}).encode())
     os.close(fd)
     print(f"FAULT {fault['id']}: SIGKILL {fault['target']} {pids} at iteration {fault['iteration']}", flush=True)
     for pid in pids:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 from faults import HOOK_DIR, fired, print_schedule, random_schedule
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-ITERS, SAVE_INTERVAL, KILLS, SEED = 40, 4, 10, 2305
+ITERS, SAVE_INTERVAL, KILLS, SEED = 24, 4, 10, 2305
 SETS = [
     "resources.nodes=2",
     "resources.max_step_retries=10",
@@ -42,9 +43,11 @@ def test_ten_random_sigkills_end_in_the_uninterrupted_state(slurm, tmp_path, req
     spec.write_text(spec_text + f"env: {{GEMMA3_TEST_FAULTS: {json.dumps(env_line)}}}\n")
     reference = slurm.submit("pretrain_tiny.yaml", *SETS, tag="faults-reference")
     job = slurm.submit(str(spec), *SETS, tag="faults-killed")
-    retries = 0
+    retries, ends = 0, []
     while (state := slurm.wait(job["job_id"], timeout=600)) != "COMPLETED":
         assert retries < KILLS, f"still {state} after {retries} retries"
+        ends.append(slurm.launch("status", job["job_id"]).stdout)
+        print(ends[-1])
         res = slurm.launch("retry", job["job_id"], tag="faults-killed")
         assert res.returncode == 0, res.stdout + res.stderr
         retries += 1
@@ -53,6 +56,10 @@ def test_ten_random_sigkills_end_in_the_uninterrupted_state(slurm, tmp_path, req
     assert sorted(f["id"] for f in done) == list(range(KILLS))
     rec = slurm.record(job)
     assert retries == sum(1 for f in schedule if f["target"] in ("wrapper", "batch"))
+    # no kill reads as a cancel; each killed batch script is named as such (the job's ExitCode 0:9, no `cancel`)
+    assert all(end.split()[1] == "FAILED" for end in ends), ends
+    batch_ends = sum("cause: batch step killed" in end for end in ends)
+    assert batch_ends == sum(1 for f in schedule if f["target"] == "batch"), ends
     # a rank/torchrun kill retries in the job, unless it lands while the job is already ending (then `retry` covers it)
     print(f"in-job retries {rec['step_retries']}")
     assert 1 <= rec["step_retries"] <= KILLS - retries
@@ -73,3 +80,17 @@ def test_ten_random_sigkills_end_in_the_uninterrupted_state(slurm, tmp_path, req
     assert ref.keys() == got.keys() and any("optimizer" in k for k in ref)
     differing = [k for k in ref if not torch.equal(ref[k], got[k])]
     assert not differing, f"state differs after {KILLS} kills: {differing[:5]}"
+
+
+def test_scancel_reads_as_cancelled_not_as_a_kill(slurm):
+    """The other side of the batch-step rule: a plain `scancel` (SIGTERM to the batch script, ExitCode 0:15), not
+    through `gemma3-launch cancel`, reads CANCELLED with no kill named; `retry` would still continue it."""
+    job = slurm.submit(
+        "pretrain_tiny.yaml", "overrides=[train.train_iters=100000, logging.log_interval=1]", tag="scancel"
+    )
+    slurm.wait_log(job, "step      2/100000 |")
+    subprocess.run(["scancel", job["slurm_id"]], check=True)
+    assert slurm.wait(job["job_id"], timeout=120) == "CANCELLED"
+    status = slurm.launch("status", job["job_id"]).stdout
+    assert "killed" not in status and f"gemma3-launch retry {job['job_id']}" in status, status
+    assert slurm.record(job)["state"] == "CANCELLED"

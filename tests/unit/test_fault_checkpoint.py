@@ -1,12 +1,13 @@
 """A training run SIGKILLed inside checkpoint save (a real kill of the real `gemma3-runtime run`, through the
 test-only kill points of tests/fault_hooks), and a save that runs out of disk on a real size-limited file system.
 
-Kill points, in the 2nd save (iteration 4; iteration 2 is committed):
-- the shards are written into `iter_0000004.tmp-<pid>` but it is not renamed yet;
+One save dir takes the three kill points in turn, each run resuming what the previous killed run left (so each
+kill also meets the previous one's leftovers); iteration 2 is committed first:
+- the shards of iteration 4 are written into `iter_0000004.tmp-<pid>` but it is not renamed yet;
 - `iter_0000004` is in place but the tracker still names iteration 2 (killed before the tracker rename);
 - the tracker names iteration 4 (killed right after the tracker rename).
-Each time the committed checkpoint stays loadable, nothing partial carries a final name, and the same command run
-again completes to weights and optimizer state torch.equal to an uninterrupted run's.
+After each kill the committed checkpoint stays loadable and nothing partial carries a final name; the same command
+run once more completes to weights and optimizer state torch.equal to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 ITERS, INTERVAL = 4, 2
-KILL_POINTS = {
-    "shards_written": ("megatron.core.dist_checkpointing:save:2:after", 2),
-    "before_tracker_rename": (f"gemma3_runtime.checkpoint.io:write_text_atomic:2:before:{TRACKER_FILE}", 2),
-    "after_tracker_rename": (f"gemma3_runtime.checkpoint.io:write_text_atomic:2:after:{TRACKER_FILE}", 4),
-}
+#: (name, kill point, iteration committed after it), in the order one save dir takes them: the first run starts
+#: fresh (its 2nd save is iteration 4), the others resume from iteration 2 (their 1st save is iteration 4)
+KILL_CHAIN = [
+    ("shards_written", "megatron.core.dist_checkpointing:save:2:after", 2),
+    ("before_tracker_rename", f"gemma3_runtime.checkpoint.io:write_text_atomic:1:before:{TRACKER_FILE}", 2),
+    ("after_tracker_rename", f"gemma3_runtime.checkpoint.io:write_text_atomic:1:after:{TRACKER_FILE}", 4),
+]
 
 
 def _run(save: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -52,20 +55,19 @@ def uninterrupted(tmp_path_factory):
     return checkpoint_tensors(save)
 
 
-@pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_kill_during_save_then_resume(tmp_path, uninterrupted, point):
-    kill_at, committed = KILL_POINTS[point]
+def test_kills_during_save_then_resume(tmp_path, uninterrupted):
     save = tmp_path / "ck"
-    killed = _run(save, kill_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert "fault_hooks: SIGKILL" in killed.stderr
+    for point, kill_at, committed in KILL_CHAIN:
+        killed = _run(save, kill_at)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        assert "fault_hooks: SIGKILL" in killed.stderr, point
 
-    assert read_tracker(save) == committed
-    resolved = resolve_checkpoint(save)
-    assert resolved.iteration == committed and checkpoint_tensors(save)  # the committed checkpoint loads
-    finals = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_") and ".tmp-" not in p.name)
-    # every directory under a final name is complete: its run_config.yaml is written last, just before the rename
-    assert all((save / name / "run_config.yaml").is_file() for name in finals), finals
+        assert read_tracker(save) == committed, point
+        resolved = resolve_checkpoint(save)
+        assert resolved.iteration == committed and checkpoint_tensors(save), point  # the committed checkpoint loads
+        finals = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_") and ".tmp-" not in p.name)
+        # every directory under a final name is complete: its run_config.yaml is written last, just before the rename
+        assert all((save / name / "run_config.yaml").is_file() for name in finals), (point, finals)
 
     resumed = _run(save)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

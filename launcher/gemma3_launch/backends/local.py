@@ -3,7 +3,11 @@
 The wrapper (`python -m gemma3_launch.jobwrap job RUN_DIR`) is the same one that runs inside SLURM and Kubernetes
 jobs, so local runs record, redact and resume exactly as cluster runs do. It is started in its own session so it
 survives the CLI (`submit` without `--follow` returns at once); the backend id is `pid:starttime`, so a recycled
-PID is never mistaken for our job.
+PID is never mistaken for our job. That pid is also the job's session and process-group id, and the wrapper puts
+the backend id into every step's environment (JOB_WRAPPER_ENV), so the job's processes - steps, torchrun, ranks
+(torchrun gives each a session of its own), their data-loader workers and checkpoint-writer children - can be found
+after the wrapper is gone. Then (finished, cancelled or SIGKILLed) `status`, `cancel` and so `retry` SIGKILL
+whatever is left of them, so a retry never runs beside the previous attempt's survivors.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from ..plan import JobPlan
 from ..quoting import comment_text, shell_command, shell_word
-from ..record import LOG_FILE, read_terminal_state
+from ..record import JOB_WRAPPER_ENV, LOG_FILE, read_terminal_state
 from ..record import process_start_ticks as _starttime
 from . import BackendError
 from ._follow import print_log
@@ -105,12 +109,73 @@ def _alive(backend_id: str) -> int | None:
     return pid
 
 
+def _stat_fields(pid: str) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ... ([] when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _inherited_identity(pid: str) -> str | None:
+    """The job wrapper identity (JOB_WRAPPER_ENV) in process `pid`'s environment; None if absent or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{JOB_WRAPPER_ENV}=".encode()
+    return next((e[len(prefix) :].decode(errors="replace") for e in env if e.startswith(prefix)), None)
+
+
+def job_processes(backend_id: str) -> list[int]:
+    """The live processes of this host that belong to the local job `backend_id` (`pid:start ticks` of its
+    wrapper): its session (`start_new_session`) and whatever inherited the wrapper's identity (JOB_WRAPPER_ENV:
+    torchrun starts each rank in a session of its own). A session whose leader's pid now names another process
+    is someone else's: Linux does not hand out a pid that still names a live session."""
+    pid_s = (backend_id or "").partition(":")[0]
+    if not pid_s.isdigit():
+        return []
+    sid = pid_s
+    leader = _stat_fields(sid)
+    if leader and _starttime(int(sid)) != backend_id.partition(":")[2]:
+        sid = ""  # the pid was reused: its session (if any) is not the job's
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        fields = _stat_fields(entry)
+        if not fields or fields[0] == "Z":
+            continue
+        if fields[3] == sid or _inherited_identity(entry) == backend_id:
+            found.append(int(entry))
+    return found
+
+
+def end_leftovers(backend_id: str, wait_s: float = 10.0) -> list[int]:
+    """SIGKILL what is left of the job once its wrapper is gone (nothing while it runs); return the pids killed."""
+    if _alive(backend_id):
+        return []
+    members = job_processes(backend_id)
+    for member in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    deadline = time.time() + wait_s
+    while members and time.time() < deadline and set(members) & set(job_processes(backend_id)):
+        time.sleep(0.05)
+    return members
+
+
 def status(record: dict) -> str:
+    backend_id = record.get("backend_id", "")
+    if _alive(backend_id):
+        term = read_terminal_state(record["run_dir"])
+        return term["state"] if term else "RUNNING"
+    end_leftovers(backend_id)  # the wrapper is gone: none of its processes may run on
     term = read_terminal_state(record["run_dir"])
     if term:
         return term["state"]
-    if _alive(record.get("backend_id", "")):
-        return "RUNNING"
     # gone without a terminal-state file: killed hard (SIGKILL, OOM, reboot)
     return "FAILED"
 
@@ -121,11 +186,14 @@ def logs(record: dict, follow: bool) -> None:
 
 def cancel(record: dict, grace_s: float = 30.0) -> None:
     pid = _alive(record.get("backend_id", ""))
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)  # the wrapper forwards it to the step, records CANCELLED and exits
-    deadline = time.time() + grace_s
-    while time.time() < deadline and _alive(record["backend_id"]):
-        time.sleep(0.2)
-    if _alive(record["backend_id"]):
-        os.killpg(pid, signal.SIGKILL)  # its own session (start_new_session): the step's processes too
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)  # the wrapper forwards it to the step, records CANCELLED and exits
+        deadline = time.time() + grace_s
+        while time.time() < deadline and _alive(record["backend_id"]):
+            time.sleep(0.2)
+        if _alive(record["backend_id"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(record["backend_id"]):
+                time.sleep(0.05)
+    end_leftovers(record.get("backend_id", ""))  # its own session (start_new_session): the step's processes too

@@ -15,6 +15,8 @@ Where submitit's API does not fit, we stay minimal (docs/CONTRACTS.md): `use_sru
 come from the batch environment); the signal is submitit's `USR2@<lead>` to every step; requeue is ours
 (`scontrol requeue` from the wrapper after the checkpoint is committed), not submitit's checkpoint pickling.
 Status: squeue, then scontrol (until MinJobAge), then the job's own terminal-state file, then sacct if present.
+A job whose batch script died of SIGKILL (the job's ExitCode `0:9`) and that nobody cancelled through `cancel`
+reads FAILED, "batch step killed", not the CANCELLED SLURM may record (docs/CONTRACTS.md "Faults").
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from pathlib import Path
 
 from ..plan import CONTAINER_NAME_ARG, CONTAINER_NAME_ENV, JobPlan
 from ..quoting import comment_text, shell_command, shell_word, submitit_sbatch_value
-from ..record import LOG_FILE, TERMINAL_STATES, read_record, read_terminal_state
+from ..record import (
+    BATCH_KILLED,
+    CANCEL_REQUESTED,
+    LOG_FILE,
+    TERMINAL_STATES,
+    add_state,
+    read_record,
+    read_terminal_state,
+    update_record,
+    write_terminal_state,
+)
 from . import BackendError
 from ._follow import print_log
 
@@ -193,21 +205,47 @@ def accounting_state(job_id: str) -> str | None:
     return res.stdout.strip().split("\n")[-1].split()[0]  # "CANCELLED by 0" -> CANCELLED
 
 
+def exit_signal(job_id: str) -> int | None:
+    """The signal that ended the job's batch script (the N of its ExitCode `code:N`; scontrol, else sacct); None
+    when neither knows the job or it ended without a signal."""
+    res = _run(["scontrol", "show", "job", "-o", job_id], check=False)
+    fields = [f for f in res.stdout.split() if f.startswith("ExitCode=")] if res.returncode == 0 else []
+    code = fields[0].split("=", 1)[1] if fields else ""
+    if not code:
+        res = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "ExitCode"], check=False)
+        code = res.stdout.strip().split("\n")[-1].strip() if res.returncode == 0 else ""
+    sig = code.partition(":")[2]
+    return int(sig) if sig.isdigit() and int(sig) else None
+
+
+def _batch_killed(record: dict, job_id: str, state: str) -> bool:
+    """The batch script was SIGKILLed (not scancel's SIGTERM) while the job ran, and no `cancel` asked for it. SLURM
+    then terminates the job's other steps: the job wrapper sees that SIGTERM and may record CANCELLED itself, so
+    neither the scheduler's state nor the job's own verdict can tell this from a cancel; the exit signal can."""
+    if state not in ("CANCELLED", "FAILED"):
+        return False
+    latest = read_record(record["run_dir"]) or record
+    if latest.get(CANCEL_REQUESTED) or not latest.get("attempts"):
+        return False
+    return exit_signal(job_id) == 9
+
+
 def status(record: dict) -> str:
     job_id = str(record.get("backend_id") or "")
     if not job_id:
         return "UNKNOWN"
-    state = scheduler_state(job_id)
-    if state:
-        return state
     term = read_terminal_state(record["run_dir"])
-    if term:
-        return term["state"]
-    acct = accounting_state(job_id)
-    if acct:
-        return acct
-    latest = read_record(record["run_dir"]) or {}
-    return latest["state"] if latest.get("state") in TERMINAL_STATES else "UNKNOWN"  # last state the job recorded
+    if term and term.get("reason") == BATCH_KILLED and term.get("slurm_job_id") == job_id:
+        return term["state"]  # decided before (below) for this job id: stays so after the controller forgets it
+    state = scheduler_state(job_id) or (term or {}).get("state") or accounting_state(job_id)
+    if not state:
+        latest = read_record(record["run_dir"]) or {}
+        return latest["state"] if latest.get("state") in TERMINAL_STATES else "UNKNOWN"  # the job's last own state
+    if state not in _ACTIVE and _batch_killed(record, job_id, state):
+        write_terminal_state(record["run_dir"], "FAILED", 128 + 9, reason=BATCH_KILLED, slurm_job_id=job_id)
+        update_record(record["run_dir"], lambda r: add_state(r, "FAILED", source="status", reason=BATCH_KILLED))
+        return "FAILED"
+    return state
 
 
 def logs(record: dict, follow: bool) -> None:
