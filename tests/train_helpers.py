@@ -109,3 +109,33 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def run_subprocess(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=runtime_env(), cwd=str(REPO))
+
+
+def assert_disk_full_keeps_iteration_2(tmp_path: Path, train_iters: int, overrides: list[str]) -> None:
+    """Run `gemma3-runtime run` on a real 4 MiB tmpfs that holds the tiny model's first checkpoint but not a second:
+    exit STORAGE_FULL_EXIT_CODE with one error line naming the directory, and iteration 2 still committed and loadable.
+    """
+    import shlex
+
+    import pytest
+    from procs import run_on_small_tmpfs
+
+    from gemma3_launch.contract import STORAGE_FULL_EXIT_CODE
+    from gemma3_runtime.checkpoint.layout import read_tracker
+
+    mnt, out = tmp_path / "small", tmp_path / "copied"
+    save = mnt / "ck"
+    run = shlex.join(run_cli_args(save, train_iters, overrides))
+    script = f"{run}\ncode=$?\ncp -a {shlex.quote(str(save))} {shlex.quote(str(out))}\nexit $code\n"
+    try:
+        res = run_on_small_tmpfs(mnt, "4m", script, runtime_env(), timeout=600)
+    except RuntimeError as exc:
+        pytest.fail(f"the disk-full test cannot build its small file system: {exc}")
+    assert res.returncode == STORAGE_FULL_EXIT_CODE, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and str(save) in errors[0] and "no space left" in errors[0], errors
+    assert "Traceback" not in res.stderr
+    assert "iteration 2 is still the latest checkpoint" in errors[0]
+    assert read_tracker(out) == 2
+    assert [p.name for p in out.iterdir() if p.name.startswith(("iter_", ".iter_"))] == ["iter_0000002"]
+    assert checkpoint_tensors(out)  # the previous checkpoint loads

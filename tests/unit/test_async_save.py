@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from procs import run_in_own_group, run_on_small_tmpfs
+from procs import run_in_own_group
 from train_helpers import (
+    assert_disk_full_keeps_iteration_2,
     assert_same_tensors,
     checkpoint_tensors,
     run_cli_args,
@@ -29,7 +29,6 @@ from train_helpers import (
     tiny_pretrain_cfg,
 )
 
-from gemma3_launch.contract import STORAGE_FULL_EXIT_CODE
 from gemma3_runtime.checkpoint.layout import read_tracker, resolve_checkpoint
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
@@ -163,19 +162,4 @@ def test_async_save_must_be_a_boolean(value):
 def test_disk_full_in_the_background_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     """As tests/unit/test_fault_checkpoint.py's disk-full test, with the write in the background: a 4 MiB tmpfs
     holds the first checkpoint (2.4 MB), not a second; the failure surfaces where the save is finalized."""
-    mnt, out = tmp_path / "small", tmp_path / "copied"
-    save = mnt / "ck"
-    run = shlex.join(run_cli_args(save, ITERS, ASYNC))
-    script = f"{run}\ncode=$?\ncp -a {shlex.quote(str(save))} {shlex.quote(str(out))}\nexit $code\n"
-    try:
-        res = run_on_small_tmpfs(mnt, "4m", script, runtime_env(), timeout=600)
-    except RuntimeError as exc:
-        pytest.fail(f"the disk-full test cannot build its small file system: {exc}")
-    assert res.returncode == STORAGE_FULL_EXIT_CODE, res.stderr[-3000:]
-    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and str(save) in errors[0] and "no space left" in errors[0], errors
-    assert "Traceback" not in res.stderr
-    assert "iteration 2 is still the latest checkpoint" in errors[0]
-    assert read_tracker(out) == 2
-    assert [p.name for p in out.iterdir() if p.name.startswith(("iter_", ".iter_"))] == ["iter_0000002"]
-    assert checkpoint_tensors(out)
+    assert_disk_full_keeps_iteration_2(tmp_path, ITERS, ASYNC)
