@@ -13,6 +13,7 @@ Variants:
                   (session.ARGMAX_SLICE_IN_STEP; the same index as argmax by construction)
   freezing        inductor freezing: weights become constants of the compiled step (constant folding, layouts)
   combo           inductor combo kernels: independent small kernels (q/k norms, cache writes) in one launch
+  aggressive      inductor aggressive_fusion: fuse nodes even without shared reads (fewer, larger kernels)
 Combine with '+', e.g. chunked_argmax+cdt. Tokens are compared with the first variant's (run `base` first; bench/
 generate.py shows base equal to HF's).
 """
@@ -39,13 +40,14 @@ def variant(name: str):
     from gemma3_runtime.generate import session as session_mod
 
     parts = set(name.split("+"))
-    known = {"base", "sdpa_attn", "cdt", "autotune", "chunked_argmax", "freezing", "combo"}
+    known = {"base", "sdpa_attn", "cdt", "autotune", "chunked_argmax", "freezing", "combo", "aggressive"}
     if parts - known:
         raise ValueError(f"unknown variant part(s) {sorted(parts - known)}; known: {sorted(known)}")
     saved_attention, saved_compile = session_mod.step_attention_matmul, session_mod.Session.__dict__["_compile"]
     saved_slice = session_mod.ARGMAX_SLICE_IN_STEP
     saved_inductor = {
-        key: getattr(inductor_config, key) for key in ("coordinate_descent_tuning", "freezing", "combo_kernels")
+        key: getattr(inductor_config, key)
+        for key in ("coordinate_descent_tuning", "freezing", "combo_kernels", "aggressive_fusion")
     }
     if "sdpa_attn" in parts:
         session_mod.step_attention_matmul = session_mod.step_attention
@@ -55,6 +57,8 @@ def variant(name: str):
         inductor_config.freezing = True
     if "combo" in parts:
         inductor_config.combo_kernels = True
+    if "aggressive" in parts:
+        inductor_config.aggressive_fusion = True
     if "chunked_argmax" in parts:
         session_mod.ARGMAX_SLICE_IN_STEP = 1024
     if "autotune" in parts:

@@ -38,7 +38,7 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
       --nmb 1 --steps 2 --warmup 2 --variants lora-defaults --json "$OUT/cpmem.json" ${CPMEM_EXTRA:-} ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
-      --variants ${DECODE_VARIANTS:-base,chunked_argmax,combo,freezing,cdt,chunked_argmax+cdt} \
+      --variants ${DECODE_VARIANTS:-base,chunked_argmax,combo,aggressive,freezing,cdt,chunked_argmax+combo+cdt} \
       --batch ${DECODE_BATCH:-1} --json "$OUT/decode_variants.json" ;;
   tplogits) TAIL=12 part tplogits 150 python3 -m pytest tests/gpu/test_tp_logits_gpu.py -m gpu -p no:cacheprovider --tb=short -rA -s ;;
   train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_VARIANTS; see --help)
