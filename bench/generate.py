@@ -1,9 +1,15 @@
 """Generation speed of OUR engine (static ring KV cache, compiled + CUDA-graph decode step) against transformers'
 `generate` on the SAME weights, in the same process. A benchmark, not a test: prints numbers, never fails on speed.
 
-Measured per configuration, batch 1, greedy, no early stop:
-  decode tokens/s  = (N - 1) new tokens after the first / the time they took;
-  TTFT             = ids in hand -> first new token on the host (prefill + first selection), for two prompt lengths.
+Measured per configuration, greedy, no early stop:
+  decode tokens/s  = (N - 1) new tokens after the first / the time they took (batch 1), or the aggregate
+                     batch x (N - 1) / that time (the batch-16 configurations);
+  TTFT             = ids in hand -> first new token on the host (prefill + first selection), for two prompt lengths
+                     (batch 1 only);
+  =HF toks         = leading greedy tokens identical to transformers', the MINIMUM over --check-prompts different
+                     prompts (batch 1: against HF with its dynamic cache, each prompt generated alone; batch 16: row by
+                     row against HF static cache + compile at batch 16 - batched bf16 GEMMs round differently from
+                     batch 1's, so a batch is compared with a batch).
 Ours reports its own timings (GenerationOutput); transformers' are wall times of `generate` with 1 and N new tokens
 (decode = (N - 1) / (T_N - T_1)). Every configuration is warmed up first (compilation / graph capture excluded and
 reported separately as `setup_s`), then the median of --repeats runs is kept.
@@ -11,7 +17,8 @@ reported separately as `setup_s`), then the median of --repeats runs is kept.
 CPU (default without CUDA): the real Gemma 3 270M, fp32.
     python bench/generate.py --json /tmp/generate_cpu.json
 GPU: the Gemma 3 1B architecture, random init, bf16, 128-token prompt, 256 new tokens, TTFT also at 1,024 tokens;
-transformers with its dynamic cache and with a static cache + torch.compile(mode="reduce-overhead").
+transformers with its dynamic cache and with a static cache + torch.compile(mode="reduce-overhead"); 5 prompts checked
+at batch 1; ours and HF static + compile also at batch 16 (16 different prompts, aggregate tokens/s).
     python bench/generate.py --device cuda --json $OUT/generate_gpu.json
 """
 
@@ -44,15 +51,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prompt_ids(tokenizer: Any, length: int, vocab: int) -> list[int]:
-    """BOS + real English text when a tokenizer is available (CPU, 270M), else deterministic ids (random model)."""
+def prompt_ids(tokenizer: Any, length: int, vocab: int, variant: int = 0) -> list[int]:
+    """BOS + real English text when a tokenizer is available (CPU, 270M), else deterministic ids (random model).
+    `variant` picks a different prompt of the same length (another stretch of the text / another seed)."""
     if tokenizer is not None:
         from pydoc_data.topics import topics
 
         text = "\n\n".join(topics[k] for k in sorted(topics))
-        return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"][: length - 1]
-    gen = torch.Generator().manual_seed(length)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        first = variant * (length - 1)
+        return [tokenizer.bos_token_id] + ids[first : first + length - 1]
+    gen = torch.Generator().manual_seed(length + 1_000_003 * variant)
     return [2] + torch.randint(1000, vocab - 1000, (length - 1,), generator=gen).tolist()
+
+
+def prompt_set(tokenizer: Any, length: int, vocab: int, count: int) -> list[list[int]]:
+    """`count` different prompts of `length` tokens; the first is `prompt_ids(..., variant=0)`."""
+    return [prompt_ids(tokenizer, length, vocab, variant) for variant in range(count)]
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -110,7 +125,9 @@ def measure_ours(
     cuda_graphs: bool,
     compile_step: bool,
     tune_kernels: bool = False,
+    check_ids: list[list[int]] = (),
 ) -> dict[str, Any]:
+    """check_ids: further prompts of ids' length, each generated alone for the token check (same session shape)."""
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
 
@@ -118,6 +135,7 @@ def measure_ours(
     t0 = time.perf_counter()
     first = engine.generate([ids], new_tokens)  # session: cache, compile, capture
     setup_s = time.perf_counter() - t0
+    checked = [first.tokens[0]] + [engine.generate([other], new_tokens).tokens[0] for other in check_ids]
     runs = [engine.generate([ids], new_tokens) for _ in range(repeats)]
     decode = [r.decode_steps / r.decode_s for r in runs]
     ttft = [r.time_to_first_token_s for r in runs]
@@ -128,7 +146,7 @@ def measure_ours(
         "ttft_s": statistics.median(ttft),
         "ttft_long_s": statistics.median(ttft_long),
         "setup_s": setup_s,
-        "tokens": first.tokens[0],
+        "tokens": checked,
         # from the decoding runs themselves: the long-prompt TTFT calls above (1 new token) replace the session
         # with a prefill-only one, which is why reading engine._session here used to report compiled=false
         **{k: bool(v) for k, v in runs[-1].decode_path.items()},
@@ -136,7 +154,15 @@ def measure_ours(
 
 
 def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **kwargs) -> tuple[float, list[int]]:
-    x = torch.tensor([ids], device=device)
+    seconds, rows = hf_generate_batch(model, [ids], new_tokens, device, **kwargs)
+    return seconds, rows[0]
+
+
+def hf_generate_batch(
+    model, prompts: list[list[int]], new_tokens: int, device: torch.device, **kwargs
+) -> tuple[float, list[list[int]]]:
+    """Equal-length prompts (no padding) -> (wall seconds, new tokens per row)."""
+    x = torch.tensor(prompts, device=device)
     mask = torch.ones_like(x)
     sync(device)
     t0 = time.perf_counter()
@@ -154,16 +180,24 @@ def hf_generate(model, ids: list[int], new_tokens: int, device: torch.device, **
             **kwargs,
         )
     sync(device)
-    return time.perf_counter() - t0, out[0, len(ids) :].tolist()
+    return time.perf_counter() - t0, out[:, x.size(1) :].tolist()
 
 
 def measure_hf(
-    model, ids: list[int], ttft_ids: list[int], new_tokens: int, repeats: int, device: torch.device, **kwargs
+    model,
+    ids: list[int],
+    ttft_ids: list[int],
+    new_tokens: int,
+    repeats: int,
+    device: torch.device,
+    check_ids: list[list[int]] = (),
+    **kwargs,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     _, tokens = hf_generate(model, ids, new_tokens, device, **kwargs)
     hf_generate(model, ids, 1, device, **kwargs)
     setup_s = time.perf_counter() - t0
+    checked = [tokens] + [hf_generate(model, other, new_tokens, device, **kwargs)[1] for other in check_ids]
     full = [hf_generate(model, ids, new_tokens, device, **kwargs)[0] for _ in range(repeats)]
     one = [hf_generate(model, ids, 1, device, **kwargs)[0] for _ in range(repeats)]
     hf_generate(model, ttft_ids, 1, device, **kwargs)  # warm (static cache + compile: new shapes)
@@ -174,8 +208,59 @@ def measure_hf(
         "ttft_s": t_one,
         "ttft_long_s": statistics.median(one_long),
         "setup_s": setup_s,
+        "tokens": checked,
+    }
+
+
+def measure_ours_batch(
+    model, prompts: list[list[int]], new_tokens: int, repeats: int, tune_kernels: bool = False
+) -> dict[str, Any]:
+    """The engine's default path on a batch of equal-length prompts: aggregate decode tokens/s."""
+    from gemma3_runtime.generate.api import decoder_for
+    from gemma3_runtime.generate.engine import Engine
+
+    engine = Engine(decoder_for(model), tune_kernels=tune_kernels)  # CUDA: compiled + graph; CPU: eager
+    t0 = time.perf_counter()
+    first = engine.generate(prompts, new_tokens)
+    setup_s = time.perf_counter() - t0
+    runs = [engine.generate(prompts, new_tokens) for _ in range(repeats)]
+    return {
+        "batch": len(prompts),
+        "decode_tok_s": statistics.median(len(prompts) * r.decode_steps / r.decode_s for r in runs),
+        "ttft_s": statistics.median(r.time_to_first_token_s for r in runs),
+        "ttft_long_s": None,
+        "setup_s": setup_s,
+        "tokens": first.tokens,
+        **{k: bool(v) for k, v in runs[-1].decode_path.items()},
+    }
+
+
+def measure_hf_batch(model, prompts: list[list[int]], new_tokens: int, repeats: int, device: torch.device, **kwargs):
+    """transformers `generate` on the batch: aggregate decode tokens/s = batch x (N - 1) / (T_N - T_1)."""
+    t0 = time.perf_counter()
+    _, tokens = hf_generate_batch(model, prompts, new_tokens, device, **kwargs)
+    hf_generate_batch(model, prompts, 1, device, **kwargs)
+    setup_s = time.perf_counter() - t0
+    t_full = statistics.median(
+        hf_generate_batch(model, prompts, new_tokens, device, **kwargs)[0] for _ in range(repeats)
+    )
+    t_one = statistics.median(hf_generate_batch(model, prompts, 1, device, **kwargs)[0] for _ in range(repeats))
+    return {
+        "batch": len(prompts),
+        "decode_tok_s": len(prompts) * (new_tokens - 1) / max(t_full - t_one, 1e-9),
+        "ttft_s": t_one,
+        "ttft_long_s": None,
+        "setup_s": setup_s,
         "tokens": tokens,
     }
+
+
+def leading_agreement(rows: list[list[int]], reference: list[list[int]]) -> list[int]:
+    """Per row: how many leading tokens equal the reference row's."""
+    return [
+        next((i for i, (a, b) in enumerate(zip(row, ref, strict=False)) if a != b), min(len(row), len(ref)))
+        for row, ref in zip(rows, reference, strict=True)
+    ]
 
 
 def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -196,9 +281,12 @@ def merge_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
     if failed is not None or len(records) == 1:
         return failed or records[0]
     merged = dict(records[0])
-    for key in ("decode_tok_s", "ttft_s", "ttft_long_s", "setup_s"):
+    timed = [key for key in ("decode_tok_s", "ttft_s", "ttft_long_s", "setup_s") if merged.get(key) is not None]
+    for key in timed:
         merged[key] = statistics.median(r[key] for r in records)
-    merged["rounds"] = {key: [r[key] for r in records] for key in ("decode_tok_s", "ttft_s", "ttft_long_s")}
+    merged["rounds"] = {
+        key: [r[key] for r in records] for key in ("decode_tok_s", "ttft_s", "ttft_long_s") if key in timed
+    }
     return merged
 
 
@@ -220,6 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 256 on CUDA, 32 on CPU")
     parser.add_argument("--ttft-prompt-len", type=int, default=None, help="default: 1024 on CUDA, 512 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--check-prompts",
+        type=int,
+        default=None,
+        help="different prompts whose greedy tokens are compared with HF's at batch 1 (default: 5 on CUDA, 1 on CPU)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="also measure ours and HF (CUDA: static cache + compile; CPU: dynamic cache) at this batch, aggregate "
+        "tokens/s (default: 16 on CUDA, off on CPU; 0: off)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument(
         "--rounds",
@@ -248,14 +349,20 @@ def main(argv: list[str] | None = None) -> int:
 
     hf, ours, tokenizer, description = build_models(args, device, dtype)
     vocab = hf.config.vocab_size
-    ids, ttft_ids = prompt_ids(tokenizer, args.prompt_len, vocab), prompt_ids(tokenizer, ttft_len, vocab)
+    check_count = args.check_prompts or (5 if on_gpu else 1)
+    ids, *check_ids = prompt_set(tokenizer, args.prompt_len, vocab, check_count)
+    ttft_ids = prompt_ids(tokenizer, ttft_len, vocab)
+    batch_size = (16 if on_gpu else 0) if args.batch_size is None else args.batch_size
+    batch_prompts = prompt_set(tokenizer, args.prompt_len, vocab, batch_size) if batch_size > 1 else []
     skip = set(filter(None, (name.strip() for name in args.skip.split("|"))))
     configs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     if on_gpu:
         configs += [
             (
                 "ours: compiled step + CUDA graph",
-                lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True),
+                lambda: measure_ours(
+                    ours, ids, ttft_ids, new_tokens, args.repeats, device, True, True, check_ids=check_ids
+                ),
             ),
             (
                 "ours: same, --tune-kernels",
@@ -269,24 +376,75 @@ def main(argv: list[str] | None = None) -> int:
                 "ours: eager, no graph",
                 lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False),
             ),
-            ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
+            (
+                "HF generate, dynamic cache",
+                lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device, check_ids=check_ids),
+            ),
         ]
 
-        def hf_static_compiled() -> dict[str, Any]:
+        def hf_static_compiled(measure: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
             # transformers >= 4.48 compiles the decoding forward itself (CompileConfig, "reduce-overhead" = its own
             # CUDA graphs) when generate runs with a static cache on CUDA: wrapping forward again would compile twice
-            hf.generation_config.cache_implementation = "static"
-            try:
-                return measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device, disable_compile=False)
-            finally:
-                hf.generation_config.cache_implementation = None
+            def run() -> dict[str, Any]:
+                hf.generation_config.cache_implementation = "static"
+                try:
+                    return measure()
+                finally:
+                    hf.generation_config.cache_implementation = None
 
-        configs.append(("HF generate, static cache + torch.compile", hf_static_compiled))
+            return run
+
+        configs.append(
+            (
+                "HF generate, static cache + torch.compile",
+                hf_static_compiled(
+                    lambda: measure_hf(
+                        hf, ids, ttft_ids, new_tokens, args.repeats, device, check_ids=check_ids, disable_compile=False
+                    )
+                ),
+            )
+        )
+        if batch_prompts:
+            size = len(batch_prompts)
+            configs += [
+                (
+                    f"ours: compiled step + CUDA graph, batch {size}",
+                    lambda: measure_ours_batch(ours, batch_prompts, new_tokens, args.repeats),
+                ),
+                (
+                    f"HF generate, static cache + torch.compile, batch {size}",
+                    hf_static_compiled(
+                        lambda: measure_hf_batch(
+                            hf, batch_prompts, new_tokens, args.repeats, device, disable_compile=False
+                        )
+                    ),
+                ),
+            ]
     else:
         configs += [
-            ("ours: eager", lambda: measure_ours(ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False)),
-            ("HF generate, dynamic cache", lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device)),
+            (
+                "ours: eager",
+                lambda: measure_ours(
+                    ours, ids, ttft_ids, new_tokens, args.repeats, device, False, False, check_ids=check_ids
+                ),
+            ),
+            (
+                "HF generate, dynamic cache",
+                lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device, check_ids=check_ids),
+            ),
         ]
+        if batch_prompts:
+            size = len(batch_prompts)
+            configs += [
+                (
+                    f"ours: eager, batch {size}",
+                    lambda: measure_ours_batch(ours, batch_prompts, new_tokens, args.repeats),
+                ),
+                (
+                    f"HF generate, dynamic cache, batch {size}",
+                    lambda: measure_hf_batch(hf, batch_prompts, new_tokens, args.repeats, device),
+                ),
+            ]
     unknown = skip - {name for name, _ in configs}
     if unknown:
         parser.error(f"--skip: unknown configuration(s) {sorted(unknown)}; known: {[name for name, _ in configs]}")
@@ -294,13 +452,22 @@ def main(argv: list[str] | None = None) -> int:
     per_round = [[guarded(name, fn) for name, fn in chosen] for _ in range(args.rounds)]
     results = [merge_rounds([round_[i] for round_ in per_round]) for i in range(len(chosen))]
 
-    reference = next((r.get("tokens") for r in results if r["name"].startswith("HF") and "tokens" in r), None)
+    # batch 1: HF's first configuration (dynamic cache); a batch: HF's configuration at the same batch
     for r in results:
+        batch = r.get("batch", 1)
+        reference = next(
+            (
+                h["tokens"]
+                for h in results
+                if h["name"].startswith("HF") and "tokens" in h and h.get("batch", 1) == batch
+            ),
+            None,
+        )
         if reference is not None and "tokens" in r:
-            agree = next(
-                (i for i, (a, b) in enumerate(zip(r["tokens"], reference, strict=False)) if a != b), len(reference)
-            )
-            r["greedy_tokens_equal_to_hf"] = agree  # leading tokens identical to HF dynamic-cache generate
+            agree = leading_agreement(r["tokens"], reference)
+            r["greedy_tokens_equal_to_hf_per_prompt"] = agree
+            r["greedy_tokens_equal_to_hf"] = min(agree)  # the worst prompt's leading tokens identical to HF's
+    for r in results:
         r.pop("tokens", None)
 
     card = torch.cuda.get_device_name(device) if on_gpu else pyplatform.processor() or pyplatform.machine()
@@ -310,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": description,
         "dtype": str(dtype),
         "batch": 1,
+        "batch_configurations": len(batch_prompts),
+        "check_prompts": check_count,
         "prompt_len": len(ids),
         "new_tokens": new_tokens,
         "ttft_long_prompt_len": len(ttft_ids),
@@ -319,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    print(f"\n{description}, {dtype}, batch 1, prompt {len(ids)}, {new_tokens} new tokens, on {card}")
+    print(
+        f"\n{description}, {dtype}, batch 1 (and {len(batch_prompts) or '-'} where named), prompt {len(ids)}, "
+        f"{new_tokens} new tokens, on {card}; =HF toks: the worst of {check_count} prompt(s) at batch 1, of the rows "
+        "at a batch"
+    )
     header = (
         f"{'configuration':44s} {'decode tok/s':>12s} {'TTFT ms':>9s} {f'TTFT@{len(ttft_ids)} ms':>13s} "
         f"{'setup s':>8s} {'=HF toks':>8s}"
@@ -329,10 +502,19 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{r['name']:44s} ERROR {r['error'][:120]}")
             continue
+        ttft_long = "-" if r["ttft_long_s"] is None else f"{1e3 * r['ttft_long_s']:.1f}"
         print(
-            f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {1e3 * r['ttft_long_s']:13.1f} "
+            f"{r['name']:44s} {r['decode_tok_s']:12.1f} {1e3 * r['ttft_s']:9.1f} {ttft_long:>13s} "
             f"{r['setup_s']:8.1f} {r.get('greedy_tokens_equal_to_hf', '-'):>8}"
         )
+    by_name = {r["name"]: r for r in results if "error" not in r}
+    for suffix in ["", *(f", batch {len(batch_prompts)}" for _ in batch_prompts[:1])]:
+        mine = by_name.get(f"ours: compiled step + CUDA graph{suffix}")
+        theirs = by_name.get(f"HF generate, static cache + torch.compile{suffix}")
+        if mine and theirs:
+            ratio = mine["decode_tok_s"] / theirs["decode_tok_s"]
+            mine["decode_vs_hf_static_compile"] = ratio
+            print(f"ours / HF static cache + compile, decode{suffix or ', batch 1'}: {ratio:.2f}x")
     hf_dynamic = next((r for r in results if r["name"] == "HF generate, dynamic cache" and "rounds" in r), None)
     for r in results:
         if hf_dynamic is not None and "rounds" in r and r is not hf_dynamic:

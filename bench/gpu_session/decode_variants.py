@@ -2,14 +2,20 @@
 a few variants in one process and prints decode tokens/s for each, plus whether its greedy tokens equal the first
 variant's. An exploration tool: variants are applied by patching, and a variant that pays moves into the runtime.
 
-    python3 bench/gpu_session/decode_variants.py [--variants base,math_attn,cdt] [--tokens 256]
+    python3 bench/gpu_session/decode_variants.py [--variants base,sdpa_attn,cdt] [--tokens 256] [--batch 1]
 
 Variants:
-  base       the runtime as it is (attention as matmul + masked fp32 softmax + matmul)
-  sdpa_attn  the compiled step's attention through SDPA
-  cdt        inductor coordinate-descent tuning of the generated kernels (what --tune-kernels switches on)
-  autotune   torch.compile mode="max-autotune-no-cudagraphs" (Triton GEMM/GEMV candidates are benchmarked)
-Combine with '+', e.g. math_attn+cdt.
+  base            the runtime as it is (attention as matmul + masked fp32 softmax + matmul)
+  sdpa_attn       the compiled step's attention through SDPA
+  cdt             inductor coordinate-descent tuning of the generated kernels (what --tune-kernels switches on)
+  autotune        torch.compile mode="max-autotune-no-cudagraphs" (Triton GEMM/GEMV candidates are benchmarked)
+  chunked_argmax  the in-step greedy choice as two reductions over 1,024-wide vocabulary slices
+                  (session.ARGMAX_SLICE_IN_STEP; the same index as argmax by construction)
+  freezing        inductor freezing: weights become constants of the compiled step (constant folding, layouts)
+  combo           inductor combo kernels: independent small kernels (q/k norms, cache writes) in one launch
+  aggressive      inductor aggressive_fusion: fuse nodes even without shared reads (fewer, larger kernels)
+Combine with '+', e.g. chunked_argmax+cdt. Tokens are compared with the first variant's (run `base` first; bench/
+generate.py shows base equal to HF's).
 """
 
 from __future__ import annotations
@@ -31,24 +37,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def variant(name: str):
     import torch._inductor.config as inductor_config
 
-    from gemma3_runtime.generate import engine as engine_mod
+    from gemma3_runtime.generate import session as session_mod
 
     parts = set(name.split("+"))
-    saved_attention, saved_compile = engine_mod.step_attention_matmul, engine_mod._Session.__dict__["_compile"]
-    saved_cdt = inductor_config.coordinate_descent_tuning
+    known = {"base", "sdpa_attn", "cdt", "autotune", "chunked_argmax", "freezing", "combo", "aggressive"}
+    if parts - known:
+        raise ValueError(f"unknown variant part(s) {sorted(parts - known)}; known: {sorted(known)}")
+    saved_attention, saved_compile = session_mod.step_attention_matmul, session_mod.Session.__dict__["_compile"]
+    saved_slice = session_mod.ARGMAX_SLICE_IN_STEP
+    saved_inductor = {
+        key: getattr(inductor_config, key)
+        for key in ("coordinate_descent_tuning", "freezing", "combo_kernels", "aggressive_fusion")
+    }
     if "sdpa_attn" in parts:
-        engine_mod.step_attention_matmul = engine_mod.step_attention
+        session_mod.step_attention_matmul = session_mod.step_attention
     if "cdt" in parts:
         inductor_config.coordinate_descent_tuning = True
+    if "freezing" in parts:
+        inductor_config.freezing = True
+    if "combo" in parts:
+        inductor_config.combo_kernels = True
+    if "aggressive" in parts:
+        inductor_config.aggressive_fusion = True
+    if "chunked_argmax" in parts:
+        session_mod.ARGMAX_SLICE_IN_STEP = 1024
     if "autotune" in parts:
-        engine_mod._Session._compile = lambda self, fn: torch.compile(
+        session_mod.Session._compile = lambda self, fn: torch.compile(
             fn, dynamic=False, mode="max-autotune-no-cudagraphs"
         )
     try:
         yield
     finally:
-        engine_mod.step_attention_matmul, engine_mod._Session._compile = saved_attention, saved_compile
-        inductor_config.coordinate_descent_tuning = saved_cdt
+        session_mod.step_attention_matmul, session_mod.Session._compile = saved_attention, saved_compile
+        session_mod.ARGMAX_SLICE_IN_STEP = saved_slice
+        for key, value in saved_inductor.items():
+            setattr(inductor_config, key, value)
         torch._dynamo.reset()
 
 
@@ -58,9 +81,10 @@ def main() -> int:
     ap.add_argument("--variants", default="base,sdpa_attn,cdt")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="different equal-length prompts; tok/s is the aggregate")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from generate import build_models, prompt_ids
+    from generate import build_models, prompt_set
 
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
@@ -69,20 +93,27 @@ def main() -> int:
     _hf, ours, tokenizer, description = build_models(argparse.Namespace(model=args.model), device, torch.bfloat16)
     del _hf
     torch.cuda.empty_cache()
-    ids = prompt_ids(tokenizer, 128, 262144)
-    print(f"{torch.cuda.get_device_name()}: {description}, batch 1, 128-token prompt, {args.tokens} new tokens")
+    prompts = prompt_set(tokenizer, 128, 262144, args.batch)
+    print(
+        f"{torch.cuda.get_device_name()}: {description}, batch {args.batch}, 128-token prompts, "
+        f"{args.tokens} new tokens"
+    )
     results, reference = {}, None
     for name in args.variants.split(","):
         try:
             with variant(name):
                 t0 = time.perf_counter()
                 engine = Engine(decoder_for(ours), cuda_graphs=True, compile_step=True)
-                first = engine.generate([ids], args.tokens)
+                first = engine.generate(prompts, args.tokens)
                 setup = time.perf_counter() - t0
-                runs = [engine.generate([ids], args.tokens) for _ in range(args.repeats)]
-                rate = statistics.median(r.decode_steps / r.decode_s for r in runs)
-                reference = reference or first.tokens[0]
-                same = sum(a == b for a, b in zip(first.tokens[0], reference, strict=False))
+                runs = [engine.generate(prompts, args.tokens) for _ in range(args.repeats)]
+                rate = statistics.median(args.batch * r.decode_steps / r.decode_s for r in runs)
+                reference = reference or first.tokens
+                # the worst row's count of leading tokens equal to the first variant's
+                same = min(
+                    next((i for i, (a, b) in enumerate(zip(row, ref, strict=False)) if a != b), len(ref))
+                    for row, ref in zip(first.tokens, reference, strict=True)
+                )
                 results[name] = {
                     "decode_tok_s": rate,
                     "ms_per_token": 1000 / rate,
@@ -92,7 +123,7 @@ def main() -> int:
                 }
                 print(
                     f"{name:<24} {rate:7.1f} tok/s  {1000 / rate:.3f} ms/token  setup {setup:5.1f} s  "
-                    f"tokens equal to first variant {same}/{len(reference)}  path {runs[-1].decode_path}",
+                    f"leading tokens equal to first variant {same}/{len(reference[0])}  path {runs[-1].decode_path}",
                     flush=True,
                 )
                 del engine

@@ -18,7 +18,10 @@ part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
 for p in ${PARTS:-gputests gen lora1b}; do case $p in
   gputests) TAIL=30 part gputests 420 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -p no:cacheprovider --tb=short -rA --durations=0 ;;
-  gen) TAIL=30 part gen ${GEN_LIMIT:-330} python3 bench/generate.py --device cuda --model 1b --skip "${GEN_SKIP:-}" \
+  # issue 19 target 6: batch 1 (5 prompts' 256 greedy tokens checked against HF) and batch 16 (ours beside HF static +
+  # compile). The three non-target configurations are skipped by default for time (GEN_SKIP="" runs them too).
+  gen) TAIL=30 part gen ${GEN_LIMIT:-330} python3 bench/generate.py --device cuda --model 1b \
+      --skip "${GEN_SKIP-ours: same, --tune-kernels|ours: eager step + CUDA graph|ours: eager, no graph}" \
       --json "$OUT/generate.json" ;;
   lora1b)
     export GPU_CHECK_MODEL=/tmp/random-1b GPU_CHECK_OUT=/tmp/gpu-check
@@ -35,7 +38,8 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
       --nmb 1 --steps 2 --warmup 2 --variants lora-defaults --json "$OUT/cpmem.json" ${CPMEM_EXTRA:-} ;;
   decodeprof) TAIL=40 part decodeprof 200 python3 bench/gpu_session/decode_profile.py --tokens 64 ;;
   decodevar) TAIL=12 part decodevar ${DECODEVAR_LIMIT:-420} python3 bench/gpu_session/decode_variants.py \
-      --variants ${DECODE_VARIANTS:-base,sdpa_attn,cdt} --json "$OUT/decode_variants.json" ;;
+      --variants ${DECODE_VARIANTS:-base,chunked_argmax,combo,aggressive,freezing,cdt,chunked_argmax+combo+cdt} \
+      --batch ${DECODE_BATCH:-1} --json "$OUT/decode_variants.json" ;;
   tplogits) TAIL=12 part tplogits 150 python3 -m pytest tests/gpu/test_tp_logits_gpu.py -m gpu -p no:cacheprovider --tb=short -rA -s ;;
   train)  # our variants beside the HF baselines they are compared with (TRAIN_HF, TRAIN_VARIANTS; see --help)
     TAIL=14 part train ${TRAIN_LIMIT:-360} python3 bench/train_throughput.py --hf ${TRAIN_HF:-compile,lora} \

@@ -203,13 +203,20 @@ def test_read_ahead_stopping_discards_the_extra_step(tiny):
         assert len(streamed) == max(len(t) for t in tokens) == steps + 1
 
 
-def test_selection_inside_the_step_equals_selection_outside(tiny):
+@pytest.mark.parametrize("argmax_slice", [0, 20])
+def test_selection_inside_the_step_equals_selection_outside(tiny, monkeypatch, argmax_slice):
     """Greedy argmax inside the step (written into the next step's input) gives the tokens of the previous
-    logits-only step + separate argmax, batched and with read-ahead."""
+    logits-only step + separate argmax, batched and with read-ahead; also with the two-stage (sliced) argmax."""
+    from gemma3_runtime.generate import session as session_mod
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
 
     cfg, model = tiny
+    assert argmax_slice == 0 or (cfg.vocab_size % argmax_slice == 0 and cfg.vocab_size > argmax_slice)
+    monkeypatch.setattr(session_mod, "ARGMAX_SLICE_IN_STEP", argmax_slice)
+    sliced_calls = []
+    real_chunked = session_mod.chunked_argmax
+    monkeypatch.setattr(session_mod, "chunked_argmax", lambda *a: sliced_calls.append(1) or real_chunked(*a))
     prompts = [[2, 17, 99], [2, 8, 300, 41, 5, 6]]
     outs = []
     for inside in (False, True):
@@ -219,6 +226,7 @@ def test_selection_inside_the_step_equals_selection_outside(tiny):
         assert out.decode_path["selection_in_step"] is inside
         outs.append(out.tokens)
     assert outs[0] == outs[1]
+    assert bool(sliced_calls) is bool(argmax_slice)  # the sliced path ran exactly when switched on
 
 
 def test_read_ahead_through_the_double_buffered_reader(tiny, monkeypatch):

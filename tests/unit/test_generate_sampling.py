@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gemma3_runtime.errors import UserInputError
 from gemma3_runtime.generate.kv_cache import CacheSpec, prompt_masks, step_masks
 from gemma3_runtime.generate.prompts import left_pad
-from gemma3_runtime.generate.sampling import SamplingParams, select_next_tokens, truncate_logits
+from gemma3_runtime.generate.sampling import SamplingParams, chunked_argmax, select_next_tokens, truncate_logits
 
 pytestmark = pytest.mark.unit
 
@@ -16,6 +18,32 @@ pytestmark = pytest.mark.unit
 def test_greedy_is_argmax_per_row():
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 4.9, 0.0]])
     assert select_next_tokens(logits, SamplingParams()).tolist() == [1, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    slices=st.integers(1, 6),
+    chunk=st.sampled_from([1, 2, 4, 8]),
+    levels=st.integers(1, 4),
+    nan_at=st.none() | st.integers(0, 10**6),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_chunked_argmax_is_argmax_ties_and_nan_included(rows, slices, chunk, levels, nan_at, seed, dtype):
+    """Few distinct values (many ties, often across slices) and sometimes a NaN: the FIRST maximal index, as argmax."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, levels, (rows, slices * chunk), generator=gen).to(dtype)
+    if nan_at is not None:
+        logits.view(-1)[nan_at % logits.numel()] = float("nan")
+    assert chunked_argmax(logits, chunk).tolist() == torch.argmax(logits, dim=-1).tolist()
+
+
+def test_chunked_argmax_on_a_vocabulary_sized_row():
+    logits = torch.randn(3, 262144, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    logits[1, 5000] = logits[1, 200000] = 100.0  # tie across slices: the first wins
+    assert chunked_argmax(logits).tolist() == torch.argmax(logits, dim=-1).tolist()
+    assert chunked_argmax(logits)[1] == 5000
 
 
 def test_sampling_frequencies_follow_softmax_of_logits_over_temperature():

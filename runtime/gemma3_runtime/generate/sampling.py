@@ -72,6 +72,22 @@ def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return logits
 
 
+def chunked_argmax(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """`torch.argmax(logits, dim=-1)` for [b, V] logits as two reductions: the first maximum of each `chunk`-wide
+    slice, then the first slice holding the overall maximum -> the same index (the FIRST maximal one, NaN counting
+    as maximal, as argmax does). Why: a one-stage argmax over the 262k vocabulary compiles to one reduction per row,
+    a single thread block at batch 1; the slices spread the first stage over the whole GPU. Falls back to argmax
+    when V is not a multiple of `chunk`."""
+    rows, vocab = logits.shape
+    if vocab % chunk or vocab == chunk:
+        return torch.argmax(logits, dim=-1)
+    slices = logits.view(rows, vocab // chunk, chunk)
+    inside = torch.argmax(slices, dim=-1)  # [b, slices]: first maximal index within each slice
+    peaks = torch.gather(slices, -1, inside.unsqueeze(-1)).squeeze(-1)  # [b, slices]: each slice's maximum
+    best = torch.argmax(peaks, dim=-1)  # first slice holding the overall maximum
+    return best * chunk + torch.gather(inside, -1, best.unsqueeze(-1)).squeeze(-1)
+
+
 def select_next_tokens(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
 ) -> torch.Tensor:

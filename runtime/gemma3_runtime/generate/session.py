@@ -14,9 +14,14 @@ from gemma3_runtime.generate.attention import prompt_attention, step_attention, 
 from gemma3_runtime.generate.decoder import Decoder
 from gemma3_runtime.generate.kv_cache import CacheSpec, StaticKVCache, prompt_masks, step_masks, step_slots
 from gemma3_runtime.generate.prompts import PromptBatch
-from gemma3_runtime.generate.sampling import SamplingParams, select_next_tokens
+from gemma3_runtime.generate.sampling import SamplingParams, chunked_argmax, select_next_tokens
 
 log = logging.getLogger("gemma3_runtime.generate")
+
+#: > 0: the greedy choice inside the step as two reductions over vocabulary slices this wide (the same index as
+#: torch.argmax; see sampling.chunked_argmax); 0: one argmax. 0 until measured on the GPU
+#: (bench/gpu_session/decode_variants.py, variant `chunked_argmax`, sets 1024).
+ARGMAX_SLICE_IN_STEP = 0
 
 
 class Session:
@@ -161,7 +166,9 @@ class Session:
         """`_step`, then the greedy token written into `self.tokens` (the next step's input) -> logits.
         Same argmax as `select_next_tokens` (first maximal index); sampling overwrites `tokens` afterwards."""
         logits = self._step()
-        self.tokens.copy_(torch.argmax(logits, dim=-1).view(-1, 1))
+        slice_width = ARGMAX_SLICE_IN_STEP
+        greedy = chunked_argmax(logits, slice_width) if slice_width else torch.argmax(logits, dim=-1)
+        self.tokens.copy_(greedy.view(-1, 1))
         return logits
 
     def _forward(self) -> torch.Tensor:
