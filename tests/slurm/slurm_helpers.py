@@ -70,6 +70,32 @@ def pyxis_tasks(slurm_id: str) -> list[dict]:
     return tasks
 
 
+def wait_forgotten(slurm_id: str, timeout: float = 150) -> None:
+    """Until squeue and scontrol no longer know the job (it ended longer ago than MinJobAge); asks nothing else."""
+    from gemma3_launch.backends.slurm import scheduler_state
+
+    deadline = time.time() + timeout
+    while scheduler_state(slurm_id) is not None:
+        assert time.time() < deadline, (
+            f"slurmctld still knows job {slurm_id} after {timeout}s (MinJobAge={MIN_JOB_AGE})"
+        )
+        time.sleep(2)
+
+
+def batch_script_pids(slurm_id: str) -> list[int]:
+    """The processes running SLURM job `slurm_id`'s batch script (slurmd keeps it as .../job<id>/slurm_script)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={slurm_id}".encode() in env and any(a.endswith(b"slurm_script") for a in argv):
+            found.append(int(entry))
+    return found
+
+
 def start_cluster(with_dbd: bool) -> None:
     env = dict(os.environ, WITH_DBD="1" if with_dbd else "0", MIN_JOB_AGE=str(MIN_JOB_AGE))
     res = subprocess.run(["bash", str(HARNESS / "up.sh")], env=env, capture_output=True, text=True, timeout=900)

@@ -12,11 +12,10 @@ import json
 import re
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import MIN_JOB_AGE, SENTINEL, assert_render_is_what_ran, pyxis_tasks, start_cluster
+from slurm_helpers import SENTINEL, assert_render_is_what_ran, pyxis_tasks, start_cluster, wait_forgotten
 from wandb_records import records, run_id_and_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -173,22 +172,11 @@ def test_cancel(slurm):
     assert subprocess.run(["squeue", "-h", "-j", job["slurm_id"]], capture_output=True, text=True).stdout.strip() == ""
 
 
-def _wait_forgotten(slurm_id: str, timeout: float = 150) -> None:
-    from gemma3_launch.backends.slurm import scheduler_state
-
-    deadline = time.time() + timeout
-    while scheduler_state(slurm_id) is not None:
-        assert time.time() < deadline, (
-            f"slurmctld still knows job {slurm_id} after {timeout}s (MinJobAge={MIN_JOB_AGE})"
-        )
-        time.sleep(2)
-
-
 def test_status_after_min_job_age_with_slurmdbd(slurm):
     job = JOBS.get("import") or pytest.skip(
         "needs the job submitted by test_import_real_270m_through_sbatch_and_srun in this session (deselected?)"
     )
-    _wait_forgotten(job["slurm_id"])  # finished longer ago than MinJobAge: squeue and scontrol no longer know it
+    wait_forgotten(job["slurm_id"])  # finished longer ago than MinJobAge: squeue and scontrol no longer know it
     assert slurm.status(job["job_id"]) == "COMPLETED"  # from the job's own terminal-state file
     state_file = job["run_dir"] / "state.json"
     saved = state_file.read_bytes()
@@ -198,19 +186,24 @@ def test_status_after_min_job_age_with_slurmdbd(slurm):
     finally:
         state_file.write_bytes(saved)
     if "cancel" in JOBS:
-        _wait_forgotten(JOBS["cancel"]["slurm_id"])
+        wait_forgotten(JOBS["cancel"]["slurm_id"])
         assert slurm.status(JOBS["cancel"]["job_id"]) == "CANCELLED"
 
 
 def test_status_without_slurmdbd(slurm):
     start_cluster(with_dbd=False)  # accounting_storage/none: sacct is disabled
-    sacct = subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True, text=True)
-    assert sacct.returncode != 0 or not sacct.stdout.strip()
-    job = slurm.submit("import_270m.yaml", "model=/nonexistent/model", "checkpoint.dir=${SLURM_TEST_DIR}/ckpt/never")
-    assert slurm.wait(job["job_id"], timeout=300) == "FAILED"  # from squeue / scontrol while it is known
-    _wait_forgotten(job["slurm_id"])
-    assert slurm.status(job["job_id"]) == "FAILED"  # from the terminal-state file: no sacct needed
-    rec = slurm.record(job)
-    assert rec["exit_code"] == 2  # the runtime's bad-input code, recorded by the job itself
-    (job["run_dir"] / "state.json").unlink()
-    assert slurm.status(job["job_id"]) == "FAILED"  # nothing left to ask: the last recorded state stands
+    try:
+        sacct = subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True, text=True)
+        assert sacct.returncode != 0 or not sacct.stdout.strip()
+        job = slurm.submit(
+            "import_270m.yaml", "model=/nonexistent/model", "checkpoint.dir=${SLURM_TEST_DIR}/ckpt/never"
+        )
+        assert slurm.wait(job["job_id"], timeout=300) == "FAILED"  # from squeue / scontrol while it is known
+        wait_forgotten(job["slurm_id"])
+        assert slurm.status(job["job_id"]) == "FAILED"  # from the terminal-state file: no sacct needed
+        rec = slurm.record(job)
+        assert rec["exit_code"] == 2  # the runtime's bad-input code, recorded by the job itself
+        (job["run_dir"] / "state.json").unlink()
+        assert slurm.status(job["job_id"]) == "FAILED"  # nothing left to ask: the last recorded state stands
+    finally:
+        start_cluster(with_dbd=True)  # the tiers after this one run on a cluster with accounting, as most sites do
