@@ -116,10 +116,10 @@ class DocumentPieces:
 def document_pieces(key_segments: torch.Tensor, q_len: int, device=None) -> DocumentPieces:
     """The varlen layout of one chunk from the segment ids of its key range ([b, K]; the queries are the last q_len
     keys). A piece is a maximal run of one id that holds at least one query; its queries are the last rows of its
-    keys, so each piece is a bottom-right aligned causal (+ window) block, which is the masked path's rule (same id,
-    causal, window) exactly when no id occurs in two separate runs of a row's key range (packing gives 1, 2, ... per
-    document and 0 for the tail padding); anything else is refused. Computed on the host from one copy of the ids
-    (the kernel needs max_q / max_k as integers anyway); the offsets go to `device`."""
+    keys, so each piece is a bottom-right aligned causal (+ window) block. That is the masked path's rule (same id,
+    causal, window) whenever no id occurs in two separate runs of a row's key range (packing gives 1, 2, ... per
+    document and 0 for the tail padding); a key range where one does is refused. Computed on the host from one copy
+    of the ids (the kernel needs max_q / max_k as integers anyway); the offsets go to `device`."""
     seg = key_segments.detach().cpu()
     batch, k_len = seg.shape
     offset = k_len - q_len  # key index of the first query
