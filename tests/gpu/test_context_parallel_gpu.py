@@ -14,13 +14,22 @@ real CP backward's accumulation and reduce-scatter do), which adds up to ~sqrt(1
 A band aligned top-left instead of bottom-right, or off by a key, moves the outputs by far more (a changed key among
 W = 512 moves a row by ~1/sqrt(W) = 4e-2); the index arithmetic itself is checked exactly in fp32 on CPU
 (tests/unit/test_cp_attention.py). Each tensor's distance to the fp32 math is printed beside the fast path's own.
+
+Packed documents (segment ids) take the varlen kernel: one FlashAttention-2 varlen call per chunk over its document
+pieces (2 rows, the 1B's shapes, CP 2 global / CP 4 the model's window / CP 8 a window spanning 3 chunks), compared
+with the masked per-chunk path on the same inputs (same tolerances); the piece arithmetic is checked exactly on CPU
+(tests/unit/test_cp_varlen.py).
 """
 
 import pytest
 import torch
 
 from gemma3_runtime.parallel import context_attention
-from gemma3_runtime.parallel.chunk_kernels import flash_chunk_attention, pick_chunk_kernel
+from gemma3_runtime.parallel.chunk_kernels import (
+    flash_chunk_attention,
+    flash_varlen_chunk_attention,
+    pick_chunk_kernel,
+)
 from gemma3_runtime.parallel.context_attention import emulated_context_attention
 from gemma3_runtime.perf.attention import fast_attention
 
@@ -145,8 +154,67 @@ def test_fused_path_has_no_quadratic_scratch(cuda):
     assert peaks["auto"] * 2 < peaks[None]
 
 
-def test_packed_documents_keep_the_masked_path(cuda):
+def _packed_segment_ids(device) -> torch.Tensor:
+    """[2, S] packed-document ids (data/sft.py's layout: 1, 2, ... per document, 0 for the tail padding): row 0 with
+    boundaries inside chunks and on chunk edges at every CP size (2048, 5120) and padding; row 1 with a document
+    spanning most of the sequence, a one-token document and a short last one."""
+    rows = [(1000, 2048, 3000, 5120, 7900), (6000, 6001, 8000)]
+    ids = torch.zeros(2, SEQ_LEN, dtype=torch.long)
+    for row, cuts in enumerate(rows):
+        for cut in cuts:
+            ids[row, cut:] += 1
+        ids[row] += 1
+    ids[0, 7900:] = 0
+    return ids.to(device)
+
+
+def _packed_cases():
+    for cp, kind in ((2, "global"), (4, "model_window"), (8, "wide")):
+        window = {"global": None, "model_window": SHAPES["1b"][3], "wide": SEQ_LEN // (2 * cp) * 5 // 2 + 1}[kind]
+        yield pytest.param(cp, window, id=f"1b-cp{cp}-{kind}")
+
+
+@pytest.mark.parametrize(("cp", "window"), list(_packed_cases()))
+def test_packed_documents_take_the_varlen_kernel(cuda, cp, window):
+    """Packed documents (2 rows, the 1B's shapes): "auto" runs every chunk as one FlashAttention-2 varlen call over
+    its document pieces, equal to the masked per-chunk path (same mask, eager bf16 math) within the chunk
+    tolerances above, output and dQ/dK/dV (the varlen backward is the aten op's own autograd formula)."""
+    heads, kv_heads, head_dim, _ = SHAPES["1b"]
+    gen = torch.Generator(device=cuda).manual_seed(100 + cp)
+    shapes = [(2, SEQ_LEN, h, head_dim) for h in (heads, kv_heads, kv_heads, heads)]
+    q, k, v, upstream = (torch.randn(*s, device=cuda, generator=gen, dtype=torch.bfloat16) for s in shapes)
+    segments = _packed_segment_ids(cuda)
+    scale = head_dim**-0.5
+    calls = []
+
+    def counted_varlen(*args):
+        calls.append(args[-1] is not None)
+        return flash_varlen_chunk_attention(*args)
+
+    assert pick_chunk_kernel(q, packed=True) is flash_varlen_chunk_attention
+
+    def emulated(kernel):
+        return lambda a, b, c: emulated_context_attention(
+            a, b, c, cp_size=cp, window=window, scale=scale, segment_ids=segments, chunk_kernel=kernel
+        )
+
+    varlen = _run(emulated("auto"), q, k, v, upstream)
+    counted = _run(emulated(counted_varlen), q, k, v, upstream)
+    assert calls == [True] * (2 * cp)  # every chunk went through the varlen kernel with its segment ids
+    assert torch.equal(varlen[0], counted[0])
+    masked = _run(emulated(None), q, k, v, upstream)
+    exact = _run(emulated(None), q, k, v, upstream, dtype=torch.float32)
+    for name, ours, theirs, ref in zip(("out", "dq", "dk", "dv"), varlen, masked, exact, strict=True):
+        vs_masked, ours_err, masked_err = _rel(ours, theirs), _rel(ours, ref), _rel(theirs, ref)
+        print(
+            f"packed 1b cp{cp} window {window} {name}: vs masked {vs_masked:.2e}, vs fp32 {ours_err:.2e} "
+            f"(masked {masked_err:.2e})"
+        )
+        assert vs_masked <= TOLERANCE[name], (name, vs_masked)
+
+
+def test_dispatch_reads_pick_chunk_kernel(cuda):
     q = torch.zeros(1, 16, 2, 256, device=cuda, dtype=torch.bfloat16)
-    assert pick_chunk_kernel(q, packed=True) is None
     assert pick_chunk_kernel(q.float(), packed=False) is None  # fp32: no flash kernel
+    assert pick_chunk_kernel(q.float(), packed=True) is None
     assert context_attention.pick_chunk_kernel is pick_chunk_kernel  # the dispatch reads this very function

@@ -3,9 +3,10 @@
 Every rank builds the same full q/k/v/upstream gradient from one seed, computes the CP=1 reference (torch SDPA with
 attention.py's own `allowed_mask`), then its CP share; outputs and dQ/dK/dV are gathered back to natural order and
 compared normwise per tensor. Rank 0 writes the relative errors as JSON.
-A case's "kernel" is "masked" (the eager per-chunk path every CPU run takes) or "reference" (chunk_kernels'
+A case's "kernel" is "masked" (the eager per-chunk path every CPU run takes), "reference" (chunk_kernels'
 plain-torch bottom-right band plugged in where the fused GPU kernel goes: the key slicing of the gathered and halo
-keys is then the GPU path's).
+keys is then the GPU path's) or "reference_varlen" (packed documents: the varlen kernel's document pieces with the
+plain-torch band per piece, in the fused varlen kernel's place).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gemma3_runtime.model.attention import AttentionContext, allowed_mask
-from gemma3_runtime.parallel.chunk_kernels import reference_chunk_attention
+from gemma3_runtime.parallel.chunk_kernels import reference_chunk_attention, reference_varlen_chunk_attention
 from gemma3_runtime.parallel.context_attention import ContextParallelState, context_parallel_attention
 from gemma3_runtime.parallel.context_split import merge_ranks, split_for_rank
 
@@ -55,7 +56,7 @@ def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours - ref).norm() / ref.norm())
 
 
-KERNELS = {"masked": None, "reference": reference_chunk_attention}
+KERNELS = {"masked": None, "reference": reference_chunk_attention, "reference_varlen": reference_varlen_chunk_attention}
 
 
 def _one_case(seq_len: int, window: int | None, packed: bool, seed: int, kernel: str = "masked") -> dict[str, float]:

@@ -1,7 +1,8 @@
 """CP=1 (the same code on one process), CP=2 and CP=4 (gloo, CPU processes, fp32) give the outputs and dQ/dK/dV of
 full attention within 1e-5 relative (normwise per tensor), for global and sliding-window layers, windows inside one
 chunk and spanning several, with and without packed documents; and with the plain-torch bottom-right band kernel in
-the fused GPU kernel's place (chunk_kernels.reference_chunk_attention)."""
+the fused GPU kernel's place (chunk_kernels.reference_chunk_attention), and for packed documents its varlen form
+(chunk_kernels.reference_varlen_chunk_attention: the fused varlen kernel's document pieces, plain torch per piece)."""
 
 import json
 import os
@@ -27,7 +28,8 @@ def _port() -> int:
 
 def _cases() -> list[dict]:
     """Every window with and without packed documents on the masked path; every window unpacked with the reference
-    chunk kernel in the fused kernel's place (the GPU path's key slicing)."""
+    chunk kernel in the fused kernel's place (the GPU path's key slicing), and packed with the reference varlen
+    kernel in the fused varlen kernel's place (its document pieces)."""
     masked = [
         {"seq_len": SEQ_LEN, "window": window, "packed": packed, "seed": seed, "kernel": "masked"}
         for seed, (window, packed) in enumerate((w, p) for w in WINDOWS.values() for p in (False, True))
@@ -36,7 +38,11 @@ def _cases() -> list[dict]:
         {"seq_len": SEQ_LEN, "window": window, "packed": False, "seed": 100 + seed, "kernel": "reference"}
         for seed, window in enumerate(WINDOWS.values())
     ]
-    return masked + band
+    varlen = [
+        {"seq_len": SEQ_LEN, "window": window, "packed": True, "seed": 200 + seed, "kernel": "reference_varlen"}
+        for seed, window in enumerate(WINDOWS.values())
+    ]
+    return masked + band + varlen
 
 
 @pytest.mark.parametrize("cp_size", [1, 2, 4])

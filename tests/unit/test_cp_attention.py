@@ -1,7 +1,8 @@
 """The per-chunk CP attention, all ranks emulated in one process: equal to full attention (torch SDPA with
 attention.py's allowed_mask) within 1e-5 relative (fp32) for random CP sizes, chunk lengths, windows and packed
 documents, gradients included.
-The multi-process tests (tests/multiproc/test_context_parallel.py) add the communication."""
+The multi-process tests (tests/multiproc/test_context_parallel.py) add the communication; packed documents on the
+per-chunk kernel path (the varlen form) are tests/unit/test_cp_varlen.py's."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gemma3_runtime.model.attention import AttentionContext, allowed_mask
-from gemma3_runtime.parallel.chunk_kernels import bottom_right_allowed, pick_chunk_kernel, reference_chunk_attention
+from gemma3_runtime.parallel.chunk_kernels import bottom_right_allowed, reference_chunk_attention
 from gemma3_runtime.parallel.context_attention import emulated_context_attention
 
 pytestmark = pytest.mark.unit
@@ -101,20 +102,3 @@ def test_bottom_right_band_is_torchs_lower_right_causal(q_len, extra):
     k_len = q_len + extra
     expected = causal_lower_right(q_len, k_len)._materialize(torch.device("cpu"))
     assert torch.equal(bottom_right_allowed(q_len, k_len, None), expected)
-
-
-def test_auto_takes_the_masked_path_on_cpu_and_for_packed_documents():
-    q = torch.zeros(1, 4, 2, 8)
-    assert pick_chunk_kernel(q, packed=False) is None  # CPU fp32: no fused kernel
-    assert pick_chunk_kernel(q, packed=True) is None
-    with pytest.raises(ValueError, match="packed documents take the masked path"):
-        emulated_context_attention(
-            q,
-            q[:, :, :1],
-            q[:, :, :1],
-            cp_size=1,
-            window=None,
-            scale=SCALE,
-            segment_ids=torch.zeros(1, 4, dtype=torch.long),
-            chunk_kernel=reference_chunk_attention,
-        )

@@ -5,8 +5,9 @@ Each CP rank holds two query chunks (zigzag split, context_split.py). For a quer
   (Gemma's few KV heads make them small) and each chunk takes its causal prefix;
 - sliding layers (q - W < k <= q) need only [cL - (W-1), (c+1)L): a halo exchange fetches exactly those positions
   from the ranks that own them (fetch_positions), however many chunks W-1 spans.
-Each chunk's queries are the last L positions of its key range, so on CUDA (bf16/fp16, no packed documents) the
-chunk runs on FlashAttention-2 with bottom-right causal alignment and its own window (chunk_kernels.py). Elsewhere the
+Each chunk's queries are the last L positions of its key range, so on CUDA (bf16/fp16) the chunk runs on
+FlashAttention-2 with bottom-right causal alignment and its own window, per document piece with packed documents (the
+varlen form; chunk_kernels.py). Elsewhere the
 per-chunk math is attention.py's eager kernel (fp32 softmax, GQA by repeated kv heads) with its mask evaluated on
 GLOBAL positions, plus the packed-document rule (no attention across segment ids; a query always sees itself). Either
 way every output row is the same function of the same keys as in full attention: exact up to float summation order.
@@ -146,14 +147,13 @@ def attend_rank_chunks(
     unique, a superset of what the chunks can see); `segments` [b, S] are the whole sequence's segment ids or None.
 
     `chunk_kernel`: "auto" = the fused kernel where it applies (chunk_kernels.pick_chunk_kernel), else the masked
-    path; None = the masked path; or a kernel (q_chunk, k_range, v_range, window, scale) for the bottom-right band.
+    path; None = the masked path; or a kernel (q_chunk, k_range, v_range, window, scale, key_segments) for the
+    bottom-right band (key_segments: the key range's segment ids, or None without packed documents).
     """
     length = q.shape[1] // 2
     seq_len = 2 * cp_size * length
     if chunk_kernel == "auto":
         chunk_kernel = pick_chunk_kernel(q, packed=segments is not None)
-    if chunk_kernel is not None and segments is not None:
-        raise ValueError("a chunk kernel computes the causal band only; packed documents take the masked path")
     q_pos_all = positions_for_rank(seq_len, cp_size, rank, q.device)
     outputs = []
     for slot, chunk in enumerate(chunk_ids(cp_size, rank)):
@@ -163,7 +163,8 @@ def attend_rank_chunks(
             # key_pos holds every position of [start, stop) once, in order: one contiguous slice, no copy
             first = int(torch.searchsorted(key_pos, torch.tensor(start, device=key_pos.device)))
             k_range, v_range = (t.narrow(1, first, stop - start) for t in (keys, values))
-            outputs.append(chunk_kernel(q_chunk, k_range, v_range, window, scale))
+            k_seg = None if segments is None else segments[:, start:stop]
+            outputs.append(chunk_kernel(q_chunk, k_range, v_range, window, scale, k_seg))
             continue
         rows = ((key_pos >= start) & (key_pos < stop)).nonzero().flatten()
         q_pos = q_pos_all[slot * length : (slot + 1) * length]
