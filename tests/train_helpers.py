@@ -86,7 +86,8 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     from gemma3_runtime.checkpoint.layout import resolve_checkpoint
 
-    if not torch.distributed.is_initialized():  # dist_checkpointing reads need a (1-process) group
+    created = not torch.distributed.is_initialized()
+    if created:  # dist_checkpointing reads need a (1-process) group; it is destroyed again below
         torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
     flat: dict[str, torch.Tensor] = {}
 
@@ -97,7 +98,11 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
         elif isinstance(value, torch.Tensor):
             flat[prefix] = value
 
-    walk("", load_plain_tensors(str(resolve_checkpoint(path).iter_dir)))
+    try:
+        walk("", load_plain_tensors(str(resolve_checkpoint(path).iter_dir)))
+    finally:
+        if created:  # left behind, a later Trainer on CUDA would find a gloo group (platform refuses it)
+            torch.distributed.destroy_process_group()
     return flat
 
 

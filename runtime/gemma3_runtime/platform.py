@@ -101,6 +101,12 @@ def init_distributed(
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         created = True
+    elif device.type == "cuda" and dist.get_backend() == "gloo":
+        # an existing gloo group cannot carry the CUDA collectives megatron issues (its coalesced all-gathers crash)
+        raise DeviceError(
+            "torch.distributed is already initialised with the gloo backend, which cannot carry CUDA tensors; "
+            "destroy it (or start a new process) before training on cuda"
+        )
     world = dist.get_world_size()
     if world % (tp * pp * cp):
         raise DeviceError(

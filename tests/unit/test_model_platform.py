@@ -42,6 +42,24 @@ def test_init_distributed_is_idempotent_and_refuses_a_different_layout():
         platform.init_distributed("cpu", tp=1, pp=1, cp=2)
 
 
+def test_a_gloo_group_left_by_someone_else_is_refused_for_cuda():
+    """A process group someone else created with gloo (a test helper reading a checkpoint, a notebook) cannot carry
+    megatron's CUDA collectives: one clear error before any CUDA work, not a segfault in the first all-gather."""
+    import torch.distributed as dist
+
+    platform.teardown()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(platform.DeviceError, match="already initialised with the gloo backend"):
+            platform.init_distributed(torch.device("cuda"), tp=1, pp=1)
+        assert platform.init_distributed("cpu", tp=1, pp=1).world_size == 1  # the same group serves the CPU
+    finally:
+        platform.teardown()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 _ENTRY_CHECK = """
 import sys
 import torch.distributed as dist
