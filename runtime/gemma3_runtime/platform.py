@@ -68,6 +68,30 @@ _cpu_shims = contextlib.ExitStack()
 _shims_entered = False
 
 
+def _ensure_process_group(device: torch.device, timeout_minutes: int) -> bool:
+    """The process group: torchrun's (RANK/WORLD_SIZE set) or a 1-process one, NCCL on CUDA, gloo on CPU; an
+    existing one is kept, unless it is gloo and the work is on CUDA. True when this call created it."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if device.type == "cuda" and dist.get_backend() == "gloo":
+            # an existing gloo group cannot carry the CUDA collectives megatron issues (its coalesced all-gathers crash)
+            raise DeviceError(
+                "torch.distributed is already initialised with the gloo backend, which cannot carry CUDA tensors; "
+                "destroy it (or start a new process) before training on cuda"
+            )
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(minutes=timeout_minutes)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    return True
+
+
 def init_distributed(
     device: torch.device | str | None,
     tp: int = 1,
@@ -82,7 +106,6 @@ def init_distributed(
     `cp`: the context-parallel size (docs/CONTEXT_PARALLEL.md); megatron's parallel state provides its group and
     the data x context group that gradients are reduced over."""
     global _state, _shims_entered
-    from datetime import timedelta
 
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -92,21 +115,7 @@ def init_distributed(
     check_megatron_version()
     if not isinstance(device, torch.device):
         device = select_device(device)
-    created = False
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        timeout = timedelta(minutes=timeout_minutes)
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend=backend, timeout=timeout)
-        else:
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-        created = True
-    elif device.type == "cuda" and dist.get_backend() == "gloo":
-        # an existing gloo group cannot carry the CUDA collectives megatron issues (its coalesced all-gathers crash)
-        raise DeviceError(
-            "torch.distributed is already initialised with the gloo backend, which cannot carry CUDA tensors; "
-            "destroy it (or start a new process) before training on cuda"
-        )
+    created = _ensure_process_group(device, timeout_minutes)
     world = dist.get_world_size()
     if world % (tp * pp * cp):
         raise DeviceError(
