@@ -96,6 +96,15 @@ def _cases():
                 yield pytest.param(model, cp, window, id=f"{model}-cp{cp}-{kind}")
 
 
+def _assert_within_tolerance(label: str, ours, other, other_name: str, exact) -> None:
+    """Output and dQ/dK/dV of `ours` within TOLERANCE of `other` (both bf16 kernels); each one's distance to the
+    fp32 math `exact` is printed beside."""
+    for name, mine, theirs, ref in zip(("out", "dq", "dk", "dv"), ours, other, exact, strict=True):
+        vs_other, ours_err, other_err = _rel(mine, theirs), _rel(mine, ref), _rel(theirs, ref)
+        print(f"{label} {name}: vs {other_name} {vs_other:.2e}, vs fp32 {ours_err:.2e} ({other_name} {other_err:.2e})")
+        assert vs_other <= TOLERANCE[name], (name, vs_other)
+
+
 @pytest.mark.parametrize(("model", "cp", "window"), list(_cases()))
 def test_fused_chunks_equal_full_attention(cuda, model, cp, window):
     q, k, v, upstream = _inputs(model, cuda, seed=cp)
@@ -121,13 +130,7 @@ def test_fused_chunks_equal_full_attention(cuda, model, cp, window):
     assert torch.equal(fused[0], counted[0])
     full = _run(_full_fast(window, scale), q, k, v, upstream)
     exact = _run(_full_fp32(window, scale), q, k, v, upstream, dtype=torch.float32)
-    for name, ours, fast, ref in zip(("out", "dq", "dk", "dv"), fused, full, exact, strict=True):
-        vs_fast, ours_err, fast_err = _rel(ours, fast), _rel(ours, ref), _rel(fast, ref)
-        print(
-            f"{model} cp{cp} window {window} {name}: vs full {vs_fast:.2e}, vs fp32 {ours_err:.2e} "
-            f"(full {fast_err:.2e})"
-        )
-        assert vs_fast <= TOLERANCE[name], (name, vs_fast)
+    _assert_within_tolerance(f"{model} cp{cp} window {window}", fused, full, "full", exact)
 
 
 def test_fused_path_has_no_quadratic_scratch(cuda):
@@ -204,13 +207,7 @@ def test_packed_documents_take_the_varlen_kernel(cuda, cp, window):
     assert torch.equal(varlen[0], counted[0])
     masked = _run(emulated(None), q, k, v, upstream)
     exact = _run(emulated(None), q, k, v, upstream, dtype=torch.float32)
-    for name, ours, theirs, ref in zip(("out", "dq", "dk", "dv"), varlen, masked, exact, strict=True):
-        vs_masked, ours_err, masked_err = _rel(ours, theirs), _rel(ours, ref), _rel(theirs, ref)
-        print(
-            f"packed 1b cp{cp} window {window} {name}: vs masked {vs_masked:.2e}, vs fp32 {ours_err:.2e} "
-            f"(masked {masked_err:.2e})"
-        )
-        assert vs_masked <= TOLERANCE[name], (name, vs_masked)
+    _assert_within_tolerance(f"packed 1b cp{cp} window {window}", varlen, masked, "masked", exact)
 
 
 def test_dispatch_reads_pick_chunk_kernel(cuda):
