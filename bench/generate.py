@@ -356,6 +356,20 @@ def main(argv: list[str] | None = None) -> int:
     batch_prompts = prompt_set(tokenizer, args.prompt_len, vocab, batch_size) if batch_size > 1 else []
     skip = set(filter(None, (name.strip() for name in args.skip.split("|"))))
     configs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+
+    def batch_pair(ours_how: str, hf_how: str, hf_measure: Callable[[], dict[str, Any]]) -> list:
+        """Ours and HF on the same batch of prompts (none without one)."""
+        if not batch_prompts:
+            return []
+        size = len(batch_prompts)
+        return [
+            (
+                f"ours: {ours_how}, batch {size}",
+                lambda: measure_ours_batch(ours, batch_prompts, new_tokens, args.repeats),
+            ),
+            (f"HF generate, {hf_how}, batch {size}", hf_measure),
+        ]
+
     if on_gpu:
         configs += [
             (
@@ -404,22 +418,13 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
         )
-        if batch_prompts:
-            size = len(batch_prompts)
-            configs += [
-                (
-                    f"ours: compiled step + CUDA graph, batch {size}",
-                    lambda: measure_ours_batch(ours, batch_prompts, new_tokens, args.repeats),
-                ),
-                (
-                    f"HF generate, static cache + torch.compile, batch {size}",
-                    hf_static_compiled(
-                        lambda: measure_hf_batch(
-                            hf, batch_prompts, new_tokens, args.repeats, device, disable_compile=False
-                        )
-                    ),
-                ),
-            ]
+        configs += batch_pair(
+            "compiled step + CUDA graph",
+            "static cache + torch.compile",
+            hf_static_compiled(
+                lambda: measure_hf_batch(hf, batch_prompts, new_tokens, args.repeats, device, disable_compile=False)
+            ),
+        )
     else:
         configs += [
             (
@@ -433,18 +438,11 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: measure_hf(hf, ids, ttft_ids, new_tokens, args.repeats, device, check_ids=check_ids),
             ),
         ]
-        if batch_prompts:
-            size = len(batch_prompts)
-            configs += [
-                (
-                    f"ours: eager, batch {size}",
-                    lambda: measure_ours_batch(ours, batch_prompts, new_tokens, args.repeats),
-                ),
-                (
-                    f"HF generate, dynamic cache, batch {size}",
-                    lambda: measure_hf_batch(hf, batch_prompts, new_tokens, args.repeats, device),
-                ),
-            ]
+        configs += batch_pair(
+            "eager",
+            "dynamic cache",
+            lambda: measure_hf_batch(hf, batch_prompts, new_tokens, args.repeats, device),
+        )
     unknown = skip - {name for name, _ in configs}
     if unknown:
         parser.error(f"--skip: unknown configuration(s) {sorted(unknown)}; known: {[name for name, _ in configs]}")
