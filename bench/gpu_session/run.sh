@@ -53,11 +53,13 @@ for p in ${PARTS:-gputests gen lora1b}; do case $p in
   sweep1b) TAIL=16 part sweep1b ${SWEEP1B_LIMIT:-540} python3 bench/train_throughput.py --size 1b --hf compile,lora \
       --hf-mbs ${SWEEP1B_HF_MBS:-8,4,2,1} --hf-budget-s 320 --mbs 8 --nmb 2 --variants defaults,lora-defaults \
       --budget-s 430 --json "$OUT/sweep1b.json" ;;
-  big4b)  # HF + compile: 64 GiB of fp32 weights + Adam and ~11 GiB a sample, so 8 cannot fit; 4 then 2 if time is
-    # left (1 was measured before: 14.7k). Ours: 72 GB of states and ~14 GB a sample: the largest of 4,2 that fits
-    TAIL=12 part big4b ${BIG4B_LIMIT:-200} python3 bench/train_throughput.py --size 4b --hf compile --hf-mbs 4,2 \
-      --hf-steps 4 --hf-warmup 2 --hf-budget-s 90 --mbs 4,2 --mbs-first-fit --nmb 1 --steps 4 --warmup 2 \
-      --variants defaults --budget-s 150 ${BIG_HF_INIT:+--hf-init-device $BIG_HF_INIT} --json "$OUT/big4b.json" ;;
+  big4b)  # HF + compile: 64 GiB of fp32 weights + Adam and ~11 GiB a sample: 4 ran out of memory on the H200 after
+    # 137 s of compiling, so 2 then 1 (ours first: the budgets count from the start). Ours: 72 GB of states and
+    # ~14 GB a sample: the largest of 4,2 that fits
+    TAIL=12 part big4b ${BIG4B_LIMIT:-230} python3 bench/train_throughput.py --size 4b --hf compile \
+      --hf-mbs ${BIG4B_HF_MBS:-2,1} --hf-steps 4 --hf-warmup 2 --hf-budget-s ${BIG4B_HF_BUDGET:-110} --mbs 4,2 \
+      --mbs-first-fit --nmb 1 --steps 4 --warmup 2 --ours-first \
+      --variants defaults --budget-s 200 ${BIG_HF_INIT:+--hf-init-device $BIG_HF_INIT} --json "$OUT/big4b.json" ;;
   big12b)  # HF + PEFT at 1 took 93 GiB: 2 is tried (an OOM is a result), then 1. Ours: a 24 GB base and ~30 GB a
     # sample: the largest of 2,1 that fits
     TAIL=12 part big12b ${BIG12B_LIMIT:-135} python3 bench/train_throughput.py --size 12b --hf lora --hf-mbs 2,1 \
