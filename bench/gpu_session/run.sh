@@ -17,7 +17,7 @@ part() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "== $name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -n ${TAIL:-6} "$OUT/$name.log"; }
 for p in ${PARTS:-gputests gen lora1b}; do case $p in
-  gputests) TAIL=30 part gputests 420 python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -p no:cacheprovider --tb=short -rA --durations=0 ;;
+  gputests) TAIL=30 part gputests ${GPUTESTS_LIMIT:-420} python3 -m pytest tests/gpu tests/unit/test_model_gpu.py -m gpu -p no:cacheprovider --tb=short -rA --durations=0 ;;
   # issue 19 target 6: batch 1 (5 prompts' 256 greedy tokens checked against HF) and batch 16 (ours beside HF static +
   # compile). The three non-target configurations are skipped by default for time (GEN_SKIP="" runs them too).
   gen) TAIL=30 part gen ${GEN_LIMIT:-330} python3 bench/generate.py --device cuda --model 1b \
