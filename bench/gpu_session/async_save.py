@@ -88,7 +88,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="async_save_", dir=args.workdir))
-    cfg = run_config(args, PerfConfig(), None, None, save=str(work / "unused"))
+    cfg = run_config(args, PerfConfig(), None, args.mbs, None)
+    cfg.checkpoint.save = str(work / "unused")
     cfg.train.train_iters = args.warmup + (2 + 2 * args.async_saves) * args.steps + 10
     result: dict = dict(
         model="tiny" if args.tiny else args.size,

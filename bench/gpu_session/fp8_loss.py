@@ -40,7 +40,7 @@ def run_losses(name: str, fp8: str, args: argparse.Namespace) -> dict:
     from gemma3_runtime.perf.config import PerfConfig
     from gemma3_runtime.training.trainer import Trainer
 
-    cfg = run_config(args, dataclasses.replace(PerfConfig(), fp8=fp8), None, None)
+    cfg = run_config(args, dataclasses.replace(PerfConfig(), fp8=fp8), None, args.mbs, None)
     cfg.train.train_iters = args.steps
     cfg.scheduler.lr_warmup_iters = max(1, args.steps // 10)
     trainer = Trainer(cfg)
