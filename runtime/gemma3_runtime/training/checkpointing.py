@@ -83,7 +83,11 @@ def distributed_optimizer_state_in_place(optimizer: Any, model_sd: dict) -> dict
     from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    inner = getattr(optimizer, "optimizer", None)
+    megatron_optimizer = getattr(optimizer, "optimizer", None)
+    # get_megatron_optimizer wraps even a single optimizer in a ChainedOptimizer, whose sharded_state_dict then
+    # returns that one optimizer's own: unwrap exactly one
+    chained = getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])
+    inner = chained[0] if len(chained) == 1 else None
     if not isinstance(inner, DistributedOptimizer) or inner.data_parallel_group.size() != 1:
         return None
     if inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8 or inner.ddp_config.use_megatron_fsdp:
