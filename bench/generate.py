@@ -43,6 +43,7 @@ for sub in ("runtime", "launcher"):
 
 import torch  # noqa: E402
 from generate_measure import (  # noqa: E402
+    Workload,
     guarded,
     leading_agreement,
     measure_hf,
@@ -169,15 +170,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class Workload:
-    """The prompts every configuration runs: the timed one, the extra ones checked against HF, the long TTFT one,
-    and the batch (empty when off)."""
-
-    def __init__(self, args: argparse.Namespace, tokenizer: Any, vocab: int) -> None:
-        self.ids, *self.check_ids = prompt_set(tokenizer, args.prompt_len, vocab, args.check_prompts)
-        self.ttft_ids = prompt_ids(tokenizer, args.ttft_prompt_len, vocab)
-        self.batch = prompt_set(tokenizer, args.prompt_len, vocab, args.batch_size) if args.batch_size > 1 else []
-        self.new_tokens, self.repeats = args.new_tokens, args.repeats
+def workload(args: argparse.Namespace, tokenizer: Any, vocab: int) -> Workload:
+    ids, *check_ids = prompt_set(tokenizer, args.prompt_len, vocab, args.check_prompts)
+    batch = prompt_set(tokenizer, args.prompt_len, vocab, args.batch_size) if args.batch_size > 1 else []
+    ttft_ids = prompt_ids(tokenizer, args.ttft_prompt_len, vocab)
+    return Workload(ids, check_ids, ttft_ids, batch, args.new_tokens, args.repeats)
 
 
 def batch_pair(ours, work: Workload, ours_how: str, hf_how: str, hf_measure: Measure) -> list[tuple[str, Measure]]:
@@ -188,7 +185,7 @@ def batch_pair(ours, work: Workload, ours_how: str, hf_how: str, hf_measure: Mea
     return [
         (
             f"ours: {ours_how}, batch {size}",
-            lambda: measure_ours_batch(ours, work.batch, work.new_tokens, work.repeats),
+            lambda: measure_ours_batch(ours, work),
         ),
         (f"HF generate, {hf_how}, batch {size}", hf_measure),
     ]
@@ -209,20 +206,13 @@ def hf_static_compiled(hf, measure: Measure) -> Measure:
 
 
 def gpu_configurations(hf, ours, work: Workload, device: torch.device) -> list[tuple[str, Measure]]:
-    w = work
-
     def ours_at(graphs: bool, compiled: bool, tune: bool = False, check: bool = False) -> Measure:
-        check_ids = w.check_ids if check else ()
-        return lambda: measure_ours(
-            ours, w.ids, w.ttft_ids, w.new_tokens, w.repeats, device, graphs, compiled, tune, check_ids=check_ids
-        )
+        return lambda: measure_ours(ours, work, device, graphs, compiled, tune, check=check)
 
     def hf_at(**kwargs: Any) -> Measure:
-        return lambda: measure_hf(
-            hf, w.ids, w.ttft_ids, w.new_tokens, w.repeats, device, check_ids=w.check_ids, **kwargs
-        )
+        return lambda: measure_hf(hf, work, device, **kwargs)
 
-    hf_batch = lambda: measure_hf_batch(hf, w.batch, w.new_tokens, w.repeats, device, disable_compile=False)  # noqa: E731
+    hf_batch = hf_static_compiled(hf, lambda: measure_hf_batch(hf, work, device, disable_compile=False))
     return [
         ("ours: compiled step + CUDA graph", ours_at(True, True, check=True)),
         ("ours: same, --tune-kernels", ours_at(True, True, tune=True)),
@@ -230,28 +220,15 @@ def gpu_configurations(hf, ours, work: Workload, device: torch.device) -> list[t
         ("ours: eager, no graph", ours_at(False, False)),
         ("HF generate, dynamic cache", hf_at()),
         ("HF generate, static cache + torch.compile", hf_static_compiled(hf, hf_at(disable_compile=False))),
-        *batch_pair(
-            ours, w, "compiled step + CUDA graph", "static cache + torch.compile", hf_static_compiled(hf, hf_batch)
-        ),
+        *batch_pair(ours, work, "compiled step + CUDA graph", "static cache + torch.compile", hf_batch),
     ]
 
 
 def cpu_configurations(hf, ours, work: Workload, device: torch.device) -> list[tuple[str, Measure]]:
-    w = work
     return [
-        (
-            "ours: eager",
-            lambda: measure_ours(
-                ours, w.ids, w.ttft_ids, w.new_tokens, w.repeats, device, False, False, check_ids=w.check_ids
-            ),
-        ),
-        (
-            "HF generate, dynamic cache",
-            lambda: measure_hf(hf, w.ids, w.ttft_ids, w.new_tokens, w.repeats, device, check_ids=w.check_ids),
-        ),
-        *batch_pair(
-            ours, w, "eager", "dynamic cache", lambda: measure_hf_batch(hf, w.batch, w.new_tokens, w.repeats, device)
-        ),
+        ("ours: eager", lambda: measure_ours(ours, work, device, False, False, check=True)),
+        ("HF generate, dynamic cache", lambda: measure_hf(hf, work, device)),
+        *batch_pair(ours, work, "eager", "dynamic cache", lambda: measure_hf_batch(hf, work, device)),
     ]
 
 
@@ -332,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         platform.select_device("cuda")
 
     hf, ours, tokenizer, description = build_models(args, device, dtype)
-    work = Workload(args, tokenizer, hf.config.vocab_size)
+    work = workload(args, tokenizer, hf.config.vocab_size)
     configs = (gpu_configurations if on_gpu else cpu_configurations)(hf, ours, work, device)
     skip = set(filter(None, (name.strip() for name in args.skip.split("|"))))
     unknown = skip - {name for name, _ in configs}

@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,21 +19,35 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What every configuration runs: the timed prompt `ids`, the further prompts of its length whose greedy tokens
+    are checked against HF (`check_ids`, each generated alone), the long prompt of the second TTFT, and the batch of
+    equal-length prompts (empty: no batch configurations)."""
+
+    ids: list[int]
+    check_ids: list[list[int]]
+    ttft_ids: list[int]
+    batch: list[list[int]]
+    new_tokens: int
+    repeats: int
+
+
 def measure_ours(
     model,
-    ids: list[int],
-    ttft_ids: list[int],
-    new_tokens: int,
-    repeats: int,
+    work: Workload,
     device: torch.device,
     cuda_graphs: bool,
     compile_step: bool,
     tune_kernels: bool = False,
-    check_ids: list[list[int]] = (),
+    check: bool = False,
 ) -> dict[str, Any]:
-    """check_ids: further prompts of ids' length, each generated alone for the token check (same session shape)."""
+    """check: also generate `work.check_ids` (same session shape) for the token check."""
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
+
+    ids, ttft_ids, new_tokens, repeats = work.ids, work.ttft_ids, work.new_tokens, work.repeats
+    check_ids = work.check_ids if check else []
 
     engine = Engine(decoder_for(model), cuda_graphs=cuda_graphs, compile_step=compile_step, tune_kernels=tune_kernels)
     t0 = time.perf_counter()
@@ -86,16 +101,10 @@ def hf_generate_batch(
     return time.perf_counter() - t0, out[:, x.size(1) :].tolist()
 
 
-def measure_hf(
-    model,
-    ids: list[int],
-    ttft_ids: list[int],
-    new_tokens: int,
-    repeats: int,
-    device: torch.device,
-    check_ids: list[list[int]] = (),
-    **kwargs,
-) -> dict[str, Any]:
+def measure_hf(model, work: Workload, device: torch.device, check: bool = True, **kwargs) -> dict[str, Any]:
+    """transformers `generate` at batch 1: decode tokens/s = (N - 1) / (T_N - T_1); TTFT = T_1."""
+    ids, ttft_ids, new_tokens, repeats = work.ids, work.ttft_ids, work.new_tokens, work.repeats
+    check_ids = work.check_ids if check else []
     t0 = time.perf_counter()
     _, tokens = hf_generate(model, ids, new_tokens, device, **kwargs)
     hf_generate(model, ids, 1, device, **kwargs)
@@ -115,12 +124,12 @@ def measure_hf(
     }
 
 
-def measure_ours_batch(
-    model, prompts: list[list[int]], new_tokens: int, repeats: int, tune_kernels: bool = False
-) -> dict[str, Any]:
-    """The engine's default path on a batch of equal-length prompts: aggregate decode tokens/s."""
+def measure_ours_batch(model, work: Workload, tune_kernels: bool = False) -> dict[str, Any]:
+    """The engine's default path on the batch of equal-length prompts: aggregate decode tokens/s."""
     from gemma3_runtime.generate.api import decoder_for
     from gemma3_runtime.generate.engine import Engine
+
+    prompts, new_tokens, repeats = work.batch, work.new_tokens, work.repeats
 
     engine = Engine(decoder_for(model), tune_kernels=tune_kernels)  # CUDA: compiled + graph; CPU: eager
     t0 = time.perf_counter()
@@ -138,8 +147,9 @@ def measure_ours_batch(
     }
 
 
-def measure_hf_batch(model, prompts: list[list[int]], new_tokens: int, repeats: int, device: torch.device, **kwargs):
+def measure_hf_batch(model, work: Workload, device: torch.device, **kwargs) -> dict[str, Any]:
     """transformers `generate` on the batch: aggregate decode tokens/s = batch x (N - 1) / (T_N - T_1)."""
+    prompts, new_tokens, repeats = work.batch, work.new_tokens, work.repeats
     t0 = time.perf_counter()
     _, tokens = hf_generate_batch(model, prompts, new_tokens, device, **kwargs)
     hf_generate_batch(model, prompts, 1, device, **kwargs)
