@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..training.optimizer import megatron_parts
 from .patches import MEGATRON_PATCHES
 
 log = logging.getLogger("gemma3_runtime.perf")
@@ -110,13 +111,9 @@ def use_foreach_grad_clipping() -> bool:
 
 
 # ---- the optimizer step without a host sync -------------------------------------------------------------------
-def _chained(opt: Any) -> list:
-    return list(getattr(opt, "chained_optimizers", None) or [opt])
-
-
 def sync_free_unsupported(opt: Any) -> str | None:
     """Why `sync_free_step` cannot stand in for `opt.step()` (None when it can)."""
-    chained = _chained(opt)
+    chained = megatron_parts(opt)
     for o in chained:
         if getattr(o, "grad_scaler", None) is not None:
             return "a loss scaler (fp16) checks for inf on the host"
@@ -150,7 +147,7 @@ def sync_free_step(opt: Any) -> torch.Tensor:
     grads * min(1, clip / (norm + 1e-6))), so clipping costs no separate pass either. Same update as `opt.step()`
     up to float rounding. Returns the global grad norm (0-dim fp32 device tensor).
     """
-    chained = _chained(opt)
+    chained = megatron_parts(opt)
     opt.prepare_grads()  # copies grads into the main params' .grad; no inf check without a loss scaler
     grads = [g for o in chained for g in o.get_main_grads_for_grad_norm()]
     if grads:

@@ -83,11 +83,11 @@ def distributed_optimizer_state_in_place(optimizer: Any, model_sd: dict) -> dict
     from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    megatron_optimizer = getattr(optimizer, "optimizer", None)
-    # get_megatron_optimizer wraps even a single optimizer in a ChainedOptimizer, whose sharded_state_dict then
-    # returns that one optimizer's own: unwrap exactly one
-    chained = getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])
-    inner = chained[0] if len(chained) == 1 else None
+    from gemma3_runtime.training.optimizer import megatron_parts
+
+    # a ChainedOptimizer of ONE part saves that part's own sharded state dict: unwrap exactly one
+    parts = megatron_parts(getattr(optimizer, "optimizer", None))
+    inner = parts[0] if len(parts) == 1 else None
     if not isinstance(inner, DistributedOptimizer) or inner.data_parallel_group.size() != 1:
         return None
     if inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8 or inner.ddp_config.use_megatron_fsdp:

@@ -112,6 +112,12 @@ class TorchAdamW:
         self.optimizer.load_state_dict(state)
 
 
+def megatron_parts(megatron_optimizer: Any) -> list:
+    """The optimizers inside a megatron optimizer: a ChainedOptimizer's parts (get_megatron_optimizer wraps even a
+    single optimizer in one), else the optimizer itself."""
+    return list(getattr(megatron_optimizer, "chained_optimizers", None) or [megatron_optimizer])
+
+
 class MegatronAdam:
     """CUDA path: megatron-core's Adam (fp32 main params for bf16 models; distributed optimizer when asked)."""
 
@@ -154,7 +160,7 @@ class MegatronAdam:
         (which builds the load request before any step) fails its assertion `len(steps) == 1`. The values written
         here are what torch's first step would start from and are overwritten by the checkpoint.
         """
-        for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+        for chained in megatron_parts(self.optimizer):
             inner = getattr(chained, "optimizer", None)
             if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
                 continue
@@ -183,7 +189,7 @@ class MegatronAdam:
         )
 
     def load_state_dict(self, state: dict) -> None:
-        for chained in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+        for chained in megatron_parts(self.optimizer):
             _skip_step_in_state_copy(chained)
         self.optimizer.load_state_dict(state)
 
