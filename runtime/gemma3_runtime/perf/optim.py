@@ -17,10 +17,15 @@ from typing import Any
 
 import torch
 
-from ..training.optimizer import megatron_parts
 from .patches import MEGATRON_PATCHES
 
 log = logging.getLogger("gemma3_runtime.perf")
+
+
+def megatron_parts(megatron_optimizer: Any) -> list:
+    """The optimizers inside a megatron optimizer: a ChainedOptimizer's parts (get_megatron_optimizer wraps even a
+    single optimizer in one), else the optimizer itself."""
+    return list(getattr(megatron_optimizer, "chained_optimizers", None) or [megatron_optimizer])
 
 
 def _torch_optimizers(opt: Any) -> Iterator[torch.optim.Optimizer]:

@@ -83,7 +83,7 @@ def distributed_optimizer_state_in_place(optimizer: Any, model_sd: dict) -> dict
     from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    from gemma3_runtime.training.optimizer import megatron_parts
+    from gemma3_runtime.perf.optim import megatron_parts
 
     # a ChainedOptimizer of ONE part saves that part's own sharded state dict: unwrap exactly one
     parts = megatron_parts(getattr(optimizer, "optimizer", None))

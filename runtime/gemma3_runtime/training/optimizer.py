@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from gemma3_runtime.perf.optim import megatron_parts
+
 
 class TrainOptimizer(Protocol):
     def step(self, lr: float) -> float | torch.Tensor: ...
@@ -110,12 +112,6 @@ class TorchAdamW:
             for param_state in state["state"].values():
                 param_state["step"] = torch.tensor(float(step))
         self.optimizer.load_state_dict(state)
-
-
-def megatron_parts(megatron_optimizer: Any) -> list:
-    """The optimizers inside a megatron optimizer: a ChainedOptimizer's parts (get_megatron_optimizer wraps even a
-    single optimizer in one), else the optimizer itself."""
-    return list(getattr(megatron_optimizer, "chained_optimizers", None) or [megatron_optimizer])
 
 
 class MegatronAdam:
